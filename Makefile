@@ -1,0 +1,57 @@
+# branchfs — every target installs what it needs on a fresh Debian machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc fuse-overlayfs git sqlite3 attr
+STAMP_APT := $(VENV)/.apt-done
+STAMP_PY := $(VENV)/.py-done
+
+.PHONY: all install demo test lint format bench bench-core bench-fuse clean
+
+all: test
+
+$(STAMP_APT):
+	@mkdir -p $(VENV)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(STAMP_PY): $(STAMP_APT) pyproject.toml
+	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
+	@$(BIN)/pip install -q -e '.[fuse,dev]' 2>&1 | grep -v WARNING || true
+	@$(BIN)/python -c "import branchfs, lmdb, xxhash, pyfuse3, trio, hypothesis, pytest" 
+	@touch $@
+
+install: $(STAMP_PY)
+
+demo: install
+	$(BIN)/python -m branchfs.demo
+
+test: install
+	@$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc = 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: bench-core bench-fuse
+
+bench-core: install
+	$(BIN)/python benchmarks/core.py
+
+bench-fuse: install
+	$(BIN)/python benchmarks/fuse.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

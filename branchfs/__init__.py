@@ -1,0 +1,92 @@
+"""branchfs: a copy-on-write branching filesystem for Python.
+
+Fork a working tree in microseconds, let each attempt edit its own copy, diff them, merge
+the winner back with a real 3-way merge and discard the rest::
+
+    import branchfs
+
+    with branchfs.Store.open("agent.bfs", create=True) as store:
+        main = store.create_branch("main")
+        main.write_bytes("src/app.py", b"print(1)\\n", parents=True)
+        attempt = main.fork("attempt-1")
+        attempt.write_bytes("src/app.py", b"print(2)\\n")
+        main.merge(attempt)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    BranchExists,
+    BranchFSError,
+    BranchNotFound,
+    Conflict,
+    InvalidName,
+    MergeConflict,
+    NotAStore,
+    ReadOnlyError,
+    StoreCorrupt,
+    StoreLocked,
+    StoreNotFound,
+    StoreVersionError,
+)
+from .store import Branch, DirEntry, Snapshot, Store
+
+if TYPE_CHECKING:
+    from .diff import Change
+    from .fsck import FsckReport
+    from .gc import GcReport
+    from .merge import MergeResult
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Heavier modules load on first use, so `import branchfs` stays quick for the CLI.
+    if name == "Change":
+        from .diff import Change
+
+        return Change
+    if name == "MergeResult":
+        from .merge import MergeResult
+
+        return MergeResult
+    if name == "FsckReport":
+        from .fsck import FsckReport
+
+        return FsckReport
+    if name == "GcReport":
+        from .gc import GcReport
+
+        return GcReport
+    if name == "mounted":
+        from .mount import mounted
+
+        return mounted
+    raise AttributeError(f"module 'branchfs' has no attribute {name!r}")
+
+
+__all__ = [
+    "Branch",
+    "BranchExists",
+    "BranchFSError",
+    "BranchNotFound",
+    "Change",
+    "Conflict",
+    "DirEntry",
+    "FsckReport",
+    "GcReport",
+    "InvalidName",
+    "MergeConflict",
+    "MergeResult",
+    "NotAStore",
+    "ReadOnlyError",
+    "Snapshot",
+    "Store",
+    "StoreCorrupt",
+    "StoreLocked",
+    "StoreNotFound",
+    "StoreVersionError",
+    "mounted",
+]

@@ -1,0 +1,121 @@
+"""Content-addressed chunk storage: ``put(bytes) -> key``, ``get(key) -> bytes``.
+
+A chunk key is the 128-bit xxh3 digest of the bytes plus one disambiguation byte: a digest
+match on ``put`` is confirmed by comparing the stored bytes, and a true collision gets the
+next disambiguator, so two different chunks never share a key. Every ``get`` re-hashes the
+bytes and raises :class:`StoreCorrupt` on a mismatch, so damaged data is never returned.
+
+Chunks are reference counted: each extent record that names a chunk holds one reference,
+and a chunk is deleted in the same transaction that drops its last reference. The bytes
+live in the same LMDB environment as the metadata, so a chunk is always committed in the
+same transaction as the record that names it (see docs/architecture.md for why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import lmdb
+import xxhash
+
+from .errors import StoreCorrupt
+from .meta import U64, Meta
+
+KEY_SIZE = 17
+
+
+def digest(data: bytes) -> bytes:
+    """The 16-byte xxh3-128 digest of ``data``."""
+    return xxhash.xxh3_128_digest(data)
+
+
+class ChunkStore(Protocol):
+    """What the tree layer needs from a chunk backend (local LMDB today, object storage later)."""
+
+    def put(self, txn: lmdb.Transaction, data: bytes) -> bytes:
+        """Store ``data`` (or find it stored), take one reference, return its key."""
+        ...
+
+    def get(self, txn: lmdb.Transaction, key: bytes) -> bytes:
+        """The verified bytes of ``key``."""
+        ...
+
+    def incref(self, txn: lmdb.Transaction, key: bytes) -> None:
+        """Take one more reference on an existing chunk."""
+        ...
+
+    def decref(self, txn: lmdb.Transaction, key: bytes) -> None:
+        """Drop one reference; the chunk is deleted with its last one."""
+        ...
+
+
+class LmdbChunkStore:
+    """Chunks as values of the ``chunks`` database, counts in ``chunkrefs``."""
+
+    def __init__(self, meta: Meta) -> None:
+        self.meta = meta
+        self.db = meta.chunks_db
+        self.refs = meta.chunkrefs_db
+
+    def put(self, txn: lmdb.Transaction, data: bytes) -> bytes:
+        """Store ``data`` (deduplicated), take one reference, return its key."""
+        d = digest(data)
+        for seq in range(256):
+            key = d + bytes((seq,))
+            stored = txn.get(key, db=self.db)
+            if stored is None:
+                txn.put(key, data, db=self.db)
+                txn.put(key, U64.pack(1), db=self.refs)
+                return key
+            if stored == data:
+                self.incref(txn, key)
+                return key
+        raise StoreCorrupt("256 chunks share one digest; the store is damaged, run fsck")
+
+    def get(self, txn: lmdb.Transaction, key: bytes) -> bytes:
+        """The bytes of ``key``, checked against the digest."""
+        data = txn.get(key, db=self.db)
+        if data is None:
+            raise StoreCorrupt(f"chunk {key.hex()} is missing; run fsck to find what it hurts")
+        if digest(data) != key[:16]:
+            raise StoreCorrupt(
+                f"chunk {key.hex()} does not match its digest (damaged on disk); "
+                "run fsck to find the files that use it"
+            )
+        return data
+
+    def incref(self, txn: lmdb.Transaction, key: bytes) -> None:
+        """Take one more reference."""
+        raw = txn.get(key, db=self.refs)
+        count = U64.unpack(raw)[0] if raw is not None else 0
+        txn.put(key, U64.pack(count + 1), db=self.refs)
+
+    def decref(self, txn: lmdb.Transaction, key: bytes) -> None:
+        """Drop one reference, deleting the chunk when none is left."""
+        raw = txn.get(key, db=self.refs)
+        count = U64.unpack(raw)[0] if raw is not None else 0
+        if count <= 1:
+            txn.delete(key, db=self.refs)
+            txn.delete(key, db=self.db)
+        else:
+            txn.put(key, U64.pack(count - 1), db=self.refs)
+
+    def refcount(self, txn: lmdb.Transaction, key: bytes) -> int:
+        """The stored reference count of ``key`` (0 if none)."""
+        raw = txn.get(key, db=self.refs)
+        return U64.unpack(raw)[0] if raw is not None else 0
+
+    def keys(self, txn: lmdb.Transaction) -> Iterator[bytes]:
+        """Every stored chunk key."""
+        cur = txn.cursor(db=self.db)
+        for key in cur.iternext(keys=True, values=False):
+            yield bytes(key)
+
+    def stored_bytes(self, txn: lmdb.Transaction) -> int:
+        """Total size of the chunk bytes (the logical size of all distinct data)."""
+        total = 0
+        cur = txn.cursor(db=self.db)
+        for _key, value in cur:
+            total += len(value)
+        return total

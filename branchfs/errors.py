@@ -1,0 +1,123 @@
+"""The exception hierarchy of branchfs and helpers to raise Linux's own ``OSError``s.
+
+Filesystem mistakes (a missing file, a non-empty directory) are reported exactly as ``os``
+would report them: an ``OSError`` subclass with ``errno`` and the path set. Everything that
+is about branchfs itself (branches, stores, merges) derives from :class:`BranchFSError`.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+class BranchFSError(Exception):
+    """Base class of every error that branchfs raises about its own objects."""
+
+
+class BranchNotFound(BranchFSError, LookupError):
+    """No branch (or snapshot) of that name exists in the store."""
+
+
+class BranchExists(BranchFSError):
+    """A branch or snapshot of that name already exists."""
+
+
+class InvalidName(BranchFSError, ValueError):
+    """A branch or snapshot name is not allowed (empty, too long, ``/``, NUL, ``.``, ``..``)."""
+
+
+class StoreNotFound(BranchFSError, FileNotFoundError):
+    """The path does not hold a store (and ``create`` was not asked for)."""
+
+
+class NotAStore(BranchFSError):
+    """The path exists but is not a branchfs store (a foreign directory or file)."""
+
+
+class StoreCorrupt(BranchFSError, OSError):
+    """Stored data does not match its digest, or a record cannot be decoded.
+
+    It is an ``OSError`` with ``errno.EIO`` so that file-level callers see what a failing
+    disk would give them.
+    """
+
+    def __init__(self, message: str) -> None:
+        OSError.__init__(self, _errno.EIO, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StoreLocked(BranchFSError):
+    """Another process holds a lock this operation needs (for example a running gc)."""
+
+
+class StoreVersionError(BranchFSError):
+    """The store was written by a newer (or unknown) format version of branchfs."""
+
+
+class ReadOnlyError(BranchFSError, OSError):
+    """A write was attempted on a snapshot; snapshots are read-only (``EROFS``)."""
+
+    def __init__(self, message: str) -> None:
+        OSError.__init__(self, _errno.EROFS, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """One thing a merge could not decide: ``kind`` at ``path``, with both sides' versions.
+
+    ``kind`` is one of ``content``, ``modify/delete``, ``add/add``, ``type``,
+    ``rename/rename``, ``cycle``, ``mode``, ``xattr``. ``ours`` and ``theirs`` describe
+    each side (a short text: ``"deleted"``, ``"file 12 bytes"``, a mode, a new path …).
+    """
+
+    path: str
+    kind: str
+    ours: Any
+    theirs: Any
+
+    def __str__(self) -> str:
+        return f"{self.kind} conflict at {self.path}: ours={self.ours!r}, theirs={self.theirs!r}"
+
+
+class MergeConflict(BranchFSError):
+    """A merge found conflicts; the target was left exactly as it was.
+
+    ``conflicts`` lists every :class:`Conflict`. Resolve them by editing either branch and
+    merging again, or merge with ``strategy="ours"`` / ``"theirs"``.
+    """
+
+    def __init__(self, target: str, source: str, conflicts: list[Conflict]) -> None:
+        self.target = target
+        self.source = source
+        self.conflicts = conflicts
+        lines = "\n".join(f"  {c}" for c in conflicts[:20])
+        more = f"\n  … and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
+        super().__init__(
+            f"merging {source!r} into {target!r} found {len(conflicts)} conflict(s); "
+            f"{target!r} is unchanged. Resolve them and merge again, or pass "
+            f"strategy='ours' or 'theirs':\n{lines}{more}"
+        )
+
+
+def os_error(code: int, path: Any = None) -> OSError:
+    """Build the ``OSError`` subclass that ``os`` raises for ``code`` (e.g. FileNotFoundError)."""
+    if path is None:
+        return OSError(code, os.strerror(code))
+    return OSError(code, os.strerror(code), path)
+
+
+def with_path(err: OSError, path: Any) -> OSError:
+    """Return ``err`` re-raised with ``path`` as its filename, keeping its errno and type."""
+    if isinstance(err, BranchFSError) or err.errno is None:
+        return err
+    return OSError(err.errno, err.strerror or os.strerror(err.errno), path)

@@ -1,0 +1,350 @@
+"""Copy-on-write layers: the tree state of every branch and snapshot.
+
+A layer holds records keyed by (layer, …): inode records, directory entries and extents
+(chunk index -> chunk key). A branch's tree is its *chain*: its writable top layer, then
+the frozen layers beneath it down to the root. A lookup takes the first record found walking
+the chain from the top; an empty value is a tombstone (deleted in this layer).
+
+:class:`View` binds one transaction to one chain and offers the record primitives the tree
+operations are built from. Writes go to the top layer only; a frozen layer never changes
+(except when gc squashes it into its only child, which keeps every tree's content).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import lmdb
+
+from .chunks import LmdbChunkStore
+from .errors import StoreCorrupt
+from .meta import U64, Meta, U64x2, U64x3, pack, unpack
+from .records import Inode
+
+TOMBSTONE = b""
+#: A chain ends at layer id 0 ("no parent").
+NO_LAYER = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    """A layer's place in the layer graph."""
+
+    id: int
+    parent: int
+    frozen: bool
+
+
+class LayerIndex:
+    """The ``layers`` database: create, freeze and walk layers; chains are cached."""
+
+    def __init__(self, meta: Meta) -> None:
+        self.meta = meta
+        self.db = meta.layers_db
+        self._token: bytes | None = None
+        self._chains: dict[int, tuple[int, ...]] = {}
+
+    def info(self, txn: lmdb.Transaction, lid: int) -> LayerInfo:
+        """The record of layer ``lid``; :class:`StoreCorrupt` if it is missing."""
+        raw = txn.get(U64.pack(lid), db=self.db)
+        if raw is None:
+            raise StoreCorrupt(f"layer {lid} is referenced but missing; run fsck")
+        parent, frozen = unpack(raw)  # type: ignore[misc]
+        return LayerInfo(lid, parent, bool(frozen))
+
+    def exists(self, txn: lmdb.Transaction, lid: int) -> bool:
+        """Whether layer ``lid`` has a record."""
+        return txn.get(U64.pack(lid), db=self.db) is not None
+
+    def create(self, txn: lmdb.Transaction, parent: int) -> int:
+        """A new, empty, writable layer over ``parent`` (``NO_LAYER`` for a root layer)."""
+        lid = self.meta.next_id(txn, b"next_layer")
+        txn.put(U64.pack(lid), pack([parent, False]), db=self.db)
+        return lid
+
+    def freeze(self, txn: lmdb.Transaction, lid: int) -> None:
+        """Make ``lid`` read-only for good (it is about to be shared)."""
+        info = self.info(txn, lid)
+        if not info.frozen:
+            txn.put(U64.pack(lid), pack([info.parent, True]), db=self.db)
+
+    def set_parent(self, txn: lmdb.Transaction, lid: int, parent: int, frozen: bool) -> None:
+        """Rewrite a layer's parent (gc squashing only); invalidates cached chains."""
+        txn.put(U64.pack(lid), pack([parent, frozen]), db=self.db)
+        self.bump_topology(txn)
+
+    def delete(self, txn: lmdb.Transaction, lid: int) -> None:
+        """Remove a layer's record (gc only, once nothing refers to it)."""
+        txn.delete(U64.pack(lid), db=self.db)
+        self.bump_topology(txn)
+
+    def bump_topology(self, txn: lmdb.Transaction) -> None:
+        """Record that existing chains changed, so every process drops its cached chains."""
+        import os
+
+        txn.put(b"topology", os.urandom(8), db=self.meta.meta_db)
+        self._token = None
+        self._chains.clear()
+
+    def all(self, txn: lmdb.Transaction) -> Iterator[LayerInfo]:
+        """Every layer in the store."""
+        for key, raw in txn.cursor(db=self.db):
+            parent, frozen = unpack(raw)  # type: ignore[misc]
+            yield LayerInfo(U64.unpack(key)[0], parent, bool(frozen))
+
+    def chain(self, txn: lmdb.Transaction, top: int) -> tuple[int, ...]:
+        """Layer ids from ``top`` down to the root layer."""
+        token = txn.get(b"topology", db=self.meta.meta_db)
+        if token != self._token:
+            self._chains.clear()
+            self._token = token
+        cached = self._chains.get(top)
+        if cached is not None:
+            return cached
+        out: list[int] = []
+        lid = top
+        while lid != NO_LAYER:
+            out.append(lid)
+            if len(out) > 100_000:
+                raise StoreCorrupt(f"the layer chain of {top} loops; run fsck")
+            lid = self.info(txn, lid).parent
+        chain = tuple(out)
+        self._chains[top] = chain
+        return chain
+
+    def is_empty(self, txn: lmdb.Transaction, lid: int) -> bool:
+        """True if layer ``lid`` holds no record at all (every change writes an inode)."""
+        prefix = U64.pack(lid)
+        for db in (self.meta.inodes_db, self.meta.dirents_db, self.meta.extents_db):
+            cur = txn.cursor(db=db)
+            if cur.set_range(prefix) and bytes(cur.key()[:8]) == prefix:
+                return False
+        return True
+
+
+def inode_key(layer: int, ino: int) -> bytes:
+    """Key of an inode record."""
+    return U64x2.pack(layer, ino)
+
+
+def dirent_key(layer: int, parent: int, name: bytes) -> bytes:
+    """Key of a directory entry."""
+    return U64x2.pack(layer, parent) + name
+
+
+def extent_key(layer: int, ino: int, idx: int) -> bytes:
+    """Key of an extent (chunk ``idx`` of inode ``ino``)."""
+    return U64x3.pack(layer, ino, idx)
+
+
+class View:
+    """One transaction's view of one tree: record lookups through the chain, writes to the top.
+
+    ``top`` is ``None`` for a read-only tree (a snapshot); writers check :attr:`writable`.
+    """
+
+    __slots__ = ("chain", "chunks", "dirents", "extents", "inodes", "meta", "top", "txn")
+
+    def __init__(
+        self,
+        meta: Meta,
+        chunks: LmdbChunkStore,
+        txn: lmdb.Transaction,
+        chain: tuple[int, ...],
+        writable: bool,
+    ) -> None:
+        self.meta = meta
+        self.chunks = chunks
+        self.txn = txn
+        self.chain = chain
+        self.top = chain[0] if writable else None
+        self.inodes = meta.inodes_db
+        self.dirents = meta.dirents_db
+        self.extents = meta.extents_db
+
+    @property
+    def writable(self) -> bool:
+        """Whether this view may change its tree."""
+        return self.top is not None
+
+    # -- inodes ---------------------------------------------------------------------------
+
+    def inode_at(self, ino: int) -> tuple[Inode | None, int]:
+        """The visible record of ``ino`` and the chain position it came from (-1: none)."""
+        txn, db = self.txn, self.inodes
+        for pos, layer in enumerate(self.chain):
+            raw = txn.get(U64x2.pack(layer, ino), db=db)
+            if raw is not None:
+                if raw == TOMBSTONE:
+                    return None, pos
+                return Inode.decode(raw), pos
+        return None, -1
+
+    def inode(self, ino: int) -> Inode | None:
+        """The visible record of ``ino``, or None if it does not exist in this tree."""
+        return self.inode_at(ino)[0]
+
+    def inode_for_write(self, ino: int) -> Inode | None:
+        """A copy of the record of ``ino`` ready to be edited and put into the top layer.
+
+        A record copied up from a lower layer loses that layer's cut: the cut describes
+        truncations made *in* a layer and hides chunks only of layers beneath it.
+        """
+        rec, pos = self.inode_at(ino)
+        if rec is not None and pos > 0:
+            rec.cut = None
+        return rec
+
+    def put_inode(self, ino: int, rec: Inode) -> None:
+        """Write ``rec`` as the record of ``ino`` in the top layer."""
+        self.txn.put(U64x2.pack(self.top, ino), rec.encode(), db=self.inodes)
+
+    def delete_inode(self, ino: int) -> None:
+        """Make ``ino`` not exist in this tree (tombstone only if a lower layer has it)."""
+        top = self.top
+        assert top is not None
+        self.drop_extents(ino, 0)
+        if self._below(self.inodes, U64x2.pack, ino):
+            self.txn.put(U64x2.pack(top, ino), TOMBSTONE, db=self.inodes)
+        else:
+            self.txn.delete(U64x2.pack(top, ino), db=self.inodes)
+
+    def _below(self, db: object, packer: object, *key: int) -> bool:
+        txn = self.txn
+        for layer in self.chain[1:]:
+            raw = txn.get(packer(layer, *key), db=db)  # type: ignore[operator]
+            if raw is not None:
+                return raw != TOMBSTONE
+        return False
+
+    # -- directory entries ------------------------------------------------------------------
+
+    def dirent(self, parent: int, name: bytes) -> int | None:
+        """The inode that ``name`` in directory ``parent`` names, or None."""
+        txn, db = self.txn, self.dirents
+        tail = name
+        for layer in self.chain:
+            raw = txn.get(U64x2.pack(layer, parent) + tail, db=db)
+            if raw is not None:
+                return None if raw == TOMBSTONE else U64.unpack(raw)[0]
+        return None
+
+    def put_dirent(self, parent: int, name: bytes, ino: int) -> None:
+        """Make ``name`` in ``parent`` point at ``ino`` (top layer)."""
+        self.txn.put(U64x2.pack(self.top, parent) + name, U64.pack(ino), db=self.dirents)
+
+    def delete_dirent(self, parent: int, name: bytes) -> None:
+        """Remove ``name`` from ``parent`` (tombstone only if a lower layer has it)."""
+        txn, db = self.txn, self.dirents
+        below = False
+        for layer in self.chain[1:]:
+            raw = txn.get(U64x2.pack(layer, parent) + name, db=db)
+            if raw is not None:
+                below = raw != TOMBSTONE
+                break
+        key = U64x2.pack(self.top, parent) + name
+        if below:
+            txn.put(key, TOMBSTONE, db=db)
+        else:
+            txn.delete(key, db=db)
+
+    def list_dir(self, parent: int) -> list[tuple[bytes, int]]:
+        """The entries of directory ``parent``, sorted by name."""
+        if len(self.chain) == 1:
+            return [(n, i) for n, i in self._layer_entries(self.chain[0], parent) if i]
+        merged: dict[bytes, int] = {}
+        for layer in reversed(self.chain):
+            for name, ino in self._layer_entries(layer, parent):
+                merged[name] = ino
+        return sorted((n, i) for n, i in merged.items() if i)
+
+    def has_entries(self, parent: int) -> bool:
+        """Whether directory ``parent`` has at least one entry (cheaper than listing)."""
+        if len(self.chain) == 1:
+            return any(i for _n, i in self._layer_entries(self.chain[0], parent))
+        return bool(self.list_dir(parent))
+
+    def _layer_entries(self, layer: int, parent: int) -> Iterator[tuple[bytes, int]]:
+        """Entries of ``parent`` recorded in one layer; ino 0 marks a tombstone."""
+        prefix = U64x2.pack(layer, parent)
+        cur = self.txn.cursor(db=self.dirents)
+        if not cur.set_range(prefix):
+            return
+        for key, raw in cur:
+            if key[:16] != prefix:
+                break
+            yield bytes(key[16:]), (U64.unpack(raw)[0] if raw else 0)
+
+    # -- extents ----------------------------------------------------------------------------
+
+    def cuts(self, ino: int) -> list[tuple[int, int | None]]:
+        """(layer, cut) for each layer that may hold extents of ``ino``, top first.
+
+        Walking stops below a layer whose cut is 0 (created or emptied there) or that
+        deleted the inode, since nothing beneath can be visible.
+        """
+        txn, db = self.txn, self.inodes
+        out: list[tuple[int, int | None]] = []
+        for layer in self.chain:
+            raw = txn.get(U64x2.pack(layer, ino), db=db)
+            if raw is None:
+                out.append((layer, None))
+                continue
+            if raw == TOMBSTONE:
+                break
+            cut = Inode.decode(raw).cut
+            out.append((layer, cut))
+            if cut == 0:
+                break
+        return out
+
+    def extent(self, cuts: list[tuple[int, int | None]], ino: int, idx: int) -> bytes | None:
+        """The chunk key holding chunk ``idx`` of ``ino``, or None for a hole."""
+        txn, db = self.txn, self.extents
+        for layer, cut in cuts:
+            key = txn.get(U64x3.pack(layer, ino, idx), db=db)
+            if key is not None:
+                return key
+            if cut is not None and idx >= cut:
+                return None
+        return None
+
+    def put_extent(self, ino: int, idx: int, chunk_key: bytes) -> None:
+        """Point chunk ``idx`` of ``ino`` at ``chunk_key`` in the top layer.
+
+        The caller has taken the reference on ``chunk_key``; the reference of the extent
+        it replaces (in the top layer) is dropped here.
+        """
+        key = U64x3.pack(self.top, ino, idx)
+        old = self.txn.get(key, db=self.extents)
+        self.txn.put(key, chunk_key, db=self.extents)
+        if old is not None:
+            self.chunks.decref(self.txn, bytes(old))
+
+    def drop_extents(self, ino: int, first_idx: int) -> None:
+        """Delete the top layer's extents of ``ino`` from chunk ``first_idx`` on."""
+        top = self.top
+        prefix = U64x2.pack(top, ino)
+        cur = self.txn.cursor(db=self.extents)
+        if not cur.set_range(U64x3.pack(top, ino, first_idx)):
+            return
+        doomed: list[tuple[bytes, bytes]] = []
+        for key, value in cur:
+            if key[:16] != prefix:
+                break
+            doomed.append((bytes(key), bytes(value)))
+        for key, value in doomed:
+            self.txn.delete(key, db=self.extents)
+            self.chunks.decref(self.txn, value)
+
+    def layer_extents(self, layer: int, ino: int) -> Iterator[tuple[int, bytes]]:
+        """(chunk index, chunk key) of ``ino`` recorded in one layer."""
+        prefix = U64x2.pack(layer, ino)
+        cur = self.txn.cursor(db=self.extents)
+        if not cur.set_range(prefix):
+            return
+        for key, value in cur:
+            if key[:16] != prefix:
+                break
+            yield U64.unpack(key[16:24])[0], bytes(value)

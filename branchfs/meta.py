@@ -1,0 +1,277 @@
+"""The LMDB environment of a store: its named databases, key encodings and transactions.
+
+One environment is opened per store per process (LMDB forbids opening the same file twice in
+one process); :func:`open_meta` hands out a shared, reference-counted :class:`Meta`.
+Every write goes through :meth:`Meta.write`, which runs a function inside one write
+transaction, grows the map and retries on ``MapFullError``, and turns a full disk into
+``OSError(ENOSPC)`` with nothing half-written (LMDB aborts the whole transaction).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import lmdb
+import msgpack
+
+from .errors import NotAStore, StoreCorrupt, StoreNotFound, StoreVersionError, os_error
+
+T = TypeVar("T")
+
+#: Written into every store; a store without it is foreign.
+MAGIC = b"branchfs store"
+#: The on-disk format this code writes and reads.
+FORMAT_VERSION = 1
+
+DB_NAMES = (
+    "meta",  # format, counters, topology token
+    "layers",  # layer id -> {parent, frozen}
+    "branches",  # name -> {id, top}
+    "snapshots",  # name -> {layer, branch}
+    "bases",  # branch id pair -> merge base layer
+    "inodes",  # layer + ino -> inode record ("" = deleted)
+    "dirents",  # layer + dir ino + name -> ino ("" = deleted)
+    "extents",  # layer + ino + chunk index -> chunk key
+    "chunks",  # chunk key -> bytes
+    "chunkrefs",  # chunk key -> reference count
+)
+
+U64 = struct.Struct(">Q")
+U64x2 = struct.Struct(">QQ")
+U64x3 = struct.Struct(">QQQ")
+
+DEFAULT_MAP_SIZE = 1 << 30
+DEFAULT_MAX_MAP_SIZE = 1 << 42
+
+
+def u64(n: int) -> bytes:
+    """Big-endian 8-byte encoding, so that keys sort numerically."""
+    return U64.pack(n)
+
+
+def pack(obj: object) -> bytes:
+    """Encode a small metadata value."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(raw: bytes) -> object:
+    """Decode a small metadata value written by :func:`pack`."""
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise StoreCorrupt(f"a metadata record cannot be decoded ({exc}); run fsck") from exc
+
+
+def _is_enospc(exc: lmdb.Error) -> bool:
+    text = str(exc)
+    return "No space left" in text or "ENOSPC" in text or "Disk quota" in text
+
+
+class Meta:
+    """An open LMDB environment with the store's named databases."""
+
+    def __init__(self, path: str, *, map_size: int, max_map_size: int, create: bool) -> None:
+        self.path = path
+        self.max_map_size = max_map_size
+        self.refcount = 0
+        self.lock = threading.RLock()
+        data_file = os.path.join(path, "data.mdb")
+        if not os.path.exists(data_file) and not create:
+            if os.path.isdir(path):
+                raise NotAStore(
+                    f"{path} is a directory but not a branchfs store (no data.mdb); "
+                    "create one with `branchfs init PATH` or Store.open(path, create=True)"
+                )
+            raise StoreNotFound(
+                errno.ENOENT,
+                f"no branchfs store at {path}; create one with `branchfs init {path}` "
+                "or Store.open(path, create=True)",
+            )
+        try:
+            self.env = lmdb.open(
+                path,
+                map_size=map_size,
+                subdir=True,
+                create=create,
+                mode=0o600,
+                max_dbs=len(DB_NAMES) + 2,
+                sync=False,
+                metasync=False,
+                readahead=False,
+                max_readers=1024,
+                lock=True,
+            )
+        except lmdb.InvalidError as exc:
+            raise NotAStore(f"{path} is not a branchfs store: {exc}") from exc
+        except lmdb.Error as exc:
+            if _is_enospc(exc):
+                raise os_error(errno.ENOSPC, path) from exc
+            raise NotAStore(f"{path} cannot be opened as a branchfs store: {exc}") from exc
+        try:
+            self._open_dbs(create)
+        except BaseException:
+            self.env.close()
+            raise
+
+    def _open_dbs(self, create: bool) -> None:
+        with self.env.begin() as txn:
+            has_meta = txn.get(b"meta") is not None
+        if not has_meta and not create:
+            raise NotAStore(
+                f"{self.path} holds an LMDB database that is not a branchfs store; "
+                "point branchfs at a store made by `branchfs init`"
+            )
+        with self.env.begin(write=True) as txn:
+            self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
+            meta = self.dbs["meta"]
+            magic = txn.get(b"magic", db=meta)
+            if magic is None:
+                if not create or txn.stat(self.dbs["layers"])["entries"]:
+                    raise NotAStore(f"{self.path} is not a branchfs store (no format record)")
+                txn.put(b"magic", MAGIC, db=meta)
+                txn.put(b"format", u64(FORMAT_VERSION), db=meta)
+                for counter in (b"next_ino", b"next_layer", b"next_branch"):
+                    txn.put(counter, u64(2), db=meta)
+                txn.put(b"topology", os.urandom(8), db=meta)
+            elif magic != MAGIC:
+                raise NotAStore(f"{self.path} is not a branchfs store (foreign magic {magic!r})")
+            raw_version = txn.get(b"format", db=meta)
+            if raw_version is None or len(raw_version) != 8:
+                raise StoreCorrupt(f"{self.path}: the format record is missing or damaged")
+            version = U64.unpack(raw_version)[0]
+            if version > FORMAT_VERSION:
+                raise StoreVersionError(
+                    f"{self.path} was written by a newer branchfs (format {version}; this "
+                    f"version reads format {FORMAT_VERSION}); upgrade branchfs to open it"
+                )
+        self.meta_db = self.dbs["meta"]
+        self.layers_db = self.dbs["layers"]
+        self.branches_db = self.dbs["branches"]
+        self.snapshots_db = self.dbs["snapshots"]
+        self.bases_db = self.dbs["bases"]
+        self.inodes_db = self.dbs["inodes"]
+        self.dirents_db = self.dbs["dirents"]
+        self.extents_db = self.dbs["extents"]
+        self.chunks_db = self.dbs["chunks"]
+        self.chunkrefs_db = self.dbs["chunkrefs"]
+
+    # -- transactions -------------------------------------------------------------------
+
+    def _begin(self, write: bool) -> lmdb.Transaction:
+        try:
+            return self.env.begin(write=write)
+        except lmdb.MapResizedError:
+            # Another process grew the map: adopt its size and start again.
+            self.env.set_mapsize(0)
+            return self.env.begin(write=write)
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read-only snapshot of the whole store for the duration of the block."""
+        txn = self._begin(False)
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn(txn)`` in one write transaction and commit it; all or nothing.
+
+        ``fn`` may run more than once (after the map is grown), so it must not change
+        in-memory state that outlives a failed attempt.
+        """
+        with self.lock:
+            while True:
+                txn = self._begin(True)
+                try:
+                    result = fn(txn)
+                    txn.commit()
+                    return result
+                except lmdb.MapFullError:
+                    txn.abort()
+                    self._grow()
+                except lmdb.Error as exc:
+                    txn.abort()
+                    if _is_enospc(exc):
+                        raise os_error(errno.ENOSPC) from exc
+                    raise
+                except BaseException:
+                    txn.abort()
+                    raise
+
+    def _grow(self) -> None:
+        current = self.env.info()["map_size"]
+        if current >= self.max_map_size:
+            raise os_error(errno.ENOSPC, self.path)
+        self.env.set_mapsize(min(current * 2, self.max_map_size))
+
+    def next_id(self, txn: lmdb.Transaction, counter: bytes) -> int:
+        """Allocate the next number of a store-wide counter (inodes, layers, branches)."""
+        n = U64.unpack(txn.get(counter, db=self.meta_db))[0]
+        txn.put(counter, U64.pack(n + 1), db=self.meta_db)
+        return n
+
+    def sync(self) -> None:
+        """Force everything committed so far to stable storage (survives power loss)."""
+        self.env.sync(True)
+
+    def close(self) -> None:
+        """Close the environment; callers go through :func:`release_meta`."""
+        self.env.close()
+
+
+_registry: dict[tuple[int, int], Meta] = {}
+_registry_lock = threading.Lock()
+
+
+def _ensure_store_dir(path: str, create: bool) -> None:
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise NotAStore(f"{path} is a file, not a branchfs store directory")
+    if not create:
+        raise StoreNotFound(
+            errno.ENOENT,
+            f"no branchfs store at {path}; create one with `branchfs init {path}` "
+            "or Store.open(path, create=True)",
+        )
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def open_meta(
+    path: str,
+    *,
+    create: bool,
+    map_size: int = DEFAULT_MAP_SIZE,
+    max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+) -> Meta:
+    """Open (or share the already open) environment of the store at ``path``."""
+    path = os.path.abspath(path)
+    with _registry_lock:
+        _ensure_store_dir(path, create)
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino)
+        meta = _registry.get(key)
+        if meta is None:
+            meta = Meta(path, map_size=map_size, max_map_size=max_map_size, create=create)
+            _registry[key] = meta
+        meta.refcount += 1
+        return meta
+
+
+def release_meta(meta: Meta) -> None:
+    """Drop one reference; the environment closes with the last one."""
+    with _registry_lock:
+        meta.refcount -= 1
+        if meta.refcount == 0:
+            for key, value in list(_registry.items()):
+                if value is meta:
+                    del _registry[key]
+            meta.close()

@@ -1,0 +1,87 @@
+"""Path resolution inside a tree: ``str``/``bytes`` paths to inode numbers, like the kernel.
+
+Paths are relative to the tree's root whether or not they start with ``/``; ``..`` at the
+root stays at the root, and an absolute symlink target resolves from the tree's root, so no
+path can leave the tree. Symlinks in the middle of a path are followed (at most 40, then
+ELOOP), the last component only when asked.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Union
+
+from . import tree
+from .errors import os_error
+from .layers import View
+from .records import ROOT_INO
+
+PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+MAXSYMLINKS = 40
+PATH_MAX = 4096
+
+
+def encode(path: PathArg) -> bytes:
+    """The path as bytes (``str`` goes through ``os.fsencode``); NUL is refused like ``os``."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    return raw
+
+
+def parts(raw: bytes) -> list[bytes]:
+    """The non-empty components of a byte path (``.`` dropped, ``..`` kept)."""
+    if len(raw) >= PATH_MAX:
+        raise os_error(errno.ENAMETOOLONG)
+    return [p for p in raw.split(b"/") if p and p != b"."]
+
+
+def _walk(v: View, start: int, comps: list[bytes], follow_last: bool, budget: list[int]) -> int:
+    ino = start
+    for i, name in enumerate(comps):
+        last = i == len(comps) - 1
+        if name == b"..":
+            ino = tree.parent_of(v, ino)
+            continue
+        parent = ino
+        ino = tree.lookup(v, parent, name)
+        if last and not follow_last:
+            return ino
+        rec = v.inode(ino)
+        if rec is not None and rec.is_link:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise os_error(errno.ELOOP)
+            target = rec.inline or b""
+            base = ROOT_INO if target.startswith(b"/") else parent
+            ino = _walk(v, base, parts(target), True, budget)
+            if not last:
+                tree.get_dir(v, ino)
+        elif not last and (rec is None or not rec.is_dir):
+            raise os_error(errno.ENOTDIR)
+    return ino
+
+
+def resolve(v: View, path: PathArg, follow_symlinks: bool = True) -> int:
+    """The inode that ``path`` names; OSError (ENOENT, ENOTDIR, ELOOP …) if none."""
+    raw = encode(path)
+    ino = _walk(v, ROOT_INO, parts(raw), follow_symlinks, [MAXSYMLINKS])
+    if raw.endswith(b"/") and ino != ROOT_INO:
+        tree.get_dir(v, ino)
+    return ino
+
+
+def resolve_parent(v: View, path: PathArg) -> tuple[int, bytes]:
+    """The directory that would hold ``path`` and the final name, for create/remove calls.
+
+    The root itself has no parent entry: operating on it is EBUSY (``rmdir /``) or EEXIST
+    (``mkdir /``), which the callers decide; here it gives ``(ROOT_INO, b"")``.
+    """
+    raw = encode(path)
+    comps = parts(raw)
+    if not comps:
+        return ROOT_INO, b""
+    parent = _walk(v, ROOT_INO, comps[:-1], True, [MAXSYMLINKS])
+    tree.get_dir(v, parent)
+    return parent, comps[-1]

@@ -1,0 +1,237 @@
+"""Branches and snapshots by name, and the merge bases between pairs of branches.
+
+A branch record names the branch's writable top layer; a snapshot record names a frozen
+layer. Every operation here is O(1) in the size of the tree: it creates, freezes and
+re-points layers, never copies records.
+"""
+
+from __future__ import annotations
+
+import stat as st
+import time
+import unicodedata
+from dataclasses import dataclass
+
+import lmdb
+
+from .errors import BranchExists, BranchNotFound, InvalidName
+from .layers import NO_LAYER, LayerIndex
+from .meta import U64, Meta, U64x2, pack, unpack
+from .records import ROOT_INO, Inode
+
+NAME_MAX_BYTES = 255
+
+
+@dataclass(frozen=True, slots=True)
+class BranchRecord:
+    """A branch: its stable id (for merge bases) and its current top layer."""
+
+    name: str
+    id: int
+    top: int
+    created_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """A snapshot: the frozen layer it names and the branch it was taken from."""
+
+    name: str
+    layer: int
+    branch: str
+    created_ns: int
+
+
+def check_ref_name(name: object, what: str = "branch") -> bytes:
+    """Validate a branch or snapshot name and return its key; :class:`InvalidName` if bad."""
+    if not isinstance(name, str):
+        raise InvalidName(f"a {what} name must be a str, not {type(name).__name__}")
+    hint = "use letters, digits, '.', '_' and '-' (at most 255 bytes)"
+    if not name:
+        raise InvalidName(f"a {what} name cannot be empty; {hint}")
+    if name in (".", ".."):
+        raise InvalidName(f"{name!r} cannot be a {what} name; {hint}")
+    if "/" in name or "\0" in name:
+        raise InvalidName(f"a {what} name cannot contain '/' or NUL: {name!r}; {hint}")
+    if name.startswith(("-", "@")):
+        raise InvalidName(f"a {what} name cannot start with '-' or '@': {name!r}; {hint}")
+    if any(unicodedata.category(c).startswith(("C", "Z")) and c != " " for c in name) or (
+        name != name.strip()
+    ):
+        raise InvalidName(f"a {what} name cannot contain control or blank characters: {name!r}")
+    key = name.encode("utf-8", "surrogateescape")
+    if len(key) > NAME_MAX_BYTES:
+        raise InvalidName(
+            f"a {what} name is at most {NAME_MAX_BYTES} bytes; {name[:40]!r}… is longer"
+        )
+    return key
+
+
+class Refs:
+    """Create, look up and re-point branches and snapshots."""
+
+    def __init__(self, meta: Meta, layers: LayerIndex) -> None:
+        self.meta = meta
+        self.layers = layers
+
+    # -- branches ---------------------------------------------------------------------------
+
+    def branch(self, txn: lmdb.Transaction, name: str) -> BranchRecord:
+        """The record of branch ``name``; :class:`BranchNotFound` if there is none."""
+        raw = txn.get(check_ref_name(name), db=self.meta.branches_db)
+        if raw is None:
+            raise BranchNotFound(
+                f"no branch named {name!r}; list them with store.branches() or `branchfs branches`"
+            )
+        bid, top, created = unpack(raw)  # type: ignore[misc]
+        return BranchRecord(name, bid, top, created)
+
+    def has_branch(self, txn: lmdb.Transaction, name: str) -> bool:
+        """Whether branch ``name`` exists."""
+        return txn.get(check_ref_name(name), db=self.meta.branches_db) is not None
+
+    def branches(self, txn: lmdb.Transaction) -> list[BranchRecord]:
+        """Every branch, sorted by name."""
+        out = []
+        for key, raw in txn.cursor(db=self.meta.branches_db):
+            bid, top, created = unpack(raw)  # type: ignore[misc]
+            out.append(
+                BranchRecord(bytes(key).decode("utf-8", "surrogateescape"), bid, top, created)
+            )
+        return out
+
+    def _put_branch(self, txn: lmdb.Transaction, rec: BranchRecord) -> None:
+        txn.put(
+            check_ref_name(rec.name),
+            pack([rec.id, rec.top, rec.created_ns]),
+            db=self.meta.branches_db,
+        )
+
+    def _require_free(self, txn: lmdb.Transaction, name: str) -> None:
+        if self.has_branch(txn, name):
+            raise BranchExists(f"a branch named {name!r} already exists; pick another name")
+
+    def create_branch(self, txn: lmdb.Transaction, name: str, uid: int, gid: int) -> BranchRecord:
+        """A new branch holding an empty tree (a root directory owned by uid:gid)."""
+        self._require_free(txn, name)
+        top = self.layers.create(txn, NO_LAYER)
+        t = time.time_ns()
+        root = Inode(st.S_IFDIR | 0o755, uid, gid, 0, t, t, t, cut=0)
+        txn.put(U64x2.pack(top, ROOT_INO), root.encode(), db=self.meta.inodes_db)
+        rec = BranchRecord(name, self.meta.next_id(txn, b"next_branch"), top, t)
+        self._put_branch(txn, rec)
+        return rec
+
+    def freeze_state(self, txn: lmdb.Transaction, name: str) -> int:
+        """Freeze branch ``name``'s current tree and return the layer that now holds it.
+
+        If the top layer has changes it is frozen and the branch gets a fresh empty top
+        over it; if it is empty, its parent already is the current state.
+        """
+        rec = self.branch(txn, name)
+        info = self.layers.info(txn, rec.top)
+        if info.parent != NO_LAYER and self.layers.is_empty(txn, rec.top):
+            return info.parent
+        self.layers.freeze(txn, rec.top)
+        new_top = self.layers.create(txn, rec.top)
+        self._put_branch(txn, BranchRecord(name, rec.id, new_top, rec.created_ns))
+        return rec.top
+
+    def fork(self, txn: lmdb.Transaction, source: str, new: str) -> BranchRecord:
+        """Make branch ``new`` an independent copy of ``source`` as it is now: O(1)."""
+        self._require_free(txn, new)
+        state = self.freeze_state(txn, source)
+        return self.branch_from_layer(txn, new, state)
+
+    def branch_from_layer(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
+        """A new branch whose tree is frozen layer ``layer``."""
+        self._require_free(txn, name)
+        top = self.layers.create(txn, layer)
+        rec = BranchRecord(name, self.meta.next_id(txn, b"next_branch"), top, time.time_ns())
+        self._put_branch(txn, rec)
+        return rec
+
+    def reset(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
+        """Point branch ``name`` at frozen layer ``layer`` (under a fresh top)."""
+        rec = self.branch(txn, name)
+        top = self.layers.create(txn, layer)
+        new = BranchRecord(name, rec.id, top, rec.created_ns)
+        self._put_branch(txn, new)
+        self.drop_bases(txn, rec.id)
+        return new
+
+    def discard(self, txn: lmdb.Transaction, name: str) -> BranchRecord:
+        """Remove branch ``name``; its layers become garbage for gc."""
+        rec = self.branch(txn, name)
+        txn.delete(check_ref_name(name), db=self.meta.branches_db)
+        self.drop_bases(txn, rec.id)
+        return rec
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def snapshot(self, txn: lmdb.Transaction, name: str) -> SnapshotRecord:
+        """The record of snapshot ``name``; :class:`BranchNotFound` if there is none."""
+        raw = txn.get(check_ref_name(name, "snapshot"), db=self.meta.snapshots_db)
+        if raw is None:
+            raise BranchNotFound(
+                f"no snapshot named {name!r}; list them with store.snapshots() "
+                "or `branchfs snapshots`"
+            )
+        layer, branch, created = unpack(raw)  # type: ignore[misc]
+        return SnapshotRecord(name, layer, branch, created)
+
+    def snapshots(self, txn: lmdb.Transaction) -> list[SnapshotRecord]:
+        """Every snapshot, sorted by name."""
+        out = []
+        for key, raw in txn.cursor(db=self.meta.snapshots_db):
+            layer, branch, created = unpack(raw)  # type: ignore[misc]
+            out.append(
+                SnapshotRecord(
+                    bytes(key).decode("utf-8", "surrogateescape"), layer, branch, created
+                )
+            )
+        return out
+
+    def take_snapshot(self, txn: lmdb.Transaction, branch: str, name: str) -> SnapshotRecord:
+        """Freeze ``branch``'s tree under the snapshot name ``name``: O(1)."""
+        key = check_ref_name(name, "snapshot")
+        if txn.get(key, db=self.meta.snapshots_db) is not None:
+            raise BranchExists(f"a snapshot named {name!r} already exists; pick another name")
+        layer = self.freeze_state(txn, branch)
+        rec = SnapshotRecord(name, layer, branch, time.time_ns())
+        txn.put(key, pack([layer, branch, rec.created_ns]), db=self.meta.snapshots_db)
+        return rec
+
+    def delete_snapshot(self, txn: lmdb.Transaction, name: str) -> None:
+        """Remove snapshot ``name``; its layers become garbage for gc if nothing else uses them."""
+        self.snapshot(txn, name)
+        txn.delete(check_ref_name(name, "snapshot"), db=self.meta.snapshots_db)
+
+    # -- merge bases ------------------------------------------------------------------------
+
+    @staticmethod
+    def _pair(a: int, b: int) -> bytes:
+        return U64x2.pack(min(a, b), max(a, b))
+
+    def base(self, txn: lmdb.Transaction, a: int, b: int) -> int | None:
+        """The recorded merge base layer of branches with ids ``a`` and ``b``, if any."""
+        raw = txn.get(self._pair(a, b), db=self.meta.bases_db)
+        return None if raw is None else U64.unpack(raw)[0]
+
+    def set_base(self, txn: lmdb.Transaction, a: int, b: int, layer: int) -> None:
+        """Record ``layer`` as the state branches ``a`` and ``b`` last shared."""
+        txn.put(self._pair(a, b), U64.pack(layer), db=self.meta.bases_db)
+
+    def drop_bases(self, txn: lmdb.Transaction, bid: int) -> None:
+        """Forget every merge base that involves branch id ``bid``."""
+        doomed = []
+        for key, _raw in txn.cursor(db=self.meta.bases_db):
+            a, b = U64x2.unpack(bytes(key))
+            if bid in (a, b):
+                doomed.append(bytes(key))
+        for key in doomed:
+            txn.delete(key, db=self.meta.bases_db)
+
+    def base_layers(self, txn: lmdb.Transaction) -> list[int]:
+        """Every layer named by a merge base (gc keeps them)."""
+        return [U64.unpack(raw)[0] for _key, raw in txn.cursor(db=self.meta.bases_db)]

@@ -1,0 +1,582 @@
+"""POSIX semantics on top of layers: inode operations with Linux's errno for every failure.
+
+Every function takes a :class:`~branchfs.layers.View` (one transaction, one tree) and works
+on inode numbers, like a FUSE filesystem does. The path-based ``Branch`` API and the FUSE
+daemon are both thin wrappers over these functions. Errors are raised as ``OSError`` with
+the errno Linux gives for the same call; callers add the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import stat as st
+import time
+
+from .errors import ReadOnlyError, os_error
+from .layers import View
+from .records import CHUNK_SIZE, INLINE_MAX, ROOT_INO, Inode
+
+NAME_MAX = 255
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+ZERO_CHUNK = bytes(CHUNK_SIZE)
+
+
+def now_ns() -> int:
+    """The current time in nanoseconds, for timestamps."""
+    return time.time_ns()
+
+
+def writable(v: View) -> None:
+    """Raise EROFS unless the view may be written (snapshots may not)."""
+    if v.top is None:
+        raise ReadOnlyError("snapshots are read-only; fork a branch from the snapshot to edit it")
+
+
+def check_name(name: bytes) -> None:
+    """Raise the errno Linux gives for a name that cannot be a directory entry."""
+    if not name or b"/" in name or b"\0" in name:
+        raise os_error(errno.EINVAL)
+    if name in (b".", b".."):
+        raise os_error(errno.EEXIST)
+    if len(name) > NAME_MAX:
+        raise os_error(errno.ENAMETOOLONG)
+
+
+def get(v: View, ino: int) -> Inode:
+    """The record of ``ino``, or ENOENT."""
+    rec = v.inode(ino)
+    if rec is None:
+        raise os_error(errno.ENOENT)
+    return rec
+
+
+def get_dir(v: View, ino: int) -> Inode:
+    """The record of directory ``ino``: ENOENT if gone, ENOTDIR if not a directory."""
+    rec = get(v, ino)
+    if not rec.is_dir:
+        raise os_error(errno.ENOTDIR)
+    return rec
+
+
+def lookup(v: View, parent: int, name: bytes) -> int:
+    """The inode that ``name`` names in directory ``parent``; ENOENT if none."""
+    if name == b".":
+        get_dir(v, parent)
+        return parent
+    if name == b"..":
+        return parent_of(v, parent)
+    ino = v.dirent(parent, name)
+    if ino is None:
+        get_dir(v, parent)
+        if len(name) > NAME_MAX:
+            raise os_error(errno.ENAMETOOLONG)
+        raise os_error(errno.ENOENT)
+    return ino
+
+
+def parent_of(v: View, ino: int) -> int:
+    """The parent directory of directory ``ino`` (the root is its own parent)."""
+    rec = get_dir(v, ino)
+    if ino == ROOT_INO or not rec.links:
+        return ROOT_INO
+    return rec.links[0][0]
+
+
+def _touch_dir(v: View, parent: int, rec: Inode | None = None, t: int | None = None) -> None:
+    """Update a directory's mtime and ctime after its entries changed."""
+    if rec is None:
+        rec = v.inode_for_write(parent)
+        assert rec is not None
+    t = t or now_ns()
+    rec.mtime_ns = rec.ctime_ns = t
+    v.put_inode(parent, rec)
+
+
+def _new_entry_checks(v: View, parent: int, name: bytes) -> Inode:
+    writable(v)
+    check_name(name)
+    prec = v.inode_for_write(parent)
+    if prec is None:
+        raise os_error(errno.ENOENT)
+    if not prec.is_dir:
+        raise os_error(errno.ENOTDIR)
+    if v.dirent(parent, name) is not None:
+        raise os_error(errno.EEXIST)
+    if not prec.links and parent != ROOT_INO:
+        raise os_error(errno.ENOENT)  # a removed directory that is still open
+    return prec
+
+
+def make_node(
+    v: View,
+    parent: int,
+    name: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    *,
+    rdev: int = 0,
+    target: bytes | None = None,
+) -> tuple[int, Inode]:
+    """Create a file, directory, symlink or special file named ``name`` in ``parent``.
+
+    ``mode`` includes the file-type bits. Returns the new inode number and record.
+    """
+    prec = _new_entry_checks(v, parent, name)
+    ino = v.meta.next_id(v.txn, b"next_ino")
+    t = now_ns()
+    if prec.mode & st.S_ISGID:
+        gid = prec.gid
+        if st.S_ISDIR(mode):
+            mode |= st.S_ISGID
+    rec = Inode(mode=mode, uid=uid, gid=gid, atime_ns=t, mtime_ns=t, ctime_ns=t, rdev=rdev)
+    rec.links = [(parent, name)]
+    rec.cut = 0
+    if st.S_ISLNK(mode):
+        rec.inline = target or b""
+        rec.size = len(rec.inline)
+    elif st.S_ISREG(mode):
+        rec.inline = b""
+    v.put_inode(ino, rec)
+    v.put_dirent(parent, name, ino)
+    _touch_dir(v, parent, prec, t)
+    return ino, rec
+
+
+def link(v: View, ino: int, parent: int, name: bytes) -> Inode:
+    """Give ``ino`` one more name: ``name`` in ``parent``. Directories cannot be linked."""
+    rec = v.inode_for_write(ino)
+    if rec is None:
+        raise os_error(errno.ENOENT)
+    prec = _new_entry_checks(v, parent, name)
+    if rec.is_dir:
+        raise os_error(errno.EPERM)
+    t = now_ns()
+    rec.links.append((parent, name))
+    rec.ctime_ns = t
+    v.put_inode(ino, rec)
+    v.put_dirent(parent, name, ino)
+    _touch_dir(v, parent, prec, t)
+    return rec
+
+
+def _drop_link(v: View, ino: int, rec: Inode, parent: int, name: bytes, keep: bool) -> None:
+    """Remove the link (parent, name) from ``rec``; delete the inode when it was the last."""
+    with contextlib.suppress(ValueError):
+        rec.links.remove((parent, name))
+    if rec.links or keep:
+        rec.ctime_ns = now_ns()
+        v.put_inode(ino, rec)
+    else:
+        v.delete_inode(ino)
+
+
+def unlink(v: View, parent: int, name: bytes, *, keep_orphan: bool = False) -> int:
+    """Remove the non-directory entry ``name`` from ``parent``; returns its inode.
+
+    With ``keep_orphan`` an inode that loses its last link keeps its record (with no
+    links) so that open file handles can still use it; :func:`forget_orphan` drops it.
+    """
+    writable(v)
+    ino = lookup(v, parent, name)
+    rec = v.inode_for_write(ino)
+    if rec is None:
+        raise os_error(errno.ENOENT)
+    if rec.is_dir:
+        raise os_error(errno.EISDIR)
+    v.delete_dirent(parent, name)
+    _drop_link(v, ino, rec, parent, name, keep_orphan)
+    _touch_dir(v, parent)
+    return ino
+
+
+def forget_orphan(v: View, ino: int) -> None:
+    """Delete an inode that has no links left (its last open handle closed)."""
+    rec = v.inode(ino)
+    if rec is not None and not rec.links and ino != ROOT_INO:
+        v.delete_inode(ino)
+
+
+def rmdir(v: View, parent: int, name: bytes) -> int:
+    """Remove the empty directory ``name`` from ``parent``; returns its inode."""
+    writable(v)
+    if name == b".":
+        raise os_error(errno.EINVAL)
+    if name == b"..":
+        raise os_error(errno.ENOTEMPTY)
+    ino = lookup(v, parent, name)
+    rec = get(v, ino)
+    if not rec.is_dir:
+        raise os_error(errno.ENOTDIR)
+    if v.has_entries(ino):
+        raise os_error(errno.ENOTEMPTY)
+    v.delete_dirent(parent, name)
+    v.delete_inode(ino)
+    _touch_dir(v, parent)
+    return ino
+
+
+def is_ancestor(v: View, maybe_ancestor: int, ino: int) -> bool:
+    """Whether directory ``maybe_ancestor`` contains directory ``ino`` (or is it)."""
+    seen = 0
+    while True:
+        if ino == maybe_ancestor:
+            return True
+        if ino == ROOT_INO:
+            return False
+        rec = v.inode(ino)
+        if rec is None or not rec.links:
+            return False
+        ino = rec.links[0][0]
+        seen += 1
+        if seen > 100_000:
+            return False
+
+
+def rename(
+    v: View, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+) -> int | None:
+    """rename(2)/renameat2(2): move ``old_name`` to ``new_name``.
+
+    Supports ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``. Returns the inode that was
+    replaced and lost its last name (so a caller may keep it as an orphan), else None.
+    """
+    writable(v)
+    if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or (
+        flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE
+    ):
+        raise os_error(errno.EINVAL)
+    check_name(new_name)
+    if old_name in (b".", b"..") or new_name in (b".", b".."):
+        raise os_error(errno.EBUSY if old_name == b"." else errno.EINVAL)
+    ino = lookup(v, old_parent, old_name)
+    get_dir(v, new_parent)
+    target = v.dirent(new_parent, new_name)
+    rec = v.inode_for_write(ino)
+    assert rec is not None
+    if flags & RENAME_EXCHANGE:
+        if target is None:
+            raise os_error(errno.ENOENT)
+        return _exchange(v, old_parent, old_name, ino, rec, new_parent, new_name, target)
+    if target == ino:
+        return None  # both names are links to the same file: POSIX says do nothing
+    if target is not None and flags & RENAME_NOREPLACE:
+        raise os_error(errno.EEXIST)
+    if rec.is_dir and is_ancestor(v, ino, new_parent):
+        raise os_error(errno.EINVAL)
+    replaced: int | None = None
+    if target is not None:
+        trec = v.inode_for_write(target)
+        assert trec is not None
+        if trec.is_dir:
+            if not rec.is_dir:
+                raise os_error(errno.EISDIR)
+            if v.has_entries(target):
+                raise os_error(errno.ENOTEMPTY)
+            v.delete_inode(target)
+        else:
+            if rec.is_dir:
+                raise os_error(errno.ENOTDIR)
+            trec.links.remove((new_parent, new_name))
+            if trec.links:
+                trec.ctime_ns = now_ns()
+                v.put_inode(target, trec)
+            else:
+                replaced = target
+                v.put_inode(target, trec)  # the caller keeps or forgets the orphan
+    t = now_ns()
+    v.delete_dirent(old_parent, old_name)
+    v.put_dirent(new_parent, new_name, ino)
+    rec.links.remove((old_parent, old_name))
+    rec.links.append((new_parent, new_name))
+    rec.ctime_ns = t
+    v.put_inode(ino, rec)
+    _touch_dir(v, old_parent, t=t)
+    if new_parent != old_parent:
+        _touch_dir(v, new_parent, t=t)
+    return replaced
+
+
+def _exchange(
+    v: View,
+    op: int,
+    on: bytes,
+    ino: int,
+    rec: Inode,
+    np: int,
+    nn: bytes,
+    target: int,
+) -> None:
+    if target == ino:
+        return None
+    trec = v.inode_for_write(target)
+    assert trec is not None
+    if rec.is_dir and is_ancestor(v, ino, np):
+        raise os_error(errno.EINVAL)
+    if trec.is_dir and is_ancestor(v, target, op):
+        raise os_error(errno.EINVAL)
+    t = now_ns()
+    v.put_dirent(op, on, target)
+    v.put_dirent(np, nn, ino)
+    rec.links.remove((op, on))
+    rec.links.append((np, nn))
+    trec.links.remove((np, nn))
+    trec.links.append((op, on))
+    rec.ctime_ns = trec.ctime_ns = t
+    v.put_inode(ino, rec)
+    v.put_inode(target, trec)
+    _touch_dir(v, op, t=t)
+    if np != op:
+        _touch_dir(v, np, t=t)
+    return None
+
+
+# -- file data ---------------------------------------------------------------------------------
+
+
+def _chunk_bytes(v: View, cuts: list[tuple[int, int | None]], ino: int, idx: int) -> bytes:
+    key = v.extent(cuts, ino, idx)
+    if key is None:
+        return b""
+    return v.chunks.get(v.txn, bytes(key))
+
+
+def read(v: View, ino: int, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes of regular file ``ino`` from ``offset`` (short at end of file)."""
+    rec = get(v, ino)
+    if rec.is_dir:
+        raise os_error(errno.EISDIR)
+    if not rec.is_reg:
+        raise os_error(errno.EINVAL)
+    if offset < 0:
+        raise os_error(errno.EINVAL)
+    end = min(rec.size, offset + size)
+    if end <= offset:
+        return b""
+    if rec.inline is not None:
+        data = rec.inline[offset:end]
+        return data + bytes(end - offset - len(data))
+    cuts = v.cuts(ino)
+    first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
+    if first == last:
+        chunk = _chunk_bytes(v, cuts, ino, first)
+        lo, hi = offset - first * CHUNK_SIZE, end - first * CHUNK_SIZE
+        piece = chunk[lo:hi]
+        return piece + bytes(hi - lo - len(piece))
+    out = bytearray()
+    for idx in range(first, last + 1):
+        chunk = _chunk_bytes(v, cuts, ino, idx)
+        lo = max(offset - idx * CHUNK_SIZE, 0)
+        hi = min(end - idx * CHUNK_SIZE, CHUNK_SIZE)
+        piece = chunk[lo:hi]
+        out += piece
+        if len(piece) < hi - lo:
+            out += bytes(hi - lo - len(piece))
+    return bytes(out)
+
+
+def _spill_inline(v: View, ino: int, rec: Inode) -> None:
+    """Move an inline file's bytes into chunk 0 so that it can grow past INLINE_MAX."""
+    data = rec.inline or b""
+    rec.inline = None
+    v.drop_extents(ino, 0)
+    rec.cut = 0
+    if data:
+        v.put_extent(ino, 0, v.chunks.put(v.txn, data))
+
+
+def _write_chunks(v: View, ino: int, offset: int, data: bytes | memoryview) -> None:
+    cuts = v.cuts(ino)
+    mv = memoryview(data)
+    pos = 0
+    total = len(mv)
+    while pos < total:
+        at = offset + pos
+        idx, coff = divmod(at, CHUNK_SIZE)
+        n = min(CHUNK_SIZE - coff, total - pos)
+        if coff == 0 and n == CHUNK_SIZE:
+            new = bytes(mv[pos : pos + n])
+        else:
+            old = _chunk_bytes(v, cuts, ino, idx)
+            buf = bytearray(old)
+            if len(buf) < coff + n:
+                buf.extend(bytes(coff + n - len(buf)))
+            buf[coff : coff + n] = mv[pos : pos + n]
+            new = bytes(buf)
+        v.put_extent(ino, idx, v.chunks.put(v.txn, new))
+        pos += n
+
+
+def write(v: View, ino: int, offset: int, data: bytes | memoryview) -> Inode:
+    """Write ``data`` into regular file ``ino`` at ``offset`` (holes read as zeros)."""
+    writable(v)
+    if offset < 0:
+        raise os_error(errno.EINVAL)
+    rec = v.inode_for_write(ino)
+    if rec is None:
+        raise os_error(errno.ENOENT)
+    if rec.is_dir:
+        raise os_error(errno.EISDIR)
+    if not rec.is_reg:
+        raise os_error(errno.EINVAL)
+    n = len(data)
+    end = offset + n
+    if n:
+        if rec.inline is not None and end <= INLINE_MAX:
+            buf = bytearray(rec.inline)
+            if len(buf) < offset:
+                buf.extend(bytes(offset - len(buf)))
+            buf[offset:end] = data
+            rec.inline = bytes(buf)
+        else:
+            if rec.inline is not None:
+                _spill_inline(v, ino, rec)
+            _write_chunks(v, ino, offset, data)
+        rec.size = max(rec.size, end)
+    t = now_ns()
+    rec.mtime_ns = rec.ctime_ns = t
+    v.put_inode(ino, rec)
+    return rec
+
+
+def truncate(v: View, ino: int, size: int, rec: Inode | None = None) -> Inode:
+    """Set the size of regular file ``ino``: cut it short or extend it with a hole."""
+    writable(v)
+    if size < 0:
+        raise os_error(errno.EINVAL)
+    if rec is None:
+        rec = v.inode_for_write(ino)
+    if rec is None:
+        raise os_error(errno.ENOENT)
+    if rec.is_dir:
+        raise os_error(errno.EISDIR)
+    if not rec.is_reg:
+        raise os_error(errno.EINVAL)
+    if size != rec.size:
+        if size == 0:
+            v.drop_extents(ino, 0)
+            rec.inline = b""
+            rec.cut = 0
+        elif rec.inline is not None:
+            if size <= INLINE_MAX:
+                rec.inline = rec.inline[:size] + bytes(max(0, size - len(rec.inline)))
+            else:
+                _spill_inline(v, ino, rec)
+        elif size < rec.size:
+            keep = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
+            tail = size % CHUNK_SIZE
+            if tail:
+                idx = size // CHUNK_SIZE
+                old = _chunk_bytes(v, v.cuts(ino), ino, idx)
+                if len(old) > tail:
+                    v.put_extent(ino, idx, v.chunks.put(v.txn, old[:tail]))
+            v.drop_extents(ino, keep)
+            rec.cut = keep if rec.cut is None else min(rec.cut, keep)
+        rec.size = size
+    t = now_ns()
+    rec.mtime_ns = rec.ctime_ns = t
+    v.put_inode(ino, rec)
+    return rec
+
+
+def readlink(v: View, ino: int) -> bytes:
+    """The target of symlink ``ino``; EINVAL if it is not a symlink."""
+    rec = get(v, ino)
+    if not rec.is_link:
+        raise os_error(errno.EINVAL)
+    return rec.inline or b""
+
+
+def setattr(
+    v: View,
+    ino: int,
+    *,
+    mode: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    size: int | None = None,
+    atime_ns: int | None = None,
+    mtime_ns: int | None = None,
+    ctime_ns: int | None = None,
+) -> Inode:
+    """chmod / chown / truncate / utimens in one call; None leaves a field as it is."""
+    writable(v)
+    rec = v.inode_for_write(ino)
+    if rec is None:
+        raise os_error(errno.ENOENT)
+    if size is not None:
+        rec = truncate(v, ino, size, rec)
+    if mode is not None:
+        rec.mode = st.S_IFMT(rec.mode) | st.S_IMODE(mode)
+    if uid is not None and uid != -1:
+        rec.uid = uid
+    if gid is not None and gid != -1:
+        rec.gid = gid
+    if (uid not in (None, -1) or gid not in (None, -1)) and not rec.is_dir and mode is None:
+        rec.mode &= ~st.S_ISUID
+        if rec.mode & st.S_IXGRP:
+            rec.mode &= ~st.S_ISGID
+    if atime_ns is not None:
+        rec.atime_ns = atime_ns
+    if mtime_ns is not None:
+        rec.mtime_ns = mtime_ns
+    rec.ctime_ns = ctime_ns if ctime_ns is not None else now_ns()
+    v.put_inode(ino, rec)
+    return rec
+
+
+# -- extended attributes -----------------------------------------------------------------------
+
+
+def getxattr(v: View, ino: int, name: bytes) -> bytes:
+    """The value of extended attribute ``name``; ENODATA if unset."""
+    rec = get(v, ino)
+    value = rec.xattrs.get(name)
+    if value is None:
+        raise os_error(errno.ENODATA)
+    return value
+
+
+def listxattr(v: View, ino: int) -> list[bytes]:
+    """Names of the extended attributes of ``ino``, sorted."""
+    return sorted(get(v, ino).xattrs)
+
+
+def setxattr(v: View, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+    """Set extended attribute ``name`` (``XATTR_CREATE`` / ``XATTR_REPLACE`` honoured)."""
+    writable(v)
+    if not name or len(name) > XATTR_NAME_MAX:
+        raise os_error(errno.ERANGE)
+    if len(value) > XATTR_SIZE_MAX:
+        raise os_error(errno.E2BIG)
+    rec = v.inode_for_write(ino)
+    if rec is None:
+        raise os_error(errno.ENOENT)
+    exists = name in rec.xattrs
+    if flags & XATTR_CREATE and exists:
+        raise os_error(errno.EEXIST)
+    if flags & XATTR_REPLACE and not exists:
+        raise os_error(errno.ENODATA)
+    rec.xattrs[name] = bytes(value)
+    rec.ctime_ns = now_ns()
+    v.put_inode(ino, rec)
+
+
+def removexattr(v: View, ino: int, name: bytes) -> None:
+    """Remove extended attribute ``name``; ENODATA if unset."""
+    writable(v)
+    rec = v.inode_for_write(ino)
+    if rec is None:
+        raise os_error(errno.ENOENT)
+    if name not in rec.xattrs:
+        raise os_error(errno.ENODATA)
+    del rec.xattrs[name]
+    rec.ctime_ns = now_ns()
+    v.put_inode(ino, rec)
