@@ -1,0 +1,1 @@
+"""The branchfs FUSE mount daemon (pyfuse3 + trio), imported as ``branchfs_fuse``."""
