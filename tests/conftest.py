@@ -1,0 +1,81 @@
+"""Shared fixtures: a fresh store in a temp dir and a branch in it, plus an ``os`` oracle.
+
+Every test gets its own store, so tests never see each other's branches. ``os_errno``
+runs the same call against a real temp directory, so that tests compare branchfs's errors
+with what Linux itself raises instead of with hand-written expectations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import branchfs
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    """Where the test's store lives (not created yet)."""
+    return tmp_path / "store.bfs"
+
+
+@pytest.fixture
+def store(store_path: Path) -> Iterator[branchfs.Store]:
+    """A freshly created, empty store, closed after the test."""
+    s = branchfs.Store.open(store_path, create=True)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def branch(store: branchfs.Store) -> branchfs.Branch:
+    """Branch ``main`` of a fresh store: an empty tree."""
+    return store.create_branch("main")
+
+
+@pytest.fixture
+def real(tmp_path: Path) -> Path:
+    """An empty real directory on the native disk: the oracle for POSIX behaviour."""
+    d = tmp_path / "real"
+    d.mkdir()
+    return d
+
+
+def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
+    """``("ok", result)`` or ``("err", (exception type, errno))`` of calling ``fn``.
+
+    Types are compared by their ``OSError`` subclass (``FileNotFoundError`` …); anything
+    that is not an ``OSError`` keeps its own type.
+    """
+    try:
+        return "ok", fn()
+    except OSError as exc:
+        return "err", (_os_type(exc), exc.errno)
+    except (ValueError, TypeError) as exc:
+        return "err", (type(exc), None)
+
+
+def _os_type(exc: OSError) -> type:
+    """The most specific builtin ``OSError`` class of ``exc`` (ignoring branchfs mixins)."""
+    for cls in type(exc).__mro__:
+        if cls.__module__ == "builtins" and issubclass(cls, OSError):
+            return cls
+    return OSError
+
+
+@pytest.fixture
+def same_error() -> Callable[[Callable[[], Any], Callable[[], Any]], tuple[type, int | None]]:
+    """Assert that two calls fail the same way (type and errno); returns that failure."""
+
+    def check(ours: Callable[[], Any], theirs: Callable[[], Any]) -> tuple[type, int | None]:
+        got, expect = outcome(ours), outcome(theirs)
+        assert expect[0] == "err", f"the os oracle did not fail: {expect!r}"
+        assert got == expect, f"branchfs gave {got!r}, os gave {expect!r}"
+        return expect[1]
+
+    return check
