@@ -1,0 +1,419 @@
+"""Mounting a branch: start and stop the FUSE daemon, and keep mounts coherent.
+
+Three jobs live here, all without importing pyfuse3 (that happens in the daemon process):
+
+* :func:`mounted` / :func:`start_daemon` / :func:`unmount` start a daemon
+  (``python -m branchfs_fuse``) for one branch, wait until the mount answers, and stop it.
+* Every running daemon registers itself in ``STORE/mounts/`` (one small JSON file naming its
+  branch, mountpoint and an abstract unix socket).
+* :func:`notify_mounts` is the store's change hook (``Store.change_hook``): after any process
+  changes a branch through the API, the daemons serving that branch are told synchronously,
+  and answer only once they have dropped the kernel's caches. So a change made from outside
+  a mount shows in the mount on the next syscall. See docs/architecture.md, "The mount".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BranchFSError
+
+#: Subdirectory of a store that holds one registration file per running mount daemon.
+MOUNTS_DIR = "mounts"
+#: How long a writer waits for a daemon to acknowledge a change notification.
+NOTIFY_TIMEOUT = 10.0
+#: How long ``mount`` waits for the daemon to answer before giving up.
+START_TIMEOUT = 30.0
+
+
+class MountError(BranchFSError):
+    """A mount or unmount could not be done; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One running mount daemon, as recorded in ``STORE/mounts/``."""
+
+    path: str
+    pid: int
+    branch: str
+    mountpoint: str
+    socket: str
+
+    def alive(self) -> bool:
+        """Whether the daemon process still exists."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+# -- registrations ------------------------------------------------------------------------------
+
+
+def mounts_dir(store_path: str) -> str:
+    """The directory holding the registrations of a store's daemons."""
+    return os.path.join(store_path, MOUNTS_DIR)
+
+
+def register(store_path: str, branch: str, mountpoint: str, sock_name: str) -> str:
+    """Record a daemon serving ``branch`` at ``mountpoint``; returns the file to remove later."""
+    d = mounts_dir(store_path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    path = os.path.join(d, f"{os.getpid()}.json")
+    tmp = path + ".tmp"
+    data = {"pid": os.getpid(), "branch": branch, "mountpoint": mountpoint, "socket": sock_name}
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+    _cache.pop(store_path, None)
+    return path
+
+
+def _read_registrations(d: str) -> list[Registration]:
+    out = []
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(d, name)
+        try:
+            with open(path) as fh:
+                data = json.load(fh)
+            out.append(
+                Registration(
+                    path, int(data["pid"]), data["branch"], data["mountpoint"], data["socket"]
+                )
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+_cache: dict[str, tuple[int, list[Registration]]] = {}
+
+
+def registrations(store_path: str) -> list[Registration]:
+    """The daemons registered on a store (a stat of the directory when nothing changed).
+
+    The listing is cached by the directory's mtime, but only once that mtime is more than a
+    second old: a registration made in the same clock tick as the listing is never missed.
+    """
+    d = mounts_dir(store_path)
+    try:
+        mtime = os.stat(d).st_mtime_ns
+    except FileNotFoundError:
+        return []
+    cached = _cache.get(store_path)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    regs = _read_registrations(d)
+    if time.time_ns() - mtime > 1_000_000_000:
+        _cache[store_path] = (mtime, regs)
+    return regs
+
+
+def _drop_stale(reg: Registration) -> None:
+    if not reg.alive():
+        with contextlib.suppress(OSError):
+            os.unlink(reg.path)
+
+
+def find_mount(mountpoint: str) -> tuple[str, Registration] | None:
+    """The store and registration of the daemon serving ``mountpoint``, if one is known.
+
+    Looks in the store named by the mount's ``.branchfs/store`` file.
+    """
+    try:
+        with open(os.path.join(mountpoint, ".branchfs", "store")) as fh:
+            store_path = fh.read().strip()
+    except OSError:
+        return None
+    real = os.path.realpath(mountpoint)
+    for reg in _read_registrations(mounts_dir(store_path)):
+        if os.path.realpath(reg.mountpoint) == real:
+            return store_path, reg
+    return None
+
+
+# -- change notification -------------------------------------------------------------------------
+
+
+def poke(reg: Registration, names: tuple[str, ...]) -> bool:
+    """Tell one daemon that ``names`` changed and wait for its acknowledgement."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(NOTIFY_TIMEOUT)
+    try:
+        s.connect(reg.socket.encode("latin-1"))
+        s.sendall(json.dumps({"changed": list(names)}).encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            part = s.recv(64)
+            if not part:
+                break
+            answer += part
+        return answer.strip() == b"ok"
+    except (ConnectionRefusedError, FileNotFoundError):
+        _drop_stale(reg)
+        return False
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def targets(store_path: str, names: tuple[str, ...]) -> list[Registration]:
+    """The other processes' daemons that serve one of the branches ``names``."""
+    me = os.getpid()
+    return [r for r in registrations(store_path) if r.branch in names and r.pid != me]
+
+
+def notify_mounts(store_path: str, names: tuple[str, ...]) -> None:
+    """The default ``Store.change_hook``: synchronously tell the daemons serving ``names``."""
+    for reg in targets(store_path, names):
+        poke(reg, names)
+
+
+# -- starting and stopping daemons -------------------------------------------------------------
+
+
+def check_fuse() -> None:
+    """Raise :class:`MountError` unless this machine can mount FUSE filesystems."""
+    if not os.path.exists("/dev/fuse"):
+        raise MountError(
+            "/dev/fuse does not exist: FUSE is not available here; install the Debian package "
+            "fuse3 (apt-get install fuse3) and load the fuse module, or run the container "
+            "with --device /dev/fuse"
+        )
+    if shutil.which("fusermount3") is None:
+        raise MountError(
+            "fusermount3 was not found on PATH; install the Debian package fuse3 "
+            "(apt-get install fuse3)"
+        )
+
+
+def is_stale(mountpoint: str) -> bool:
+    """Whether ``mountpoint`` is a dead FUSE mount ("Transport endpoint is not connected")."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def clean_stale(mountpoint: str) -> None:
+    """Detach a dead FUSE mount left by a killed daemon (``fusermount3 -uz``)."""
+    subprocess.run(
+        ["fusermount3", "-u", "-z", "-q", mountpoint],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    if is_stale(mountpoint):
+        raise MountError(
+            f"{mountpoint} is a dead mount (its daemon was killed) and could not be "
+            f"detached; run `fusermount3 -uz {mountpoint}` (or `umount -l {mountpoint}` "
+            "as root) and try again"
+        )
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    """Validate a mountpoint (exists, a directory, empty, not mounted); its absolute path."""
+    mp = os.path.abspath(mountpoint)
+    if is_stale(mp):
+        clean_stale(mp)
+    if not os.path.exists(mp):
+        raise MountError(f"mountpoint {mountpoint} does not exist; create it with mkdir first")
+    if not os.path.isdir(mp):
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mp):
+        raise MountError(
+            f"{mountpoint} is already a mountpoint; unmount it first "
+            f"(`branchfs umount {mountpoint}`) or pick another directory"
+        )
+    if os.listdir(mp):
+        raise MountError(
+            f"mountpoint {mountpoint} is not empty; mount on an empty directory so that "
+            "nothing is hidden"
+        )
+    return mp
+
+
+def daemon_command(store_path: str, mountpoint: str, branch: str) -> list[str]:
+    """The command line that runs a daemon in the foreground."""
+    return [
+        sys.executable,
+        "-m",
+        "branchfs_fuse",
+        "--store",
+        store_path,
+        "--branch",
+        branch,
+        mountpoint,
+    ]
+
+
+def start_daemon(
+    store_path: str, mountpoint: str, branch: str = "main", *, timeout: float = START_TIMEOUT
+) -> subprocess.Popen[bytes]:
+    """Start a detached daemon and return once the mount answers; MountError if it fails."""
+    check_fuse()
+    mp = check_mountpoint(mountpoint)
+    store_path = os.path.abspath(store_path)
+    read_fd, write_fd = os.pipe()
+    cmd = [*daemon_command(store_path, mp, branch), "--ready-fd", str(write_fd)]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        pass_fds=(write_fd,),
+        start_new_session=True,
+    )
+    os.close(write_fd)
+    try:
+        message = _wait_ready(proc, read_fd, timeout)
+    finally:
+        os.close(read_fd)
+    if message != "ok":
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        err = b""
+        with contextlib.suppress(Exception):
+            err = proc.communicate(timeout=5)[1] or b""
+        detail = message or err.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+        if isinstance(detail, list):
+            detail = detail[0]
+        raise MountError(f"mounting {branch!r} at {mountpoint} failed: {detail}")
+    if proc.stderr is not None:
+        proc.stderr.close()
+    # The daemon answered "ready" after the kernel's INIT; confirm that a lookup works.
+    deadline = time.monotonic() + timeout
+    while not os.path.isdir(os.path.join(mp, ".branchfs")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise MountError(f"the daemon for {mountpoint} stopped before the mount answered")
+        time.sleep(0.01)
+    return proc
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], fd: int, timeout: float) -> str:
+    import select
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"no answer from the daemon within {timeout:.0f} s"
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if ready:
+            part = os.read(fd, 4096)
+            if not part:
+                break
+            data += part
+        elif proc.poll() is not None:
+            break
+    return data.decode(errors="replace").strip()
+
+
+def unmount(mountpoint: str, *, timeout: float = 60.0) -> None:
+    """Flush and unmount ``mountpoint``, waiting until its daemon has exited.
+
+    A dead mount left by a killed daemon is detached. Raises :class:`MountError` if the
+    mount is busy or not a branchfs mount.
+    """
+    mp = os.path.abspath(mountpoint)
+    if is_stale(mp):
+        clean_stale(mp)
+        return
+    if not os.path.ismount(mp):
+        raise MountError(f"{mountpoint} is not mounted")
+    found = find_mount(mp)
+    if found is None:
+        raise MountError(f"{mountpoint} is not a branchfs mount")
+    _store, reg = found
+    res = subprocess.run(
+        ["fusermount3", "-u", mp], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
+    if res.returncode != 0:
+        msg = res.stderr.decode(errors="replace").strip()
+        if "busy" in msg.lower():
+            raise MountError(
+                f"{mountpoint} is busy (a process has a file open or its working directory "
+                "inside); close it and try again"
+            )
+        raise MountError(f"unmounting {mountpoint} failed: {msg}")
+    deadline = time.monotonic() + timeout
+    while reg.alive():
+        if _reap(reg.pid):
+            break
+        if time.monotonic() > deadline:
+            raise MountError(f"the daemon (pid {reg.pid}) did not exit after unmounting")
+        time.sleep(0.01)
+
+
+def _reap(pid: int) -> bool:
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == pid
+
+
+@contextlib.contextmanager
+def mounted(store: Any, mountpoint: Any, branch: str = "main") -> Iterator[Path]:
+    """Mount ``branch`` of ``store`` (a Store or a path) at ``mountpoint`` for the block.
+
+    Yields the mountpoint as a :class:`~pathlib.Path`; on exit flushes and unmounts, and
+    waits until the daemon has exited, so everything written is in the store.
+    """
+    store_path = os.fspath(getattr(store, "path", store))
+    mp = os.path.abspath(os.fspath(mountpoint))
+    proc = start_daemon(store_path, mp, branch)
+    try:
+        yield Path(mp)
+    finally:
+        _stop(proc, mp)
+
+
+def _stop(proc: subprocess.Popen[bytes], mp: str) -> None:
+    for _attempt in range(50):
+        if proc.poll() is not None:
+            break
+        res = subprocess.run(
+            ["fusermount3", "-u", mp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        if res.returncode == 0:
+            break
+        time.sleep(0.1)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if is_stale(mp):
+        clean_stale(mp)
