@@ -14,7 +14,7 @@ import os
 import stat as st
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import lmdb
 
@@ -57,6 +57,11 @@ class Store:
     Open it with :meth:`Store.open`; use it as a context manager or call :meth:`close`.
     Opening the same store twice in one process shares one LMDB environment.
     """
+
+    #: Called as ``hook(store_path, branch_names)`` after a call changed those branches'
+    #: trees, so that mount daemons serving them drop the kernel's caches (see
+    #: :mod:`branchfs.mount`); None means "load the default from branchfs.mount".
+    change_hook: ClassVar[Callable[[str, tuple[str, ...]], None] | None] = None
 
     def __init__(self, meta: Meta) -> None:
         self._meta: Meta | None = meta
@@ -124,7 +129,18 @@ class Store:
 
     def write_tree(self, name: str, fn: Callable[[View], T], *, snapshot: bool = False) -> T:
         """Run ``fn`` on a writable view of branch ``name`` in one atomic transaction."""
-        return self.meta.write(lambda txn: fn(self._view(txn, name, snapshot)))
+        result = self.meta.write(lambda txn: fn(self._view(txn, name, snapshot)))
+        self._changed(name)
+        return result
+
+    def _changed(self, *names: str) -> None:
+        """Tell mount daemons serving ``names`` that their trees changed (a stat if none)."""
+        hook = Store.change_hook
+        if hook is None:
+            from .mount import notify_mounts  # most processes never see a mount
+
+            hook = Store.change_hook = notify_mounts
+        hook(self.path, names)
 
     # -- branches and snapshots -------------------------------------------------------------
 
@@ -184,10 +200,12 @@ class Store:
             self.refs.reset(txn, branch, layer)
 
         self.meta.write(op)
+        self._changed(branch)
 
     def discard(self, branch: str) -> None:
         """Remove ``branch``; its space comes back at the next :meth:`gc`."""
         self.meta.write(lambda txn: self.refs.discard(txn, branch))
+        self._changed(branch)
 
     def delete_snapshot(self, name: str) -> None:
         """Remove snapshot ``name``; its space comes back at the next :meth:`gc`."""
@@ -213,7 +231,10 @@ class Store:
         """3-way merge ``source`` into ``target``; see :func:`branchfs.merge.merge`."""
         from .merge import merge
 
-        return merge(self, target, source, strategy=strategy, conflict_markers=conflict_markers)
+        try:
+            return merge(self, target, source, strategy=strategy, conflict_markers=conflict_markers)
+        finally:
+            self._changed(target)
 
     def gc(self) -> GcReport:
         """Reclaim discarded branches' layers and unreferenced chunks; safe beside writers."""
@@ -422,12 +443,14 @@ class Branch:
         """Like ``os.walk``: (dirpath, dirnames, filenames) for each directory under ``top``."""
         dirs, files = [], []
         for entry in self.scandir(top):
-            (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+            (dirs if entry.is_dir() else files).append(entry.name)
         base: Any = top if isinstance(top, bytes) else os.fsdecode(top)
         if topdown:
             yield base, dirs, files
         for d in dirs:
-            yield from self.walk(_join(base, os.fsencode(d)), topdown)
+            sub = _join(base, os.fsencode(d))
+            if not self.islink(sub):  # os.walk lists a symlink to a directory, never enters it
+                yield from self.walk(sub, topdown)
         if not topdown:
             yield base, dirs, files
 
@@ -448,21 +471,29 @@ class Branch:
     def _create(self, v: View, path: PathArg, mode: int, exclusive: bool, truncate: bool) -> int:
         """The inode of file ``path``, created (mode & ~umask) if missing."""
         parent, name = paths.resolve_parent(v, path)
-        if not name:
+        if not name or paths.must_be_dir(path):
             raise os_error(errno.EISDIR)
-        existing = v.dirent(parent, name)
-        if existing is not None:
+        hops = paths.MAXSYMLINKS
+        while (existing := v.dirent(parent, name)) is not None:
             if exclusive:
                 raise os_error(errno.EEXIST)
-            ino = paths.resolve(v, path)
-            rec = tree.get(v, ino)
+            rec = tree.get(v, existing)
             if rec.is_dir:
                 raise os_error(errno.EISDIR)
-            if truncate and rec.size:
-                tree.truncate(v, ino, 0)
-            return ino
-        if paths.encode(path).endswith(b"/"):
-            raise os_error(errno.EISDIR)
+            if not rec.is_link:
+                if truncate and rec.size:
+                    tree.truncate(v, existing, 0)
+                return existing
+            # O_CREAT follows a symlink, creating its target if that is missing.
+            hops -= 1
+            if hops < 0:
+                raise os_error(errno.ELOOP)
+            target = rec.inline or b""
+            if not target:
+                raise os_error(errno.ENOENT)
+            parent, name = paths.resolve_parent(v, target, parent)
+            if not name or paths.must_be_dir(target):
+                raise os_error(errno.EISDIR)
         ino, _rec = tree.make_node(
             v, parent, name, st.S_IFREG | (mode & ~_UMASK & 0o7777), os.geteuid(), os.getegid()
         )
@@ -507,15 +538,21 @@ class Branch:
             if create:
                 return self._create(v, path, 0o666, exclusive, trunc)
             ino = paths.resolve(v, path)
-            rec = tree.get(v, ino)
-            if rec.is_dir and writable:
-                raise os_error(errno.EISDIR)
             return ino
 
-        ino = self._at(path, op, write=create or trunc)
+        def check(v: View) -> tuple[int, int]:
+            ino = op(v)
+            rec = tree.get(v, ino)
+            if rec.is_dir:
+                raise os_error(errno.EISDIR)  # builtin open() refuses directories too
+            return ino, rec.size
+
+        ino, size = self._at(path, check, write=create or trunc)
         raw = RawBranchFile(
             self, ino, os.fsdecode(path), readable=readable, writable=writable, append=append
         )
+        if append:
+            raw.seek(size)  # like open(): an appending file starts at its end
         if buffering == 0:
             return raw
         size = buffering if buffering > 1 else 1 << 20
@@ -554,7 +591,7 @@ class Branch:
             comps = paths.parts(paths.encode(path))
             ino = ROOT_INO
             created = False
-            for name in comps:
+            for i, name in enumerate(comps):
                 if name == b"..":
                     ino = tree.parent_of(v, ino)
                     continue
@@ -570,8 +607,10 @@ class Branch:
                     )
                     created = True
                 else:
-                    child = paths.resolve(v, b"/".join(comps[: comps.index(name) + 1]))
-                    tree.get_dir(v, child)
+                    child = paths.resolve(v, b"/".join(comps[: i + 1]))
+                    if not tree.get(v, child).is_dir:
+                        # os.makedirs: the leaf existing as a file is EEXIST, a parent ENOTDIR
+                        raise os_error(errno.EEXIST if i == len(comps) - 1 else errno.ENOTDIR)
                 ino = child
             if not created and not exist_ok:
                 raise os_error(errno.EEXIST)
@@ -585,6 +624,9 @@ class Branch:
             parent, name = paths.resolve_parent(v, path)
             if not name:
                 raise os_error(errno.EISDIR)
+            if paths.must_be_dir(path):
+                rec = tree.get(v, tree.lookup(v, parent, name))
+                raise os_error(errno.EISDIR if rec.is_dir else errno.ENOTDIR)
             tree.unlink(v, parent, name)
 
         self._at(path, op, write=True)
@@ -636,6 +678,15 @@ class Branch:
             dp, dn = paths.resolve_parent(v, dst)
             if not sn or not dn:
                 raise os_error(errno.EBUSY)
+            dots = (b".", b"..")
+            if (
+                (paths.must_be_dir(src) or paths.must_be_dir(dst))
+                and sn not in dots
+                and dn not in dots
+                and not tree.get(v, tree.lookup(v, sp, sn)).is_dir
+                and not (flags & tree.RENAME_NOREPLACE and v.dirent(dp, dn) is not None)
+            ):
+                raise os_error(errno.ENOTDIR)
             tree.rename(v, sp, sn, dp, dn, flags)
 
         self._at(src, op, write=True)
@@ -650,6 +701,8 @@ class Branch:
             parent, name = paths.resolve_parent(v, path)
             if not name:
                 raise os_error(errno.EEXIST)
+            if paths.must_be_dir(path) and v.dirent(parent, name) is None:
+                raise os_error(errno.ENOENT)
             tree.make_node(
                 v, parent, name, st.S_IFLNK | 0o777, os.geteuid(), os.getegid(), target=raw_target
             )
@@ -664,6 +717,8 @@ class Branch:
             parent, name = paths.resolve_parent(v, dst)
             if not name:
                 raise os_error(errno.EEXIST)
+            if paths.must_be_dir(dst) and v.dirent(parent, name) is None:
+                raise os_error(errno.ENOENT)
             tree.link(v, ino, parent, name)
 
         self._at(dst, op, write=True)
