@@ -64,24 +64,41 @@ def _walk(v: View, start: int, comps: list[bytes], follow_last: bool, budget: li
 
 
 def resolve(v: View, path: PathArg, follow_symlinks: bool = True) -> int:
-    """The inode that ``path`` names; OSError (ENOENT, ENOTDIR, ELOOP …) if none."""
+    """The inode that ``path`` names; OSError (ENOENT, ENOTDIR, ELOOP …) if none.
+
+    A trailing slash follows a final symlink even with ``follow_symlinks=False``, as
+    Linux does (``lstat("link-to-dir/")`` is the directory).
+    """
     raw = encode(path)
-    ino = _walk(v, ROOT_INO, parts(raw), follow_symlinks, [MAXSYMLINKS])
+    follow = follow_symlinks or raw.endswith(b"/")
+    ino = _walk(v, ROOT_INO, parts(raw), follow, [MAXSYMLINKS])
     if raw.endswith(b"/") and ino != ROOT_INO:
         tree.get_dir(v, ino)
     return ino
 
 
-def resolve_parent(v: View, path: PathArg) -> tuple[int, bytes]:
+def resolve_parent(v: View, path: PathArg, start: int = ROOT_INO) -> tuple[int, bytes]:
     """The directory that would hold ``path`` and the final name, for create/remove calls.
 
-    The root itself has no parent entry: operating on it is EBUSY (``rmdir /``) or EEXIST
-    (``mkdir /``), which the callers decide; here it gives ``(ROOT_INO, b"")``.
+    A relative ``path`` starts at directory ``start`` (the root unless a symlink target is
+    being followed); an absolute one at the root. The root itself has no parent entry:
+    operating on it is EBUSY (``rmdir /``) or EEXIST (``mkdir /``), which the callers
+    decide; here it gives ``(start, b"")``.
     """
     raw = encode(path)
     comps = parts(raw)
+    if raw.rstrip(b"/").endswith(b"/.") or raw.rstrip(b"/") == b".":
+        comps.append(b".")  # "d/." names d itself: rmdir gives EINVAL, rename EBUSY
+    if raw.startswith(b"/"):
+        start = ROOT_INO
     if not comps:
-        return ROOT_INO, b""
-    parent = _walk(v, ROOT_INO, comps[:-1], True, [MAXSYMLINKS])
+        return start, b""
+    parent = _walk(v, start, comps[:-1], True, [MAXSYMLINKS])
     tree.get_dir(v, parent)
     return parent, comps[-1]
+
+
+def must_be_dir(path: PathArg) -> bool:
+    """Whether ``path`` can only name a directory: a trailing slash, or ``.``/``..`` last."""
+    raw = encode(path)
+    return raw.endswith(b"/") or raw.rsplit(b"/", 1)[-1] in (b".", b"..")
