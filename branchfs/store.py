@@ -701,7 +701,11 @@ class Branch:
             parent, name = paths.resolve_parent(v, path)
             if not name:
                 raise os_error(errno.EEXIST)
-            if paths.must_be_dir(path) and v.dirent(parent, name) is None:
+            if (
+                name not in (b".", b"..")
+                and paths.must_be_dir(path)
+                and v.dirent(parent, name) is None
+            ):
                 raise os_error(errno.ENOENT)
             tree.make_node(
                 v, parent, name, st.S_IFLNK | 0o777, os.geteuid(), os.getegid(), target=raw_target
@@ -717,7 +721,11 @@ class Branch:
             parent, name = paths.resolve_parent(v, dst)
             if not name:
                 raise os_error(errno.EEXIST)
-            if paths.must_be_dir(dst) and v.dirent(parent, name) is None:
+            if (
+                name not in (b".", b"..")
+                and paths.must_be_dir(dst)
+                and v.dirent(parent, name) is None
+            ):
                 raise os_error(errno.ENOENT)
             tree.link(v, ino, parent, name)
 
