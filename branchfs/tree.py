@@ -253,9 +253,11 @@ def rename(
         flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE
     ):
         raise os_error(errno.EINVAL)
+    if old_name in (b".", b".."):
+        raise os_error(errno.EBUSY)
+    if new_name in (b".", b".."):
+        raise os_error(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY)
     check_name(new_name)
-    if old_name in (b".", b"..") or new_name in (b".", b".."):
-        raise os_error(errno.EBUSY if old_name == b"." else errno.EINVAL)
     ino = lookup(v, old_parent, old_name)
     get_dir(v, new_parent)
     target = v.dirent(new_parent, new_name)
