@@ -91,7 +91,7 @@ class RawBranchFile(io.RawIOBase):
         elif whence == io.SEEK_END:
             pos = self._size() + offset
         else:
-            raise ValueError(f"invalid whence ({whence})")
+            raise os_error(errno.EINVAL, self.name)  # lseek(2) with an unknown whence
         if pos < 0:
             raise os_error(errno.EINVAL, self.name)
         self._pos = pos
