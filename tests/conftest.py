@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twin import outcome
 
 import branchfs
 
@@ -44,28 +45,6 @@ def real(tmp_path: Path) -> Path:
     d = tmp_path / "real"
     d.mkdir()
     return d
-
-
-def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
-    """``("ok", result)`` or ``("err", (exception type, errno))`` of calling ``fn``.
-
-    Types are compared by their ``OSError`` subclass (``FileNotFoundError`` …); anything
-    that is not an ``OSError`` keeps its own type.
-    """
-    try:
-        return "ok", fn()
-    except OSError as exc:
-        return "err", (_os_type(exc), exc.errno)
-    except (ValueError, TypeError) as exc:
-        return "err", (type(exc), None)
-
-
-def _os_type(exc: OSError) -> type:
-    """The most specific builtin ``OSError`` class of ``exc`` (ignoring branchfs mixins)."""
-    for cls in type(exc).__mro__:
-        if cls.__module__ == "builtins" and issubclass(cls, OSError):
-            return cls
-    return OSError
 
 
 @pytest.fixture
