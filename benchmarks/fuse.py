@@ -1,0 +1,648 @@
+"""Ordinary work through the branchfs mount, against the native disk and fuse-overlayfs.
+
+Run ``make bench-fuse`` (or ``.venv/bin/python benchmarks/fuse.py [--full]``). In one run the
+same workloads go to three places on the same disk:
+
+* ``native``: a directory on the disk that holds the benchmark's scratch directory;
+* ``fuse-overlayfs``: a C FUSE filesystem from Debian (empty lower dir, upper dir, work dir);
+* ``branchfs``: a fresh store mounted with ``branchfs mount``.
+
+Workloads: 1 GiB sequential write (+fsync) and read (page cache dropped in between), 10,000
+small file creates, untar of a 10,000-file source tarball, ``git add -A && git commit``,
+``git status`` cold and warm, ``python -m compileall`` cold and warm, a real project's own
+test suite (networkx, run twice), and fork of a 10,000-file tree: ``mkdir
+.branchfs/branches/X`` against ``cp -a`` and ``git worktree add``. Prints a table, writes
+benchmarks/results/fuse.json and the "Through the mount" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    fmt_ratio,
+    fmt_seconds,
+    machine_info,
+    machine_line,
+    markdown_table,
+    percentile,
+    print_table,
+    replace_doc_section,
+    summarize,
+    write_json,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+MiB = 1 << 20
+TARGETS = ("native", "fuse-overlayfs", "branchfs")
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and repetitions of one benchmark run."""
+
+    seq_bytes: int
+    small_files: int
+    tree_files: int
+    warm_repeats: int
+    forks: int
+    copies: int
+    nx_tests: tuple[str, ...]
+
+
+QUICK = Profile(
+    seq_bytes=1024 * MiB,
+    small_files=10_000,
+    tree_files=10_000,
+    warm_repeats=3,
+    forks=200,
+    copies=3,
+    nx_tests=("networkx/algorithms/shortest_paths", "networkx/classes"),
+)
+FULL = Profile(
+    seq_bytes=4096 * MiB,
+    small_files=10_000,
+    tree_files=10_000,
+    warm_repeats=5,
+    forks=1000,
+    copies=5,
+    nx_tests=("networkx",),
+)
+
+# Row name -> (class, target). Class "warm" is compared with native, "cold" with
+# fuse-overlayfs, "seq" must keep at least half the native throughput.
+ROWS: dict[str, tuple[str, float]] = {
+    "seq write 1 GiB + fsync": ("seq", 2.0),
+    "seq read 1 GiB, cold cache": ("seq", 2.0),
+    "create 10,000 small files": ("cold", 1.5),
+    "untar 10,000-file tarball": ("cold", 1.5),
+    "git add -A && git commit": ("cold", 1.5),
+    "git status, cold cache": ("cold", 1.5),
+    "git status, warm": ("warm", 1.5),
+    "compileall, cold": ("cold", 1.5),
+    "compileall, unchanged (warm)": ("warm", 1.5),
+    "test suite, first run": ("cold", 1.5),
+    "test suite, second run (warm)": ("warm", 1.5),
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+    """Run a command, raising with its output if it fails."""
+    full_env = {**os.environ, **(env or {})}
+    res = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr[-2000:]}")
+
+
+def drop_caches() -> bool:
+    """Write back dirty pages and drop the page, dentry and inode caches (needs root)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def wait_mounted(path: Path, timeout: float = 20.0) -> None:
+    """Wait until ``path`` is a mount point."""
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not become a mount point within {timeout}s")
+        time.sleep(0.05)
+
+
+def fuse_unmount(path: Path) -> None:
+    """Unmount a FUSE mount, lazily if it is still busy."""
+    if not os.path.ismount(path):
+        return
+    res = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True)
+    if res.returncode != 0:
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    """One place to run the workloads: a directory, perhaps a mount, that it sets up and removes."""
+
+    name: str
+    base: Path
+    root: Path = field(init=False)
+    pid: int | None = field(default=None, init=False)
+
+    def setup(self) -> None:
+        """Create (and mount) the working directory ``root``."""
+        self.base.mkdir(parents=True)
+        if self.name == "native":
+            self.root = self.base / "work"
+            self.root.mkdir()
+        elif self.name == "fuse-overlayfs":
+            for d in ("lower", "upper", "work", "mnt"):
+                (self.base / d).mkdir()
+            self.root = self.base / "mnt"
+            b = self.base
+            opts = f"lowerdir={b / 'lower'},upperdir={b / 'upper'},workdir={b / 'work'}"
+            run(["fuse-overlayfs", "-o", opts, str(self.root)])
+            wait_mounted(self.root)
+        elif self.name == "branchfs":
+            self.root = self.base / "mnt"
+            self.root.mkdir()
+            store = self.base / "store.bfs"
+            run([str(VENV_BIN / "branchfs"), "init", str(store)])
+            run([str(VENV_BIN / "branchfs"), "--store", str(store), "mount", str(self.root)])
+            wait_mounted(self.root)
+            self.pid = daemon_pid(self.root)
+        else:
+            raise ValueError(self.name)
+
+    def teardown(self) -> None:
+        """Unmount and delete everything the target made."""
+        if self.name == "branchfs" and os.path.ismount(self.root):
+            subprocess.run(
+                [str(VENV_BIN / "branchfs"), "umount", str(self.root)], capture_output=True
+            )
+        if self.name != "native":
+            fuse_unmount(self.root)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def daemon_pid(mountpoint: Path) -> int | None:
+    """The pid of the branchfs daemon serving ``mountpoint`` (found by its command line)."""
+    want = os.fsencode(str(mountpoint))
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if want in cmdline and any(b"branchfs" in c for c in cmdline):
+            return int(proc.name)
+    return None
+
+
+@contextlib.contextmanager
+def target(name: str, scratch: Path) -> Iterator[Target]:
+    """A set-up target, torn down afterwards."""
+    t = Target(name, scratch / name.replace("-", "_"))
+    try:
+        t.setup()
+        yield t
+    finally:
+        t.teardown()
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Source material shared by all targets, prepared once on the native disk."""
+
+    tree_tar: Path
+    tree_desc: str
+    stdlib_tar: Path
+    stdlib_desc: str
+    nx_tar: Path | None
+    nx_python: str | None
+    random_data: bytes
+
+
+def source_files(limit: int) -> tuple[list[Path], Path]:
+    """Up to ``limit`` real source files (sorted) from this Python's library directory."""
+    top = Path(sysconfig.get_paths(vars={"base": sys.base_prefix})["stdlib"])
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for f in sorted(filenames):
+            p = Path(dirpath, f)
+            if f.endswith((".so", ".pyc")) or p.is_symlink() or not p.is_file():
+                continue
+            files.append(p)
+    files.sort()
+    return files[:limit], top
+
+
+def make_tar(out: Path, top: Path, files: list[Path], arc_root: str) -> None:
+    """A tarball of ``files`` (paths under ``top``) stored under ``arc_root/``."""
+    with tarfile.open(out, "w") as tar:
+        for f in files:
+            tar.add(f, arcname=f"{arc_root}/{f.relative_to(top)}", recursive=False)
+
+
+def prepare_inputs(profile: Profile, scratch: Path) -> Inputs:
+    """Build the tarballs and the random data every target uses."""
+    inputs = scratch / "inputs"
+    inputs.mkdir()
+    files, top = source_files(profile.tree_files)
+    if len(files) < profile.tree_files:
+        raise RuntimeError(f"only {len(files)} source files under {top}")
+    tree_tar = inputs / "tree.tar"
+    make_tar(tree_tar, top, files, "tree")
+    size = sum(f.stat().st_size for f in files)
+    tree_desc = f"{len(files)} files, {size / MiB:.0f} MiB, from {top}"
+
+    std = [f for f in source_files(10**9)[0] if "site-packages" not in f.parts]
+    std_py = [f for f in std if f.suffix == ".py"]
+    stdlib_tar = inputs / "stdlib.tar"
+    make_tar(stdlib_tar, top, std, "stdlib")
+    stdlib_desc = f"CPython {sys.version.split()[0]} standard library, {len(std_py)} .py files"
+
+    nx_tar, nx_python = None, None
+    py = getattr(sys, "_base_executable", sys.executable)
+    probe = subprocess.run(
+        [py, "-c", "import networkx, pytest; print(networkx.__file__)"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode == 0:
+        nx_dir = Path(probe.stdout.strip()).parent
+        nx_files = [
+            Path(d, f)
+            for d, dn, fn in os.walk(nx_dir)
+            for f in fn
+            if "__pycache__" not in Path(d).parts
+        ]
+        nx_tar = inputs / "networkx.tar"
+        make_tar(nx_tar, nx_dir, sorted(nx_files), "networkx")
+        nx_python = py
+    return Inputs(
+        tree_tar=tree_tar,
+        tree_desc=tree_desc,
+        stdlib_tar=stdlib_tar,
+        stdlib_desc=stdlib_desc,
+        nx_tar=nx_tar,
+        nx_python=nx_python,
+        random_data=os.urandom(profile.seq_bytes),
+    )
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+def seq_write(path: Path, data: bytes) -> float:
+    """Write ``data`` in 1 MiB writes, fsync, close: seconds."""
+    view = memoryview(data)
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for off in range(0, len(view), MiB):
+            os.write(fd, view[off : off + MiB])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def seq_read(path: Path, expect: int) -> float:
+    """Read the whole file in 1 MiB reads: seconds."""
+    buf = bytearray(MiB)
+    got = 0
+    start = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while n := os.readv(fd, [buf]):
+            got += n
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - start
+    if got != expect:
+        raise RuntimeError(f"read {got} bytes of {expect}")
+    return elapsed
+
+
+def create_small(root: Path, count: int) -> float:
+    """Create ``count`` small files (100 per directory): seconds."""
+    start = time.perf_counter()
+    for i in range(count):
+        d = root / f"d{i // 100:03d}"
+        if i % 100 == 0:
+            os.mkdir(d)
+        fd = os.open(d / f"f{i:05d}.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, b"small file %d\n" % i * 8)
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def timed_cmd(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+    """Seconds to run a command to success."""
+    start = time.perf_counter()
+    run(cmd, cwd=cwd, env=env)
+    return time.perf_counter() - start
+
+
+def median_of(fn: Callable[[], float], n: int) -> float:
+    """The median of ``n`` timings from ``fn``."""
+    return percentile([fn() for _ in range(n)], 50)
+
+
+@dataclass
+class Results:
+    """Seconds per (row, target), plus notes and fork statistics."""
+
+    times: dict[str, dict[str, float]] = field(default_factory=dict)
+    forks: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def put(self, row: str, tname: str, seconds: float) -> None:
+        """Record one timing and say it."""
+        self.times.setdefault(row, {})[tname] = seconds
+        print(f"  {tname:15} {row:32} {fmt_seconds(seconds)}", flush=True)
+
+
+def run_workloads(t: Target, profile: Profile, inp: Inputs, res: Results) -> None:
+    """Every workload of the main table on one target; a failing section is recorded, not fatal."""
+    root, name = t.root, t.name
+    python = sys.executable
+
+    def seq() -> None:
+        path = root / "seq.bin"
+        res.put("seq write 1 GiB + fsync", name, seq_write(path, inp.random_data))
+        drop_caches()
+        res.put("seq read 1 GiB, cold cache", name, seq_read(path, len(inp.random_data)))
+        os.unlink(path)
+
+    def small() -> None:
+        (root / "small").mkdir()
+        res.put(
+            "create 10,000 small files", name, create_small(root / "small", profile.small_files)
+        )
+
+    def git() -> None:
+        untar = timed_cmd(["tar", "-xf", str(inp.tree_tar)], root)
+        res.put("untar 10,000-file tarball", name, untar)
+        repo = root / "tree"
+        run(["git", "init", "-q"], cwd=repo, env=GIT_ENV)
+        commit = ["sh", "-c", "git add -A && git commit -q -m import"]
+        res.put("git add -A && git commit", name, timed_cmd(commit, repo, GIT_ENV))
+        drop_caches()
+        status = ["git", "status", "--porcelain"]
+        res.put("git status, cold cache", name, timed_cmd(status, repo, GIT_ENV))
+        warm = median_of(lambda: timed_cmd(status, repo, GIT_ENV), profile.warm_repeats)
+        res.put("git status, warm", name, warm)
+
+    def compile_tree() -> None:
+        run(["tar", "-xf", str(inp.stdlib_tar)], cwd=root)
+        drop_caches()
+        # Some of the stdlib's test files are deliberately invalid Python: compileall exits 1.
+        cmd = ["sh", "-c", f"{python} -m compileall -q -j 1 stdlib >/dev/null; true"]
+        res.put("compileall, cold", name, timed_cmd(cmd, root))
+        warm = median_of(lambda: timed_cmd(cmd, root), profile.warm_repeats)
+        res.put("compileall, unchanged (warm)", name, warm)
+
+    def test_suite() -> None:
+        if inp.nx_tar is None or inp.nx_python is None:
+            res.notes.append("networkx and pytest not found: no test-suite rows")
+            return
+        nx = root / "nx"
+        nx.mkdir()
+        run(["tar", "-xf", str(inp.nx_tar)], cwd=nx)
+        drop_caches()
+        cmd = [inp.nx_python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+        cmd += list(profile.nx_tests)
+        env = {"PYTHONPATH": str(nx), "PYTHONDONTWRITEBYTECODE": ""}
+        res.put("test suite, first run", name, timed_cmd(cmd, nx, env))
+        res.put("test suite, second run (warm)", name, timed_cmd(cmd, nx, env))
+
+    for section in (seq, small, git, compile_tree, test_suite):
+        try:
+            section()
+        except Exception as exc:  # record it and go on: the other rows still mean something
+            res.errors[f"{name} {section.__name__}"] = f"{type(exc).__name__}: {exc}"
+            print(f"  {name} {section.__name__} failed: {exc}", flush=True)
+
+
+def fork_benchmarks(profile: Profile, inp: Inputs, scratch: Path, res: Results) -> None:
+    """Fork a 10,000-file tree: cp -a and git worktree add natively, mkdir through the mount."""
+    native = scratch / "fork_native"
+    native.mkdir()
+    run(["tar", "-xf", str(inp.tree_tar)], cwd=native)
+    tree = native / "tree"
+    run(["git", "init", "-q"], cwd=tree, env=GIT_ENV)
+    run(["sh", "-c", "git add -A && git commit -q -m import"], cwd=tree, env=GIT_ENV)
+    cp_times, wt_times = [], []
+    for i in range(profile.copies):
+        drop_caches()
+        cp_times.append(timed_cmd(["cp", "-a", "tree", f"copy{i}"], native))
+        shutil.rmtree(native / f"copy{i}")
+        wt_times.append(timed_cmd(["git", "worktree", "add", "-q", f"../wt{i}"], tree, GIT_ENV))
+        run(["git", "worktree", "remove", "--force", f"../wt{i}"], cwd=tree, env=GIT_ENV)
+    res.forks["cp -a (native)"] = summarize(cp_times)
+    res.forks["git worktree add (native)"] = summarize(wt_times)
+    print(f"  cp -a p50 {fmt_seconds(percentile(cp_times, 50))}", flush=True)
+    print(f"  git worktree add p50 {fmt_seconds(percentile(wt_times, 50))}", flush=True)
+    shutil.rmtree(native, ignore_errors=True)
+
+
+def branchfs_forks(profile: Profile, inp: Inputs, scratch: Path, res: Results) -> None:
+    """mkdir/rmdir under .branchfs/branches of a mount whose branch holds the 10,000-file tree."""
+    with target("branchfs", scratch / "fork_bfs") as t:
+        run(["tar", "-xf", str(inp.tree_tar)], cwd=t.root)
+        branches = t.root / ".branchfs" / "branches"
+        mk, rm = [], []
+        for i in range(profile.forks):
+            p = branches / f"fork{i}"
+            start = time.perf_counter()
+            os.mkdir(p)
+            mk.append(time.perf_counter() - start)
+        # A fork must be a full copy: the tree is there under the new name.
+        probe = branches / f"fork{profile.forks - 1}" / "tree"
+        if len(os.listdir(probe)) != len(os.listdir(t.root / "tree")):
+            raise RuntimeError("a fork made by mkdir does not hold the tree")
+        for i in range(profile.forks):
+            p = branches / f"fork{i}"
+            start = time.perf_counter()
+            os.rmdir(p)
+            rm.append(time.perf_counter() - start)
+    res.forks["mkdir .branchfs/branches/X (branchfs)"] = summarize(mk)
+    res.forks["rmdir .branchfs/branches/X (branchfs)"] = summarize(rm)
+    print(f"  mkdir fork p50 {fmt_seconds(percentile(mk, 50))}", flush=True)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b when both are known."""
+    return a / b if a is not None and b else None
+
+
+def table_rows(res: Results, targets: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The main table: times per target, ratios and whether the issue's target is met."""
+    cols = ["workload", *targets]
+    has_bfs = "branchfs" in targets
+    if has_bfs:
+        cols += ["branchfs/native", "branchfs/overlay", "target", "met"]
+    rows = []
+    for row, (cls, limit) in ROWS.items():
+        got = res.times.get(row, {})
+        line = [row, *(fmt_seconds(got.get(t)) for t in targets)]
+        if has_bfs:
+            rn = ratio(got.get("branchfs"), got.get("native"))
+            ro = ratio(got.get("branchfs"), got.get("fuse-overlayfs"))
+            want, against = (rn, "native") if cls in ("warm", "seq") else (ro, "overlay")
+            goal = f"≤{limit:g}x {against}"
+            if cls == "seq":
+                goal = "≥½ native throughput"
+            met = "—" if want is None else ("yes" if want <= limit else "NO")
+            line += [fmt_ratio(rn), fmt_ratio(ro), goal, met]
+        rows.append(line)
+    return cols, rows
+
+
+def fork_rows(res: Results) -> tuple[list[str], list[list[str]]]:
+    """The fork table: p50 and p99 of each way to copy a 10,000-file tree."""
+    cols = ["fork a 10,000-file tree", "n", "p50", "p99"]
+    rows = [
+        [name, str(s["n"]), fmt_seconds(s["p50"]), fmt_seconds(s["p99"])]
+        for name, s in res.forks.items()
+    ]
+    return cols, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and report it."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="bigger sizes, more repetitions")
+    ap.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="comma-separated subset of " + ",".join(TARGETS),
+    )
+    ap.add_argument("--scratch", type=Path, default=None, help="where to work (default: /var/tmp)")
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    profile = FULL if args.full else QUICK
+    targets = [t for t in args.targets.split(",") if t]
+    for t in targets:
+        if t not in TARGETS:
+            ap.error(f"unknown target {t!r}")
+
+    base = args.scratch or Path("/var/tmp")
+    scratch = Path(tempfile.mkdtemp(prefix="branchfs-bench-", dir=base))
+    info = machine_info(scratch)
+    print(f"machine: {machine_line(info)}", flush=True)
+    res = Results()
+    dropped = drop_caches()
+    res.notes.append(
+        "page cache, dentries and inodes dropped (echo 3 > /proc/sys/vm/drop_caches) before "
+        "every cold row"
+        if dropped
+        else "could not drop caches (not root): cold rows ran with a warm page cache"
+    )
+    started = time.perf_counter()
+    try:
+        inp = prepare_inputs(profile, scratch)
+        for name in targets:
+            print(f"{name}:", flush=True)
+            try:
+                with target(name, scratch) as t:
+                    run_workloads(t, profile, inp, res)
+            except Exception as exc:  # one broken target must not hide the others' figures
+                res.errors[name] = f"{type(exc).__name__}: {exc}"
+                print(f"  {name} failed: {res.errors[name]}", flush=True)
+        print("forks:", flush=True)
+        fork_benchmarks(profile, inp, scratch, res)
+        if "branchfs" in targets:
+            try:
+                branchfs_forks(profile, inp, scratch, res)
+            except Exception as exc:
+                res.errors["branchfs forks"] = f"{type(exc).__name__}: {exc}"
+                print(f"  branchfs forks failed: {res.errors['branchfs forks']}", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+
+    cols, rows = table_rows(res, targets)
+    fcols, frows = fork_rows(res)
+    title = f"Through the mount ({'full' if args.full else 'quick'} profile, {elapsed:.0f} s)"
+    print_table(title, cols, rows)
+    print_table("Fork", fcols, frows)
+    for name, err in res.errors.items():
+        print(f"{name}: {err}")
+
+    data = {
+        "profile": "full" if args.full else "quick",
+        "machine": info,
+        "inputs": {"tree": inp.tree_desc, "stdlib": inp.stdlib_desc},
+        "test_suite": list(profile.nx_tests) if inp.nx_tar else None,
+        "seconds": res.times,
+        "forks_seconds": res.forks,
+        "notes": res.notes,
+        "errors": res.errors,
+        "elapsed_seconds": elapsed,
+        "targets": {row: {"class": c, "limit": lim} for row, (c, lim) in ROWS.items()},
+    }
+    out = write_json("fuse", data)
+    print(f"wrote {out}")
+    if not args.no_doc:
+        doc = replace_doc_section("Through the mount", doc_body(data, cols, rows, fcols, frows))
+        print(f"wrote {doc}")
+    return 0
+
+
+def doc_body(
+    data: dict[str, Any],
+    cols: list[str],
+    rows: list[list[str]],
+    fcols: list[str],
+    frows: list[list[str]],
+) -> str:
+    """The markdown of the "Through the mount" section."""
+    m = data["machine"]
+    lines = [
+        "Generated by `make bench-fuse` (`benchmarks/fuse.py`"
+        + (" --full" if data["profile"] == "full" else "")
+        + f"); raw figures in `benchmarks/results/fuse.json`. Machine: {machine_line(m)}.",
+        "",
+        "The same work runs on the native disk, in a fuse-overlayfs mount (Debian's C FUSE "
+        "overlay: empty lower dir, upper and work dir on the same disk) and in a branchfs "
+        "mount of a fresh store. Sequential write is 1 MiB `write()`s of random data, then "
+        "`fsync` and `close`; the read is 1 MiB `read()`s after the caches are dropped. The "
+        f"tree is {data['inputs']['tree']}; compileall runs over the {data['inputs']['stdlib']}"
+        " (`-j 1`); the test suite is networkx's own tests "
+        f"(`{' '.join(data['test_suite'] or [])}`) with networkx imported from the mount. "
+        + " ".join(n[0].upper() + n[1:] + "." for n in data["notes"]),
+        "",
+        markdown_table(cols, rows),
+        markdown_table(fcols, frows),
+    ]
+    if data["errors"]:
+        lines.append("Failures in this run: ")
+        lines += [f"- {k}: {v}" for k, v in data["errors"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
