@@ -535,6 +535,8 @@ class Branch:
         readable, writable, create, trunc, append, exclusive = parse_mode(mode)
 
         def op(v: View) -> int:
+            if writable:
+                tree.writable(v)  # open(O_WRONLY) on a read-only tree is EROFS at once
             if create:
                 return self._create(v, path, 0o666, exclusive, trunc)
             ino = paths.resolve(v, path)
