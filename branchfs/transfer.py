@@ -193,10 +193,8 @@ class _Importer:
                         yield from self._file(dfd, dnid, name)
                     else:
                         yield from self._special(dfd, dnid, name, entry)
-                except OSError as exc:
-                    if exc.filename is None:
-                        raise with_path(exc, os.fsdecode(where)) from None
-                    raise
+                except OSError as exc:  # named by the full source path, not the dir_fd name
+                    raise with_path(exc, os.fsdecode(where)) from None
         finally:
             for dfd, _n, _p, _e in stack:
                 if dfd != root_fd:
@@ -556,9 +554,10 @@ def visible_extents(v: View, ino: int, size: int) -> list[tuple[int, bytes]]:
 class _Exporter:
     """Writes one tree of a read transaction into a directory it owns by descriptor."""
 
-    def __init__(self, v: View, root_fd: int, progress: Progress) -> None:
+    def __init__(self, v: View, root_fd: int, dest: bytes, progress: Progress) -> None:
         self.v = v
         self.root_fd = root_fd
+        self.dest = dest
         self.progress = progress
         self.root = os.geteuid() == 0
         self.first_name: dict[int, tuple[tuple[bytes, ...], bytes]] = {}
@@ -597,9 +596,8 @@ class _Exporter:
                     else:
                         self._leaf(dfd, comps, name, ino, rec)
                 except OSError as exc:
-                    if exc.filename is None:
-                        raise with_path(exc, os.fsdecode(b"/".join((*comps, name)))) from None
-                    raise
+                    where = b"/".join((self.dest, *comps, name))
+                    raise with_path(exc, os.fsdecode(where)) from None
         finally:
             for dfd, _r, _c, _p in stack:
                 if dfd != self.root_fd:
@@ -756,11 +754,12 @@ def export_dir(
     only when running as root; xattrs the destination refuses are skipped with a log note.
     Returns the number of non-directory entries written, hard links included.
     """
-    root_fd = _open_dest(os.fsencode(dest))
+    target = os.fsencode(dest)
+    root_fd = _open_dest(target)
     try:
         return branch.store.read_tree(
             branch.name,
-            lambda v: _Exporter(v, root_fd, progress).run(source),
+            lambda v: _Exporter(v, root_fd, target.rstrip(b"/") or b"/", progress).run(source),
             snapshot=_is_snapshot(branch),
         )
     finally:
