@@ -122,7 +122,8 @@ class Meta:
     def _open_dbs(self, create: bool) -> None:
         with self.env.begin() as txn:
             has_meta = txn.get(b"meta") is not None
-        if not has_meta and not create:
+            foreign = not has_meta and txn.stat()["entries"] > 0
+        if not has_meta and (not create or foreign):
             raise NotAStore(
                 f"{self.path} holds an LMDB database that is not a branchfs store; "
                 "point branchfs at a store made by `branchfs init`"
