@@ -273,6 +273,8 @@ def rename(
         raise os_error(errno.EEXIST)
     if rec.is_dir and is_ancestor(v, ino, new_parent):
         raise os_error(errno.EINVAL)
+    if target is not None and is_ancestor(v, target, old_parent):
+        raise os_error(errno.ENOTEMPTY)  # the target contains the source (Linux's "trap")
     replaced: int | None = None
     if target is not None:
         trec = v.inode_for_write(target)
