@@ -1,0 +1,222 @@
+"""gc reclaims what discards free and squashes chains without changing any tree; fsck finds
+every kind of damage and names what it hurts."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lmdb
+import pytest
+
+import branchfs
+from branchfs import Branch, Store
+from branchfs.meta import U64, U64x2
+
+
+def snapshot_of(b: Branch) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _dirs, files in b.walk(""):
+        for f in files:
+            p = f"{dirpath}/{f}".lstrip("/")
+            out[p] = b.read_bytes(p) if not b.islink(p) else b"->" + b.readlink(p).encode()
+    return out
+
+
+def chain_of(store: Store, name: str) -> tuple[int, ...]:
+    with store.meta.read() as txn:
+        return store.layers.chain(txn, store.refs.branch(txn, name).top)
+
+
+def chunk_count(store: Store) -> int:
+    with store.meta.read() as txn:
+        return txn.stat(store.meta.chunks_db)["entries"]
+
+
+def test_discard_then_gc_frees_the_forks_data(store: Store) -> None:
+    main = store.create_branch("main")
+    main.write_bytes("shared.bin", os.urandom(500_000))
+    before = chunk_count(store)
+    for i in range(5):
+        b = main.fork(f"f{i}")
+        b.write_bytes(f"own{i}.bin", os.urandom(200_000))
+    assert chunk_count(store) > before
+    for i in range(5):
+        store.discard(f"f{i}")
+    report = store.gc()
+    assert report.layers_removed >= 5
+    assert report.chunks_freed == 5 * 4  # 200,000 bytes = 4 chunks each
+    assert report.bytes_freed == 5 * 200_000
+    assert chunk_count(store) == before
+    assert store.fsck().ok
+
+
+def test_gc_keeps_every_live_tree_and_squashes_chains(store: Store) -> None:
+    main = store.create_branch("main")
+    main.write_bytes("a", b"1")
+    for round_ in range(6):
+        attempt = main.fork(f"attempt-{round_}")
+        attempt.write_bytes(f"r{round_}", b"x" * 5000)
+        attempt.write_bytes("a", str(round_).encode())
+        main.merge(attempt)
+        attempt.discard()
+        main.write_bytes(f"main-{round_}", b"m")
+    main.snapshot("keep-me")
+    main.write_bytes("after-snapshot", b"s")
+    kept = main.fork("kept")
+    kept.write_bytes("kept-only", b"k")
+    assert [c.path for c in main.merge(kept).changes] == ["kept-only"]
+    main.write_bytes("kept-only", b"edited on main after the merge")
+    kept.write_bytes("kept-later", b"l")
+    trees = {n: snapshot_of(store.branch(n)) for n in store.branches()}
+    snap = snapshot_of(store.snapshot_tree("keep-me"))
+    deep = len(chain_of(store, "main"))
+    report = store.gc()
+    assert report.layers_squashed > 0
+    assert len(chain_of(store, "main")) < deep
+    assert {n: snapshot_of(store.branch(n)) for n in store.branches()} == trees
+    assert snapshot_of(store.snapshot_tree("keep-me")) == snap
+    assert store.fsck().ok
+    # the merge base survives gc: merging kept again brings only what is new, no conflict
+    assert [c.path for c in main.merge(kept).changes] == ["kept-later"]
+    assert main.read_bytes("kept-only") == b"edited on main after the merge"
+
+
+def test_squash_keeps_truncation_cuts(store: Store) -> None:
+    main = store.create_branch("main")
+    payload = os.urandom(400_000)
+    main.write_bytes("big", payload)
+    child = main.fork("child")
+    child.truncate("big", 10_000)
+    child.truncate("big", 400_000)
+    main.discard()
+    store.gc()
+    assert len(chain_of(store, "child")) == 1
+    assert child.read_bytes("big") == payload[:10_000] + bytes(390_000)
+    assert store.fsck().ok
+
+
+def test_second_gc_is_refused_while_one_runs(store: Store) -> None:
+    store.create_branch("main")
+    fd = os.open(os.path.join(store.path, "gc.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(branchfs.StoreLocked, match="another gc"):
+            store.gc()
+    finally:
+        os.close(fd)
+    store.gc()
+
+
+WRITER = textwrap.dedent(
+    """
+    import os, sys, branchfs
+    store = branchfs.Store.open(sys.argv[1])
+    main = store.branch("main")
+    for i in range(int(sys.argv[2])):
+        name = f"w{i}"
+        b = main.fork(name)
+        b.write_bytes(f"file{i}", os.urandom(70_000))
+        main.merge(b)
+        b.discard()
+        main.write_bytes("counter", str(i).encode())
+    print("done", flush=True)
+    """
+)
+
+
+def test_gc_beside_a_writer_in_another_process(store: Store, tmp_path: Path) -> None:
+    main = store.create_branch("main")
+    main.write_bytes("base", os.urandom(100_000))
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), store.path, "60"], stdout=subprocess.PIPE, text=True
+    )
+    runs = 0
+    while proc.poll() is None:
+        store.gc()
+        runs += 1
+    out, _ = proc.communicate()
+    assert proc.returncode == 0 and "done" in out
+    store.gc()
+    assert runs >= 1
+    assert main.read_bytes("counter") == b"59"
+    assert len([n for n in main.listdir() if n.startswith("file")]) == 60
+    report = store.fsck()
+    assert report.ok, report.problems
+
+
+# -- fsck ----------------------------------------------------------------------------------------
+
+
+def damage(store: Store, fn) -> None:  # type: ignore[no-untyped-def]
+    with store.meta.env.begin(write=True) as txn:
+        fn(txn, store.meta)
+
+
+def test_fsck_clean_store(store: Store) -> None:
+    main = store.create_branch("main")
+    main.write_bytes("f", os.urandom(100_000))
+    main.fork("x").write_bytes("g", b"1")
+    report = store.fsck()
+    assert report.ok and bool(report)
+    assert report.trees == 2 and report.chunks == 2
+    assert report.to_json()["ok"] is True
+
+
+def test_fsck_names_the_file_of_a_corrupt_chunk(store: Store) -> None:
+    main = store.create_branch("main")
+    main.write_bytes("dir/victim.bin", os.urandom(100_000), parents=True)
+
+    def flip(txn: lmdb.Transaction, meta) -> None:  # type: ignore[no-untyped-def]
+        key, value = next(iter(txn.cursor(db=meta.chunks_db)))
+        data = bytearray(value)
+        data[10] ^= 0xFF
+        txn.put(bytes(key), bytes(data), db=meta.chunks_db)
+
+    damage(store, flip)
+    report = store.fsck()
+    assert not report.ok
+    kinds = {p.kind for p in report.problems}
+    assert kinds == {"corrupt-chunk", "damaged-file"}
+    assert any("dir/victim.bin" in p.where for p in report.problems)
+    with pytest.raises(branchfs.StoreCorrupt):
+        main.read_bytes("dir/victim.bin")
+
+
+def test_fsck_finds_dangling_refs_and_orphaned_records(store: Store) -> None:
+    main = store.create_branch("main")
+    main.write_bytes("f", b"x")
+    main.snapshot("s")
+
+    def drop_snapshot_layer(txn: lmdb.Transaction, meta) -> None:  # type: ignore[no-untyped-def]
+        with store.meta.read() as rtxn:
+            lid = store.refs.snapshot(rtxn, "s").layer
+        txn.delete(U64.pack(lid), db=meta.layers_db)
+
+    damage(store, drop_snapshot_layer)
+    kinds = {p.kind for p in store.fsck().problems}
+    assert {"dangling-ref", "dangling-layer", "orphaned-records"} <= kinds
+
+
+def test_fsck_finds_bad_refcounts_and_dangling_entries(store: Store) -> None:
+    main = store.create_branch("main")
+    main.write_bytes("f", os.urandom(70_000))
+    main.write_bytes("g", b"small")
+    ino = main.stat("g").st_ino
+
+    def break_things(txn: lmdb.Transaction, meta) -> None:  # type: ignore[no-untyped-def]
+        key, _ = next(iter(txn.cursor(db=meta.chunkrefs_db)))
+        txn.put(bytes(key), U64.pack(7), db=meta.chunkrefs_db)
+        with store.meta.read() as rtxn:
+            top = store.refs.branch(rtxn, "main").top
+        txn.delete(U64x2.pack(top, ino), db=meta.inodes_db)
+
+    damage(store, break_things)
+    kinds = {p.kind for p in store.fsck().problems}
+    assert {"refcount", "dangling-entry"} <= kinds
