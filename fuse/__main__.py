@@ -1,0 +1,32 @@
+"""``python -m branchfs_fuse --store STORE [--branch B] MOUNTPOINT``: run a mount daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .daemon import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the daemon's arguments and serve until unmounted."""
+    p = argparse.ArgumentParser(prog="branchfs_fuse", description=__doc__)
+    p.add_argument("--store", required=True, help="the store directory")
+    p.add_argument("--branch", default="main", help="the branch to mount (default: main)")
+    p.add_argument("--ready-fd", type=int, default=None, help="report readiness on this fd")
+    p.add_argument("--writeback", action="store_true", help="enable the kernel writeback cache")
+    p.add_argument("--debug", action="store_true", help="log every request")
+    p.add_argument("mountpoint")
+    a = p.parse_args(argv)
+    return run(
+        a.store,
+        a.mountpoint,
+        a.branch,
+        ready_fd=a.ready_fd,
+        writeback=a.writeback,
+        debug=a.debug,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

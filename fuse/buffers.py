@@ -1,0 +1,44 @@
+"""Per-inode write buffers: ``write()`` calls collect here and reach the store in batches.
+
+A buffer turns many small writes into one transaction (and whole 64 KiB chunks) at
+flush/fsync/release, or as soon as it holds :data:`FLUSH_BYTES`. Sequential writes extend
+one segment; a write elsewhere starts a new one, and segments are applied in order, so a
+later write over an earlier one wins just as it would on a disk.
+"""
+
+from __future__ import annotations
+
+import time
+
+#: A buffer this large is written to the store at once.
+FLUSH_BYTES = 8 << 20
+#: All buffers together may hold this much before every one is flushed.
+TOTAL_BYTES = 64 << 20
+
+
+class WriteBuffer:
+    """Pending writes of one inode."""
+
+    __slots__ = ("end", "mtime_ns", "nbytes", "segments")
+
+    def __init__(self) -> None:
+        self.segments: list[tuple[int, bytearray]] = []
+        self.nbytes = 0
+        self.end = 0
+        self.mtime_ns = 0
+
+    def add(self, offset: int, data: bytes) -> None:
+        """Record ``data`` written at ``offset``."""
+        segs = self.segments
+        if segs:
+            start, buf = segs[-1]
+            if start + len(buf) == offset:
+                buf += data
+            else:
+                segs.append((offset, bytearray(data)))
+        else:
+            segs.append((offset, bytearray(data)))
+        self.nbytes += len(data)
+        if offset + len(data) > self.end:
+            self.end = offset + len(data)
+        self.mtime_ns = time.time_ns()

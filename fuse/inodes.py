@@ -1,0 +1,99 @@
+"""FUSE inode numbers: which tree and engine inode (or control node) each one names.
+
+The mounted branch uses the engine's own inode numbers, so the common path needs no table.
+Everything else (the control directory, and the trees under ``.branchfs/branches/`` and
+``.branchfs/snapshots/``, whose engine numbers collide with the mounted tree's) gets numbers
+from :data:`ALIAS_BASE` up, kept in a two-way table while the kernel knows them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+#: Engine inode numbers stay below this; control nodes and other trees' inodes sit above.
+ALIAS_BASE = 1 << 60
+
+CTL_DIR = ALIAS_BASE + 1  # .branchfs
+BRANCHES = ALIAS_BASE + 2  # .branchfs/branches
+SNAPSHOTS = ALIAS_BASE + 3  # .branchfs/snapshots
+CTL_FILE = ALIAS_BASE + 4  # .branchfs/ctl
+STORE_FILE = ALIAS_BASE + 5  # .branchfs/store
+FIRST_DYNAMIC = ALIAS_BASE + 100
+
+CONTROL_NODES = frozenset((CTL_DIR, BRANCHES, SNAPSHOTS, CTL_FILE, STORE_FILE))
+
+
+class TreeRef(NamedTuple):
+    """A tree of the store: a branch, or a snapshot (read-only)."""
+
+    name: str
+    snapshot: bool = False
+
+
+#: An engine inode of one tree: the identity write buffers and orphans are kept by.
+Key = tuple[TreeRef, int]
+
+
+class InodeMap:
+    """The fuse inode <-> (tree, engine inode) table and the kernel's lookup counts."""
+
+    def __init__(self, main: TreeRef) -> None:
+        self.main = main
+        self.aliases: dict[int, Key] = {}
+        self.reverse: dict[Key, int] = {}
+        self.nlookup: dict[int, int] = {}
+        self._next = FIRST_DYNAMIC
+
+    def resolve(self, fino: int) -> Key | None:
+        """The tree and engine inode of ``fino``; None for a control node or unknown number."""
+        if fino < ALIAS_BASE:
+            return (self.main, fino)
+        return self.aliases.get(fino)
+
+    def alias(self, tree: TreeRef, eng: int) -> int:
+        """The fuse inode for ``eng`` of ``tree`` seen through the control directory."""
+        key = (tree, eng)
+        fino = self.reverse.get(key)
+        if fino is None:
+            fino = self._next
+            self._next += 1
+            self.aliases[fino] = key
+            self.reverse[key] = fino
+        return fino
+
+    def fuse_ino(self, tree: TreeRef, eng: int, alias: bool) -> int:
+        """The fuse inode of ``eng``: itself in the mounted view, an alias elsewhere."""
+        return self.alias(tree, eng) if alias else eng
+
+    def looked_up(self, fino: int) -> None:
+        """The kernel took one more reference on ``fino``."""
+        self.nlookup[fino] = self.nlookup.get(fino, 0) + 1
+
+    def forget(self, fino: int, n: int) -> bool:
+        """The kernel dropped ``n`` references; True when it no longer knows ``fino``."""
+        left = self.nlookup.get(fino, 0) - n
+        if left > 0:
+            self.nlookup[fino] = left
+            return False
+        self.nlookup.pop(fino, None)
+        if fino >= FIRST_DYNAMIC:
+            key = self.aliases.pop(fino, None)
+            if key is not None:
+                self.reverse.pop(key, None)
+        return True
+
+    def known(self, fino: int) -> bool:
+        """Whether the kernel holds a reference on ``fino``."""
+        return fino in self.nlookup
+
+    def main_inodes(self) -> list[int]:
+        """Fuse inodes of the mounted view that the kernel knows."""
+        return [f for f in self.nlookup if f < ALIAS_BASE]
+
+    def drop_tree(self, tree: TreeRef) -> list[int]:
+        """Forget the aliases of a tree that no longer exists; returns their fuse inodes."""
+        gone = [f for f, (t, _e) in self.aliases.items() if t == tree]
+        for f in gone:
+            key = self.aliases.pop(f)
+            self.reverse.pop(key, None)
+        return gone

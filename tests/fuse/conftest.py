@@ -1,0 +1,70 @@
+"""Fixtures for tests through a real FUSE mount: a fresh store mounted in a temp dir.
+
+Tests that need FUSE skip, with the reason, where /dev/fuse, fusermount3 or pyfuse3 is
+missing. The mount is torn down (flushed and unmounted) after each test that uses it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import branchfs
+
+
+def fuse_missing() -> str | None:
+    """Why this machine cannot run FUSE tests, or None if it can."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (FUSE is not available in this machine or container)"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (Debian package fuse3)"
+    try:
+        import pyfuse3  # noqa: F401
+        import trio  # noqa: F401
+    except ImportError as exc:
+        return f"pyfuse3/trio cannot be imported: {exc}"
+    return None
+
+
+@pytest.fixture
+def need_fuse() -> None:
+    """Skip the test, saying why, when FUSE cannot be used here."""
+    reason = fuse_missing()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@dataclass
+class Mounted:
+    """A branch of a fresh store, mounted: ``path`` is the mountpoint."""
+
+    path: Path
+    store: branchfs.Store
+    store_path: Path
+    branch: str
+
+
+@pytest.fixture
+def mounted_store(tmp_path: Path, need_fuse: None) -> Iterator[Mounted]:
+    """Branch ``main`` of a fresh store mounted at ``tmp_path/mnt``; unmounted afterwards."""
+    store_path = tmp_path / "store.bfs"
+    store = branchfs.Store.open(store_path, create=True)
+    store.create_branch("main")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        with branchfs.mounted(store, mnt, branch="main") as path:
+            yield Mounted(path, store, store_path, "main")
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def mnt(mounted_store: Mounted) -> Path:
+    """The mountpoint of :func:`mounted_store`."""
+    return mounted_store.path
