@@ -87,6 +87,8 @@ class _Merger:
         self.resolved: list[Conflict] = []  # resolved with conflict markers
         self.alias: dict[int, int] = {}
         self.doomed: set[int] = set()  # ours' inodes to delete with their subtree
+        self.kept_dirs: set[int] = set()  # deletions of theirs kept back for ours' entries
+        self.dropped: set[int] = set()  # their new inodes left out to resolve a conflict
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -253,30 +255,43 @@ class _Merger:
     # -- phase 2: directories the source deleted must end up empty ------------------------------
 
     def check_deleted_dirs(self) -> None:
-        for ino, plan in list(self.plan.items()):
-            o = self.ours.inode(ino)
-            if plan.rec is not None or o is None or not o.is_dir:
-                continue
-            leftover = []
-            for name, child in self.ours.list_dir(ino):
-                cp = self.plan.get(child)
-                if cp is not None and (cp.rec is None or (ino, name) not in cp.rec.links):
+        """Directories their side deleted must end up empty; a deletion kept back (towards
+        ours) keeps its parents too, so this runs until nothing changes."""
+        reported: set[int] = set()
+        changed = True
+        while changed:
+            changed = False
+            for ino, plan in list(self.plan.items()):
+                o = self.ours.inode(ino)
+                if plan.rec is not None or o is None or not o.is_dir:
                     continue
-                leftover.append((name, child))
-            if not leftover:
-                continue
-            for _name, child in leftover:
-                self._conflict(
-                    child,
-                    "modify/delete",
-                    _describe(self.ours, child, self.ours.inode(child)),
-                    "its directory was deleted",
-                    self.ours,
-                )
-            if self._take_theirs_side():
-                self.doomed.update(child for _n, child in leftover)
-            else:
-                del self.plan[ino]
+                leftover = []
+                for name, child in self.ours.list_dir(ino):
+                    cp = self.plan.get(child)
+                    if cp is not None and (cp.rec is None or (ino, name) not in cp.rec.links):
+                        continue
+                    if child in self.doomed:
+                        continue
+                    leftover.append(child)
+                if not leftover:
+                    continue
+                for child in leftover:
+                    if child in reported or child in self.kept_dirs:
+                        continue
+                    reported.add(child)
+                    self._conflict(
+                        child,
+                        "modify/delete",
+                        _describe(self.ours, child, self.ours.inode(child)),
+                        "its directory was deleted",
+                        self.ours,
+                    )
+                if self._take_theirs_side():
+                    self.doomed.update(leftover)
+                else:
+                    del self.plan[ino]
+                    self.kept_dirs.add(ino)
+                changed = True
 
     # -- phase 3: the namespace ------------------------------------------------------------------
 
@@ -319,19 +334,24 @@ class _Merger:
         for ino, parent, name in additions:
             self._add_name(ino, parent, name)
 
-    def _add_name(self, ino: int, parent: int, name: bytes) -> None:
+    def _add_name(self, ino: int, parent: int, name: bytes, quiet: bool = False) -> None:
         plan = self.plan.get(ino)
         if plan is None or plan.rec is None:
             return
         parent = self.alias.get(parent, parent)
+        if parent in self.dropped:
+            # its new parent directory was itself left out: part of that conflict
+            self._drop_name(ino, parent, name)
+            return
         if parent != ROOT_INO and not self._result_is_dir(parent):
-            self._conflict(
-                ino,
-                "modify/delete",
-                "the directory was deleted",
-                _describe(self.theirs, ino, self.theirs.inode(ino)),
-                self.theirs,
-            )
+            if not quiet:
+                self._conflict(
+                    ino,
+                    "modify/delete",
+                    "the directory was deleted",
+                    _describe(self.theirs, ino, self.theirs.inode(ino)),
+                    self.theirs,
+                )
             if self._take_theirs_side() and self.theirs.inode(parent) is not None:
                 self._resurrect(parent)
             else:
@@ -395,6 +415,7 @@ class _Merger:
         o = self.ours.inode(ino)
         if o is None:
             del self.plan[ino]  # new on their side only: not added at all
+            self.dropped.add(ino)
             return
         assert plan.rec is not None
         plan.rec.links = list(o.links)
@@ -424,7 +445,7 @@ class _Merger:
         self.plan[d] = _Plan(t.copy(), "theirs")
         self.doomed.discard(d)
         for p, n in t.links:
-            self._add_name(d, p, n)
+            self._add_name(d, p, n, quiet=True)
 
     # -- phase 4: no directory inside itself -----------------------------------------------------
 
@@ -447,13 +468,26 @@ class _Merger:
                         _describe(self.theirs, ino, self.theirs.inode(ino)),
                         self.theirs,
                     )
-                    o = self.ours.inode(ino)
-                    if o is not None:
-                        plan.rec.links = list(o.links)
+                    if self._take_theirs_side():
+                        self._undo_our_moves(seen)
                     else:
-                        del self.plan[ino]
+                        o = self.ours.inode(ino)
+                        if o is not None:
+                            plan.rec.links = list(o.links)
+                        else:
+                            del self.plan[ino]
                     break
                 seen.add(cur)
+
+    def _undo_our_moves(self, members: set[int]) -> None:
+        """Break a cycle towards theirs: directories we moved go back where theirs has them."""
+        for d in members:
+            if d in self.plan or d == ROOT_INO:
+                continue
+            o, t = self.ours.inode_for_write(d), self.theirs.inode(d)
+            if o is not None and t is not None and set(o.links) != set(t.links):
+                o.links = list(t.links)
+                self.plan[d] = _Plan(o, "ours")
 
     # -- phase 6: write ----------------------------------------------------------------------------
 

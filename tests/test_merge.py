@@ -380,3 +380,71 @@ def store_ok(store: Store) -> bool:
     report = store.fsck()
     assert report.ok, report.problems
     return True
+
+
+# -- strategies on structural conflicts ------------------------------------------------------
+
+STRUCTURAL = {
+    # name: (edit ours, edit theirs, the kind, paths with "ours", paths with "theirs")
+    "type": (
+        lambda m: m.write_bytes("thing", b"file\n"),
+        lambda t: (t.makedirs("thing/x"), t.write_bytes("thing/x/y", b"y")),
+        "type",
+        {"thing"},
+        {"thing", "thing/x", "thing/x/y"},
+    ),
+    "deleted-dir-with-our-addition": (
+        lambda m: m.write_bytes("dir/sub/new.txt", b"new\n"),
+        lambda t: t.rmtree("dir"),
+        "modify/delete",
+        {"dir", "dir/sub", "dir/sub/new.txt"},
+        set(),
+    ),
+    "our-deleted-dir-with-their-addition": (
+        lambda m: m.rmtree("dir"),
+        lambda t: t.write_bytes("dir/sub/new.txt", b"new\n"),
+        "modify/delete",
+        set(),
+        {"dir", "dir/sub", "dir/sub/new.txt"},
+    ),
+    "rename/rename": (
+        lambda m: m.rename("a", "a-ours"),
+        lambda t: t.rename("a", "a-theirs"),
+        "rename/rename",
+        {"a-ours", "dir", "dir/sub", "dir/sub/deep.txt"},
+        {"a-theirs", "dir", "dir/sub", "dir/sub/deep.txt"},
+    ),
+    "cycle": (
+        lambda m: m.rename("B", "A/B"),
+        lambda t: t.rename("A", "B/A"),
+        "cycle",
+        {"A", "A/B"},
+        {"B", "B/A"},
+    ),
+}
+
+
+@pytest.mark.parametrize("strategy", ["ours", "theirs"])
+@pytest.mark.parametrize("case", sorted(STRUCTURAL))
+def test_strategy_resolves_structural_conflicts(store: Store, case: str, strategy: str) -> None:
+    edit_ours, edit_theirs, kind, with_ours, with_theirs = STRUCTURAL[case]
+    main = store.create_branch("main")
+    main.makedirs("dir/sub")
+    main.write_bytes("dir/sub/deep.txt", b"deep\n")
+    main.write_bytes("a", b"a\n")
+    main.mkdir("A")
+    main.mkdir("B")
+    theirs = main.fork("theirs")
+    edit_ours(main)
+    edit_theirs(theirs)
+    with pytest.raises(MergeConflict) as info:
+        main.merge(theirs)
+    assert [c.kind for c in info.value.conflicts] == [kind]
+    result = main.merge(theirs, strategy=strategy)
+    assert [c.kind for c in result.conflicts] == [kind]
+    store_ok(store)
+    expected = with_ours if strategy == "ours" else with_theirs
+    present = set(tree_of(main))
+    assert expected <= present, f"missing {expected - present}"
+    if strategy == "theirs":
+        assert {p for p in present if p.split("/")[0] in {"thing", "a-ours"}} <= expected
