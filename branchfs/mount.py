@@ -216,7 +216,7 @@ def is_stale(mountpoint: str) -> bool:
     try:
         os.stat(mountpoint)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 
@@ -273,14 +273,19 @@ def daemon_command(store_path: str, mountpoint: str, branch: str) -> list[str]:
 
 
 def start_daemon(
-    store_path: str, mountpoint: str, branch: str = "main", *, timeout: float = START_TIMEOUT
+    store_path: str,
+    mountpoint: str,
+    branch: str = "main",
+    *,
+    timeout: float = START_TIMEOUT,
+    extra_args: list[str] | tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start a detached daemon and return once the mount answers; MountError if it fails."""
     check_fuse()
     mp = check_mountpoint(mountpoint)
     store_path = os.path.abspath(store_path)
     read_fd, write_fd = os.pipe()
-    cmd = [*daemon_command(store_path, mp, branch), "--ready-fd", str(write_fd)]
+    cmd = [*daemon_command(store_path, mp, branch), "--ready-fd", str(write_fd), *extra_args]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,

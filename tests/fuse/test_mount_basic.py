@@ -1,0 +1,369 @@
+"""A branch mounted through FUSE behaves like a directory on a native disk.
+
+Real mounts (the ``mounted_store`` fixture in conftest.py): file I/O, names, links, xattrs,
+the control directory, coherence with writers in other processes, git inside the mount, and
+the ``branchfs mount`` / ``umount`` commands run as subprocesses.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import branchfs
+
+BRANCHFS = [sys.executable, "-m", "branchfs.cli"]
+
+
+def ctl(mnt: Path, line: str) -> dict[str, Any]:
+    """Write one command to .branchfs/ctl and read the JSON answer on the same descriptor."""
+    fd = os.open(mnt / ".branchfs" / "ctl", os.O_RDWR)
+    try:
+        os.write(fd, line.encode() + b"\n")
+        data = b""
+        while part := os.read(fd, 65536):
+            data += part
+    finally:
+        os.close(fd)
+    return json.loads(data)
+
+
+def in_other_process(code: str) -> None:
+    """Run Python ``code`` in a fresh interpreter (a different process than the test's)."""
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, timeout=60)
+
+
+# -- files and names -------------------------------------------------------------------------------
+
+
+def test_write_read_stat_listdir(mnt: Path) -> None:
+    data = os.urandom(300_000)
+    (mnt / "big.bin").write_bytes(data)
+    (mnt / "small.txt").write_text("hello\n")
+    (mnt / "dir").mkdir()
+    assert (mnt / "big.bin").read_bytes() == data
+    assert (mnt / "small.txt").read_text() == "hello\n"
+    assert sorted(os.listdir(mnt)) == ["big.bin", "dir", "small.txt"]
+    s = os.stat(mnt / "big.bin")
+    assert s.st_size == len(data) and s.st_nlink == 1
+    assert os.path.isdir(mnt / "dir")
+    # A sparse write past the end reads back zeros in the hole.
+    with open(mnt / "sparse", "wb") as fh:
+        fh.seek(1_000_000)
+        fh.write(b"end")
+    got = (mnt / "sparse").read_bytes()
+    assert len(got) == 1_000_003 and got[:1_000_000] == bytes(1_000_000) and got[-3:] == b"end"
+
+
+def test_reads_see_unflushed_writes_and_open_flags(mnt: Path) -> None:
+    p = mnt / "f"
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, b"abc" * 1000)
+        assert os.pread(fd, 6, 0) == b"abcabc"
+        assert os.fstat(fd).st_size == 3000
+    finally:
+        os.close(fd)
+    with pytest.raises(FileExistsError):
+        os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"END")
+    os.close(fd)
+    assert p.read_bytes().endswith(b"cEND") and p.stat().st_size == 3003
+    fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+    os.close(fd)
+    assert p.stat().st_size == 0
+    os.truncate(p, 10)
+    assert p.read_bytes() == bytes(10)
+
+
+def test_rename_unlink_and_open_unlinked_file(mnt: Path) -> None:
+    (mnt / "a").write_text("A")
+    (mnt / "b").write_text("B")
+    os.rename(mnt / "a", mnt / "b")
+    assert (mnt / "b").read_text() == "A" and not (mnt / "a").exists()
+    (mnt / "d1").mkdir()
+    os.rename(mnt / "b", mnt / "d1" / "c")
+    assert os.listdir(mnt / "d1") == ["c"]
+    with pytest.raises(OSError) as exc:
+        os.rmdir(mnt / "d1")
+    assert exc.value.errno == errno.ENOTEMPTY
+    # An unlinked file stays readable and writable while it is open.
+    fh = open(mnt / "d1" / "c", "r+b")  # noqa: SIM115
+    os.unlink(mnt / "d1" / "c")
+    assert os.listdir(mnt / "d1") == []
+    fh.seek(0, 2)
+    fh.write(b"more")
+    fh.flush()
+    fh.seek(0)
+    assert fh.read() == b"Amore"
+    fh.close()
+    os.rmdir(mnt / "d1")
+    with pytest.raises(FileNotFoundError):
+        os.unlink(mnt / "nothing")
+
+
+def test_symlink_hardlink_chmod_utime(mnt: Path) -> None:
+    (mnt / "t").write_text("target")
+    os.symlink("t", mnt / "l")
+    assert os.readlink(mnt / "l") == "t" and (mnt / "l").read_text() == "target"
+    assert os.path.islink(mnt / "l")
+    os.link(mnt / "t", mnt / "h")
+    assert os.stat(mnt / "t").st_nlink == 2
+    assert os.stat(mnt / "h").st_ino == os.stat(mnt / "t").st_ino
+    (mnt / "h").write_text("changed")
+    assert (mnt / "t").read_text() == "changed"
+    os.chmod(mnt / "t", 0o600)
+    assert os.stat(mnt / "h").st_mode & 0o777 == 0o600
+    os.utime(mnt / "t", ns=(1_000_000_000, 2_000_000_000))
+    assert os.stat(mnt / "t").st_mtime_ns == 2_000_000_000
+    with pytest.raises(FileExistsError):
+        os.symlink("x", mnt / "t")
+
+
+def test_xattrs(mnt: Path) -> None:
+    p = mnt / "x"
+    p.write_text("x")
+    os.setxattr(p, "user.k", b"v1")
+    assert os.getxattr(p, "user.k") == b"v1"
+    assert "user.k" in os.listxattr(p)
+    with pytest.raises(OSError) as exc:
+        os.setxattr(p, "user.k", b"v2", os.XATTR_CREATE)
+    assert exc.value.errno == errno.EEXIST
+    os.removexattr(p, "user.k")
+    with pytest.raises(OSError) as exc:
+        os.getxattr(p, "user.k")
+    assert exc.value.errno == errno.ENODATA
+
+
+def test_readdir_snapshot_while_directory_changes(mnt: Path) -> None:
+    d = mnt / "many"
+    d.mkdir()
+    for i in range(300):
+        (d / f"f{i:03}").write_text("x")
+    seen = []
+    with os.scandir(d) as it:
+        for entry in it:
+            seen.append(entry.name)
+            if len(seen) == 10:
+                for i in range(300, 320):
+                    (d / f"f{i:03}").write_text("x")
+    assert len(seen) == len(set(seen)) >= 300
+    assert len(os.listdir(d)) == 320
+
+
+def test_statfs_and_mmap(mnt: Path) -> None:
+    import mmap
+
+    s = os.statvfs(mnt)
+    assert s.f_namemax == 255 and s.f_blocks > 0
+    p = mnt / "m"
+    p.write_bytes(bytes(8192))
+    with open(p, "r+b") as fh, mmap.mmap(fh.fileno(), 8192) as mm:
+        mm[0:5] = b"hello"
+        mm.flush()
+    assert p.read_bytes()[:5] == b"hello"
+
+
+# -- the control directory -------------------------------------------------------------------------
+
+
+def test_fork_by_mkdir_is_isolated(mounted_store: Any) -> None:
+    mnt, store = mounted_store.path, mounted_store.store
+    fd = os.open(mnt / "shared", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"written before the fork")  # not closed: the fork must still see it
+    os.mkdir(mnt / ".branchfs" / "branches" / "f1")
+    os.close(fd)
+    fork = mnt / ".branchfs" / "branches" / "f1"
+    assert (fork / "shared").read_bytes() == b"written before the fork"
+    (fork / "shared").write_text("fork side")
+    (mnt / "shared").write_text("main side")
+    assert (fork / "shared").read_text() == "fork side"
+    assert store.branch("f1").read_text("shared") == "fork side"
+    assert store.branch("main").read_text("shared") == "main side"
+    assert ".branchfs" not in os.listdir(mnt)
+    os.rmdir(fork)
+    assert "f1" not in store.branches()
+
+
+def test_ctl_merge_and_snapshot_is_read_only(mounted_store: Any) -> None:
+    mnt, store = mounted_store.path, mounted_store.store
+    (mnt / "base.txt").write_text("one\ntwo\n")
+    os.mkdir(mnt / ".branchfs" / "branches" / "work")
+    (mnt / ".branchfs" / "branches" / "work" / "new.txt").write_text("from work\n")
+    answer = ctl(mnt, "merge work")
+    assert answer["ok"], answer
+    assert (mnt / "new.txt").read_text() == "from work\n"
+    os.mkdir(mnt / ".branchfs" / "snapshots" / "s1")
+    snap = mnt / ".branchfs" / "snapshots" / "s1"
+    assert (snap / "new.txt").read_text() == "from work\n"
+    with pytest.raises(OSError) as exc:
+        (snap / "new.txt").write_text("no")
+    assert exc.value.errno == errno.EROFS
+    with pytest.raises(OSError) as exc:
+        os.mkdir(snap / "d")
+    assert exc.value.errno == errno.EROFS
+    assert store.snapshots() == ["s1"]
+
+
+def test_ctl_conflict_lists_every_conflict(mounted_store: Any) -> None:
+    mnt = mounted_store.path
+    (mnt / "c1").write_text("base\n")
+    (mnt / "c2").write_text("base\n")
+    os.mkdir(mnt / ".branchfs" / "branches" / "side")
+    side = mnt / ".branchfs" / "branches" / "side"
+    (side / "c1").write_text("side\n")
+    (side / "c2").write_text("side\n")
+    (mnt / "c1").write_text("main\n")
+    (mnt / "c2").write_text("main\n")
+    answer = ctl(mnt, "merge side")
+    assert not answer["ok"] and answer["error"] == "conflict"
+    assert sorted(c["path"] for c in answer["conflicts"]) == ["c1", "c2"]
+    assert (mnt / "c1").read_text() == "main\n"
+    assert ctl(mnt, "nonsense")["error"] == "usage"
+
+
+# -- coherence with other processes ----------------------------------------------------------------
+
+
+def test_api_write_and_merge_from_another_process_show_at_once(mounted_store: Any) -> None:
+    mnt, sp = mounted_store.path, mounted_store.store_path
+    (mnt / "doc.txt").write_text("v1\n")
+    assert (mnt / "doc.txt").read_text() == "v1\n"  # now cached by the kernel
+    assert not (mnt / "later.txt").exists()  # a cached negative lookup
+    in_other_process(f"""
+        import branchfs
+        with branchfs.Store.open({str(sp)!r}) as s:
+            main = s.branch("main")
+            main.write_text("doc.txt", "v2 from the API\\n")
+            main.write_text("later.txt", "new\\n")
+    """)
+    assert (mnt / "doc.txt").read_text() == "v2 from the API\n"
+    assert (mnt / "later.txt").read_text() == "new\n"
+    in_other_process(f"""
+        import branchfs
+        with branchfs.Store.open({str(sp)!r}) as s:
+            side = s.fork("main", "side")
+            side.write_text("doc.txt", "v3 merged\\n")
+            side.remove("later.txt")
+            s.merge("main", "side")
+    """)
+    assert (mnt / "doc.txt").read_text() == "v3 merged\n"
+    assert not (mnt / "later.txt").exists()
+
+
+# -- real programs ---------------------------------------------------------------------------------
+
+
+def test_git_init_add_commit(mnt: Path) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+    }
+    repo = mnt / "repo"
+    repo.mkdir()
+    for i in range(20):
+        (repo / f"m{i}.py").write_text(f"x = {i}\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True
+        ).stdout
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "-m", "first")
+    (repo / "m0.py").write_text("x = 100\n")
+    assert git("status", "--porcelain").split() == ["M", "m0.py"]
+    git("commit", "-qam", "second")
+    assert len(git("log", "--oneline").splitlines()) == 2
+    assert git("fsck", "--no-progress") == ""
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BRANCHFS, *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
+    )
+
+
+def test_cli_mount_umount_and_bad_input(tmp_path: Path, need_fuse: None) -> None:
+    store = tmp_path / "s"
+    assert _cli("init", str(store)).returncode == 0
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = _cli("--store", str(store), "mount", str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.path.ismount(mnt)
+        (mnt / "f").write_text("through the CLI mount\n")
+        # Bad input: already mounted, missing, not a directory, not empty, unknown branch.
+        r = _cli("--store", str(store), "mount", str(mnt))
+        assert r.returncode == 2 and "already" in r.stderr and "Traceback" not in r.stderr
+        r = _cli("--store", str(store), "mount", str(tmp_path / "missing"))
+        assert r.returncode == 2 and "does not exist" in r.stderr
+        (tmp_path / "file").write_text("")
+        r = _cli("--store", str(store), "mount", str(tmp_path / "file"))
+        assert r.returncode == 2 and "not a directory" in r.stderr
+        full = tmp_path / "full"
+        full.mkdir()
+        (full / "x").write_text("")
+        r = _cli("--store", str(store), "mount", str(full))
+        assert r.returncode == 2 and "not empty" in r.stderr
+        other = tmp_path / "other"
+        other.mkdir()
+        r = _cli("--store", str(store), "mount", str(other), "--branch", "nope")
+        assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        r = _cli("umount", str(mnt))
+    assert r.returncode == 0, r.stderr
+    assert not os.path.ismount(mnt)
+    with branchfs.Store.open(store) as s:
+        assert s.branch("main").read_text("f") == "through the CLI mount\n"
+
+
+def test_killed_daemon_leaves_a_mount_that_umount_cleans(tmp_path: Path, need_fuse: None) -> None:
+    store = tmp_path / "s"
+    _cli("init", str(store))
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    assert _cli("--store", str(store), "mount", str(mnt)).returncode == 0
+    fd = os.open(mnt / "synced", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"durable")
+    os.fsync(fd)
+    os.close(fd)
+    reg = next((store / "mounts").glob("*.json"))
+    pid = json.loads(reg.read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.stat(mnt)
+        except OSError as exc:
+            assert exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+            break
+        time.sleep(0.05)
+    # mount on the dead mountpoint cleans it first; then umount works as usual.
+    r = _cli("--store", str(store), "mount", str(mnt))
+    assert r.returncode == 0, r.stderr
+    assert (mnt / "synced").read_bytes() == b"durable"
+    assert _cli("umount", str(mnt)).returncode == 0
