@@ -1,0 +1,215 @@
+"""Consistency across processes (DESIGN §1.3) with real mounts.
+
+Two daemons serve two branches of one store at once; a merge, reset or write made through the
+API by another process shows in the mount on the next syscall (no stale kernel cache); a fork
+through the mount captures every ``write()`` that returned before it; fsync'ed data is in the
+store for any other process to read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import branchfs
+
+
+def fuse_missing() -> str | None:
+    """Why FUSE cannot be used here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (Debian package fuse3)"
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError as exc:
+        return f"pyfuse3 cannot be imported: {exc}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    """A fresh store with an empty branch ``main`` (closed again: other processes use it)."""
+    path = tmp_path / "store.bfs"
+    with branchfs.Store.open(path, create=True) as s:
+        s.create_branch("main")
+    return path
+
+
+@pytest.fixture
+def mnt(store_path: Path, tmp_path: Path) -> Iterator[Path]:
+    """Branch ``main`` mounted for one test."""
+    (tmp_path / "mnt").mkdir()
+    with branchfs.mounted(store_path, tmp_path / "mnt") as m:
+        yield m
+
+
+def elsewhere(store_path: Path, code: str) -> str:
+    """Run ``code`` in a fresh Python process with ``store`` open; return what it printed."""
+    prog = "import sys, branchfs\nstore = branchfs.Store.open(sys.argv[1])\n"
+    prog += textwrap.dedent(code)
+    res = subprocess.run(
+        [sys.executable, "-c", prog, str(store_path)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_two_daemons_serve_two_branches_of_one_store(store_path: Path, tmp_path: Path) -> None:
+    with branchfs.Store.open(store_path) as s:
+        s.branch("main").write_bytes("common.txt", b"before the fork\n")
+        s.fork("main", "feature")
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    with (
+        branchfs.mounted(store_path, tmp_path / "m1", branch="main") as m1,
+        branchfs.mounted(store_path, tmp_path / "m2", branch="feature") as m2,
+    ):
+        assert (m1 / "common.txt").read_text() == (m2 / "common.txt").read_text()
+        (m1 / "common.txt").write_text("main side\n")
+        (m2 / "common.txt").write_text("feature side\n")
+        (m2 / "feature-only.txt").write_text("f\n")
+        assert (m1 / "common.txt").read_text() == "main side\n"
+        assert (m2 / "common.txt").read_text() == "feature side\n"
+        assert not (m1 / "feature-only.txt").exists()
+        # Written and closed in one daemon, seen by the other through its control directory.
+        other = m1 / ".branchfs" / "branches" / "feature"
+        assert (other / "common.txt").read_text() == "feature side\n"
+        assert (other / "feature-only.txt").read_text() == "f\n"
+        out = elsewhere(
+            store_path,
+            """
+            print(store.branch("main").read_text("common.txt"), end="")
+            print(store.branch("feature").read_text("common.txt"), end="")
+            """,
+        )
+        assert out == "main side\nfeature side\n"
+
+
+def test_api_merge_from_another_process_shows_at_once(store_path: Path, mnt: Path) -> None:
+    (mnt / "f.txt").write_text("one\ntwo\nthree\n")
+    (mnt / "keep.txt").write_text("keep\n")
+    # Let the kernel cache the entries, attributes and pages.
+    assert (mnt / "f.txt").read_text() == "one\ntwo\nthree\n"
+    assert sorted(os.listdir(mnt)) == ["f.txt", "keep.txt"]
+    size_before = os.stat(mnt / "f.txt").st_size
+
+    elsewhere(
+        store_path,
+        """
+        side = store.fork("main", "side")
+        side.write_text("f.txt", "one\\ntwo, changed on side, and longer\\nthree\\n")
+        side.write_text("g.txt", "new on side\\n")
+        side.remove("keep.txt")
+        store.merge("main", "side")
+        """,
+    )
+    assert (mnt / "f.txt").read_text() == "one\ntwo, changed on side, and longer\nthree\n"
+    assert os.stat(mnt / "f.txt").st_size != size_before
+    assert sorted(os.listdir(mnt)) == ["f.txt", "g.txt"]
+    assert not (mnt / "keep.txt").exists()
+    assert (mnt / "g.txt").read_text() == "new on side\n"
+
+
+def test_api_reset_and_write_from_another_process_show_at_once(store_path: Path, mnt: Path) -> None:
+    (mnt / "data.bin").write_bytes(b"A" * 200_000)
+    (mnt / "dir").mkdir()
+    (mnt / "dir" / "x").write_text("x\n")
+    elsewhere(store_path, 'store.snapshot("main", "s0")')
+    (mnt / "data.bin").write_bytes(b"B" * 100)
+    (mnt / "dir" / "y").write_text("y\n")
+    assert (mnt / "data.bin").read_bytes() == b"B" * 100
+    assert sorted(os.listdir(mnt / "dir")) == ["x", "y"]
+
+    elsewhere(store_path, 'store.reset("main", "s0")')
+    assert (mnt / "data.bin").read_bytes() == b"A" * 200_000
+    assert sorted(os.listdir(mnt / "dir")) == ["x"]
+
+    # A plain API write from another process replaces cached pages of an open-able file.
+    assert (mnt / "dir" / "x").read_text() == "x\n"
+    elsewhere(
+        store_path,
+        """
+        b = store.branch("main")
+        b.write_bytes("dir/x", b"rewritten elsewhere\\n")
+        b.chmod("dir/x", 0o600)
+        b.mkdir("dir/sub")
+        """,
+    )
+    assert (mnt / "dir" / "x").read_text() == "rewritten elsewhere\n"
+    assert os.stat(mnt / "dir" / "x").st_mode & 0o777 == 0o600
+    assert os.path.isdir(mnt / "dir" / "sub")
+
+
+def test_fork_through_mount_captures_every_returned_write(store_path: Path, mnt: Path) -> None:
+    chunk = bytes(range(256)) * 1024  # 256 KiB
+    fd = os.open(mnt / "open.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for _ in range(12):  # 3 MiB, never closed nor fsynced before the fork
+            assert os.write(fd, chunk) == len(chunk)
+        os.pwrite(fd, b"tail", 5 * 2**20)
+        for i in range(50):
+            (mnt / f"small{i}.txt").write_text(f"small {i}\n")
+        os.mkdir(mnt / ".branchfs" / "branches" / "captured")
+        os.write(fd, b"after the fork")  # must not show in the fork
+    finally:
+        os.close(fd)
+
+    with branchfs.Store.open(store_path) as s:
+        fork = s.branch("captured")
+        data = fork.read_bytes("open.bin")
+        assert len(data) == 5 * 2**20 + 4
+        assert data[: 12 * len(chunk)] == chunk * 12
+        assert data[12 * len(chunk) : 5 * 2**20] == bytes(5 * 2**20 - 12 * len(chunk))
+        assert data[-4:] == b"tail"
+        for i in range(50):
+            assert fork.read_text(f"small{i}.txt") == f"small {i}\n"
+        main = s.branch("main").read_bytes("open.bin")
+        assert main[12 * len(chunk) : 12 * len(chunk) + 14] == b"after the fork"
+
+
+def test_fsynced_data_is_in_the_store(store_path: Path, mnt: Path) -> None:
+    payload = os.urandom(3 * 2**20 + 123)
+    fd = os.open(mnt / "synced.bin", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+        # Still open: another process reads the fsync'ed bytes from the store itself.
+        out = elsewhere(
+            store_path,
+            """
+            import hashlib
+            b = store.branch("main")
+            print(hashlib.sha256(b.read_bytes("synced.bin")).hexdigest())
+            print(oct(b.stat("synced.bin").st_mode & 0o777))
+            """,
+        )
+    finally:
+        os.close(fd)
+    import hashlib
+
+    assert out.split() == [hashlib.sha256(payload).hexdigest(), "0o640"]
+
+    d = mnt / "made"
+    d.mkdir()
+    fd = os.open(d / "n.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"durable name\n")
+        os.fsync(fd)
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(dfd)
+        os.close(dfd)
+        out = elsewhere(store_path, 'print(store.branch("main").read_text("made/n.txt"), end="")')
+    finally:
+        os.close(fd)
+    assert out == "durable name\n"

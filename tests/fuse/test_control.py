@@ -1,0 +1,235 @@
+"""The control directory ``MOUNT/.branchfs``: fork, merge, discard and snapshot with a syscall.
+
+``mkdir .branchfs/branches/X`` forks the mounted branch, ``rmdir`` discards, ``mkdir
+.branchfs/snapshots/S`` snapshots (read-only: EROFS), and ``.branchfs/ctl`` takes one command
+line and answers in JSON on the same file descriptor. Results are checked through the mount
+and through the Python API of the same store.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import branchfs
+
+
+def fuse_missing() -> str | None:
+    """Why FUSE cannot be used here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (Debian package fuse3)"
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError as exc:
+        return f"pyfuse3 cannot be imported: {exc}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, branchfs.Store]]:
+    """Branch ``main`` of a fresh store mounted for the module, and the store opened here too."""
+    base = tmp_path_factory.mktemp("control")
+    path = base / "store.bfs"
+    store = branchfs.Store.open(path, create=True)
+    store.create_branch("main")
+    (base / "mnt").mkdir()
+    try:
+        with branchfs.mounted(store, base / "mnt") as m:
+            yield m, store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def mnt(setup: tuple[Path, branchfs.Store]) -> Path:
+    return setup[0]
+
+
+@pytest.fixture
+def store(setup: tuple[Path, branchfs.Store]) -> branchfs.Store:
+    return setup[1]
+
+
+def ctl(mnt: Path, line: str) -> dict[str, Any]:
+    """Write one command line to ``.branchfs/ctl`` and read the JSON answer on the same fd."""
+    fd = os.open(mnt / ".branchfs" / "ctl", os.O_RDWR)
+    try:
+        os.write(fd, line.encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            part = os.read(fd, 65536)
+            if not part:
+                break
+            answer += part
+    finally:
+        os.close(fd)
+    return json.loads(answer)
+
+
+def test_control_dir_hidden_from_listing_but_reachable(mnt: Path) -> None:
+    (mnt / "visible.txt").write_text("x")
+    assert ".branchfs" not in os.listdir(mnt)
+    ls = subprocess.run(["ls", "-a", str(mnt)], capture_output=True, text=True, check=True)
+    assert ".branchfs" not in ls.stdout.split()
+    assert "visible.txt" in ls.stdout.split()
+    assert os.path.isdir(mnt / ".branchfs")
+    inside = set(os.listdir(mnt / ".branchfs"))
+    assert {"branches", "snapshots", "ctl"} <= inside
+    assert "main" in os.listdir(mnt / ".branchfs" / "branches")
+
+
+def test_fork_via_mkdir_then_both_sides_isolated(mnt: Path, store: branchfs.Store) -> None:
+    (mnt / "iso").mkdir()
+    (mnt / "iso" / "shared.txt").write_text("base\n")
+    fork = mnt / ".branchfs" / "branches" / "iso-fork"
+    os.mkdir(fork)
+    assert "iso-fork" in store.branches()
+    assert "iso-fork" in os.listdir(mnt / ".branchfs" / "branches")
+    assert (fork / "iso" / "shared.txt").read_text() == "base\n"
+
+    (mnt / "iso" / "shared.txt").write_text("main edit\n")
+    (fork / "iso" / "shared.txt").write_text("fork edit\n")
+    (fork / "iso" / "only-fork.txt").write_text("f\n")
+    (mnt / "iso" / "only-main.txt").write_text("m\n")
+
+    assert (mnt / "iso" / "shared.txt").read_text() == "main edit\n"
+    assert (fork / "iso" / "shared.txt").read_text() == "fork edit\n"
+    assert sorted(os.listdir(mnt / "iso")) == ["only-main.txt", "shared.txt"]
+    assert sorted(os.listdir(fork / "iso")) == ["only-fork.txt", "shared.txt"]
+    # The store agrees with what the mount shows.
+    assert store.branch("iso-fork").read_bytes("iso/shared.txt") == b"fork edit\n"
+    assert store.branch("main").read_bytes("iso/shared.txt") == b"main edit\n"
+    assert not store.branch("main").exists("iso/only-fork.txt")
+
+
+def test_fork_of_existing_name_is_eexist(mnt: Path) -> None:
+    os.mkdir(mnt / ".branchfs" / "branches" / "twice")
+    with pytest.raises(FileExistsError):
+        os.mkdir(mnt / ".branchfs" / "branches" / "twice")
+    with pytest.raises(FileExistsError):
+        os.mkdir(mnt / ".branchfs" / "branches" / "main")
+
+
+def test_merge_via_ctl_without_conflicts(mnt: Path, store: branchfs.Store) -> None:
+    d = mnt / "clean"
+    d.mkdir()
+    (d / "a.txt").write_text("a1\na2\na3\n")
+    (d / "b.txt").write_text("b1\n")
+    os.mkdir(mnt / ".branchfs" / "branches" / "clean-x")
+    x = mnt / ".branchfs" / "branches" / "clean-x" / "clean"
+    (x / "a.txt").write_text("a1\na2 from x\na3\n")
+    (x / "new.txt").write_text("added on x\n")
+    (d / "b.txt").write_text("b1 from main\n")
+    (d / "a.txt").stat()  # the kernel has this entry and its attributes cached
+
+    answer = ctl(mnt, "merge clean-x")
+    assert answer["ok"] is True, answer
+    assert answer["conflicts"] == []
+    paths = {c["path"] for c in answer["changes"]}
+    assert {"clean/a.txt", "clean/new.txt"} <= {p.lstrip("/") for p in paths}
+    # The merge shows in the mount at once, and the main side's own edit is kept.
+    assert (d / "a.txt").read_text() == "a1\na2 from x\na3\n"
+    assert (d / "new.txt").read_text() == "added on x\n"
+    assert (d / "b.txt").read_text() == "b1 from main\n"
+
+
+def test_merge_via_ctl_with_conflicts_lists_them_and_changes_nothing(
+    mnt: Path, store: branchfs.Store
+) -> None:
+    d = mnt / "conf"
+    d.mkdir()
+    (d / "f.txt").write_text("line\n")
+    (d / "g.txt").write_text("g\n")
+    os.mkdir(mnt / ".branchfs" / "branches" / "conf-x")
+    x = mnt / ".branchfs" / "branches" / "conf-x" / "conf"
+    (x / "f.txt").write_text("theirs\n")
+    (x / "g.txt").write_text("g changed on x\n")
+    os.unlink(x / "g.txt")
+    (x / "h.txt").write_text("h\n")
+    (d / "f.txt").write_text("ours\n")
+    (d / "g.txt").write_text("g changed on main\n")
+
+    answer = ctl(mnt, "merge conf-x")
+    assert answer["ok"] is False, answer
+    got = {(c["path"].lstrip("/"), c["kind"]) for c in answer["conflicts"]}
+    assert {p for p, _ in got} == {"conf/f.txt", "conf/g.txt"}, answer
+    # All or nothing: the mounted branch is exactly as it was.
+    assert (d / "f.txt").read_text() == "ours\n"
+    assert (d / "g.txt").read_text() == "g changed on main\n"
+    assert not (d / "h.txt").exists()
+
+    answer = ctl(mnt, "merge conf-x --strategy theirs")
+    assert answer["ok"] is True, answer
+    assert (d / "f.txt").read_text() == "theirs\n"
+    assert not (d / "g.txt").exists()
+    assert (d / "h.txt").read_text() == "h\n"
+
+
+def test_ctl_bad_command_answers_with_an_error(mnt: Path) -> None:
+    answer = ctl(mnt, "frobnicate now")
+    assert answer["ok"] is False
+    assert answer.get("error") or answer.get("message")
+    answer = ctl(mnt, "merge no-such-branch")
+    assert answer["ok"] is False
+    assert "no-such-branch" in json.dumps(answer)
+
+
+def test_discard_via_rmdir(mnt: Path, store: branchfs.Store) -> None:
+    branches = mnt / ".branchfs" / "branches"
+    os.mkdir(branches / "gone")
+    (branches / "gone" / "file.txt").write_text("soon gone\n")
+    os.rmdir(branches / "gone")
+    assert "gone" not in os.listdir(branches)
+    assert "gone" not in store.branches()
+    assert not os.path.exists(branches / "gone")
+    with pytest.raises(branchfs.BranchNotFound):
+        store.branch("gone").read_bytes("file.txt")
+    # The mounted branch itself cannot be discarded from inside its own mount.
+    with pytest.raises(OSError) as exc:
+        os.rmdir(branches / "main")
+    assert exc.value.errno in (errno.EBUSY, errno.EPERM, errno.EACCES, errno.ENOTEMPTY)
+    assert "main" in store.branches()
+
+
+def test_snapshot_via_mkdir_is_read_only_and_frozen(mnt: Path, store: branchfs.Store) -> None:
+    d = mnt / "snap"
+    d.mkdir()
+    (d / "kept.txt").write_text("v1\n")
+    snap = mnt / ".branchfs" / "snapshots" / "s1"
+    os.mkdir(snap)
+    assert "s1" in store.snapshots()
+    assert (snap / "snap" / "kept.txt").read_text() == "v1\n"
+
+    for attempt in (
+        lambda: os.open(snap / "snap" / "kept.txt", os.O_WRONLY),
+        lambda: os.open(snap / "snap" / "new.txt", os.O_WRONLY | os.O_CREAT, 0o644),
+        lambda: os.mkdir(snap / "snap" / "dir"),
+        lambda: os.unlink(snap / "snap" / "kept.txt"),
+        lambda: os.rename(snap / "snap" / "kept.txt", snap / "snap" / "moved.txt"),
+        lambda: os.chmod(snap / "snap" / "kept.txt", 0o600),
+        lambda: os.truncate(snap / "snap" / "kept.txt", 0),
+        lambda: os.setxattr(snap / "snap" / "kept.txt", "user.x", b"1"),
+    ):
+        with pytest.raises(OSError) as exc:
+            attempt()
+        assert exc.value.errno == errno.EROFS, exc.value
+
+    (d / "kept.txt").write_text("v2\n")
+    assert (snap / "snap" / "kept.txt").read_text() == "v1\n"
+    # And reset through ctl brings the mounted branch back to the snapshot, visibly.
+    answer = ctl(mnt, "reset s1")
+    assert answer["ok"] is True, answer
+    assert (d / "kept.txt").read_text() == "v1\n"
