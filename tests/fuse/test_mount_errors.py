@@ -1,0 +1,184 @@
+"""Bad input to ``branchfs mount`` / ``umount``: a clear message, a non-zero exit, no traceback.
+
+Mountpoint missing, not a directory, not empty, already mounted; unknown branch; no
+fusermount3 on PATH and no /dev/fuse (the message names the Debian package fuse3).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import branchfs
+
+
+def fuse_missing() -> str | None:
+    """Why FUSE cannot be used here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (Debian package fuse3)"
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError as exc:
+        return f"pyfuse3 cannot be imported: {exc}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
+
+CLI = Path(sys.executable).parent / "branchfs"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``branchfs`` command line."""
+    cmd = [str(CLI), *args] if CLI.exists() else [sys.executable, "-m", "branchfs.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+
+def assert_user_error(res: subprocess.CompletedProcess[str], *words: str) -> str:
+    """A refused command: exit 2 (bad input), no traceback, a message with ``words``."""
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out, out
+    assert res.returncode == 2, (res.returncode, out)
+    for w in words:
+        assert w.lower() in out.lower(), (w, out)
+    return out
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    path = tmp_path / "store.bfs"
+    with branchfs.Store.open(path, create=True) as s:
+        s.create_branch("main")
+    return path
+
+
+@pytest.fixture
+def unmount_after(tmp_path: Path) -> Iterator[list[Path]]:
+    """Mountpoints to unmount at the end of the test even if it fails."""
+    paths: list[Path] = []
+    yield paths
+    for p in paths:
+        if os.path.ismount(p):
+            subprocess.run(["fusermount3", "-u", str(p)], capture_output=True)
+
+
+def test_mountpoint_missing(store_path: Path, tmp_path: Path) -> None:
+    mp = tmp_path / "nope"
+    res = cli("--store", str(store_path), "mount", str(mp))
+    assert_user_error(res, str(mp), "does not exist")
+    with (
+        pytest.raises(branchfs.BranchFSError, match="does not exist"),
+        branchfs.mounted(store_path, mp),
+    ):
+        pass
+
+
+def test_mountpoint_not_a_directory(store_path: Path, tmp_path: Path) -> None:
+    mp = tmp_path / "file"
+    mp.write_text("x")
+    res = cli("--store", str(store_path), "mount", str(mp))
+    assert_user_error(res, str(mp), "not a directory")
+
+
+def test_mountpoint_not_empty(store_path: Path, tmp_path: Path) -> None:
+    mp = tmp_path / "full"
+    mp.mkdir()
+    (mp / "something").write_text("x")
+    res = cli("--store", str(store_path), "mount", str(mp))
+    assert_user_error(res, str(mp), "not empty")
+    assert not os.path.ismount(mp)
+
+
+def test_mountpoint_already_mounted(
+    store_path: Path, tmp_path: Path, unmount_after: list[Path]
+) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with branchfs.mounted(store_path, mp):
+        unmount_after.append(mp)
+        res = cli("--store", str(store_path), "mount", str(mp))
+        assert_user_error(res, str(mp), "already")
+        # The existing mount still works.
+        (mp / "still.txt").write_text("ok")
+        assert (mp / "still.txt").read_text() == "ok"
+
+
+def test_unknown_branch(store_path: Path, tmp_path: Path, unmount_after: list[Path]) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    unmount_after.append(mp)
+    res = cli("--store", str(store_path), "mount", str(mp), "--branch", "no-such-branch")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "Traceback" not in out, out
+    assert "no-such-branch" in out
+    assert not os.path.ismount(mp)
+    assert os.listdir(mp) == []
+
+
+def test_no_fusermount3_on_path_names_the_debian_package(store_path: Path, tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {**os.environ, "PATH": str(bare)}
+    res = cli("--store", str(store_path), "mount", str(mp), env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "Traceback" not in out, out
+    assert "fusermount3" in out
+    assert "fuse3" in out.replace("fusermount3", "")  # the package name, not just the tool
+    assert not os.path.ismount(mp)
+
+
+def test_no_dev_fuse_names_the_debian_package(store_path: Path, tmp_path: Path) -> None:
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("hiding /dev/fuse needs root and unshare(1)")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    # A private mount namespace in which /dev is an empty tmpfs: no /dev/fuse.
+    script = 'mount -t tmpfs none /dev && exec "$@"'
+    cmd = [str(CLI), "--store", str(store_path), "mount", str(mp)]
+    res = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = res.stdout + res.stderr
+    if "unshare failed" in out or "mount: " in out:
+        pytest.skip(f"cannot make a private /dev here: {out.strip()}")
+    assert res.returncode != 0, out
+    assert "Traceback" not in out, out
+    assert "/dev/fuse" in out
+    assert "fuse3" in out
+
+
+def test_umount_of_a_plain_directory(tmp_path: Path) -> None:
+    d = tmp_path / "plain"
+    d.mkdir()
+    res = cli("umount", str(d))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "Traceback" not in out, out
+    assert "not mounted" in out.lower()
+
+
+def test_unknown_store(tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    res = cli("--store", str(tmp_path / "missing.bfs"), "mount", str(mp))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "Traceback" not in out, out
+    assert "missing.bfs" in out
+    assert not os.path.ismount(mp)
