@@ -689,7 +689,9 @@ class Branch:
                 and not (flags & tree.RENAME_NOREPLACE and v.dirent(dp, dn) is not None)
             ):
                 raise os_error(errno.ENOTDIR)
-            tree.rename(v, sp, sn, dp, dn, flags)
+            replaced = tree.rename(v, sp, sn, dp, dn, flags)
+            if replaced is not None:
+                tree.forget_orphan(v, replaced)  # no open handle can hold it in this API
 
         self._at(src, op, write=True)
 
