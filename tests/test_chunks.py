@@ -217,3 +217,13 @@ def test_fsck_names_a_corrupted_chunk(store: branchfs.Store, branch: branchfs.Br
     report = store.fsck()
     assert not report.ok
     assert any(bad.hex() in str(p) for p in report.problems), report.problems
+
+
+def test_rename_over_a_file_frees_it(store: branchfs.Store, branch: branchfs.Branch) -> None:
+    branch.write_bytes("old", distinct_chunks(1, 12))
+    branch.write_bytes("new", b"small")
+    branch.rename("new", "old")
+    assert chunk_keys(store) == set()
+    with store.meta.read() as txn:
+        inodes = sum(1 for _ in txn.cursor(db=store.meta.inodes_db))
+    assert inodes == 2  # the root and "old"; the replaced file's record is gone
