@@ -674,6 +674,8 @@ class _Exporter:
             data = memoryview(rec.inline)[:size]
             while data:
                 data = data[os.write(fd, data) :]
+            if len(rec.inline) >= size:
+                return
         else:
             get = self.v.chunks.get
             txn = self.v.txn
