@@ -6,6 +6,7 @@ descriptor. Commands (the mounted branch is the default target)::
     merge SRC [--into TARGET] [--strategy ours|theirs] [--markers]
     reset SNAP [--branch B]          fork SRC NEW          discard NAME
     snapshot NAME [--branch B]       diff A B              branches        snapshots
+    stats [--reset]                  (requests that reached the daemon, by operation)
 
 Every answer is a JSON object with ``"ok"``; failures carry ``"error"`` (a message) and a
 merge with conflicts carries every conflict, never just an errno.
@@ -25,7 +26,7 @@ from branchfs import BranchFSError, MergeConflict, Store
 USAGE = (
     "commands: merge SRC [--into TARGET] [--strategy ours|theirs] [--markers]; "
     "reset SNAP [--branch B]; fork SRC NEW; discard NAME; snapshot NAME [--branch B]; "
-    "diff A B; branches; snapshots"
+    "diff A B; branches; snapshots; stats [--reset]"
 )
 
 
@@ -55,7 +56,7 @@ class UsageError(ValueError):
     """A command line that does not parse."""
 
 
-_FLAGS = {"--markers": "markers"}
+_FLAGS = {"--markers": "markers", "--reset": "reset"}
 _OPTIONS = {"--into": "into", "--strategy": "strategy", "--branch": "branch"}
 _ARITY = {
     "merge": 1,
@@ -66,6 +67,7 @@ _ARITY = {
     "diff": 2,
     "branches": 0,
     "snapshots": 0,
+    "stats": 0,
 }
 
 

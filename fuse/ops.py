@@ -82,8 +82,12 @@ def _errno_of(exc: BaseException) -> int:
 def op(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     """Wrap a handler: engine errors become FUSEError; changes are propagated afterwards."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: BranchOps, *args: Any) -> R:
+        counts = self.requests
+        counts[name] = counts.get(name, 0) + 1
         try:
             return await fn(self, *args)
         except FUSEError:
@@ -164,6 +168,9 @@ class BranchOps(pyfuse3.Operations):
         self.uid = os.geteuid()
         self.gid = os.getegid()
         self.stats: dict[str, int] = {}
+        #: Requests that reached the daemon, by operation (``stats`` on .branchfs/ctl).
+        self.requests: dict[str, int] = {}
+        self.xattr_names: dict[bytes, int] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -421,6 +428,7 @@ class BranchOps(pyfuse3.Operations):
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         """The kernel dropped references; unlinked inodes nobody holds are deleted."""
+        self.requests["forget"] = self.requests.get("forget", 0) + 1
         doomed: list[Key] = []
         for fino, n in inode_list:
             key = self.inodes.resolve(fino)
@@ -886,6 +894,7 @@ class BranchOps(pyfuse3.Operations):
     @op
     async def getxattr(self, fino: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         """An extended attribute (ENODATA if unset)."""
+        self.xattr_names[name] = self.xattr_names.get(name, 0) + 1
         if fino in CONTROL_NODES:
             raise FUSEError(errno.ENODATA)
         key = self._key(fino)
@@ -898,8 +907,6 @@ class BranchOps(pyfuse3.Operations):
         """Set an extended attribute (pyfuse3 checked XATTR_CREATE / XATTR_REPLACE)."""
         if fino in CONTROL_NODES:
             raise FUSEError(errno.EPERM)
-        if name.startswith(b"system."):
-            raise FUSEError(errno.EOPNOTSUPP)
         tree, eng = self._key(fino)
         self._write(tree, lambda v: T.setxattr(v, eng, name, value), fino)
 
@@ -926,6 +933,12 @@ class BranchOps(pyfuse3.Operations):
             cmd = control.parse(line)
         except control.UsageError as exc:
             return control.encode({"ok": False, "error": "usage", "message": str(exc)})
+        if cmd.verb == "stats":
+            answer = {"ok": True, "requests": dict(self.requests), **self.stats}
+            answer["getxattr_names"] = {k.decode(): v for k, v in self.xattr_names.items()}
+            if cmd.opts.get("reset"):
+                self.requests.clear()
+            return control.encode(answer)
         if cmd.needs_flush:
             await self.sync_all()
         answer = control.run(self.store, self.main.name, cmd)
