@@ -89,7 +89,7 @@ flag_sets = (
     # Known daemon bug, pinned by test_open_rdonly_trunc_truncates below.
     .filter(lambda f: not (f & os.O_ACCMODE == os.O_RDONLY and f & os.O_TRUNC))
 )
-modes = st.sampled_from([0o644, 0o600, 0o755, 0o400, 0o000, 0o4755, 0o1777])
+modes = st.sampled_from([0o644, 0o600, 0o755, 0o777, 0o400, 0o000, 0o4755, 0o2775, 0o1777])
 xnames = st.sampled_from(["user.a", "user.b", "user.long." + "x" * 40])
 xvalues = st.binary(max_size=64)
 links = st.sampled_from(["a", "b", "d", "d/a", "../a", "e/a", "nowhere", "s"])
@@ -102,6 +102,8 @@ ops = st.one_of(
     st.tuples(st.just("pread"), slots, st.integers(0, 150_000), offsets),
     st.tuples(st.just("ftruncate"), slots, st.sampled_from([0, 5, 70_000, 200_000])),
     st.tuples(st.just("fstat"), slots),
+    st.tuples(st.just("lseek"), slots, offsets, st.sampled_from([os.SEEK_SET, os.SEEK_CUR, 2])),
+    st.tuples(st.just("fsync"), slots),
     st.tuples(st.just("close"), slots),
     st.tuples(st.just("rename"), paths, paths, st.sampled_from([0, 0, RENAME_NOREPLACE])),
     st.tuples(st.just("exchange"), paths, paths),
@@ -112,6 +114,7 @@ ops = st.one_of(
     st.tuples(st.just("symlink"), links, paths),
     st.tuples(st.just("readlink"), paths),
     st.tuples(st.just("chmod"), paths, modes),
+    st.tuples(st.just("chown"), paths, st.sampled_from([0, 1000]), st.sampled_from([0, 1000])),
     st.tuples(st.just("truncate"), paths, st.sampled_from([0, 3, 100_000])),
     st.tuples(st.just("setxattr"), paths, xnames, xvalues, st.sampled_from([0, 1, 2])),
     st.tuples(st.just("getxattr"), paths, xnames),
@@ -124,10 +127,11 @@ ops = st.one_of(
 
 
 def stat_view(st_: os.stat_result) -> tuple[Any, ...]:
-    """What a stat must agree on: type, permission bits, and for non-directories size and nlink."""
+    """What a stat must agree on: type, mode bits, owner, and for non-directories size, nlink."""
+    owner = (st_.st_uid, st_.st_gid)
     if stat.S_ISDIR(st_.st_mode):
-        return ("dir", stat.S_IMODE(st_.st_mode))
-    return (stat.S_IFMT(st_.st_mode), stat.S_IMODE(st_.st_mode), st_.st_size, st_.st_nlink)
+        return ("dir", stat.S_IMODE(st_.st_mode), owner)
+    return (stat.S_IFMT(st_.st_mode), stat.S_IMODE(st_.st_mode), owner, st_.st_size, st_.st_nlink)
 
 
 class Side:
@@ -155,7 +159,7 @@ class Side:
                 os.close(self.fds.pop(slot))
             self.fds[slot] = fd
             return "fd"
-        if name in ("write", "pwrite", "read", "pread", "ftruncate", "fstat", "close"):
+        if name in ("write", "pwrite", "read", "pread", "ftruncate", "fstat", "lseek", "fsync"):
             slot = a[0]
             if slot not in self.fds:
                 return "no fd"
@@ -172,8 +176,13 @@ class Side:
                 return os.ftruncate(fd, a[1])
             if name == "fstat":
                 return stat_view(os.fstat(fd))
-            del self.fds[slot]
-            return os.close(fd)
+            if name == "lseek":
+                return os.lseek(fd, a[1], a[2])
+            return os.fsync(fd)
+        if name == "close":
+            if a[0] not in self.fds:
+                return "no fd"
+            return os.close(self.fds.pop(a[0]))
         if name == "rename":
             return renameat2(self.p(a[0]), self.p(a[1]), a[2])
         if name == "exchange":
@@ -192,6 +201,8 @@ class Side:
             return os.readlink(self.p(a[0]))
         if name == "chmod":
             return os.chmod(self.p(a[0]), a[1])
+        if name == "chown":
+            return os.chown(self.p(a[0]), a[1], a[2])
         if name == "truncate":
             return os.truncate(self.p(a[0]), a[1])
         if name == "setxattr":
@@ -260,9 +271,16 @@ _counter = itertools.count()
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(program=st.lists(ops, min_size=1, max_size=25))
-def test_same_results_and_errno(roots: tuple[Path, Path], program: list[tuple[Any, ...]]) -> None:
+@pytest.mark.parametrize("where", ["mounted branch", "other branch through .branchfs"])
+@given(program=st.lists(ops, min_size=1, max_size=30))
+def test_same_results_and_errno(
+    roots: tuple[Path, Path], where: str, program: list[tuple[Any, ...]]
+) -> None:
     native_root, mount_root = roots
+    if where != "mounted branch":
+        mount_root = mount_root / ".branchfs" / "branches" / "differential"
+        if not mount_root.exists():
+            os.mkdir(mount_root)
     n = next(_counter)
     native, mount = Side(native_root / f"ex{n}"), Side(mount_root / f"ex{n}")
     for side in (native, mount):
