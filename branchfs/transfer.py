@@ -132,7 +132,7 @@ def _split(data: bytes, first_idx: int) -> Iterator[tuple[int, bytes]]:
     """(chunk index, bytes) of ``data`` starting at chunk ``first_idx``; zero chunks skipped."""
     for i in range(0, len(data), CHUNK_SIZE):
         piece = data[i : i + CHUNK_SIZE]
-        if piece == _ZERO or (len(piece) < CHUNK_SIZE and piece.count(0) == len(piece)):
+        if piece[0] == 0 and piece == (_ZERO if len(piece) == CHUNK_SIZE else bytes(len(piece))):
             continue  # a hole reads back as zeros and costs nothing
         yield first_idx + i // CHUNK_SIZE, piece
 
