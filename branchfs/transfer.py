@@ -696,11 +696,13 @@ class _Exporter:
         os.ftruncate(fd, size)
 
     def _attrs_fd(self, fd: int, rec: Inode) -> None:
+        # Order matters: chown clears setuid bits and file capabilities, and an ACL xattr
+        # rewrites the group mode bits, so the mode goes last, then the times.
         if self.root:
             os.fchown(fd, rec.uid, rec.gid)
-        os.fchmod(fd, st.S_IMODE(rec.mode))
         for key, value in rec.xattrs.items():
             _set_xattr(fd, key, value)
+        os.fchmod(fd, st.S_IMODE(rec.mode))
         os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
 
 
