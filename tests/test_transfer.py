@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import branchfs
-from branchfs import transfer
+from branchfs import transfer, tree
 from branchfs.layers import View
 from branchfs.records import CHUNK_SIZE, ROOT_INO
 
@@ -399,6 +399,8 @@ def test_import_creates_a_missing_destination_and_skips_sockets(
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"x")
+    if IS_ROOT:
+        os.mknod(src / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
     sock = socket.socket(socket.AF_UNIX)
     try:
         sock.bind(str(src / "sock"))
@@ -406,6 +408,18 @@ def test_import_creates_a_missing_destination_and_skips_sockets(
     finally:
         sock.close()
     assert branch.listdir("x/y/z") == ["f"]
+
+
+def test_export_skips_device_files_a_tree_may_hold(tmp_path: Path, branch: branchfs.Branch) -> None:
+    branch.write_bytes("f", b"x")
+
+    def mknod(v: View) -> None:
+        tree.make_node(v, ROOT_INO, b"disk", stat.S_IFBLK | 0o666, 0, 0, rdev=os.makedev(8, 0))
+
+    branch.store.write_tree(branch.name, mknod)
+    out = tmp_path / "out"
+    assert branch.export_dir(out) == 1
+    assert os.listdir(out) == ["f"]
 
 
 def test_import_errors_are_os_errors_with_the_path(tmp_path: Path, branch: branchfs.Branch) -> None:
