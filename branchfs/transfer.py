@@ -163,7 +163,7 @@ class _Importer:
         self.root_rec.xattrs = _xattrs_of(root_fd)
         # The stack holds, per open directory: its descriptor, walker id and pending names.
         stack: list[tuple[int, int, bytes, list[os.DirEntry[str]]]] = []
-        stack.append((root_fd, 0, source, self._entries(root_fd, source)))
+        stack.append((root_fd, 0, source, self._entries(root_fd)))
         try:
             while stack:
                 dfd, dnid, dpath, pending = stack[-1]
@@ -183,7 +183,7 @@ class _Importer:
                             nid = self._nid(keep=True)
                             rec = _record(s, self.now)
                             rec.xattrs = _xattrs_of(sub)
-                            entries = self._entries(sub, where)
+                            entries = self._entries(sub)
                         except BaseException:
                             os.close(sub)
                             raise
@@ -200,7 +200,7 @@ class _Importer:
                 if dfd != root_fd:
                     os.close(dfd)
 
-    def _entries(self, dfd: int, where: bytes) -> list[os.DirEntry[str]]:
+    def _entries(self, dfd: int) -> list[os.DirEntry[str]]:
         with os.scandir(dfd) as it:
             entries = list(it)
         entries.sort(key=lambda e: e.name, reverse=True)  # popped from the end: name order
@@ -289,11 +289,14 @@ class _Importer:
             if len(batch) >= BATCH_ENTRIES or size >= BATCH_BYTES:
                 self._commit(batch)
                 batch, size = [], 0
+        if batch:
+            self._commit(batch)
         assert self.root_rec is not None
-        # Directories merged into had entries replaced, which touched their times.
-        batch.append(_Attrs(0, self.root_rec, False))
-        batch.extend(_Attrs(nid, rec, True) for nid, rec in self.merged)
-        self._commit(batch)
+        # Last, once every directory merged into is known: replacing entries in them
+        # touched their times.
+        last: list[_Op] = [_Attrs(0, self.root_rec, False)]
+        last.extend(_Attrs(nid, rec, True) for nid, rec in self.merged)
+        self._commit(last)
 
     def _commit(self, batch: list[_Op]) -> None:
         files_before = self._files_in(batch)

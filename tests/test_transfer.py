@@ -373,6 +373,7 @@ def test_import_merges_into_an_existing_directory(tmp_path: Path, branch: branch
     branch.write_bytes("dest/f", b"old")
     branch.write_bytes("dest/becomes-dir", b"was a file")
     branch.write_bytes("dest/sub/old-inner", b"stays", parents=True)
+    branch.write_bytes("dest/sub/new-inner", b"replaced")
     branch.mkdir("dest/becomes-file")
     branch.write_bytes("dest/becomes-file/inner", b"goes")
     src = tmp_path / "src"
@@ -384,13 +385,17 @@ def test_import_merges_into_an_existing_directory(tmp_path: Path, branch: branch
     (src / "becomes-file").write_bytes(b"now a file")
     _set_times(src / "sub", 5)
 
+    _set_times(src / "becomes-dir", 6)
+    _set_times(src, 7)
     branch.import_dir(src, "dest")
     assert branch.read_bytes("dest/keep.txt") == b"kept"
     assert branch.read_bytes("dest/f") == b"new"
     assert branch.read_bytes("dest/becomes-dir/inside") == b"in"
     assert branch.read_bytes("dest/becomes-file") == b"now a file"
     assert sorted(branch.listdir("dest/sub")) == ["new-inner", "old-inner"]
-    assert branch.stat("dest/sub").st_mtime_ns == os.stat(src / "sub").st_mtime_ns
+    for merged in ("sub", ""):  # directories merged into end with the source's times
+        assert branch.stat(f"dest/{merged}").st_mtime_ns == os.stat(src / merged).st_mtime_ns
+    assert branch.stat("dest/becomes-dir").st_mtime_ns == os.stat(src / "becomes-dir").st_mtime_ns
 
 
 def test_import_creates_a_missing_destination_and_skips_sockets(
