@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -57,6 +58,11 @@ GIT_ENV = {
     "GIT_COMMITTER_EMAIL": "bench@example.invalid",
     "GIT_CONFIG_NOSYSTEM": "1",
     "HOME": "/nonexistent",
+    # No background `git gc --auto` after the 10,000-object commit: it would run during the
+    # next rows and keep the mount busy.
+    "GIT_CONFIG_COUNT": "1",
+    "GIT_CONFIG_KEY_0": "gc.auto",
+    "GIT_CONFIG_VALUE_0": "0",
 }
 
 
@@ -184,6 +190,34 @@ class Target:
             self.pid = daemon_pid(self.root)
         else:
             raise ValueError(self.name)
+
+    def ctl(self, line: str) -> dict[str, Any] | None:
+        """Send one line to a branchfs mount's ``.branchfs/ctl``; None on other targets."""
+        if self.name != "branchfs":
+            return None
+        fd = os.open(self.root / ".branchfs" / "ctl", os.O_RDWR)
+        try:
+            os.write(fd, line.encode() + b"\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                part = os.read(fd, 1 << 20)
+                if not part:
+                    break
+                answer += part
+        finally:
+            os.close(fd)
+        return json.loads(answer)
+
+    def reset_requests(self) -> None:
+        """Zero the daemon's per-operation request counters (branchfs only)."""
+        self.ctl("stats --reset")
+
+    def requests(self) -> dict[str, int] | None:
+        """Requests that reached the daemon since the last reset, by operation."""
+        answer = self.ctl("stats")
+        if not answer or not answer.get("ok"):
+            return None
+        return {k: int(v) for k, v in answer.get("requests", {}).items()}
 
     def teardown(self) -> None:
         """Unmount and delete everything the target made."""
@@ -371,6 +405,7 @@ class Results:
     """Seconds per (row, target), plus notes and fork statistics."""
 
     times: dict[str, dict[str, float]] = field(default_factory=dict)
+    requests: dict[str, dict[str, int]] = field(default_factory=dict)
     forks: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
@@ -380,46 +415,57 @@ class Results:
         self.times.setdefault(row, {})[tname] = seconds
         print(f"  {tname:15} {row:32} {fmt_seconds(seconds)}", flush=True)
 
+    def measure(self, t: Target, row: str, fn: Callable[[], float], runs: int = 1) -> None:
+        """Time ``fn`` on target ``t``, with the daemon's request counts per run (branchfs)."""
+        t.reset_requests()
+        self.put(row, t.name, fn())
+        counts = t.requests()
+        if counts is not None:
+            self.requests[row] = {k: v // runs for k, v in sorted(counts.items())}
+            total = sum(self.requests[row].values())
+            print(f"  {'':15} {'':32} {total} requests to the daemon", flush=True)
+
 
 def run_workloads(t: Target, profile: Profile, inp: Inputs, res: Results) -> None:
     """Every workload of the main table on one target; a failing section is recorded, not fatal."""
     root, name = t.root, t.name
     python = sys.executable
+    reps = profile.warm_repeats
 
     def seq() -> None:
         path = root / "seq.bin"
-        res.put("seq write 1 GiB + fsync", name, seq_write(path, inp.random_data))
+        res.measure(t, "seq write 1 GiB + fsync", lambda: seq_write(path, inp.random_data))
         drop_caches()
-        res.put("seq read 1 GiB, cold cache", name, seq_read(path, len(inp.random_data)))
+        size = len(inp.random_data)
+        res.measure(t, "seq read 1 GiB, cold cache", lambda: seq_read(path, size))
         os.unlink(path)
 
     def small() -> None:
         (root / "small").mkdir()
-        res.put(
-            "create 10,000 small files", name, create_small(root / "small", profile.small_files)
-        )
+        count = profile.small_files
+        res.measure(t, "create 10,000 small files", lambda: create_small(root / "small", count))
 
     def git() -> None:
-        untar = timed_cmd(["tar", "-xf", str(inp.tree_tar)], root)
-        res.put("untar 10,000-file tarball", name, untar)
+        untar = ["tar", "-xf", str(inp.tree_tar)]
+        res.measure(t, "untar 10,000-file tarball", lambda: timed_cmd(untar, root))
         repo = root / "tree"
         run(["git", "init", "-q"], cwd=repo, env=GIT_ENV)
         commit = ["sh", "-c", "git add -A && git commit -q -m import"]
-        res.put("git add -A && git commit", name, timed_cmd(commit, repo, GIT_ENV))
+        res.measure(t, "git add -A && git commit", lambda: timed_cmd(commit, repo, GIT_ENV))
         drop_caches()
         status = ["git", "status", "--porcelain"]
-        res.put("git status, cold cache", name, timed_cmd(status, repo, GIT_ENV))
-        warm = median_of(lambda: timed_cmd(status, repo, GIT_ENV), profile.warm_repeats)
-        res.put("git status, warm", name, warm)
+        res.measure(t, "git status, cold cache", lambda: timed_cmd(status, repo, GIT_ENV))
+        warm = lambda: median_of(lambda: timed_cmd(status, repo, GIT_ENV), reps)  # noqa: E731
+        res.measure(t, "git status, warm", warm, runs=reps)
 
     def compile_tree() -> None:
         run(["tar", "-xf", str(inp.stdlib_tar)], cwd=root)
         drop_caches()
         # Some of the stdlib's test files are deliberately invalid Python: compileall exits 1.
         cmd = ["sh", "-c", f"{python} -m compileall -q -j 1 stdlib >/dev/null; true"]
-        res.put("compileall, cold", name, timed_cmd(cmd, root))
-        warm = median_of(lambda: timed_cmd(cmd, root), profile.warm_repeats)
-        res.put("compileall, unchanged (warm)", name, warm)
+        res.measure(t, "compileall, cold", lambda: timed_cmd(cmd, root))
+        warm = lambda: median_of(lambda: timed_cmd(cmd, root), reps)  # noqa: E731
+        res.measure(t, "compileall, unchanged (warm)", warm, runs=reps)
 
     def test_suite() -> None:
         if inp.nx_tar is None or inp.nx_python is None:
@@ -432,8 +478,8 @@ def run_workloads(t: Target, profile: Profile, inp: Inputs, res: Results) -> Non
         cmd = [inp.nx_python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
         cmd += list(profile.nx_tests)
         env = {"PYTHONPATH": str(nx), "PYTHONDONTWRITEBYTECODE": ""}
-        res.put("test suite, first run", name, timed_cmd(cmd, nx, env))
-        res.put("test suite, second run (warm)", name, timed_cmd(cmd, nx, env))
+        res.measure(t, "test suite, first run", lambda: timed_cmd(cmd, nx, env))
+        res.measure(t, "test suite, second run (warm)", lambda: timed_cmd(cmd, nx, env))
 
     for section in (seq, small, git, compile_tree, test_suite):
         try:
@@ -598,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "inputs": {"tree": inp.tree_desc, "stdlib": inp.stdlib_desc},
         "test_suite": list(profile.nx_tests) if inp.nx_tar else None,
         "seconds": res.times,
+        "branchfs_requests": res.requests,
         "forks_seconds": res.forks,
         "notes": res.notes,
         "errors": res.errors,
