@@ -58,6 +58,7 @@ FILES_PER_DIR = 100
 BUILD_BATCH = 5_000
 OPS = (
     "fork",
+    "fork_changed",
     "discard",
     "snapshot",
     "reset",
@@ -75,13 +76,23 @@ def now() -> int:
     return time.perf_counter_ns()
 
 
-def sample(fn: Callable[[int], Any], n: int, warmup: int = 5) -> list[float]:
-    """Seconds of each of ``n`` calls ``fn(i)``, after ``warmup`` untimed ones."""
+def sample(
+    fn: Callable[[int], Any],
+    n: int,
+    warmup: int = 5,
+    setup: Callable[[int], Any] | None = None,
+) -> list[float]:
+    """Seconds of each of ``n`` calls ``fn(i)``, after ``warmup`` untimed ones; ``setup(i)``
+    runs untimed before each call."""
     for i in range(warmup):
+        if setup is not None:
+            setup(-1 - i)
         fn(-1 - i)
     gc.collect()
     out = []
     for i in range(n):
+        if setup is not None:
+            setup(i)
         t = now()
         fn(i)
         out.append((now() - t) / 1e9)
@@ -198,6 +209,21 @@ def bench_tree(scratch: Path, n: int, samples: int, merges: int) -> dict[str, An
         out["snapshot"] = sample(lambda i: store.snapshot("main", f"s{i}"), samples)
         out["reset"] = sample(lambda i: store.reset("main", f"s{i % samples}"), samples)
         store.reset("main", "base")
+        # A fork of a branch changed since its last fork freezes its top layer first; each
+        # sample deepens the source's chain by one, so it runs on a side branch, fewer times.
+        work = store.fork("main", "work")
+
+        def change(i: int) -> None:
+            for name in store.branches():
+                if name.startswith("w") and name != "work":
+                    store.discard(name)
+            work.write_bytes(file_path(rng.randrange(n)), b"changed")
+
+        out["fork_changed"] = sample(
+            lambda i: store.fork("work", f"w{i}"), min(samples, 200), setup=change
+        )
+        change(0)
+        store.discard("work")
 
         # gc between cycles (untimed), as a store whose gc runs keeps its chains short; then
         # the same cycles with no gc at all, where each merge leaves one more layer under main.
@@ -387,6 +413,7 @@ def report(data: dict[str, Any]) -> str:
 
     targets = {
         "fork": "p50 ≤ 50 µs, 100k/100 ≤ 1.5",
+        "fork_changed": "p50 ≤ 50 µs, 100k/100 ≤ 1.5",
         "discard": "p50 ≤ 50 µs, 100k/100 ≤ 1.5",
         "snapshot": "p50 ≤ 50 µs, 100k/100 ≤ 1.5",
         "reset": "p50 ≤ 50 µs, 100k/100 ≤ 1.5",
@@ -399,6 +426,8 @@ def report(data: dict[str, Any]) -> str:
     }
     chains = [trees[str(s)]["chain_nogc"] for s in sizes]
     labels = {
+        "fork": "fork (source unchanged since its last freeze)",
+        "fork_changed": "fork (source changed: freezes its top first)",
         "diff": "diff, 10 changes (gc between cycles)",
         "merge": "merge, 10 changes (gc between cycles)",
         "diff_nogc": f"diff, 10 changes (no gc: chain grows to {max(chains)})",
@@ -518,7 +547,9 @@ def doc_body(data: dict[str, Any], tables: str) -> str:
         f"Machine: {machine_line(info)}.",
         "",
         "Each tree has 100 files a directory and sits in a snapshot, as a base that forks "
-        "share. fork and snapshot act on a branch with no change since its last freeze; diff "
+        "share. fork is timed on a branch unchanged since its last freeze and on one changed "
+        "since (one file written, untimed, before each fork, so its top layer is frozen "
+        "first); snapshot and reset act on an unchanged branch; diff "
         "and merge take a fresh fork in which 10 files were rewritten, and every merge moves "
         f"the merge base forward. {data['samples']} samples per operation and tree "
         f"({data['merges']} for each diff and merge series). A fork-and-merge cycle leaves one "
