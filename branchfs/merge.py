@@ -146,8 +146,12 @@ class _Merger:
             if self._take_theirs_side():
                 self.plan[ino] = _Plan(t, "theirs")
             return
+        # Both sides have an inode the base lacks: it reached them by different routes (a
+        # merge through a third branch). Attributes then merge against ours; content is
+        # compared against nothing, so differing bytes are a conflict.
+        added_on_both = b is None
         if b is None:
-            b = o  # cannot happen for store-wide inode numbers, except a shared root
+            b = o
         rec = self.ours.inode_for_write(ino)
         assert rec is not None
         theirs_wins = self._take_theirs_side()
@@ -192,12 +196,15 @@ class _Merger:
         # content
         content: str | bytes = "ours"
         if not o.is_dir:
-            changed_o = not content_equal(self.base, b, self.ours, o, ino)
-            changed_t = not content_equal(self.base, b, self.theirs, t, ino)
+            if added_on_both:
+                changed_o = changed_t = True
+            else:
+                changed_o = not content_equal(self.base, b, self.ours, o, ino)
+                changed_t = not content_equal(self.base, b, self.theirs, t, ino)
             if changed_t and not changed_o:
                 content = "theirs"
             elif changed_t and changed_o and not content_equal(self.ours, o, self.theirs, t, ino):
-                content = self._merge_content(ino, b, o, t)
+                content = self._merge_content(ino, None if added_on_both else b, o, t)
         if content == "theirs":
             rec.inline, rec.size = t.inline, t.size
         if content == "theirs" or isinstance(content, bytes):
@@ -205,12 +212,12 @@ class _Merger:
         rec.ctime_ns = now_ns()
         self.plan[ino] = _Plan(rec, content)
 
-    def _merge_content(self, ino: int, b: Inode, o: Inode, t: Inode) -> str | bytes:
+    def _merge_content(self, ino: int, b: Inode | None, o: Inode, t: Inode) -> str | bytes:
         from .tree import read
 
         kind_o = "symlink" if o.is_link else "file"
-        if o.is_reg and max(b.size, o.size, t.size) <= TEXT_MERGE_MAX:
-            bb = read(self.base, ino, 0, b.size) if b.is_reg else b""
+        if o.is_reg and max(b.size if b else 0, o.size, t.size) <= TEXT_MERGE_MAX:
+            bb = read(self.base, ino, 0, b.size) if b is not None and b.is_reg else b""
             ob = read(self.ours, ino, 0, o.size)
             tb = read(self.theirs, ino, 0, t.size)
             if b"\0" not in bb and b"\0" not in ob and b"\0" not in tb:

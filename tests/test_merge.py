@@ -448,3 +448,31 @@ def test_strategy_resolves_structural_conflicts(store: Store, case: str, strateg
     assert expected <= present, f"missing {expected - present}"
     if strategy == "theirs":
         assert {p for p in present if p.split("/")[0] in {"thing", "a-ours"}} <= expected
+
+
+def test_a_file_both_sides_got_through_a_third_branch(store: Store) -> None:
+    """b1 creates a; b2 forks from b1 and is merged into main; merging main into b1 then
+    finds a on both sides but not in their fork point: the same file, so nothing to do."""
+    main = store.create_branch("main")
+    b1 = main.fork("b1")
+    b1.write_bytes("a", bytes(2100))
+    b1.fork("b2")
+    store.merge("main", "b2")
+    store.discard("b2")
+    assert store.merge("b1", "main").changes == []
+    assert b1.read_bytes("a") == bytes(2100)
+    store_ok(store)
+
+
+def test_a_file_both_sides_got_then_changed_differently(store: Store) -> None:
+    main = store.create_branch("main")
+    b1 = main.fork("b1")
+    b1.write_bytes("a", b"original\n")
+    b1.fork("b2")
+    store.merge("main", "b2")
+    main.write_bytes("a", b"main's\n")
+    b1.write_bytes("a", b"b1's\n")
+    with pytest.raises(MergeConflict) as info:
+        store.merge("b1", "main")
+    assert [(c.path, c.kind) for c in info.value.conflicts] == [("a", "content")]
+    assert b1.read_bytes("a") == b"b1's\n"
