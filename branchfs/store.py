@@ -718,7 +718,8 @@ class Branch:
         self._at(path, op, write=True)
 
     def link(self, src: PathArg, dst: PathArg) -> None:
-        """``os.link(src, dst)``: a hard link ``dst`` to the file ``src``."""
+        """``os.link(src, dst)``: a hard link ``dst`` to ``src``; like link(2) on Linux (and
+        ``os.link`` there), a symlink ``src`` is linked itself, not its target."""
 
         def op(v: View) -> None:
             ino = paths.resolve(v, src, False)

@@ -539,8 +539,22 @@ def setattr(
 # -- extended attributes -----------------------------------------------------------------------
 
 
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.posix_acl_")
+
+
+def check_xattr_name(name: bytes) -> None:
+    """Linux's rules for an xattr name: a known namespace (EOPNOTSUPP) and a name after it."""
+    if not name or len(name) > XATTR_NAME_MAX:
+        raise os_error(errno.ERANGE)
+    if not name.startswith(XATTR_NAMESPACES):
+        raise os_error(errno.EOPNOTSUPP)
+    if name.endswith(b".") and name.count(b".") == 1:
+        raise os_error(errno.EINVAL)
+
+
 def getxattr(v: View, ino: int, name: bytes) -> bytes:
     """The value of extended attribute ``name``; ENODATA if unset."""
+    check_xattr_name(name)
     rec = get(v, ino)
     value = rec.xattrs.get(name)
     if value is None:
@@ -556,13 +570,14 @@ def listxattr(v: View, ino: int) -> list[bytes]:
 def setxattr(v: View, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
     """Set extended attribute ``name`` (``XATTR_CREATE`` / ``XATTR_REPLACE`` honoured)."""
     writable(v)
-    if not name or len(name) > XATTR_NAME_MAX:
-        raise os_error(errno.ERANGE)
+    check_xattr_name(name)
     if len(value) > XATTR_SIZE_MAX:
         raise os_error(errno.E2BIG)
     rec = v.inode_for_write(ino)
     if rec is None:
         raise os_error(errno.ENOENT)
+    if name.startswith(b"user.") and not (rec.is_reg or rec.is_dir):
+        raise os_error(errno.EPERM)  # user xattrs only on files and directories, as on Linux
     exists = name in rec.xattrs
     if flags & XATTR_CREATE and exists:
         raise os_error(errno.EEXIST)
@@ -576,6 +591,7 @@ def setxattr(v: View, ino: int, name: bytes, value: bytes, flags: int = 0) -> No
 def removexattr(v: View, ino: int, name: bytes) -> None:
     """Remove extended attribute ``name``; ENODATA if unset."""
     writable(v)
+    check_xattr_name(name)
     rec = v.inode_for_write(ino)
     if rec is None:
         raise os_error(errno.ENOENT)

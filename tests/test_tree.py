@@ -757,3 +757,50 @@ def test_operations_on_the_root(
         call(branch)
     assert info.value.errno == code
     assert sorted(branch.listdir("")) == ["d", "f"]
+
+
+def test_link_of_a_symlink_links_the_symlink_like_os(branch, real) -> None:
+    """os.link calls link(2), which on Linux links a symlink itself, not its target."""
+    branch.write_bytes("target", b"t")
+    branch.symlink("target", "sym")
+    branch.link("sym", "hard")
+    (real / "target").write_bytes(b"t")
+    os.symlink("target", real / "sym")
+    os.link(real / "sym", real / "hard")
+    assert os.lstat(real / "hard").st_ino == os.lstat(real / "sym").st_ino
+    assert branch.lstat("hard").st_ino == branch.lstat("sym").st_ino
+    assert branch.readlink("hard") == "target"
+
+
+XATTR_CASES = [
+    ("set without a namespace", lambda p, f: p.setxattr(f, "foo", b"1")),
+    ("get without a namespace", lambda p, f: p.getxattr(f, "foo")),
+    ("remove without a namespace", lambda p, f: p.removexattr(f, "foo")),
+    ("set an empty user name", lambda p, f: p.setxattr(f, "user.", b"1")),
+    ("get a missing user name", lambda p, f: p.getxattr(f, "user.missing")),
+]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in XATTR_CASES])
+def test_xattr_names_follow_linux(branch, real, same_error, case) -> None:
+    call = dict(XATTR_CASES)[case]
+    branch.write_bytes("f", b"")
+    (real / "f").write_bytes(b"")
+
+    class Os:
+        setxattr = staticmethod(lambda f, n, v: os.setxattr(real / f, n, v))
+        getxattr = staticmethod(lambda f, n: os.getxattr(real / f, n))
+        removexattr = staticmethod(lambda f, n: os.removexattr(real / f, n))
+
+    same_error(lambda: call(branch, "f"), lambda: call(Os, "f"))
+
+
+def test_user_xattrs_only_on_files_and_directories(branch, real, same_error) -> None:
+    branch.symlink("nowhere", "l")
+    os.symlink("nowhere", real / "l")
+    same_error(
+        lambda: branch.setxattr("l", "user.x", b"1", follow_symlinks=False),
+        lambda: os.setxattr(real / "l", "user.x", b"1", follow_symlinks=False),
+    )
+    branch.setxattr("l", "trusted.x", b"1", follow_symlinks=False)
+    assert branch.getxattr("l", "trusted.x", follow_symlinks=False) == b"1"
