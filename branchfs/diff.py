@@ -239,4 +239,6 @@ def ref_view(store: object, txn: lmdb.Transaction, ref: str) -> View:
 
 def diff_refs(store: object, txn: lmdb.Transaction, a: str, b: str) -> list[Change]:
     """The changes from ``a`` to ``b`` (branch names, or ``@snapshot``)."""
-    return diff_views(ref_view(store, txn, a), ref_view(store, txn, b))
+    va, vb = ref_view(store, txn, a), ref_view(store, txn, b)
+    vb.records = va.records  # one transaction: the chains share layers, so share reads
+    return diff_views(va, vb)

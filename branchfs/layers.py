@@ -144,7 +144,17 @@ class View:
     ``top`` is ``None`` for a read-only tree (a snapshot); writers check :attr:`writable`.
     """
 
-    __slots__ = ("chain", "chunks", "dirents", "extents", "inodes", "meta", "top", "txn")
+    __slots__ = (
+        "chain",
+        "chunks",
+        "dirents",
+        "extents",
+        "inodes",
+        "meta",
+        "records",
+        "top",
+        "txn",
+    )
 
     def __init__(
         self,
@@ -153,7 +163,11 @@ class View:
         txn: lmdb.Transaction,
         chain: tuple[int, ...],
         writable: bool,
+        records: dict[tuple[int, int], bytes | None] | None = None,
     ) -> None:
+        #: Raw inode records read in this transaction, by (layer, ino). Views of one
+        #: transaction may share it (a merge walks three chains that share most layers).
+        self.records = {} if records is None else records
         self.meta = meta
         self.chunks = chunks
         self.txn = txn
@@ -170,11 +184,21 @@ class View:
 
     # -- inodes ---------------------------------------------------------------------------
 
+    def raw_inode(self, layer: int, ino: int) -> bytes | None:
+        """The record of ``ino`` stored in ``layer`` itself (b"" = tombstone, None = none)."""
+        key = (layer, ino)
+        records = self.records
+        if key in records:
+            return records[key]
+        raw = self.txn.get(U64x2.pack(layer, ino), db=self.inodes)
+        records[key] = raw
+        return raw
+
     def inode_at(self, ino: int) -> tuple[Inode | None, int]:
         """The visible record of ``ino`` and the chain position it came from (-1: none)."""
-        txn, db = self.txn, self.inodes
+        raw_inode = self.raw_inode
         for pos, layer in enumerate(self.chain):
-            raw = txn.get(U64x2.pack(layer, ino), db=db)
+            raw = raw_inode(layer, ino)
             if raw is not None:
                 if raw == TOMBSTONE:
                     return None, pos
@@ -198,25 +222,27 @@ class View:
 
     def put_inode(self, ino: int, rec: Inode) -> None:
         """Write ``rec`` as the record of ``ino`` in the top layer."""
-        self.txn.put(U64x2.pack(self.top, ino), rec.encode(), db=self.inodes)
+        raw = rec.encode()
+        self.txn.put(U64x2.pack(self.top, ino), raw, db=self.inodes)
+        self.records[(self.top, ino)] = raw
 
     def delete_inode(self, ino: int) -> None:
         """Make ``ino`` not exist in this tree (tombstone only if a lower layer has it)."""
         top = self.top
         assert top is not None
         self.drop_extents(ino, 0)
-        if self._below(self.inodes, U64x2.pack, ino):
+        below = False
+        for layer in self.chain[1:]:
+            raw = self.raw_inode(layer, ino)
+            if raw is not None:
+                below = raw != TOMBSTONE
+                break
+        if below:
             self.txn.put(U64x2.pack(top, ino), TOMBSTONE, db=self.inodes)
+            self.records[(top, ino)] = TOMBSTONE
         else:
             self.txn.delete(U64x2.pack(top, ino), db=self.inodes)
-
-    def _below(self, db: object, packer: object, *key: int) -> bool:
-        txn = self.txn
-        for layer in self.chain[1:]:
-            raw = txn.get(packer(layer, *key), db=db)  # type: ignore[operator]
-            if raw is not None:
-                return raw != TOMBSTONE
-        return False
+            self.records[(top, ino)] = None
 
     # -- directory entries ------------------------------------------------------------------
 
@@ -284,10 +310,9 @@ class View:
         Walking stops below a layer whose cut is 0 (created or emptied there) or that
         deleted the inode, since nothing beneath can be visible.
         """
-        txn, db = self.txn, self.inodes
         out: list[tuple[int, int | None]] = []
         for layer in self.chain:
-            raw = txn.get(U64x2.pack(layer, ino), db=db)
+            raw = self.raw_inode(layer, ino)
             if raw is None:
                 out.append((layer, None))
                 continue

@@ -712,15 +712,16 @@ def merge(
         else:
             src_id = refs.branch(txn, source).id
             src_state = refs.freeze_state(txn, source)
-        ours = View(meta, chunks, txn, layers.chain(txn, tgt.top), True)
-        theirs = View(meta, chunks, txn, layers.chain(txn, src_state), False)
+        records: dict[tuple[int, int], bytes | None] = {}
+        ours = View(meta, chunks, txn, layers.chain(txn, tgt.top), True, records)
+        theirs = View(meta, chunks, txn, layers.chain(txn, src_state), False, records)
         base_layer = refs.base(txn, tgt.id, src_id) if src_id is not None else None
         if base_layer is not None and layers.exists(txn, base_layer):
             base_chain = layers.chain(txn, base_layer)
         else:
             up_o, _ = split_at_common(ours.chain, theirs.chain)
             base_chain = ours.chain[len(up_o) :]
-        base = View(meta, chunks, txn, base_chain, False)
+        base = View(meta, chunks, txn, base_chain, False, records)
         m = _Merger(base, ours, theirs, strategy, conflict_markers, (target, source))
         m.decide()
         m.check_deleted_dirs()
