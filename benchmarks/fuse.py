@@ -629,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         else "could not drop caches (not root): cold rows ran with a warm page cache"
     )
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]
     try:
         inp = prepare_inputs(profile, scratch)
         for name in targets:
@@ -650,6 +651,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.perf_counter() - started
+    load_end = os.getloadavg()[0]
+    res.notes.append(
+        f"load average (1 min) {load_start:.1f} at the start and {load_end:.1f} at the end: "
+        "other work on this machine shifts the figures, fuse-overlayfs's most"
+    )
     data = {
         "profile": "full" if args.full else "quick",
         "machine": info,
