@@ -107,6 +107,15 @@ class _Checker:
                     break
                 seen.add(cur)
                 cur = parents[cur]
+        indexed = set()
+        for key in self.txn.cursor(db=self.meta.children_db).iternext(keys=True, values=False):
+            parent, child = U64x2.unpack(bytes(key))
+            indexed.add((parent, child))
+            if parents.get(child) != parent:
+                self.problem("children-index", f"layer {child}", f"indexed under {parent} wrongly")
+        for lid, parent in parents.items():
+            if parent != NO_LAYER and (parent, lid) not in indexed:
+                self.problem("children-index", f"layer {lid}", f"missing under its parent {parent}")
         for b in self.refs.branches(self.txn):
             if b.top not in parents:
                 self.problem(

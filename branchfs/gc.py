@@ -188,79 +188,162 @@ def _visible_below(txn: lmdb.Transaction, meta: Meta, below: tuple[int, ...], in
     return False
 
 
-def _squash(store: object, p: int, c: int) -> None:
+def _below_of(txn: lmdb.Transaction, layers: LayerIndex, p: int) -> tuple[int, ...]:
+    parent = layers.info(txn, p).parent
+    return layers.chain(txn, parent) if parent != NO_LAYER else ()
+
+
+def _move_inodes(
+    txn: lmdb.Transaction, store: object, p: int, c: int, below: tuple[int, ...], limit: int
+) -> int:
+    """Move up to ``limit`` whole inodes of layer ``c`` down into ``p``; returns how many."""
+    meta: Meta = store.meta  # type: ignore[attr-defined]
+    c_prefix = U64.pack(c)
+    cur = txn.cursor(db=meta.inodes_db)
+    inos = []
+    if cur.set_range(c_prefix):
+        for key in cur.iternext(keys=True, values=False):
+            if bytes(key[:8]) != c_prefix or len(inos) >= limit:
+                break
+            inos.append(U64x2.unpack(bytes(key))[1])
+    for ino in inos:
+        _move_inode(txn, store, p, c, ino, below)
+    return len(inos)
+
+
+def _move_dirents(
+    txn: lmdb.Transaction, store: object, p: int, c: int, below: tuple[int, ...], limit: int
+) -> int:
+    """Move up to ``limit`` directory entries of layer ``c`` down into ``p``."""
+    meta: Meta = store.meta  # type: ignore[attr-defined]
+    c_prefix = U64.pack(c)
+    cur = txn.cursor(db=meta.dirents_db)
+    items = []
+    if cur.set_range(c_prefix):
+        for key, value in cur:
+            if bytes(key[:8]) != c_prefix or len(items) >= limit:
+                break
+            items.append((bytes(key[8:]), bytes(value)))
+    for tail, value in items:
+        if value == TOMBSTONE and not _dirent_visible_below(txn, meta, below, tail):
+            txn.delete(U64.pack(p) + tail, db=meta.dirents_db)
+        else:
+            txn.put(U64.pack(p) + tail, value, db=meta.dirents_db)
+        txn.delete(c_prefix + tail, db=meta.dirents_db)
+    return len(items)
+
+
+def _finish_squash(txn: lmdb.Transaction, store: object, p: int, c: int) -> bool:
+    """Move what is left of ``c`` into ``p`` and make everything that named ``c`` name ``p``.
+
+    Returns False (and does nothing) if the pair is no longer a parent and its child, as
+    when a concurrent discard already squashed it.
+    """
     meta: Meta = store.meta  # type: ignore[attr-defined]
     layers: LayerIndex = store.layers  # type: ignore[attr-defined]
-    with meta.read() as txn:
-        below = layers.chain(txn, layers.info(txn, p).parent) if layers.info(txn, p).parent else ()
-    c_prefix = U64.pack(c)
-
-    def inode_batch(txn: lmdb.Transaction) -> int:
-        cur = txn.cursor(db=meta.inodes_db)
-        inos = []
-        if cur.set_range(c_prefix):
-            for key in cur.iternext(keys=True, values=False):
-                if bytes(key[:8]) != c_prefix or len(inos) >= BATCH:
-                    break
-                inos.append(U64x2.unpack(bytes(key))[1])
-        for ino in inos:
-            _move_inode(txn, store, p, c, ino, below)
-        return len(inos)
-
-    def dirent_batch(txn: lmdb.Transaction) -> int:
-        cur = txn.cursor(db=meta.dirents_db)
-        items = []
-        if cur.set_range(c_prefix):
-            for key, value in cur:
-                if bytes(key[:8]) != c_prefix or len(items) >= BATCH:
-                    break
-                items.append((bytes(key[8:]), bytes(value)))
-        for tail, value in items:
-            if value == TOMBSTONE and not _dirent_visible_below(txn, meta, below, tail):
-                txn.delete(U64.pack(p) + tail, db=meta.dirents_db)
-            else:
-                txn.put(U64.pack(p) + tail, value, db=meta.dirents_db)
-            txn.delete(c_prefix + tail, db=meta.dirents_db)
-        return len(items)
-
-    while meta.write(inode_batch) == BATCH:
+    refs = store.refs  # type: ignore[attr-defined]
+    if not layers.exists(txn, c) or not layers.exists(txn, p):
+        return False
+    info_c = layers.info(txn, c)
+    if info_c.parent != p:
+        return False
+    below = _below_of(txn, layers, p)
+    while _move_inodes(txn, store, p, c, below, BATCH):
         pass
-    while meta.write(dirent_batch) == BATCH:
+    while _move_dirents(txn, store, p, c, below, BATCH):
         pass
+    for b in refs.branches(txn):
+        if b.top == c:
+            txn.put(
+                b.name.encode("utf-8", "surrogateescape"),
+                pack([b.id, p, b.created_ns]),
+                db=meta.branches_db,
+            )
+    for snap in refs.snapshots(txn):
+        if snap.layer == c:
+            txn.put(
+                snap.name.encode("utf-8", "surrogateescape"),
+                pack([p, snap.branch, snap.created_ns]),
+                db=meta.snapshots_db,
+            )
+    for key, raw in list(txn.cursor(db=meta.bases_db)):
+        if U64.unpack(raw)[0] == c:
+            txn.put(bytes(key), U64.pack(p), db=meta.bases_db)
+    for child in layers.children(txn, c):
+        layers.set_parent(txn, child, p, layers.info(txn, child).frozen)
+    layers.set_parent(txn, p, layers.info(txn, p).parent, info_c.frozen)
+    layers.delete(txn, c)
+    return True
 
-    def rewire(txn: lmdb.Transaction) -> None:
-        refs = store.refs  # type: ignore[attr-defined]
-        # records a writer added to c since the batches: move them too
-        while inode_batch(txn):
-            pass
-        while dirent_batch(txn):
-            pass
-        info_c = layers.info(txn, c)
-        for b in refs.branches(txn):
-            if b.top == c:
-                txn.put(
-                    b.name.encode("utf-8", "surrogateescape"),
-                    pack([b.id, p, b.created_ns]),
-                    db=meta.branches_db,
-                )
-        for s in refs.snapshots(txn):
-            if s.layer == c:
-                txn.put(
-                    s.name.encode("utf-8", "surrogateescape"),
-                    pack([p, s.branch, s.created_ns]),
-                    db=meta.snapshots_db,
-                )
-        for key, raw in list(txn.cursor(db=meta.bases_db)):
-            if U64.unpack(raw)[0] == c:
-                txn.put(bytes(key), U64.pack(p), db=meta.bases_db)
-        for info in list(layers.all(txn)):
-            if info.parent == c:
-                txn.put(U64.pack(info.id), pack([p, info.frozen]), db=meta.layers_db)
-        info_p = layers.info(txn, p)
-        layers.set_parent(txn, p, info_p.parent, info_c.frozen)
-        layers.delete(txn, c)
 
-    meta.write(rewire)
+def _squash(store: object, p: int, c: int) -> None:
+    """Squash ``c`` into ``p`` in short transactions, then rewire in one more."""
+    meta: Meta = store.meta  # type: ignore[attr-defined]
+    layers: LayerIndex = store.layers  # type: ignore[attr-defined]
+
+    def batch(txn: lmdb.Transaction, move=_move_inodes) -> int:  # type: ignore[no-untyped-def]
+        if not layers.exists(txn, c) or layers.info(txn, c).parent != p:
+            return 0
+        return move(txn, store, p, c, _below_of(txn, layers, p), BATCH)
+
+    while meta.write(batch) == BATCH:
+        pass
+    while meta.write(lambda txn: batch(txn, _move_dirents)) == BATCH:
+        pass
+    meta.write(lambda txn: _finish_squash(txn, store, p, c))
+
+
+def delete_layer(txn: lmdb.Transaction, store: object, lid: int) -> int:
+    """Delete dead layer ``lid`` with all its records in this transaction; returns how many."""
+    meta: Meta = store.meta  # type: ignore[attr-defined]
+    chunks = store.chunks  # type: ignore[attr-defined]
+    prefix = U64.pack(lid)
+    removed = 0
+    for db in (meta.extents_db, meta.dirents_db, meta.inodes_db):
+        cur = txn.cursor(db=db)
+        if not cur.set_range(prefix):
+            continue
+        while bytes(cur.key()[:8]) == prefix:
+            if db is meta.extents_db:
+                chunks.decref(txn, bytes(cur.value()))
+            removed += 1
+            if not cur.delete():
+                break
+    store.layers.delete(txn, lid)  # type: ignore[attr-defined]
+    return removed
+
+
+#: The most records a discard will clean up or squash on the spot; larger layers wait for gc.
+TIDY_LIMIT = 512
+
+
+def tidy_after_discard(txn: lmdb.Transaction, store: object, top: int) -> None:
+    """Bounded clean-up after a branch whose top layer was ``top`` is discarded.
+
+    Deletes the layers only that branch used, while each is small, then squashes the first
+    live ancestor's only child into it if that child is small: the "fork, merge the
+    winner, discard the rest" loop then keeps chains short without waiting for gc. Work is
+    bounded by ``TIDY_LIMIT`` records per layer, so a discard stays O(1) in the tree size.
+    """
+    layers: LayerIndex = store.layers  # type: ignore[attr-defined]
+    refs = store.refs  # type: ignore[attr-defined]
+    # A layer with children is never a branch's top, and the discarded top has no branch
+    # left, so only snapshots and merge bases can pin the layers looked at here.
+    pinned = {snap.layer for snap in refs.snapshots(txn)} | set(refs.base_layers(txn))
+    lid = top
+    while lid != NO_LAYER and layers.exists(txn, lid):
+        if lid in pinned or layers.children(txn, lid, limit=1):
+            break
+        if layers.size_exceeds(txn, lid, TIDY_LIMIT):
+            return
+        parent = layers.info(txn, lid).parent
+        delete_layer(txn, store, lid)
+        lid = parent
+    if lid == NO_LAYER or lid in pinned or not layers.exists(txn, lid):
+        return
+    kids = layers.children(txn, lid, limit=2)
+    if len(kids) == 1 and not layers.size_exceeds(txn, kids[0], TIDY_LIMIT):
+        _finish_squash(txn, store, lid, kids[0])
 
 
 def _dirent_visible_below(

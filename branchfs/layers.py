@@ -12,6 +12,7 @@ operations are built from. Writes go to the top layer only; a frozen layer never
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,7 +62,37 @@ class LayerIndex:
         """A new, empty, writable layer over ``parent`` (``NO_LAYER`` for a root layer)."""
         lid = self.meta.next_id(txn, b"next_layer")
         txn.put(U64.pack(lid), pack([parent, False]), db=self.db)
+        if parent != NO_LAYER:
+            txn.put(U64x2.pack(parent, lid), b"", db=self.meta.children_db)
         return lid
+
+    def children(self, txn: lmdb.Transaction, lid: int, limit: int | None = None) -> list[int]:
+        """The layers whose parent is ``lid`` (live or not yet collected), at most ``limit``."""
+        prefix = U64.pack(lid)
+        cur = txn.cursor(db=self.meta.children_db)
+        out: list[int] = []
+        if cur.set_range(prefix):
+            for key in cur.iternext(keys=True, values=False):
+                if key[:8] != prefix or len(out) == limit:
+                    break
+                out.append(U64x2.unpack(bytes(key))[1])
+        return out
+
+    def size_exceeds(self, txn: lmdb.Transaction, lid: int, limit: int) -> bool:
+        """Whether layer ``lid`` holds more than ``limit`` records (counting stops there)."""
+        prefix = U64.pack(lid)
+        count = 0
+        for db in (self.meta.inodes_db, self.meta.dirents_db, self.meta.extents_db):
+            cur = txn.cursor(db=db)
+            if not cur.set_range(prefix):
+                continue
+            for key in cur.iternext(keys=True, values=False):
+                if key[:8] != prefix:
+                    break
+                count += 1
+                if count > limit:
+                    return True
+        return False
 
     def freeze(self, txn: lmdb.Transaction, lid: int) -> None:
         """Make ``lid`` read-only for good (it is about to be shared)."""
@@ -70,19 +101,31 @@ class LayerIndex:
             txn.put(U64.pack(lid), pack([info.parent, True]), db=self.db)
 
     def set_parent(self, txn: lmdb.Transaction, lid: int, parent: int, frozen: bool) -> None:
-        """Rewrite a layer's parent (gc squashing only); invalidates cached chains."""
+        """Rewrite a layer's parent (squashing only); invalidates cached chains."""
+        old = self.info(txn, lid).parent
+        if old != NO_LAYER:
+            txn.delete(U64x2.pack(old, lid), db=self.meta.children_db)
         txn.put(U64.pack(lid), pack([parent, frozen]), db=self.db)
+        if parent != NO_LAYER:
+            txn.put(U64x2.pack(parent, lid), b"", db=self.meta.children_db)
         self.bump_topology(txn)
 
     def delete(self, txn: lmdb.Transaction, lid: int) -> None:
-        """Remove a layer's record (gc only, once nothing refers to it)."""
+        """Remove a layer's record (once nothing refers to it and its records are gone).
+
+        No live chain contains a dead layer and ids are never reused, so cached chains
+        stay valid: the topology token is left alone.
+        """
+        raw = txn.get(U64.pack(lid), db=self.db)
+        if raw is not None:
+            parent = unpack(raw)[0]  # type: ignore[index]
+            if parent != NO_LAYER:
+                txn.delete(U64x2.pack(parent, lid), db=self.meta.children_db)
         txn.delete(U64.pack(lid), db=self.db)
-        self.bump_topology(txn)
+        self._chains.pop(lid, None)
 
     def bump_topology(self, txn: lmdb.Transaction) -> None:
         """Record that existing chains changed, so every process drops its cached chains."""
-        import os
-
         txn.put(b"topology", os.urandom(8), db=self.meta.meta_db)
         self._token = None
         self._chains.clear()

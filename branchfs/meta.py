@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 DB_NAMES = (
     "meta",  # format, counters, topology token
     "layers",  # layer id -> {parent, frozen}
+    "children",  # parent layer + child layer -> "" (who sits on a layer)
     "branches",  # name -> {id, top}
     "snapshots",  # name -> {layer, branch}
     "bases",  # branch id pair -> merge base layer
@@ -153,6 +154,7 @@ class Meta:
                 )
         self.meta_db = self.dbs["meta"]
         self.layers_db = self.dbs["layers"]
+        self.children_db = self.dbs["children"]
         self.branches_db = self.dbs["branches"]
         self.snapshots_db = self.dbs["snapshots"]
         self.bases_db = self.dbs["bases"]

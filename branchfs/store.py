@@ -203,8 +203,15 @@ class Store:
         self._changed(branch)
 
     def discard(self, branch: str) -> None:
-        """Remove ``branch``; its space comes back at the next :meth:`gc`."""
-        self.meta.write(lambda txn: self.refs.discard(txn, branch))
+        """Remove ``branch``. Small layers only it used go at once, and a small layer left
+        with a single child is squashed (bounded work); the rest comes back at :meth:`gc`."""
+        from .gc import tidy_after_discard
+
+        def op(txn: lmdb.Transaction) -> None:
+            rec = self.refs.discard(txn, branch)
+            tidy_after_discard(txn, self, rec.top)
+
+        self.meta.write(op)
         self._changed(branch)
 
     def delete_snapshot(self, name: str) -> None:

@@ -37,34 +37,73 @@ def chunk_count(store: Store) -> int:
         return txn.stat(store.meta.chunks_db)["entries"]
 
 
-def test_discard_then_gc_frees_the_forks_data(store: Store) -> None:
+def test_discard_frees_a_small_forks_data_at_once(store: Store) -> None:
     main = store.create_branch("main")
     main.write_bytes("shared.bin", os.urandom(500_000))
     before = chunk_count(store)
     for i in range(5):
         b = main.fork(f"f{i}")
         b.write_bytes(f"own{i}.bin", os.urandom(200_000))
-    assert chunk_count(store) > before
+    assert chunk_count(store) == before + 5 * 4  # 200,000 bytes = 4 chunks each
     for i in range(5):
         store.discard(f"f{i}")
-    report = store.gc()
-    assert report.layers_removed >= 5
-    assert report.chunks_freed == 5 * 4  # 200,000 bytes = 4 chunks each
-    assert report.bytes_freed == 5 * 200_000
     assert chunk_count(store) == before
+    assert len(chain_of(store, "main")) == 1  # the fork points were squashed too
+    report = store.gc()
+    assert (report.layers_removed, report.chunks_freed) == (0, 0)
+    assert store.fsck().ok
+
+
+def test_a_large_discarded_layer_is_left_for_gc(store: Store) -> None:
+    from branchfs.gc import TIDY_LIMIT
+
+    main = store.create_branch("main")
+    main.write_bytes("keep", b"k")
+    big = main.fork("big")
+    for i in range(TIDY_LIMIT):
+        big.write_bytes(f"f{i}", os.urandom(3000))
+    before = chunk_count(store)
+    store.discard("big")
+    assert chunk_count(store) == before, "discard must not do unbounded work"
+    report = store.gc()
+    assert report.layers_removed >= 1
+    assert report.chunks_freed == TIDY_LIMIT
+    assert main.read_bytes("keep") == b"k"
+    assert store.fsck().ok
+
+
+def test_fork_merge_discard_loop_keeps_the_chain_short_without_gc(store: Store) -> None:
+    main = store.create_branch("main")
+    main.write_bytes("a", b"0")
+    for i in range(30):
+        attempt = main.fork(f"attempt-{i}")
+        loser = main.fork(f"loser-{i}")
+        attempt.write_bytes("a", str(i).encode())
+        loser.write_bytes("a", b"lost")
+        main.merge(attempt)
+        loser.discard()
+        attempt.discard()
+    assert main.read_bytes("a") == b"29"
+    assert len(chain_of(store, "main")) <= 3
+    with store.meta.read() as txn:
+        assert len(list(store.layers.all(txn))) <= 3
     assert store.fsck().ok
 
 
 def test_gc_keeps_every_live_tree_and_squashes_chains(store: Store) -> None:
+    from branchfs.gc import TIDY_LIMIT
+
     main = store.create_branch("main")
     main.write_bytes("a", b"1")
-    for round_ in range(6):
+    for round_ in range(3):
         attempt = main.fork(f"attempt-{round_}")
         attempt.write_bytes(f"r{round_}", b"x" * 5000)
         attempt.write_bytes("a", str(round_).encode())
         main.merge(attempt)
+        # more than a discard squashes on the spot: this is left for gc
+        for i in range(TIDY_LIMIT // 2):
+            main.write_bytes(f"main-{round_}-{i}", b"m")
         attempt.discard()
-        main.write_bytes(f"main-{round_}", b"m")
     main.snapshot("keep-me")
     main.write_bytes("after-snapshot", b"s")
     kept = main.fork("kept")
