@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .daemon import run
@@ -14,7 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", required=True, help="the store directory")
     p.add_argument("--branch", default="main", help="the branch to mount (default: main)")
     p.add_argument("--ready-fd", type=int, default=None, help="report readiness on this fd")
-    p.add_argument("--writeback", action="store_true", help="enable the kernel writeback cache")
+    p.add_argument(
+        "--writeback",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("BRANCHFS_WRITEBACK", "0") == "1",
+        help="the kernel's writeback cache (default: $BRANCHFS_WRITEBACK == 1)",
+    )
     p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument("mountpoint")
     a = p.parse_args(argv)

@@ -367,7 +367,7 @@ class BranchOps(pyfuse3.Operations):
         """Make every write() that returned so far part of the store (before fork, merge …)."""
         if self.enable_writeback_cache:
             # Dirty pages still in the kernel come back as write requests while we wait.
-            await trio.to_thread.run_sync(pyfuse3.syncfs, self.mountpoint)
+            await trio.to_thread.run_sync(_syncfs, self.mountpoint)
         self.flush_all()
 
     def _size(self, key: Key) -> int:
@@ -687,7 +687,7 @@ class BranchOps(pyfuse3.Operations):
         rec = self._read(tree, lambda v: T.get(v, eng))
         if rec.is_dir:
             raise FUSEError(errno.EISDIR)
-        if flags & os.O_TRUNC and writing:
+        if flags & os.O_TRUNC:  # Linux truncates even with O_RDONLY
             buf = self.buffers.pop(key, None)
             if buf is not None:
                 self.buffered -= buf.nbytes
@@ -1004,6 +1004,20 @@ class BranchOps(pyfuse3.Operations):
             if self.main.name in names:
                 await self.invalidate_main()
             await conn.send(b"ok\n")
+
+
+def _syncfs(path: str) -> None:
+    """syncfs(2) without holding the GIL (pyfuse3.syncfs holds it: the loop would stall)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+    finally:
+        os.close(fd)
 
 
 def _invalidate(entries: list[tuple[int, bytes]], inos: list[int]) -> None:
