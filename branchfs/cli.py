@@ -126,7 +126,12 @@ def init(path: str) -> None:
 @click.argument("args", nargs=-1, required=True, metavar="[STORE] MOUNTPOINT")
 @click.option("--branch", "-b", default="main", show_default=True, help="Branch to mount.")
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached until unmounted.")
-@click.option("--writeback", is_flag=True, hidden=True, help="Use the kernel writeback cache.")
+@click.option(
+    "--writeback/--no-writeback",
+    default=True,
+    hidden=True,
+    help="Use the kernel's writeback cache (default on).",
+)
 @click.pass_context
 @friendly
 def mount(
@@ -153,7 +158,7 @@ def mount(
 
         click.echo(f"serving {branch!r} of {spath} at {mp}; Ctrl-C or umount to stop", err=True)
         sys.exit(run(spath, mp, branch, writeback=writeback))
-    cmd_extra = ["--writeback"] if writeback else []
+    cmd_extra = ["--writeback" if writeback else "--no-writeback"]
     m.start_daemon(spath, mp, branch, extra_args=cmd_extra)
     click.echo(f"mounted branch {branch!r} of {spath} at {mp}")
 

@@ -146,7 +146,7 @@ class BranchOps(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, store: Store, branch: str, mountpoint: str, *, writeback: bool = False
+        self, store: Store, branch: str, mountpoint: str, *, writeback: bool = True
     ) -> None:
         super().__init__()
         self.store = store
@@ -751,6 +751,8 @@ class BranchOps(pyfuse3.Operations):
             buf = self.buffers[key] = WriteBuffer()
         buf.add(off, data)
         self.buffered += len(data)
+        if len(data) > self.stats.get("largest_write", 0):
+            self.stats["largest_write"] = len(data)
         if buf.nbytes >= FLUSH_BYTES:
             self.flush_key(key)
         elif self.buffered >= TOTAL_BYTES:
