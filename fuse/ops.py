@@ -62,6 +62,8 @@ R = TypeVar("R")
 #: Entry and attribute timeout of the mounted view (changes from elsewhere are invalidated).
 TIMEOUT = 600.0
 CONTROL_NAME = b".branchfs"
+#: Names remembered for invalidation before the daemon drops the whole kernel cache instead.
+KENTRIES_MAX = 1_000_000
 FUSEError = pyfuse3.FUSEError
 
 
@@ -258,8 +260,14 @@ class BranchOps(pyfuse3.Operations):
         self.inodes.looked_up(fino)
         self.holds[key] = self.holds.get(key, 0) + 1
         if fino < ALIAS_BASE and parent < ALIAS_BASE:
-            self.kentries.add((parent, name))
+            self._remember(parent, name)
         return self._attrs(fino, key, rec)
+
+    def _remember(self, parent: int, name: bytes) -> None:
+        """Note a name the kernel may cache, to invalidate it when the tree changes."""
+        self.kentries.add((parent, name))
+        if len(self.kentries) > KENTRIES_MAX:
+            self.main_stale = True  # forget everything once rather than grow without bound
 
     def _control_attrs(self, fino: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -400,7 +408,7 @@ class BranchOps(pyfuse3.Operations):
         except FileNotFoundError:
             if alias:
                 raise
-            self.kentries.add((parent, name))
+            self._remember(parent, name)
             neg = pyfuse3.EntryAttributes()
             neg.st_ino = 0
             neg.entry_timeout = TIMEOUT
@@ -886,7 +894,7 @@ class BranchOps(pyfuse3.Operations):
                 self.inodes.looked_up(fino)
                 self._hold(key)
                 if not alias:
-                    self.kentries.add((parent, ename))
+                    self._remember(parent, ename)
             i = j
 
     def _dot_attrs(self, fino: int) -> pyfuse3.EntryAttributes:

@@ -376,3 +376,30 @@ def _remount_after_kill(store: Path, mnt: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (mnt / "synced").read_bytes() == b"durable"
     assert _cli("umount", str(mnt)).returncode == 0
+
+
+def test_missing_fusermount3_names_the_debian_package(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    assert _cli("init", str(store)).returncode == 0
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    # A PATH without fusermount3 (the interpreter is called by its full path).
+    env = {**os.environ, "PATH": str(tmp_path)}
+    r = subprocess.run(
+        [*BRANCHFS, "--store", str(store), "mount", str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert "fusermount3" in r.stderr and "fuse3" in r.stderr and "Traceback" not in r.stderr
+    assert not os.path.ismount(mnt)
+
+
+def test_missing_dev_fuse_names_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: p != "/dev/fuse" and real_exists(p))
+    with pytest.raises(branchfs.mount.MountError, match="fuse3"):
+        branchfs.mount.check_fuse()
