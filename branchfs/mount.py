@@ -54,14 +54,18 @@ class Registration:
     socket: str
 
     def alive(self) -> bool:
-        """Whether the daemon process still exists."""
+        """Whether the daemon process still runs (a zombie waiting to be reaped does not)."""
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
-        return True
+        try:
+            with open(f"/proc/{self.pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return True
 
 
 # -- registrations ------------------------------------------------------------------------------
@@ -367,8 +371,9 @@ def unmount(mountpoint: str, *, timeout: float = 60.0) -> None:
                 "inside); close it and try again"
             )
         raise MountError(f"unmounting {mountpoint} failed: {msg}")
+    # The daemon removes its registration once it has flushed and synced the store.
     deadline = time.monotonic() + timeout
-    while reg.alive():
+    while os.path.exists(reg.path) and reg.alive():
         if _reap(reg.pid):
             break
         if time.monotonic() > deadline:

@@ -107,9 +107,11 @@ def _serve(
     else:
         pyfuse3.close(unmount=signalled)
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(reg_path)
-        ops.shutdown()
+        try:
+            ops.shutdown()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(reg_path)  # `branchfs umount` waits for this: the store is synced
     return 0
 
 
