@@ -101,7 +101,10 @@ def op(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
             raise FUSEError(code) from None
         finally:
             if self.pending or self.main_stale or self.stale_inodes:
-                await self.after_change()
+                try:
+                    await self.after_change()
+                except Exception:  # an escaping exception would stop pyfuse3's loop
+                    log.exception("propagating a change after %s failed", name)
 
     return wrapper
 
@@ -437,14 +440,17 @@ class BranchOps(pyfuse3.Operations):
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         """The kernel dropped references; unlinked inodes nobody holds are deleted."""
         self.requests["forget"] = self.requests.get("forget", 0) + 1
-        doomed: list[Key] = []
-        for fino, n in inode_list:
-            key = self.inodes.resolve(fino)
-            self.inodes.forget(fino, n)
-            if key is not None:
-                self._unhold(key, n, doomed)
-        if doomed:
-            self._drop_orphans(doomed)
+        try:
+            doomed: list[Key] = []
+            for fino, n in inode_list:
+                key = self.inodes.resolve(fino)
+                self.inodes.forget(fino, n)
+                if key is not None:
+                    self._unhold(key, n, doomed)
+            if doomed:
+                self._drop_orphans(doomed)
+        except Exception:  # forget must not raise (it answers no request)
+            log.exception("forget failed")
 
     @op
     async def getattr(self, fino: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
