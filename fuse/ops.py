@@ -1016,6 +1016,12 @@ class BranchOps(pyfuse3.Operations):
                 nursery.start_soon(self._notification, conn)
 
     async def _notification(self, conn: trio.socket.SocketType) -> None:
+        try:
+            await self._answer_notification(conn)
+        except Exception:  # a writer that went away must not stop the daemon
+            log.warning("a change notification failed", exc_info=True)
+
+    async def _answer_notification(self, conn: trio.socket.SocketType) -> None:
         import json
 
         with conn:
