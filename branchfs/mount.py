@@ -288,16 +288,23 @@ def start_daemon(
     check_fuse()
     mp = check_mountpoint(mountpoint)
     store_path = os.path.abspath(store_path)
+    if not os.path.isdir(store_path):
+        raise MountError(f"no branchfs store at {store_path}")
+    log_dir = mounts_dir(store_path)
+    os.makedirs(log_dir, mode=0o700, exist_ok=True)
+    log_path = os.path.join(log_dir, "daemon.log")
     read_fd, write_fd = os.pipe()
     cmd = [*daemon_command(store_path, mp, branch), "--ready-fd", str(write_fd), *extra_args]
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        pass_fds=(write_fd,),
-        start_new_session=True,
-    )
+    with open(log_path, "ab") as log:
+        start = log.tell()
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,  # warnings of a detached daemon go to STORE/mounts/daemon.log
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
     os.close(write_fd)
     try:
         message = _wait_ready(proc, read_fd, timeout)
@@ -306,15 +313,10 @@ def start_daemon(
     if message != "ok":
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        err = b""
-        with contextlib.suppress(Exception):
-            err = proc.communicate(timeout=5)[1] or b""
-        detail = message or err.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-        if isinstance(detail, list):
-            detail = detail[0]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        detail = message or _last_line(log_path, start) or "the daemon exited"
         raise MountError(f"mounting {branch!r} at {mountpoint} failed: {detail}")
-    if proc.stderr is not None:
-        proc.stderr.close()
     # The daemon answered "ready" after the kernel's INIT; confirm that a lookup works.
     deadline = time.monotonic() + timeout
     while not os.path.isdir(os.path.join(mp, ".branchfs")):
@@ -322,6 +324,16 @@ def start_daemon(
             raise MountError(f"the daemon for {mountpoint} stopped before the mount answered")
         time.sleep(0.01)
     return proc
+
+
+def _last_line(path: str, start: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            lines = fh.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], fd: int, timeout: float) -> str:
