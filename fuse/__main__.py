@@ -18,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--writeback",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("BRANCHFS_WRITEBACK", "1") != "0",
-        help="the kernel's writeback cache (default on; BRANCHFS_WRITEBACK=0 turns it off)",
+        default=os.environ.get("BRANCHFS_WRITEBACK", "0") == "1",
+        help="the kernel's writeback cache (default off; BRANCHFS_WRITEBACK=1 turns it on)",
     )
     p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument("mountpoint")

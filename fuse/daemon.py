@@ -51,7 +51,7 @@ def run(
     branch: str = "main",
     *,
     ready_fd: int | None = None,
-    writeback: bool = True,
+    writeback: bool = False,
     debug: bool = False,
 ) -> int:
     """Serve ``branch`` of the store at ``mountpoint`` until unmounted; the exit status."""

@@ -151,7 +151,7 @@ class BranchOps(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, store: Store, branch: str, mountpoint: str, *, writeback: bool = True
+        self, store: Store, branch: str, mountpoint: str, *, writeback: bool = False
     ) -> None:
         super().__init__()
         self.store = store
@@ -494,10 +494,9 @@ class BranchOps(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        rec = self._write(tree, lambda v: T.setattr(v, eng, **kw), fino)
+        rec = self._write(tree, lambda v: T.setattr(v, eng, **kw))
         if fino >= ALIAS_BASE and tree == self.main:
-            self.main_stale = False
-            self.stale_inodes.add(eng)
+            self.stale_inodes.add(eng)  # only this inode's cache in the mounted view
         return self._attrs(fino, key, rec)
 
     @op
@@ -706,9 +705,8 @@ class BranchOps(pyfuse3.Operations):
             if buf is not None:
                 self.buffered -= buf.nbytes
             if rec.size:
-                self._write(tree, lambda v: T.truncate(v, eng, 0), fino)
+                self._write(tree, lambda v: T.truncate(v, eng, 0))
                 if fino >= ALIAS_BASE and tree == self.main:
-                    self.main_stale = False
                     self.stale_inodes.add(eng)
         self._hold(key)
         fh = self._new_fh(FileHandle(fino, key, bool(flags & os.O_APPEND)))
@@ -763,7 +761,9 @@ class BranchOps(pyfuse3.Operations):
             # append offsets itself: commit at once, so close() needs no FLUSH request.
             if key in self.buffers:
                 self.flush_key(key)
-            self._write(key[0], lambda v: T.write(v, key[1], off, data), h.fino)
+            self._write(key[0], lambda v: T.write(v, key[1], off, data))
+            if h.fino >= ALIAS_BASE and key[0] == self.main:
+                self.stale_inodes.add(key[1])
             if len(data) > self.stats.get("largest_write", 0):
                 self.stats["largest_write"] = len(data)
             return len(data)

@@ -403,3 +403,31 @@ def test_missing_dev_fuse_names_the_debian_package(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(os.path, "exists", lambda p: p != "/dev/fuse" and real_exists(p))
     with pytest.raises(branchfs.mount.MountError, match="fuse3"):
         branchfs.mount.check_fuse()
+
+
+def test_open_file_sees_a_change_from_another_process(mounted_store: Any) -> None:
+    mnt, sp = mounted_store.path, mounted_store.store_path
+    (mnt / "held.txt").write_text("short\n")
+    with open(mnt / "held.txt", "rb") as fh:  # held open across the outside change
+        assert fh.read() == b"short\n"
+        in_other_process(f"""
+            import branchfs
+            with branchfs.Store.open({str(sp)!r}) as s:
+                s.branch("main").write_text("held.txt", "a much longer text\\n")
+        """)
+        assert os.fstat(fh.fileno()).st_size == 19
+        fh.seek(0)
+        assert fh.read() == b"a much longer text\n"
+    assert (mnt / "held.txt").read_text() == "a much longer text\n"
+
+
+def test_writes_through_the_alias_of_the_mounted_branch_show_at_once(mnt: Path) -> None:
+    (mnt / "f").write_text("one")
+    assert (mnt / "f").read_text() == "one"
+    alias = mnt / ".branchfs" / "branches" / "main"
+    (alias / "f").write_text("two!")
+    assert (mnt / "f").read_text() == "two!"
+    os.chmod(alias / "f", 0o600)
+    assert os.stat(mnt / "f").st_mode & 0o777 == 0o600
+    os.rename(alias / "f", alias / "g")
+    assert not (mnt / "f").exists() and (mnt / "g").read_text() == "two!"
