@@ -215,12 +215,22 @@ def check_fuse() -> None:
         )
 
 
+_DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def is_stale(mountpoint: str) -> bool:
-    """Whether ``mountpoint`` is a dead FUSE mount ("Transport endpoint is not connected")."""
+    """Whether ``mountpoint`` is a dead FUSE mount ("Transport endpoint is not connected").
+
+    A stat of the mountpoint alone can succeed from the kernel's attribute cache after the
+    daemon died, so a mountpoint also looks up a name never asked before (always a request).
+    """
     try:
         os.stat(mountpoint)
+        if not os.path.ismount(mountpoint):
+            return False
+        os.stat(os.path.join(mountpoint, f".branchfs-probe-{os.getpid()}-{os.urandom(4).hex()}"))
     except OSError as exc:
-        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        return exc.errno in _DEAD
     return False
 
 
