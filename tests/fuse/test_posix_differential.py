@@ -83,12 +83,9 @@ data = st.binary(min_size=0, max_size=300) | st.integers(1, 140_000).map(
     lambda n: bytes(i % 251 for i in range(n))
 )
 offsets = st.sampled_from([0, 1, 100, 4095, 65535, 65536, 65537, 131_072, 200_000])
-flag_sets = (
-    st.tuples(st.sampled_from(ACCESS), st.lists(st.sampled_from(EXTRA), unique=True, max_size=3))
-    .map(lambda t: t[0] | sum(t[1]))
-    # Known daemon bug, pinned by test_open_rdonly_trunc_truncates below.
-    .filter(lambda f: not (f & os.O_ACCMODE == os.O_RDONLY and f & os.O_TRUNC))
-)
+flag_sets = st.tuples(
+    st.sampled_from(ACCESS), st.lists(st.sampled_from(EXTRA), unique=True, max_size=3)
+).map(lambda t: t[0] | sum(t[1]))
 modes = st.sampled_from([0o644, 0o600, 0o755, 0o777, 0o400, 0o000, 0o4755, 0o2775, 0o1777])
 xnames = st.sampled_from(["user.a", "user.b", "user.long." + "x" * 40])
 xvalues = st.binary(max_size=64)
@@ -305,11 +302,6 @@ def test_same_results_and_errno(
     assert not os.path.exists(mount.root)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug: open(O_RDONLY|O_TRUNC) does not truncate (fuse/ops.py open() "
-    "truncates only when writing; Linux truncates whenever O_TRUNC is given)",
-)
 def test_open_rdonly_trunc_truncates(roots: tuple[Path, Path]) -> None:
     sizes = []
     for root in roots:
