@@ -6,29 +6,14 @@ missing. The mount is torn down (flushed and unmounted) after each test that use
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fusecheck import fuse_missing
 
 import branchfs
-
-
-def fuse_missing() -> str | None:
-    """Why this machine cannot run FUSE tests, or None if it can."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing (FUSE is not available in this machine or container)"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed (Debian package fuse3)"
-    try:
-        import pyfuse3  # noqa: F401
-        import trio  # noqa: F401
-    except ImportError as exc:
-        return f"pyfuse3/trio cannot be imported: {exc}"
-    return None
 
 
 @pytest.fixture

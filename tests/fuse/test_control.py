@@ -11,31 +11,17 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fusecheck import needs_fuse
 
 import branchfs
 
-
-def fuse_missing() -> str | None:
-    """Why FUSE cannot be used here, or None."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed (Debian package fuse3)"
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError as exc:
-        return f"pyfuse3 cannot be imported: {exc}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
+pytestmark = needs_fuse
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import errno
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,25 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fusecheck import needs_fuse
 
 import branchfs
 from branchfs.mount import is_stale
 
-
-def fuse_missing() -> str | None:
-    """Why FUSE cannot be used here, or None."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed (Debian package fuse3)"
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError as exc:
-        return f"pyfuse3 cannot be imported: {exc}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
+pytestmark = needs_fuse
 
 CLI = Path(sys.executable).parent / "branchfs"
 FILE_SIZE = 512 * 1024

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fusecheck import needs_fuse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,20 +33,7 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
-def fuse_missing() -> str | None:
-    """Why FUSE cannot be used here, or None."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed (Debian package fuse3)"
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError as exc:
-        return f"pyfuse3 cannot be imported: {exc}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
+pytestmark = needs_fuse
 
 
 @pytest.fixture(scope="module")
