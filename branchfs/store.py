@@ -656,25 +656,16 @@ class Branch:
     def rmtree(self, path: PathArg) -> None:
         """``shutil.rmtree``: delete ``path`` and everything under it, in one transaction."""
 
-        def remove_children(v: View, ino: int) -> None:
-            for name, child in v.list_dir(ino):
-                rec = v.inode(child)
-                if rec is not None and rec.is_dir:
-                    remove_children(v, child)
-                    tree.rmdir(v, ino, name)
-                else:
-                    tree.unlink(v, ino, name)
-
         def op(v: View) -> None:
             parent, name = paths.resolve_parent(v, path)
             if not name:
-                remove_children(v, ROOT_INO)
+                tree.remove_tree(v, ROOT_INO)
                 return
             ino = tree.lookup(v, parent, name)
             rec = tree.get(v, ino)
             if not rec.is_dir:
                 raise os_error(errno.ENOTDIR)
-            remove_children(v, ino)
+            tree.remove_tree(v, ino)
             tree.rmdir(v, parent, name)
 
         self._at(path, op, write=True)

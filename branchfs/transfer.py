@@ -404,21 +404,11 @@ def _make_room(v: View, parent: int, name: bytes, want_dir: bool) -> int | None:
     if rec is not None and rec.is_dir:
         if want_dir:
             return existing
-        _remove_tree(v, existing)
+        tree.remove_tree(v, existing)
         tree.rmdir(v, parent, name)
     else:
         tree.unlink(v, parent, name)
     return None
-
-
-def _remove_tree(v: View, ino: int) -> None:
-    for name, child in v.list_dir(ino):
-        rec = v.inode(child)
-        if rec is not None and rec.is_dir:
-            _remove_tree(v, child)
-            tree.rmdir(v, ino, name)
-        else:
-            tree.unlink(v, ino, name)
 
 
 def _read_all(fd: int, size_hint: int) -> bytes:

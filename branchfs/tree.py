@@ -65,6 +65,27 @@ def get_dir(v: View, ino: int) -> Inode:
     return rec
 
 
+def for_write(v: View, ino: int) -> Inode:
+    """The record of ``ino`` ready to edit into the top layer: EROFS on a snapshot, ENOENT
+    if it is gone."""
+    writable(v)
+    rec = v.inode_for_write(ino)
+    if rec is None:
+        raise os_error(errno.ENOENT)
+    return rec
+
+
+def remove_tree(v: View, ino: int) -> None:
+    """Remove everything inside directory ``ino`` (it stays, empty)."""
+    for name, child in v.list_dir(ino):
+        rec = v.inode(child)
+        if rec is not None and rec.is_dir:
+            remove_tree(v, child)
+            rmdir(v, ino, name)
+        else:
+            unlink(v, ino, name)
+
+
 def lookup(v: View, parent: int, name: bytes) -> int:
     """The inode that ``name`` names in directory ``parent``; ENOENT if none."""
     if name == b".":
@@ -152,9 +173,7 @@ def make_node(
 
 def link(v: View, ino: int, parent: int, name: bytes) -> Inode:
     """Give ``ino`` one more name: ``name`` in ``parent``. Directories cannot be linked."""
-    rec = v.inode_for_write(ino)
-    if rec is None:
-        raise os_error(errno.ENOENT)
+    rec = for_write(v, ino)
     prec = _new_entry_checks(v, parent, name)
     if rec.is_dir:
         raise os_error(errno.EPERM)
@@ -186,9 +205,7 @@ def unlink(v: View, parent: int, name: bytes, *, keep_orphan: bool = False) -> i
     """
     writable(v)
     ino = lookup(v, parent, name)
-    rec = v.inode_for_write(ino)
-    if rec is None:
-        raise os_error(errno.ENOENT)
+    rec = for_write(v, ino)
     if rec.is_dir:
         raise os_error(errno.EISDIR)
     v.delete_dirent(parent, name)
@@ -423,9 +440,7 @@ def write(v: View, ino: int, offset: int, data: bytes | memoryview) -> Inode:
     writable(v)
     if offset < 0:
         raise os_error(errno.EINVAL)
-    rec = v.inode_for_write(ino)
-    if rec is None:
-        raise os_error(errno.ENOENT)
+    rec = for_write(v, ino)
     if rec.is_dir:
         raise os_error(errno.EISDIR)
     if not rec.is_reg:
@@ -456,9 +471,7 @@ def truncate(v: View, ino: int, size: int, rec: Inode | None = None) -> Inode:
     if size < 0:
         raise os_error(errno.EINVAL)
     if rec is None:
-        rec = v.inode_for_write(ino)
-    if rec is None:
-        raise os_error(errno.ENOENT)
+        rec = for_write(v, ino)
     if rec.is_dir:
         raise os_error(errno.EISDIR)
     if not rec.is_reg:
@@ -512,9 +525,7 @@ def setattr(
 ) -> Inode:
     """chmod / chown / truncate / utimens in one call; None leaves a field as it is."""
     writable(v)
-    rec = v.inode_for_write(ino)
-    if rec is None:
-        raise os_error(errno.ENOENT)
+    rec = for_write(v, ino)
     if size is not None:
         rec = truncate(v, ino, size, rec)
     if mode is not None:
@@ -573,9 +584,7 @@ def setxattr(v: View, ino: int, name: bytes, value: bytes, flags: int = 0) -> No
     check_xattr_name(name)
     if len(value) > XATTR_SIZE_MAX:
         raise os_error(errno.E2BIG)
-    rec = v.inode_for_write(ino)
-    if rec is None:
-        raise os_error(errno.ENOENT)
+    rec = for_write(v, ino)
     if name.startswith(b"user.") and not (rec.is_reg or rec.is_dir):
         raise os_error(errno.EPERM)  # user xattrs only on files and directories, as on Linux
     exists = name in rec.xattrs
@@ -592,9 +601,7 @@ def removexattr(v: View, ino: int, name: bytes) -> None:
     """Remove extended attribute ``name``; ENODATA if unset."""
     writable(v)
     check_xattr_name(name)
-    rec = v.inode_for_write(ino)
-    if rec is None:
-        raise os_error(errno.ENOENT)
+    rec = for_write(v, ino)
     if name not in rec.xattrs:
         raise os_error(errno.ENODATA)
     del rec.xattrs[name]
