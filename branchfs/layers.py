@@ -171,16 +171,6 @@ def inode_key(layer: int, ino: int) -> bytes:
     return U64x2.pack(layer, ino)
 
 
-def dirent_key(layer: int, parent: int, name: bytes) -> bytes:
-    """Key of a directory entry."""
-    return U64x2.pack(layer, parent) + name
-
-
-def extent_key(layer: int, ino: int, idx: int) -> bytes:
-    """Key of an extent (chunk ``idx`` of inode ``ino``)."""
-    return U64x3.pack(layer, ino, idx)
-
-
 class View:
     """One transaction's view of one tree: record lookups through the chain, writes to the top.
 
