@@ -302,21 +302,20 @@ class _Merger:
 
     # -- phase 3: the namespace ------------------------------------------------------------------
 
-    def _result_links(self, ino: int) -> list[tuple[int, bytes]]:
+    def _result_record(self, ino: int) -> Inode | None:
+        """The record ``ino`` will have after the merge as planned so far."""
         plan = self.plan.get(ino)
         if plan is not None:
-            return [] if plan.rec is None else plan.rec.links
-        rec = self.ours.inode(ino)
+            return plan.rec
+        return self.ours.inode(ino)
+
+    def _result_links(self, ino: int) -> list[tuple[int, bytes]]:
+        rec = self._result_record(ino)
         return rec.links if rec is not None else []
 
     def _result_is_dir(self, ino: int) -> bool:
-        if ino in self.doomed:
-            return False
-        plan = self.plan.get(ino)
-        if plan is not None:
-            return plan.rec is not None and plan.rec.is_dir
-        rec = self.ours.inode(ino)
-        return rec is not None and rec.is_dir
+        rec = self._result_record(ino)
+        return ino not in self.doomed and rec is not None and rec.is_dir
 
     def _is_new(self, ino: int) -> bool:
         return self.base.inode(ino) is None
@@ -404,12 +403,6 @@ class _Merger:
         if ra.is_link:
             return ra.inline == rb.inline
         return read(self.ours, a, 0, ra.size) == read(self.theirs, b, 0, rb.size)
-
-    def _result_record(self, ino: int) -> Inode | None:
-        plan = self.plan.get(ino)
-        if plan is not None:
-            return plan.rec
-        return self.ours.inode(ino)
 
     def _rehome_children(self, old_dir: int, new_dir: int) -> None:
         for plan in self.plan.values():
