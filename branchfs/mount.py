@@ -83,7 +83,7 @@ def register(store_path: str, branch: str, mountpoint: str, sock_name: str) -> s
     path = os.path.join(d, f"{os.getpid()}.json")
     tmp = path + ".tmp"
     data = {"pid": os.getpid(), "branch": branch, "mountpoint": mountpoint, "socket": sock_name}
-    with open(tmp, "w") as fh:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         json.dump(data, fh)
     os.replace(tmp, path)
     _cache.pop(store_path, None)
@@ -305,7 +305,7 @@ def start_daemon(
     log_path = os.path.join(log_dir, "daemon.log")
     read_fd, write_fd = os.pipe()
     cmd = [*daemon_command(store_path, mp, branch), "--ready-fd", str(write_fd), *extra_args]
-    with open(log_path, "ab") as log:
+    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         start = log.tell()
         proc = subprocess.Popen(
             cmd,

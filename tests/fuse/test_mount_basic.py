@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -431,3 +432,18 @@ def test_writes_through_the_alias_of_the_mounted_branch_show_at_once(mnt: Path) 
     assert os.stat(mnt / "f").st_mode & 0o777 == 0o600
     os.rename(alias / "f", alias / "g")
     assert not (mnt / "f").exists() and (mnt / "g").read_text() == "two!"
+
+
+def test_store_files_stay_private_while_mounted(mounted_store) -> None:
+    """DESIGN §1.4: every file of a store is 0600 and every directory 0700, the mount's
+    registration and log included."""
+    (mounted_store.path / "f").write_bytes(b"x")
+    mounted_store.store.fork("main", "other")
+    seen = 0
+    for dirpath, _dirnames, filenames in os.walk(mounted_store.store_path):
+        assert stat.S_IMODE(os.stat(dirpath).st_mode) == 0o700, dirpath
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+            seen += 1
+    assert seen >= 4  # data.mdb, lock.mdb, a registration, the daemon log
