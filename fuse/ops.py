@@ -64,6 +64,8 @@ TIMEOUT = 600.0
 CONTROL_NAME = b".branchfs"
 #: Names remembered for invalidation before the daemon drops the whole kernel cache instead.
 KENTRIES_MAX = 1_000_000
+#: Inode records of the mounted tree kept in memory before the cache is dropped whole.
+RECORDS_MAX = 200_000
 FUSEError = pyfuse3.FUSEError
 
 
@@ -176,6 +178,12 @@ class BranchOps(pyfuse3.Operations):
         #: Requests that reached the daemon, by operation (``stats`` on .branchfs/ctl).
         self.requests: dict[str, int] = {}
         self.xattr_names: dict[bytes, int] = {}
+        #: Records of the mounted tree by engine inode, so getattr and getxattr (the kernel
+        #: asks security.capability before every write()) need no transaction. Kept exact:
+        #: a write through this daemon drops every inode its transaction touched, and any
+        #: other change to the mounted tree goes through :meth:`invalidate_main`, which
+        #: drops the whole cache before the kernel's.
+        self.records: dict[int, Inode] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -204,6 +212,7 @@ class BranchOps(pyfuse3.Operations):
 
     async def invalidate_main(self) -> None:
         """Make the kernel forget every entry, attribute and page of the mounted view."""
+        self.records.clear()
         entries = list(self.kentries)
         self.kentries.clear()
         inos = self.inodes.main_inodes()
@@ -220,10 +229,45 @@ class BranchOps(pyfuse3.Operations):
             raise ReadOnlyError(
                 "snapshots are read-only; fork a branch from the snapshot to edit it"
             )
-        result = self.store.write_tree(tree.name, fn)
-        if fino >= ALIAS_BASE and tree == self.main:
+        if tree != self.main:
+            return self.store.write_tree(tree.name, fn)
+        views: list[View] = []
+
+        def run(v: View) -> R:
+            views.append(v)
+            return fn(v)
+
+        try:
+            result = self.store.write_tree(tree.name, run)
+        finally:
+            self._forget_records(views)
+        if fino >= ALIAS_BASE:
             self.main_stale = True  # the mounted view's kernel caches do not know this change
         return result
+
+    def _forget_records(self, views: list[View]) -> None:
+        """Drop cached records of every inode a write transaction read or wrote."""
+        records = self.records
+        if records:
+            for v in views:
+                for _layer, ino in v.records:
+                    records.pop(ino, None)
+
+    def _record(self, key: Key) -> Inode:
+        """The record of ``key`` (ENOENT if gone), from the cache for the mounted tree."""
+        tree, eng = key
+        if tree != self.main:
+            return self._read(tree, lambda v: T.get(v, eng))
+        rec = self.records.get(eng)
+        if rec is None:
+            rec = self._read(tree, lambda v: T.get(v, eng))
+            self._cache_record(eng, rec)
+        return rec
+
+    def _cache_record(self, eng: int, rec: Inode) -> None:
+        if len(self.records) >= RECORDS_MAX:
+            self.records.clear()
+        self.records[eng] = rec
 
     def _key(self, fino: int) -> Key:
         key = self.inodes.resolve(fino)
@@ -324,6 +368,8 @@ class BranchOps(pyfuse3.Operations):
             if buf is not None:
                 self.buffered -= buf.nbytes
             by_tree.setdefault(key[0], []).append(key[1])
+            if key[0] == self.main:
+                self.records.pop(key[1], None)
 
         for tree, inos in by_tree.items():
 
@@ -359,9 +405,7 @@ class BranchOps(pyfuse3.Operations):
         tree, ino = key
 
         def fn(v: View) -> None:
-            for offset, data in buf.segments:
-                T.write(v, ino, offset, data)
-            T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+            _apply(v, ino, buf)
 
         self.stats["flushes"] = self.stats.get("flushes", 0) + 1
         self._write(tree, fn)
@@ -382,7 +426,7 @@ class BranchOps(pyfuse3.Operations):
         self.flush_all()
 
     def _size(self, key: Key) -> int:
-        rec = self._read(key[0], lambda v: T.get(v, key[1]))
+        rec = self._record(key)
         buf = self.buffers.get(key)
         return max(rec.size, buf.end) if buf is not None else rec.size
 
@@ -418,6 +462,8 @@ class BranchOps(pyfuse3.Operations):
             return neg
         if rec is None:
             raise FUSEError(errno.ENOENT)
+        if tree == self.main:
+            self._cache_record(ino, rec)
         fino = self.inodes.fuse_ino(tree, ino, alias)
         return self._entry(parent, name, fino, (tree, ino), rec)
 
@@ -458,8 +504,7 @@ class BranchOps(pyfuse3.Operations):
         if fino in CONTROL_NODES:
             return self._control_attrs(fino)
         key = self._key(fino)
-        rec = self._read(key[0], lambda v: T.get(v, key[1]))
-        return self._attrs(fino, key, rec)
+        return self._attrs(fino, key, self._record(key))
 
     @op
     async def setattr(
@@ -477,8 +522,6 @@ class BranchOps(pyfuse3.Operations):
             raise FUSEError(errno.EPERM)
         key = self._key(fino)
         tree, eng = key
-        if key in self.buffers:
-            self.flush_key(key)
         kw: dict[str, int] = {}
         if fields.update_size:
             kw["size"] = attr.st_size
@@ -494,9 +537,21 @@ class BranchOps(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        rec = self._write(tree, lambda v: T.setattr(v, eng, **kw))
-        if fino >= ALIAS_BASE and tree == self.main:
-            self.stale_inodes.add(eng)  # only this inode's cache in the mounted view
+        buf = self.buffers.pop(key, None)
+        if buf is not None:
+            self.buffered -= buf.nbytes
+            self.stats["flushes"] = self.stats.get("flushes", 0) + 1
+
+        def fn(v: View) -> Inode:
+            if buf is not None:  # buffered data first, in the same transaction
+                _apply(v, eng, buf)
+            return T.setattr(v, eng, **kw)
+
+        rec = self._write(tree, fn)
+        if tree == self.main:
+            self._cache_record(eng, rec)
+            if fino >= ALIAS_BASE:
+                self.stale_inodes.add(eng)  # only this inode's cache in the mounted view
         return self._attrs(fino, key, rec)
 
     @op
@@ -510,8 +565,7 @@ class BranchOps(pyfuse3.Operations):
         """Existence check; permissions are checked by the kernel (default_permissions)."""
         if fino in CONTROL_NODES:
             return True
-        key = self._key(fino)
-        self._read(key[0], lambda v: T.get(v, key[1]))
+        self._record(self._key(fino))
         return True
 
     @op
@@ -555,6 +609,8 @@ class BranchOps(pyfuse3.Operations):
             lambda v: T.make_node(v, peng, name, mode, ctx.uid, ctx.gid, rdev=rdev, target=target),
             parent,
         )
+        if tree == self.main:
+            self._cache_record(ino, rec)
         return self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec
 
     @op
@@ -697,7 +753,7 @@ class BranchOps(pyfuse3.Operations):
         writing = flags & os.O_ACCMODE != os.O_RDONLY
         if tree.snapshot and (writing or flags & os.O_TRUNC):
             raise FUSEError(errno.EROFS)
-        rec = self._read(tree, lambda v: T.get(v, eng))
+        rec = self._record(key)
         if rec.is_dir:
             raise FUSEError(errno.EISDIR)
         if flags & os.O_TRUNC:  # Linux truncates even with O_RDONLY
@@ -927,7 +983,11 @@ class BranchOps(pyfuse3.Operations):
         if fino in CONTROL_NODES:
             raise FUSEError(errno.ENODATA)
         key = self._key(fino)
-        return self._read(key[0], lambda v: T.getxattr(v, key[1], name))
+        T.check_xattr_name(name)
+        value = self._record(key).xattrs.get(name)
+        if value is None:
+            raise FUSEError(errno.ENODATA)
+        return value
 
     @op
     async def setxattr(
@@ -944,8 +1004,7 @@ class BranchOps(pyfuse3.Operations):
         """Names of the extended attributes."""
         if fino in CONTROL_NODES:
             return []
-        key = self._key(fino)
-        return self._read(key[0], lambda v: T.listxattr(v, key[1]))
+        return sorted(self._record(self._key(fino)).xattrs)
 
     @op
     async def removexattr(self, fino: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -970,6 +1029,7 @@ class BranchOps(pyfuse3.Operations):
             return control.encode(answer)
         if cmd.needs_flush:
             await self.sync_all()
+        self.records.clear()
         answer = control.run(self.store, self.main.name, cmd)
         if answer.get("ok") and self.main.name in cmd.changes(self.main.name):
             self.main_stale = True
@@ -1039,6 +1099,13 @@ class BranchOps(pyfuse3.Operations):
             if self.main.name in names:
                 await self.invalidate_main()
             await conn.send(b"ok\n")
+
+
+def _apply(v: View, ino: int, buf: WriteBuffer) -> None:
+    """Write a buffer's segments into ``ino`` and give it the buffer's mtime."""
+    for offset, data in buf.segments:
+        T.write(v, ino, offset, data)
+    T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
 
 
 def _syncfs(path: str) -> None:

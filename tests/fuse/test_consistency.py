@@ -199,3 +199,45 @@ def test_fsynced_data_is_in_the_store(store_path: Path, mnt: Path) -> None:
     finally:
         os.close(fd)
     assert out == "durable name\n"
+
+
+def test_attributes_and_xattrs_changed_elsewhere_show_at_once(store_path: Path, mnt: Path) -> None:
+    """The daemon's own record cache (getattr, getxattr) never hides a change from outside.
+
+    Checked on a file descriptor held open: a path would make the kernel look the name up
+    again after an invalidation, which refreshes the record anyway.
+    """
+    p = mnt / "f.txt"
+    p.write_text("x\n")
+    os.chmod(p, 0o644)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError):
+            os.getxattr(fd, "user.k")  # a cached miss
+        assert os.fstat(fd).st_mode & 0o777 == 0o644
+        elsewhere(
+            store_path,
+            """
+            b = store.branch("main")
+            b.setxattr("f.txt", "user.k", b"from elsewhere")
+            b.chmod("f.txt", 0o600)
+            """,
+        )
+        assert os.getxattr(fd, "user.k") == b"from elsewhere"
+        assert os.fstat(fd).st_mode & 0o777 == 0o600
+        # The same file through the control directory's alias of the mounted branch.
+        alias = mnt / ".branchfs" / "branches" / "main" / "f.txt"
+        os.setxattr(alias, "user.k", b"via alias")
+        os.chmod(alias, 0o640)
+        assert os.getxattr(fd, "user.k") == b"via alias"
+        assert os.fstat(fd).st_mode & 0o777 == 0o640
+        os.removexattr(alias, "user.k")
+        with pytest.raises(OSError):
+            os.getxattr(fd, "user.k")
+        # A write through the alias changes size and mtime of the mounted view's file.
+        with open(alias, "a") as fh:
+            fh.write("more\n")
+        assert os.fstat(fd).st_size == len("x\nmore\n")
+        assert os.read(fd, 100) == b"x\nmore\n"
+    finally:
+        os.close(fd)
