@@ -224,7 +224,9 @@ class BranchOps(pyfuse3.Operations):
     def _read(self, tree: TreeRef, fn: Callable[[View], R]) -> R:
         return self.store.read_tree(tree.name, fn, snapshot=tree.snapshot)
 
-    def _write(self, tree: TreeRef, fn: Callable[[View], R], fino: int = 0) -> R:
+    def _write(
+        self, tree: TreeRef, fn: Callable[[View], R], fino: int = 0, keep: tuple[int, ...] = ()
+    ) -> R:
         if tree.snapshot:
             raise ReadOnlyError(
                 "snapshots are read-only; fork a branch from the snapshot to edit it"
@@ -232,15 +234,24 @@ class BranchOps(pyfuse3.Operations):
         if tree != self.main:
             return self.store.write_tree(tree.name, fn)
         views: list[View] = []
+        kept: list[tuple[int, Inode | None]] = []
 
         def run(v: View) -> R:
             views.append(v)
-            return fn(v)
+            kept.clear()
+            out = fn(v)
+            # Records the kernel asks for next (a directory whose mtime changed): read at
+            # the end of the same transaction, cached once it committed.
+            kept.extend((ino, v.inode(ino)) for ino in keep)
+            return out
 
         try:
             result = self.store.write_tree(tree.name, run)
         finally:
             self._forget_records(views)
+        for ino, rec in kept:
+            if rec is not None:
+                self._cache_record(ino, rec)
         if fino >= ALIAS_BASE:
             self.main_stale = True  # the mounted view's kernel caches do not know this change
         return result
@@ -404,11 +415,10 @@ class BranchOps(pyfuse3.Operations):
         self.buffered -= buf.nbytes
         tree, ino = key
 
-        def fn(v: View) -> None:
-            _apply(v, ino, buf)
-
         self.stats["flushes"] = self.stats.get("flushes", 0) + 1
-        self._write(tree, fn)
+        rec = self._write(tree, lambda v: _apply(v, ino, buf))
+        if tree == self.main:
+            self._cache_record(ino, rec)  # the getattr that follows a close needs no transaction
 
     def flush_all(self) -> None:
         """Write every buffer to the store."""
@@ -608,6 +618,7 @@ class BranchOps(pyfuse3.Operations):
             tree,
             lambda v: T.make_node(v, peng, name, mode, ctx.uid, ctx.gid, rdev=rdev, target=target),
             parent,
+            (peng,),
         )
         if tree == self.main:
             self._cache_record(ino, rec)
@@ -665,7 +676,9 @@ class BranchOps(pyfuse3.Operations):
         ptree, peng, _alias = self._parent(new_parent)
         if ptree != tree:
             raise FUSEError(errno.EXDEV)
-        rec = self._write(tree, lambda v: T.link(v, eng, peng, new_name), new_parent)
+        rec = self._write(tree, lambda v: T.link(v, eng, peng, new_name), new_parent, (peng,))
+        if tree == self.main:
+            self._cache_record(eng, rec)
         return self._entry(new_parent, new_name, fino, (tree, eng), rec)
 
     @op
@@ -681,7 +694,7 @@ class BranchOps(pyfuse3.Operations):
             ino = T.unlink(v, peng, name, keep_orphan=True)
             return ino, self._orphaned(v, tree, ino)
 
-        ino, kept = self._write(tree, fn, parent)
+        ino, kept = self._write(tree, fn, parent, (peng,))
         if kept:
             self.orphans.add((tree, ino))
 
@@ -700,7 +713,7 @@ class BranchOps(pyfuse3.Operations):
         if parent in CONTROL_NODES or (parent == ROOT_INO and name == CONTROL_NAME):
             raise FUSEError(errno.EPERM if parent != ROOT_INO else errno.EBUSY)
         tree, peng, _alias = self._parent(parent)
-        self._write(tree, lambda v: T.rmdir(v, peng, name), parent)
+        self._write(tree, lambda v: T.rmdir(v, peng, name), parent, (peng,))
 
     @op
     async def rename(
@@ -725,7 +738,7 @@ class BranchOps(pyfuse3.Operations):
             replaced = T.rename(v, op_eng, old_name, np_eng, new_name, flags)
             return replaced, self._orphaned(v, tree, replaced)
 
-        replaced, kept = self._write(tree, fn, old_parent)
+        replaced, kept = self._write(tree, fn, old_parent, (op_eng, np_eng))
         if kept and replaced is not None:
             self.orphans.add((tree, replaced))
 
@@ -1101,11 +1114,11 @@ class BranchOps(pyfuse3.Operations):
             await conn.send(b"ok\n")
 
 
-def _apply(v: View, ino: int, buf: WriteBuffer) -> None:
-    """Write a buffer's segments into ``ino`` and give it the buffer's mtime."""
+def _apply(v: View, ino: int, buf: WriteBuffer) -> Inode:
+    """Write a buffer's segments into ``ino`` and give it the buffer's mtime; its record."""
     for offset, data in buf.segments:
         T.write(v, ino, offset, data)
-    T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+    return T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
 
 
 def _syncfs(path: str) -> None:

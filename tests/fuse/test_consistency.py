@@ -241,3 +241,27 @@ def test_attributes_and_xattrs_changed_elsewhere_show_at_once(store_path: Path, 
         assert os.read(fd, 100) == b"x\nmore\n"
     finally:
         os.close(fd)
+
+
+def test_directory_attributes_changed_elsewhere_show_at_once(store_path: Path, mnt: Path) -> None:
+    """A directory's record, cached after creates in it, follows a change made elsewhere."""
+    d = mnt / "d"
+    d.mkdir()
+    (d / "a").write_text("a\n")
+    (d / "sub").mkdir()
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        before = os.fstat(fd)
+        elsewhere(
+            store_path,
+            """
+            b = store.branch("main")
+            b.mkdir("d/sub2")
+            b.chmod("d", 0o700)
+            """,
+        )
+        after = os.fstat(fd)
+        assert after.st_mtime_ns > before.st_mtime_ns
+        assert after.st_mode & 0o777 == 0o700
+    finally:
+        os.close(fd)
