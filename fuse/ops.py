@@ -10,6 +10,8 @@ so the kernel serves repeated stats and reads itself. When a tree changes behind
 kernel's back (another process, a merge through ``ctl``, a write through an alias under
 ``.branchfs/``) the daemon drops what the kernel cached, from a worker thread and never
 inside the request that caused it. Views under ``.branchfs/`` use zero timeouts.
+The daemon keeps the mounted tree's inode records too (getattr, getxattr need no
+transaction); that cache is dropped on the same paths as the kernel's.
 """
 
 from __future__ import annotations
