@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         steps.run(
             "discard the other attempts",
             lambda: [store.discard(b.name) for b in forks],
-            lambda r: f"{len(r)} branches discarded",
+            lambda r: f"{len(r)} branches discarded, their data freed",
         )
         steps.run(
             "gc",
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda r: (
                 f"{r.layers_removed} layers removed, {r.layers_squashed} squashed, "
                 f"{_human(r.bytes_freed)} of chunks freed"
+                if r.layers_removed or r.layers_squashed
+                else "nothing left: discard already freed the attempts' small layers"
             ),
         )
         report = steps.run(
