@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import lmdb
 
 from .errors import BranchFSError
-from .layers import View
+from .layers import View, scan_prefix
 from .meta import U64, U64x2
 from .records import CHUNK_SIZE, ROOT_INO, Inode
 
@@ -55,15 +55,7 @@ def split_at_common(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[list[int], 
 
 def layer_inodes(txn: lmdb.Transaction, view: View, layer: int) -> list[int]:
     """The inode numbers that have a record (or tombstone) in ``layer``."""
-    prefix = U64.pack(layer)
-    cur = txn.cursor(db=view.inodes)
-    out = []
-    if cur.set_range(prefix):
-        for key in cur.iternext(keys=True, values=False):
-            if key[:8] != prefix:
-                break
-            out.append(U64x2.unpack(bytes(key))[1])
-    return out
+    return [U64x2.unpack(key)[1] for key, _v in scan_prefix(txn, view.inodes, U64.pack(layer))]
 
 
 def changed_inodes(a: View, b: View) -> set[int]:

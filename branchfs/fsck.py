@@ -19,7 +19,7 @@ import lmdb
 from .chunks import digest
 from .diff import path_of
 from .errors import BranchFSError
-from .layers import NO_LAYER, TOMBSTONE, LayerIndex, View
+from .layers import NO_LAYER, TOMBSTONE, LayerIndex, View, scan_prefix
 from .meta import U64, Meta, U64x2, U64x3
 from .records import ROOT_INO, Inode
 
@@ -277,15 +277,8 @@ class _Checker:
 
     def check_unnamed(self, label: str, v: View, names: dict[int, set[tuple[int, bytes]]]) -> None:
         """Inodes visible in a tree's top layer that no entry names (lost or orphaned files)."""
-        top = v.chain[0]
-        prefix = U64.pack(top)
-        cur = self.txn.cursor(db=self.meta.inodes_db)
-        if not cur.set_range(prefix):
-            return
-        for key, raw in cur:
-            if bytes(key[:8]) != prefix:
-                break
-            ino = U64x2.unpack(bytes(key))[1]
+        for key, raw in scan_prefix(self.txn, self.meta.inodes_db, U64.pack(v.chain[0])):
+            ino = U64x2.unpack(key)[1]
             if raw == TOMBSTONE or ino == ROOT_INO or ino in names:
                 continue
             self.problem(

@@ -18,11 +18,12 @@ import fcntl
 import os
 import time
 from dataclasses import dataclass
+from itertools import islice
 
 import lmdb
 
 from .errors import StoreLocked
-from .layers import NO_LAYER, TOMBSTONE, LayerIndex
+from .layers import NO_LAYER, TOMBSTONE, LayerIndex, scan_prefix
 from .meta import U64, Meta, U64x2, U64x3, pack
 from .records import Inode
 
@@ -198,14 +199,10 @@ def _move_inodes(
 ) -> int:
     """Move up to ``limit`` whole inodes of layer ``c`` down into ``p``; returns how many."""
     meta: Meta = store.meta  # type: ignore[attr-defined]
-    c_prefix = U64.pack(c)
-    cur = txn.cursor(db=meta.inodes_db)
-    inos = []
-    if cur.set_range(c_prefix):
-        for key in cur.iternext(keys=True, values=False):
-            if bytes(key[:8]) != c_prefix or len(inos) >= limit:
-                break
-            inos.append(U64x2.unpack(bytes(key))[1])
+    inos = [
+        U64x2.unpack(key)[1]
+        for key, _v in islice(scan_prefix(txn, meta.inodes_db, U64.pack(c)), limit)
+    ]
     for ino in inos:
         _move_inode(txn, store, p, c, ino, below)
     return len(inos)
@@ -217,13 +214,10 @@ def _move_dirents(
     """Move up to ``limit`` directory entries of layer ``c`` down into ``p``."""
     meta: Meta = store.meta  # type: ignore[attr-defined]
     c_prefix = U64.pack(c)
-    cur = txn.cursor(db=meta.dirents_db)
-    items = []
-    if cur.set_range(c_prefix):
-        for key, value in cur:
-            if bytes(key[:8]) != c_prefix or len(items) >= limit:
-                break
-            items.append((bytes(key[8:]), bytes(value)))
+    items = [
+        (key[8:], value)
+        for key, value in islice(scan_prefix(txn, meta.dirents_db, c_prefix), limit)
+    ]
     for tail, value in items:
         if value == TOMBSTONE and not _dirent_visible_below(txn, meta, below, tail):
             txn.delete(U64.pack(p) + tail, db=meta.dirents_db)

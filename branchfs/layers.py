@@ -68,14 +68,11 @@ class LayerIndex:
 
     def children(self, txn: lmdb.Transaction, lid: int, limit: int | None = None) -> list[int]:
         """The layers whose parent is ``lid`` (live or not yet collected), at most ``limit``."""
-        prefix = U64.pack(lid)
-        cur = txn.cursor(db=self.meta.children_db)
         out: list[int] = []
-        if cur.set_range(prefix):
-            for key in cur.iternext(keys=True, values=False):
-                if key[:8] != prefix or len(out) == limit:
-                    break
-                out.append(U64x2.unpack(bytes(key))[1])
+        for key, _value in scan_prefix(txn, self.meta.children_db, U64.pack(lid)):
+            if len(out) == limit:
+                break
+            out.append(U64x2.unpack(key)[1])
         return out
 
     def size_exceeds(self, txn: lmdb.Transaction, lid: int, limit: int) -> bool:
@@ -83,12 +80,7 @@ class LayerIndex:
         prefix = U64.pack(lid)
         count = 0
         for db in (self.meta.inodes_db, self.meta.dirents_db, self.meta.extents_db):
-            cur = txn.cursor(db=db)
-            if not cur.set_range(prefix):
-                continue
-            for key in cur.iternext(keys=True, values=False):
-                if key[:8] != prefix:
-                    break
+            for _record in scan_prefix(txn, db, prefix):
                 count += 1
                 if count > limit:
                     return True
@@ -164,6 +156,21 @@ class LayerIndex:
             if cur.set_range(prefix) and bytes(cur.key()[:8]) == prefix:
                 return False
         return True
+
+
+def scan_prefix(txn: lmdb.Transaction, db: object, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of every record of ``db`` whose key starts with ``prefix``, in key order.
+
+    Read-only: collect what you need before changing the database in the same transaction.
+    """
+    cur = txn.cursor(db=db)
+    if not cur.set_range(prefix):
+        return
+    n = len(prefix)
+    for key, value in cur:
+        if key[:n] != prefix:
+            return
+        yield key, value
 
 
 def inode_key(layer: int, ino: int) -> bytes:
@@ -326,14 +333,8 @@ class View:
 
     def _layer_entries(self, layer: int, parent: int) -> Iterator[tuple[bytes, int]]:
         """Entries of ``parent`` recorded in one layer; ino 0 marks a tombstone."""
-        prefix = U64x2.pack(layer, parent)
-        cur = self.txn.cursor(db=self.dirents)
-        if not cur.set_range(prefix):
-            return
-        for key, raw in cur:
-            if key[:16] != prefix:
-                break
-            yield bytes(key[16:]), (U64.unpack(raw)[0] if raw else 0)
+        for key, raw in scan_prefix(self.txn, self.dirents, U64x2.pack(layer, parent)):
+            yield key[16:], (U64.unpack(raw)[0] if raw else 0)
 
     # -- extents ----------------------------------------------------------------------------
 
@@ -398,11 +399,5 @@ class View:
 
     def layer_extents(self, layer: int, ino: int) -> Iterator[tuple[int, bytes]]:
         """(chunk index, chunk key) of ``ino`` recorded in one layer."""
-        prefix = U64x2.pack(layer, ino)
-        cur = self.txn.cursor(db=self.extents)
-        if not cur.set_range(prefix):
-            return
-        for key, value in cur:
-            if key[:16] != prefix:
-                break
-            yield U64.unpack(key[16:24])[0], bytes(value)
+        for key, value in scan_prefix(self.txn, self.extents, U64x2.pack(layer, ino)):
+            yield U64.unpack(key[16:24])[0], value
