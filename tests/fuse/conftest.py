@@ -17,6 +17,16 @@ import branchfs
 
 
 @pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    """A fresh store with an empty branch ``main``, closed again so that daemons and other
+    processes can use it (overrides the not-yet-created ``store_path`` of tests/conftest.py)."""
+    path = tmp_path / "store.bfs"
+    with branchfs.Store.open(path, create=True) as s:
+        s.create_branch("main")
+    return path
+
+
+@pytest.fixture
 def need_fuse() -> None:
     """Skip the test, saying why, when FUSE cannot be used here."""
     reason = fuse_missing()

@@ -24,15 +24,6 @@ pytestmark = needs_fuse
 
 
 @pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    """A fresh store with an empty branch ``main`` (closed again: other processes use it)."""
-    path = tmp_path / "store.bfs"
-    with branchfs.Store.open(path, create=True) as s:
-        s.create_branch("main")
-    return path
-
-
-@pytest.fixture
 def mnt(store_path: Path, tmp_path: Path) -> Iterator[Path]:
     """Branch ``main`` mounted for one test."""
     (tmp_path / "mnt").mkdir()

@@ -40,14 +40,6 @@ def assert_user_error(res: subprocess.CompletedProcess[str], *words: str) -> str
 
 
 @pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    path = tmp_path / "store.bfs"
-    with branchfs.Store.open(path, create=True) as s:
-        s.create_branch("main")
-    return path
-
-
-@pytest.fixture
 def unmount_after(tmp_path: Path) -> Iterator[list[Path]]:
     """Mountpoints to unmount at the end of the test even if it fails."""
     paths: list[Path] = []
