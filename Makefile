@@ -24,8 +24,8 @@ $(STAMP_APT):
 $(STAMP_PY): $(STAMP_APT) pyproject.toml
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
-	@$(BIN)/pip install -q -e '.[fuse,dev]' 2>&1 | grep -v WARNING || true
-	@$(BIN)/python -c "import branchfs, lmdb, xxhash, pyfuse3, trio, hypothesis, pytest" 
+	@$(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -v WARNING || true
+	@$(BIN)/python -c "import branchfs, branchfs_fuse.daemon, lmdb, xxhash, hypothesis, pytest" 
 	@touch $@
 
 install: $(STAMP_PY)

@@ -126,12 +126,6 @@ def init(path: str) -> None:
 @click.argument("args", nargs=-1, required=True, metavar="[STORE] MOUNTPOINT")
 @click.option("--branch", "-b", default="main", show_default=True, help="Branch to mount.")
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached until unmounted.")
-@click.option(
-    "--writeback/--no-writeback",
-    default=None,
-    help="The kernel's writeback cache: faster small writes, but a file held open in the "
-    "mount keeps its old size when another process changes it (default: off).",
-)
 @click.pass_context
 @friendly
 def mount(
@@ -139,7 +133,6 @@ def mount(
     args: tuple[str, ...],
     branch: str,
     foreground: bool,
-    writeback: bool | None,
 ) -> None:
     """Mount BRANCH of the store at MOUNTPOINT; returns once the mount answers."""
     from . import mount as m
@@ -161,11 +154,8 @@ def mount(
         from branchfs_fuse.daemon import run
 
         click.echo(f"serving {branch!r} of {spath} at {mp}; Ctrl-C or umount to stop", err=True)
-        if writeback is None:
-            writeback = os.environ.get("BRANCHFS_WRITEBACK", "0") == "1"
-        sys.exit(run(spath, mp, branch, writeback=writeback))
-    cmd_extra = [] if writeback is None else ["--writeback" if writeback else "--no-writeback"]
-    m.start_daemon(spath, mp, branch, extra_args=cmd_extra)
+        sys.exit(run(spath, mp, branch))
+    m.start_daemon(spath, mp, branch)
     click.echo(f"mounted branch {branch!r} of {spath} at {mp}")
 
 

@@ -1,6 +1,6 @@
 """Mounting a branch: start and stop the FUSE daemon, and keep mounts coherent.
 
-Three jobs live here, all without importing pyfuse3 (that happens in the daemon process):
+Three jobs live here, all without importing the daemon (that runs in its own process):
 
 * :func:`mounted` / :func:`start_daemon` / :func:`unmount` start a daemon
   (``python -m branchfs_fuse``) for one branch, wait until the mount answers, and stop it.

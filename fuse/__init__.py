@@ -1,1 +1,1 @@
-"""The branchfs FUSE mount daemon (pyfuse3 + trio), imported as ``branchfs_fuse``."""
+"""The branchfs FUSE mount daemon, imported as ``branchfs_fuse``; it speaks the kernel protocol."""

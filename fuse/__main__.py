@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .daemon import run
@@ -15,13 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", required=True, help="the store directory")
     p.add_argument("--branch", default="main", help="the branch to mount (default: main)")
     p.add_argument("--ready-fd", type=int, default=None, help="report readiness on this fd")
-    p.add_argument(
-        "--writeback",
-        action=argparse.BooleanOptionalAction,
-        default=os.environ.get("BRANCHFS_WRITEBACK", "0") == "1",
-        help="the kernel's writeback cache (default off; BRANCHFS_WRITEBACK=1 turns it on)",
-    )
-    p.add_argument("--debug", action="store_true", help="log every request")
+    p.add_argument("--debug", action="store_true", help="log at debug level")
     p.add_argument("mountpoint")
     a = p.parse_args(argv)
     return run(
@@ -29,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
         a.mountpoint,
         a.branch,
         ready_fd=a.ready_fd,
-        writeback=a.writeback,
         debug=a.debug,
     )
 

@@ -19,13 +19,17 @@ TOTAL_BYTES = 64 << 20
 class WriteBuffer:
     """Pending writes of one inode."""
 
-    __slots__ = ("end", "mtime_ns", "nbytes", "segments")
+    __slots__ = ("drop_privs", "end", "kill_suidgid", "mtime_ns", "nbytes", "segments")
 
     def __init__(self) -> None:
         self.segments: list[tuple[int, bytearray]] = []
         self.nbytes = 0
         self.end = 0
         self.mtime_ns = 0
+        #: The daemon clears security.capability on flush (the kernel left it to us) …
+        self.drop_privs = False
+        #: … and set-user/group-ID bits: a writer without CAP_FSETID wrote.
+        self.kill_suidgid = False
 
     def add(self, offset: int, data: bytes) -> None:
         """Record ``data`` written at ``offset``."""

@@ -1,8 +1,10 @@
-"""The daemon's life: open the store, mount, serve requests in a trio loop, unmount cleanly.
+"""The daemon's life: open the store, mount, serve requests, unmount cleanly.
 
 ``run`` is what ``python -m branchfs_fuse`` and ``branchfs mount --foreground`` call. With a
 ``ready_fd`` (the parent's pipe) it reports one line, ``ok`` once the kernel mount exists or
 the reason it failed, so that ``branchfs mount`` returns only when the mount answers.
+The main thread serves ``/dev/fuse`` (:mod:`.session`); one thread answers change notices
+from other processes, one runs the requests' blocking work.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import os
 import signal
 import socket
 import sys
-
-import pyfuse3
-import trio
+import threading
 
 from branchfs import BranchFSError, Store
 from branchfs import mount as mount_mod
 
+from . import kernel as K
 from .ops import BranchOps
+from .session import Session
 
 log = logging.getLogger("branchfs.fuse")
 
@@ -51,7 +53,6 @@ def run(
     branch: str = "main",
     *,
     ready_fd: int | None = None,
-    writeback: bool = False,
     debug: bool = False,
 ) -> int:
     """Serve ``branch`` of the store at ``mountpoint`` until unmounted; the exit status."""
@@ -66,49 +67,70 @@ def run(
         report.send(str(exc))
         return 2
     try:
-        return _serve(store, mountpoint, branch, report, writeback, debug)
+        return _serve(store, mountpoint, branch, report)
     finally:
         store.close()
 
 
-def _serve(
-    store: Store, mountpoint: str, branch: str, report: _Report, writeback: bool, debug: bool
-) -> int:
+def _serve(store: Store, mountpoint: str, branch: str, report: _Report) -> int:
     try:
         store.branch(branch)
     except BranchFSError as exc:
         report.send(str(exc))
         return 2
-    ops = BranchOps(store, branch, os.path.abspath(mountpoint), writeback=writeback)
+    ops = BranchOps(store, branch, os.path.abspath(mountpoint))
     Store.change_hook = ops.on_store_change
     others = [r for r in mount_mod.targets(store.path, (branch,)) if r.alive()]
     if not others:
         n = ops.clean_orphans()
         if n:
             log.warning("deleted %d unlinked files left open by a daemon that died", n)
-    options = set(OPTIONS)
-    if debug:
-        options.add("debug")
     try:
-        pyfuse3.init(ops, ops.mountpoint, options)
-    except RuntimeError as exc:
+        fd = K.mount(ops.mountpoint, OPTIONS)
+    except (K.MountError, OSError) as exc:
         report.send(f"the kernel refused the mount ({exc}); is {mountpoint} usable?")
         return 2
+    session = Session(fd, ops)
+    ops.invalidator = session.invalidate
     sock_name = f"\0branchfs-{os.getpid()}-{os.urandom(4).hex()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_name.encode("latin-1"))
+    listener.listen(64)
     reg_path = mount_mod.register(store.path, branch, ops.mountpoint, sock_name)
     signalled = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal signalled
+        signalled = True
+        session.stop()
+
+    signal.set_wakeup_fd(session.stop_fd)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    threading.Thread(
+        target=ops.serve_notifications, args=(listener,), name="notices", daemon=True
+    ).start()
+    threading.Thread(
+        target=_tune_readahead, args=(ops.mountpoint, session), name="readahead", daemon=True
+    ).start()
     try:
-        signalled = trio.run(_main, ops, report, sock_name)
+        report.send("ok")
+        session.serve()
     except BaseException:
         log.exception("the daemon loop failed")
-        with contextlib.suppress(Exception):
-            pyfuse3.close(unmount=True)
+        signalled = True
         raise
-    else:
-        pyfuse3.close(unmount=signalled)
     finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        if signalled:
+            K.unmount(ops.mountpoint)
+        with contextlib.suppress(OSError):
+            os.close(fd)
         try:
-            ops.shutdown()
+            with ops.lock:
+                ops.shutdown()
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(reg_path)  # `branchfs umount` waits for this: the store is synced
@@ -119,37 +141,14 @@ def _serve(
 READAHEAD_KB = 1024
 
 
-async def _tune_readahead(mountpoint: str) -> None:
+def _tune_readahead(mountpoint: str, session: Session) -> None:
     """Raise the mount's readahead once INIT is done (INIT resets it); root only, best effort."""
+    if not session.initialized.wait(30):
+        return
     try:
-        st = await trio.to_thread.run_sync(os.stat, mountpoint)
+        st = os.stat(mountpoint)
         path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
         with open(path, "w") as fh:
             fh.write(str(READAHEAD_KB))
     except OSError as exc:
         log.debug("readahead left at the kernel's default: %s", exc)
-
-
-async def _main(ops: BranchOps, report: _Report, sock_name: str) -> bool:
-    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await listener.bind(sock_name.encode("latin-1"))
-    listener.listen(64)
-    signalled = False
-
-    async def watch_signals() -> None:
-        nonlocal signalled
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
-            async for _sig in sigs:
-                signalled = True
-                pyfuse3.terminate()
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ops.serve_notifications, listener)
-        nursery.start_soon(watch_signals)
-        nursery.start_soon(_tune_readahead, ops.mountpoint)
-        report.send("ok")
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
-    listener.close()
-    return signalled

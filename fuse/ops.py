@@ -1,33 +1,38 @@
-"""The pyfuse3 ``Operations`` of a branchfs mount: POSIX calls on the engine's inodes.
+"""The filesystem of a branchfs mount: POSIX calls on the engine's inodes.
 
 Each handler resolves its fuse inode to a tree and an engine inode (:mod:`.inodes`), runs
 one transaction through :mod:`branchfs.tree`, and returns what the kernel needs. Engine
 errors are ``OSError`` with Linux's errno and become ``FUSEError`` with the same errno;
 nothing else reaches the kernel. Writes collect in per-inode buffers (:mod:`.buffers`).
+:mod:`.session` decodes the kernel's requests into these calls and runs them one at a time;
+work that may block (the store's fsync, telling other daemons, dropping kernel caches) is
+queued with :meth:`BranchOps.defer` and runs before the reply, off the request loop.
 
 Caching: the mounted view answers with long entry and attribute timeouts and ``keep_cache``,
 so the kernel serves repeated stats and reads itself. When a tree changes behind the
 kernel's back (another process, a merge through ``ctl``, a write through an alias under
 ``.branchfs/``) the daemon drops what the kernel cached, from a worker thread and never
-inside the request that caused it. Views under ``.branchfs/`` use zero timeouts.
+inside the request loop. Views under ``.branchfs/`` use zero timeouts. Directories are
+never opened through the daemon: the kernel caches their listings, and READDIR names the
+directory by inode.
 The daemon keeps the mounted tree's inode records too (getattr, getxattr need no
 transaction); that cache is dropped on the same paths as the kernel's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
+import json
 import logging
 import os
+import socket
 import stat as st
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, TypeVar
-
-import pyfuse3
-import trio
 
 from branchfs import (
     BranchExists,
@@ -44,6 +49,7 @@ from branchfs.meta import U64, U64x2
 from branchfs.records import ROOT_INO, Inode
 
 from . import control
+from . import kernel as K
 from .buffers import FLUSH_BYTES, TOTAL_BYTES, WriteBuffer
 from .inodes import (
     ALIAS_BASE,
@@ -68,7 +74,7 @@ CONTROL_NAME = b".branchfs"
 KENTRIES_MAX = 1_000_000
 #: Inode records of the mounted tree kept in memory before the cache is dropped whole.
 RECORDS_MAX = 200_000
-FUSEError = pyfuse3.FUSEError
+FUSEError = K.FUSEError
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -85,30 +91,24 @@ def _errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
-def op(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    """Wrap a handler: engine errors become FUSEError; changes are propagated afterwards."""
+def op(fn: Callable[..., R]) -> Callable[..., R]:
+    """Wrap a handler: count it; engine errors become FUSEError with Linux's errno."""
 
     name = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: BranchOps, *args: Any) -> R:
+    def wrapper(self: BranchOps, *args: Any, **kwargs: Any) -> R:
         counts = self.requests
         counts[name] = counts.get(name, 0) + 1
         try:
-            return await fn(self, *args)
+            return fn(self, *args, **kwargs)
         except FUSEError:
             raise
         except Exception as exc:
             code = _errno_of(exc)
             if code == errno.EIO:
-                log.exception("%s%r failed", fn.__name__, args[:3])
+                log.exception("%s%r failed", name, args[:3])
             raise FUSEError(code) from None
-        finally:
-            if self.pending or self.main_stale or self.stale_inodes:
-                try:
-                    await self.after_change()
-                except Exception:  # an escaping exception would stop pyfuse3's loop
-                    log.exception("propagating a change after %s failed", name)
 
     return wrapper
 
@@ -124,19 +124,11 @@ class FileHandle:
         self.append = append
 
 
-class DirHandle:
-    """An open directory: its entries as they were when it was opened (or rewound).
-
-    ``entries`` holds ``(name, tree, engine ino)``; ``tree`` None means the number is
-    already a fuse inode (a control node).
-    """
-
-    __slots__ = ("entries", "fino", "fresh")
-
-    def __init__(self, fino: int) -> None:
-        self.fino = fino
-        self.fresh = True
-        self.entries: list[tuple[bytes, TreeRef | None, int]] = []
+#: A directory listing: ``(name, tree, engine ino)``; tree None means a control node's
+#: fuse inode.
+Listing = list[tuple[bytes, "TreeRef | None", int]]
+#: Directory listings kept for readdir offsets that continue them.
+LISTINGS_MAX = 64
 
 
 class TextHandle:
@@ -148,22 +140,29 @@ class TextHandle:
         self.data = data
 
 
-class BranchOps(pyfuse3.Operations):
+class BranchOps:
     """The filesystem: branch ``branch`` of ``store`` at the root, the control directory too."""
 
     supports_dot_lookup = False
     enable_acl = False
 
-    def __init__(
-        self, store: Store, branch: str, mountpoint: str, *, writeback: bool = False
-    ) -> None:
-        super().__init__()
+    def __init__(self, store: Store, branch: str, mountpoint: str) -> None:
         self.store = store
         self.main = TreeRef(branch)
         self.mountpoint = mountpoint
-        self.enable_writeback_cache = writeback
         self.inodes = InodeMap(self.main)
-        self.handles: dict[int, FileHandle | DirHandle | control.CtlHandle | TextHandle] = {}
+        self.handles: dict[int, FileHandle | control.CtlHandle | TextHandle] = {}
+        #: Listings by id: a readdir offset is ``id << 32 | position`` (see :meth:`readdir`).
+        self.listings: OrderedDict[int, Listing] = OrderedDict()
+        self._next_listing = 1
+        #: Blocking work a request queued; the session runs it before replying.
+        self.deferred: list[Callable[[], None]] = []
+        #: Drops kernel caches: ``(entries, inodes)``; set by the session, called off-loop.
+        self.invalidator: Callable[[list[tuple[int, bytes]], list[int]], None] = lambda _e, _i: None
+        #: Serialises the request loop with the notification listener.
+        self.lock: threading.RLock = threading.RLock()
+        #: Whether the kernel left suid/sgid and security.capability clearing to us.
+        self.kill_privs = False
         self._next_fh = 1
         self.buffers: dict[Key, WriteBuffer] = {}
         self.buffered = 0
@@ -183,7 +182,7 @@ class BranchOps(pyfuse3.Operations):
         #: Records of the mounted tree by engine inode, so getattr and getxattr (the kernel
         #: asks security.capability before every write()) need no transaction. Kept exact:
         #: a write through this daemon drops every inode its transaction touched, and any
-        #: other change to the mounted tree goes through :meth:`invalidate_main`, which
+        #: other change to the mounted tree goes through :meth:`forget_main`, which
         #: drops the whole cache before the kernel's.
         self.records: dict[int, Inode] = {}
 
@@ -193,35 +192,49 @@ class BranchOps(pyfuse3.Operations):
         """``Store.change_hook`` inside the daemon: remember, propagate after the request."""
         self.pending.update(names)
 
-    async def after_change(self) -> None:
-        """Tell other daemons about changed branches and drop stale kernel caches."""
+    def negotiated(self, flags: int) -> None:
+        """The INIT flags the kernel and the daemon agreed on."""
+        self.kill_privs = bool(flags & K.HANDLE_KILLPRIV_V2)
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (it may block) before the current request's reply, off the loop."""
+        self.deferred.append(fn)
+
+    def take_work(self) -> list[Callable[[], None]]:
+        """What must happen before the current request's reply; called after each request.
+
+        Other daemons are told about branches this request changed, and the kernel forgets
+        what it cached of the mounted view if a change reached it by another way.
+        """
+        work, self.deferred = self.deferred, []
         if self.pending:
             names = tuple(self.pending)
             self.pending.clear()
             regs = mount_mod.targets(self.store.path, names)
             if regs:
-                await trio.to_thread.run_sync(
-                    lambda: [mount_mod.poke(r, names) for r in regs], abandon_on_cancel=True
-                )
+                work.append(lambda: [mount_mod.poke(r, names) for r in regs] and None)
         if self.main_stale:
             self.main_stale = False
             self.stale_inodes.clear()
-            await self.invalidate_main()
+            entries, inos = self.forget_main()
+            work.append(lambda: self.invalidator(entries, inos))
         if self.stale_inodes:
-            inos = list(self.stale_inodes)
+            stale = list(self.stale_inodes)
             self.stale_inodes.clear()
-            await trio.to_thread.run_sync(_invalidate, [], inos)
+            work.append(lambda: self.invalidator([], stale))
+        return work
 
-    async def invalidate_main(self) -> None:
-        """Make the kernel forget every entry, attribute and page of the mounted view."""
+    def forget_main(self) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """Drop the daemon's caches of the mounted view; what the kernel must drop too."""
         self.records.clear()
+        self.listings.clear()
         entries = list(self.kentries)
         self.kentries.clear()
         inos = self.inodes.main_inodes()
         if ROOT_INO not in inos:
             inos.append(ROOT_INO)
         self.stats["invalidations"] = self.stats.get("invalidations", 0) + 1
-        await trio.to_thread.run_sync(_invalidate, entries, inos)
+        return entries, inos
 
     def _read(self, tree: TreeRef, fn: Callable[[View], R]) -> R:
         return self.store.read_tree(tree.name, fn, snapshot=tree.snapshot)
@@ -291,8 +304,8 @@ class BranchOps(pyfuse3.Operations):
     def _timeout(self, fino: int) -> float:
         return TIMEOUT if fino < ALIAS_BASE else 0.0
 
-    def _attrs(self, fino: int, key: Key, rec: Inode) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
+    def _attrs(self, fino: int, key: Key, rec: Inode) -> K.EntryAttributes:
+        a = K.EntryAttributes()
         a.st_ino = fino
         a.entry_timeout = a.attr_timeout = TIMEOUT if fino < ALIAS_BASE else 0.0
         a.st_mode = rec.mode
@@ -329,8 +342,8 @@ class BranchOps(pyfuse3.Operations):
         if len(self.kentries) > KENTRIES_MAX:
             self.main_stale = True  # forget everything once rather than grow without bound
 
-    def _control_attrs(self, fino: int) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
+    def _control_attrs(self, fino: int) -> K.EntryAttributes:
+        a = K.EntryAttributes()
         a.st_ino = fino
         if fino == CTL_DIR:
             a.entry_timeout = a.attr_timeout = TIMEOUT
@@ -341,6 +354,9 @@ class BranchOps(pyfuse3.Operations):
             a.attr_timeout = 0.0
             a.st_mode = st.S_IFDIR | 0o755
             a.st_nlink = 2
+            # A new mtime at every look makes the kernel drop its cached listing, which
+            # cannot know about branches made elsewhere.
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = time.time_ns()
         elif fino == CTL_FILE:
             a.entry_timeout = TIMEOUT
             a.attr_timeout = 0.0
@@ -354,7 +370,8 @@ class BranchOps(pyfuse3.Operations):
         a.st_uid = self.uid
         a.st_gid = self.gid
         a.st_blksize = 4096
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.started_ns
+        if fino not in (BRANCHES, SNAPSHOTS):
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.started_ns
         return a
 
     def _store_text(self) -> bytes:
@@ -430,11 +447,8 @@ class BranchOps(pyfuse3.Operations):
             except (BranchFSError, OSError):
                 log.warning("flushing %s failed", key, exc_info=True)
 
-    async def sync_all(self) -> None:
+    def sync_all(self) -> None:
         """Make every write() that returned so far part of the store (before fork, merge …)."""
-        if self.enable_writeback_cache:
-            # Dirty pages still in the kernel come back as write requests while we wait.
-            await trio.to_thread.run_sync(_syncfs, self.mountpoint)
         self.flush_all()
 
     def _size(self, key: Key) -> int:
@@ -445,9 +459,7 @@ class BranchOps(pyfuse3.Operations):
     # -- lookup, attributes -------------------------------------------------------------------
 
     @op
-    async def lookup(
-        self, parent: int, name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def lookup(self, parent: int, name: bytes, ctx: K.RequestContext) -> K.EntryAttributes:
         """Resolve ``name`` in ``parent``; ENOENT answers of the mounted view are cached."""
         if parent >= ALIAS_BASE and parent in CONTROL_NODES:
             return self._control_lookup(parent, name)
@@ -468,7 +480,7 @@ class BranchOps(pyfuse3.Operations):
             if alias:
                 raise
             self._remember(parent, name)
-            neg = pyfuse3.EntryAttributes()
+            neg = K.EntryAttributes()
             neg.st_ino = 0
             neg.entry_timeout = TIMEOUT
             return neg
@@ -479,7 +491,7 @@ class BranchOps(pyfuse3.Operations):
         fino = self.inodes.fuse_ino(tree, ino, alias)
         return self._entry(parent, name, fino, (tree, ino), rec)
 
-    def _control_lookup(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+    def _control_lookup(self, parent: int, name: bytes) -> K.EntryAttributes:
         if parent == CTL_DIR:
             fino = {b"branches": BRANCHES, b"snapshots": SNAPSHOTS, b"ctl": CTL_FILE}.get(name)
             if name == b"store":
@@ -495,7 +507,7 @@ class BranchOps(pyfuse3.Operations):
         fino = self.inodes.alias(tree, ROOT_INO)
         return self._entry(parent, name, fino, (tree, ROOT_INO), rec)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:
         """The kernel dropped references; unlinked inodes nobody holds are deleted."""
         self.requests["forget"] = self.requests.get("forget", 0) + 1
         try:
@@ -511,7 +523,7 @@ class BranchOps(pyfuse3.Operations):
             log.exception("forget failed")
 
     @op
-    async def getattr(self, fino: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def getattr(self, fino: int, ctx: K.RequestContext) -> K.EntryAttributes:
         """Attributes of ``fino`` (buffered writes included in size and mtime)."""
         if fino in CONTROL_NODES:
             return self._control_attrs(fino)
@@ -519,14 +531,14 @@ class BranchOps(pyfuse3.Operations):
         return self._attrs(fino, key, self._record(key))
 
     @op
-    async def setattr(
+    def setattr(
         self,
         fino: int,
-        attr: pyfuse3.EntryAttributes,
-        fields: pyfuse3.SetattrFields,
+        attr: K.EntryAttributes,
+        fields: K.SetattrFields,
         fh: int | None,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
+        ctx: K.RequestContext,
+    ) -> K.EntryAttributes:
         """chmod, chown, truncate and utimens in one transaction."""
         if fino in CONTROL_NODES:
             if fino == CTL_FILE and fields.update_size and not fields.update_mode:
@@ -554,10 +566,17 @@ class BranchOps(pyfuse3.Operations):
             self.buffered -= buf.nbytes
             self.stats["flushes"] = self.stats.get("flushes", 0) + 1
 
+        kill = self.kill_privs and (fields.update_size or fields.update_uid or fields.update_gid)
+        kill_suidgid = fields.kill_suidgid and not fields.update_mode
+
         def fn(v: View) -> Inode:
             if buf is not None:  # buffered data first, in the same transaction
                 _apply(v, eng, buf)
-            return T.setattr(v, eng, **kw)
+            rec = T.setattr(v, eng, **kw)
+            if kill and rec.is_reg:
+                _drop_privs(v, eng, kill_suidgid)
+                rec = T.get(v, eng)
+            return rec
 
         rec = self._write(tree, fn)
         if tree == self.main:
@@ -567,13 +586,13 @@ class BranchOps(pyfuse3.Operations):
         return self._attrs(fino, key, rec)
 
     @op
-    async def readlink(self, fino: int, ctx: pyfuse3.RequestContext) -> bytes:
+    def readlink(self, fino: int, ctx: K.RequestContext) -> bytes:
         """The target of a symlink."""
         key = self._key(fino)
         return self._read(key[0], lambda v: T.readlink(v, key[1]))
 
     @op
-    async def access(self, fino: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+    def access(self, fino: int, mode: int, ctx: K.RequestContext) -> bool:
         """Existence check; permissions are checked by the kernel (default_permissions)."""
         if fino in CONTROL_NODES:
             return True
@@ -581,10 +600,10 @@ class BranchOps(pyfuse3.Operations):
         return True
 
     @op
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+    def statfs(self, ctx: K.RequestContext) -> K.StatvfsData:
         """Space of the filesystem holding the store."""
         s = os.statvfs(self.store.path)
-        out = pyfuse3.StatvfsData()
+        out = K.StatvfsData()
         out.f_bsize = s.f_bsize
         out.f_frsize = s.f_frsize
         out.f_blocks = s.f_blocks
@@ -609,7 +628,7 @@ class BranchOps(pyfuse3.Operations):
         parent: int,
         name: bytes,
         mode: int,
-        ctx: pyfuse3.RequestContext,
+        ctx: K.RequestContext,
         rdev: int = 0,
         target: bytes | None = None,
     ) -> tuple[int, Key, Inode]:
@@ -627,18 +646,18 @@ class BranchOps(pyfuse3.Operations):
         return self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec
 
     @op
-    async def mkdir(
-        self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def mkdir(
+        self, parent: int, name: bytes, mode: int, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
         """mkdir; under ``.branchfs/branches`` it forks, under ``snapshots`` it snapshots."""
         if parent in (BRANCHES, SNAPSHOTS):
-            return await self._control_mkdir(parent, name)
+            return self._control_mkdir(parent, name)
         fino, key, rec = self._make(parent, name, st.S_IFDIR | (mode & 0o7777), ctx)
         return self._entry(parent, name, fino, key, rec)
 
-    async def _control_mkdir(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+    def _control_mkdir(self, parent: int, name: bytes) -> K.EntryAttributes:
         new = name.decode("utf-8", "surrogateescape")
-        await self.sync_all()
+        self.sync_all()
         if parent == BRANCHES:
             self.store.fork(self.main.name, new)
             tree = TreeRef(new)
@@ -650,25 +669,25 @@ class BranchOps(pyfuse3.Operations):
         return self._entry(parent, name, fino, (tree, ROOT_INO), rec)
 
     @op
-    async def mknod(
-        self, parent: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def mknod(
+        self, parent: int, name: bytes, mode: int, rdev: int, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
         """A regular file, FIFO, socket or device node."""
         fino, key, rec = self._make(parent, name, mode, ctx, rdev=rdev)
         return self._entry(parent, name, fino, key, rec)
 
     @op
-    async def symlink(
-        self, parent: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def symlink(
+        self, parent: int, name: bytes, target: bytes, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
         """A symbolic link to ``target``."""
         fino, key, rec = self._make(parent, name, st.S_IFLNK | 0o777, ctx, target=target)
         return self._entry(parent, name, fino, key, rec)
 
     @op
-    async def link(
-        self, fino: int, new_parent: int, new_name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def link(
+        self, fino: int, new_parent: int, new_name: bytes, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
         """A hard link; EXDEV across trees."""
         if fino in CONTROL_NODES:
             raise FUSEError(errno.EPERM)
@@ -684,7 +703,7 @@ class BranchOps(pyfuse3.Operations):
         return self._entry(new_parent, new_name, fino, (tree, eng), rec)
 
     @op
-    async def unlink(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def unlink(self, parent: int, name: bytes, ctx: K.RequestContext) -> None:
         """Remove a name; an inode still open or known to the kernel lives on as an orphan."""
         if parent in CONTROL_NODES:
             raise FUSEError(errno.EISDIR if parent in (BRANCHES, SNAPSHOTS) else errno.EPERM)
@@ -701,7 +720,7 @@ class BranchOps(pyfuse3.Operations):
             self.orphans.add((tree, ino))
 
     @op
-    async def rmdir(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def rmdir(self, parent: int, name: bytes, ctx: K.RequestContext) -> None:
         """Remove an empty directory; under ``.branchfs`` discard a branch or snapshot."""
         if parent in (BRANCHES, SNAPSHOTS):
             ref = name.decode("utf-8", "surrogateescape")
@@ -718,14 +737,14 @@ class BranchOps(pyfuse3.Operations):
         self._write(tree, lambda v: T.rmdir(v, peng, name), parent, (peng,))
 
     @op
-    async def rename(
+    def rename(
         self,
         old_parent: int,
         old_name: bytes,
         new_parent: int,
         new_name: bytes,
         flags: int,
-        ctx: pyfuse3.RequestContext,
+        ctx: K.RequestContext,
     ) -> None:
         """rename/renameat2 (NOREPLACE, EXCHANGE); EXDEV between trees."""
         for p, n in ((old_parent, old_name), (new_parent, new_name)):
@@ -746,21 +765,26 @@ class BranchOps(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------------------------
 
-    def _new_fh(self, handle: FileHandle | DirHandle | control.CtlHandle | TextHandle) -> int:
+    def _new_fh(self, handle: FileHandle | control.CtlHandle | TextHandle) -> int:
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = handle
         return fh
 
     @op
-    async def open(self, fino: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        """Open a file (O_TRUNC truncates here: the kernel sends it atomically)."""
+    def open(
+        self, fino: int, flags: int, ctx: K.RequestContext, *, kill_suidgid: bool = False
+    ) -> K.FileInfo:
+        """Open a file (O_TRUNC truncates here: the kernel sends it atomically).
+
+        A read-only open asks for no FLUSH at close: it has nothing to flush.
+        """
         if fino == CTL_FILE:
-            return pyfuse3.FileInfo(fh=self._new_fh(control.CtlHandle()), direct_io=True)
+            return K.FileInfo(fh=self._new_fh(control.CtlHandle()), direct_io=True)
         if fino == STORE_FILE:
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 raise FUSEError(errno.EACCES)
-            return pyfuse3.FileInfo(fh=self._new_fh(TextHandle(self._store_text())), direct_io=True)
+            return K.FileInfo(fh=self._new_fh(TextHandle(self._store_text())), direct_io=True)
         if fino in CONTROL_NODES:
             raise FUSEError(errno.EISDIR)
         key = self._key(fino)
@@ -775,33 +799,47 @@ class BranchOps(pyfuse3.Operations):
             buf = self.buffers.pop(key, None)
             if buf is not None:
                 self.buffered -= buf.nbytes
-            if rec.size:
-                self._write(tree, lambda v: T.truncate(v, eng, 0))
+            if rec.size or self._privileged(rec, kill_suidgid):
+                kill = kill_suidgid
+
+                def trunc(v: View) -> None:
+                    T.truncate(v, eng, 0)
+                    _drop_privs(v, eng, kill)
+
+                self._write(tree, trunc)
                 if fino >= ALIAS_BASE and tree == self.main:
                     self.stale_inodes.add(eng)
         self._hold(key)
         fh = self._new_fh(FileHandle(fino, key, bool(flags & os.O_APPEND)))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=fino < ALIAS_BASE)
+        return K.FileInfo(fh=fh, keep_cache=fino < ALIAS_BASE, noflush=not writing)
+
+    def _privileged(self, rec: Inode, kill_suidgid: bool) -> bool:
+        """Whether writing to ``rec`` must clear privileges (see :func:`_drop_privs`)."""
+        if not self.kill_privs:
+            return False
+        if b"security.capability" in rec.xattrs:
+            return True
+        return kill_suidgid and bool(rec.mode & (st.S_ISUID | st.S_ISGID))
 
     @op
-    async def create(
-        self, parent: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    def create(
+        self, parent: int, name: bytes, mode: int, flags: int, ctx: K.RequestContext
+    ) -> tuple[K.FileInfo, K.EntryAttributes]:
         """Create and open a regular file."""
         fino, key, rec = self._make(parent, name, st.S_IFREG | (mode & 0o7777), ctx)
         attrs = self._entry(parent, name, fino, key, rec)
         self._hold(key)
         fh = self._new_fh(FileHandle(fino, key, bool(flags & os.O_APPEND)))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=fino < ALIAS_BASE), attrs
+        return K.FileInfo(fh=fh, keep_cache=fino < ALIAS_BASE), attrs
 
     @op
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int) -> bytes:
         """Read (buffered writes of the inode are flushed first, so reads see them)."""
         h = self.handles[fh]
         if isinstance(h, control.CtlHandle):
             line = h.pending()
             if line is not None:
-                h.answer += await self._run_ctl(line)
+                h.answer += self._run_ctl(line)
             return h.read(size)
         if isinstance(h, TextHandle):
             return h.data[off : off + size]
@@ -812,14 +850,14 @@ class BranchOps(pyfuse3.Operations):
         return self._read(key[0], lambda v: T.read(v, key[1], off, size))
 
     @op
-    async def write(self, fh: int, off: int, data: bytes) -> int:
+    def write(self, fh: int, off: int, data: bytes, *, kill_suidgid: bool = False) -> int:
         """Buffer a write; large buffers go to the store at once."""
         h = self.handles[fh]
         if isinstance(h, control.CtlHandle):
             h.request += data
             line = h.take_line()
             while line is not None:
-                h.answer += await self._run_ctl(line)
+                h.answer += self._run_ctl(line)
                 line = h.take_line()
             return len(data)
         if not isinstance(h, FileHandle):
@@ -827,23 +865,15 @@ class BranchOps(pyfuse3.Operations):
         key = h.key
         if key[0].snapshot:
             raise FUSEError(errno.EROFS)
-        if self.enable_writeback_cache:
-            # The kernel already gathered these pages (up to 1 MiB a request) and decides
-            # append offsets itself: commit at once, so close() needs no FLUSH request.
-            if key in self.buffers:
-                self.flush_key(key)
-            self._write(key[0], lambda v: T.write(v, key[1], off, data))
-            if h.fino >= ALIAS_BASE and key[0] == self.main:
-                self.stale_inodes.add(key[1])
-            if len(data) > self.stats.get("largest_write", 0):
-                self.stats["largest_write"] = len(data)
-            return len(data)
         if h.append:
             off = self._size(key)
         buf = self.buffers.get(key)
         if buf is None:
             buf = self.buffers[key] = WriteBuffer()
         buf.add(off, data)
+        if self.kill_privs:
+            buf.kill_suidgid = buf.kill_suidgid or kill_suidgid
+            buf.drop_privs = True
         self.buffered += len(data)
         if len(data) > self.stats.get("largest_write", 0):
             self.stats["largest_write"] = len(data)
@@ -856,18 +886,14 @@ class BranchOps(pyfuse3.Operations):
         return len(data)
 
     @op
-    async def flush(self, fh: int) -> None:
+    def flush(self, fh: int) -> None:
         """close(): buffered data reaches the store (close-to-open consistency)."""
         h = self.handles.get(fh)
         if isinstance(h, FileHandle) and h.key in self.buffers:
             self.flush_key(h.key)
-        if self.enable_writeback_cache:
-            # Writes are committed as they arrive; ENOSYS tells the kernel to stop sending
-            # FLUSH on every close() (it still writes dirty pages back before close returns).
-            raise FUSEError(errno.ENOSYS)
 
     @op
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> None:
         """The last close of an open file."""
         h = self.handles.pop(fh, None)
         if isinstance(h, FileHandle):
@@ -879,37 +905,28 @@ class BranchOps(pyfuse3.Operations):
                 self._drop_orphans(doomed)
 
     @op
-    async def fsync(self, fh: int, datasync: bool) -> None:
+    def fsync(self, fh: int, datasync: bool) -> None:
         """Buffered data to the store, and the store to stable storage."""
         h = self.handles.get(fh)
         if isinstance(h, FileHandle) and h.key in self.buffers:
             self.flush_key(h.key)
-        await trio.to_thread.run_sync(self.store.sync)
+        self.defer(self.store.sync)
 
     # -- directories ----------------------------------------------------------------------------
 
-    @op
-    async def opendir(self, fino: int, ctx: pyfuse3.RequestContext) -> int:
-        """Open a directory; its listing is taken now and on each rewind."""
-        h = DirHandle(fino)
-        self._list(h)
-        return self._new_fh(h)
-
-    def _list(self, h: DirHandle) -> None:
-        fino = h.fino
+    def _list(self, fino: int) -> Listing:
+        """The entries of directory ``fino`` now."""
         if fino == CTL_DIR:
-            h.entries = [
+            return [
                 (b"branches", None, BRANCHES),
                 (b"snapshots", None, SNAPSHOTS),
                 (b"ctl", None, CTL_FILE),
                 (b"store", None, STORE_FILE),
             ]
-            return
         if fino in (BRANCHES, SNAPSHOTS):
             snap = fino == SNAPSHOTS
             names = self.store.snapshots() if snap else self.store.branches()
-            h.entries = [(os.fsencode(n), TreeRef(n, snap), ROOT_INO) for n in names]
-            return
+            return [(os.fsencode(n), TreeRef(n, snap), ROOT_INO) for n in names]
         if fino in CONTROL_NODES:
             raise FUSEError(errno.ENOTDIR)
         tree, eng = self._key(fino)
@@ -920,35 +937,51 @@ class BranchOps(pyfuse3.Operations):
 
         listing = self._read(tree, fn)
         hide = fino == ROOT_INO
-        h.entries = [(n, tree, i) for n, i in listing if not (hide and n == CONTROL_NAME)]
+        return [(n, tree, i) for n, i in listing if not (hide and n == CONTROL_NAME)]
+
+    def _listing(self, fino: int, offset: int) -> tuple[int, Listing]:
+        """The listing an offset continues (a new one at offset 0), and its id."""
+        lid = offset >> 32
+        listing = self.listings.get(lid) if offset else None
+        if listing is None:
+            if not offset:
+                lid = self._next_listing
+                self._next_listing = lid + 1 if lid < (1 << 30) else 1
+            listing = self._list(fino)  # a continued listing that aged out is taken anew
+            self.listings[lid] = listing
+            while len(self.listings) > LISTINGS_MAX:
+                self.listings.popitem(last=False)
+        else:
+            self.listings.move_to_end(lid)
+        return lid, listing
 
     @op
-    async def readdir(self, fh: int, start: int, token: pyfuse3.ReaddirToken) -> None:
-        """Entries with their attributes (readdirplus), from the handle's listing."""
-        h = self.handles[fh]
-        assert isinstance(h, DirHandle)
-        if start == 0 and not h.fresh:
-            self._list(h)  # rewinddir(): a new listing
-        h.fresh = False
-        entries = h.entries
-        parent = h.fino
-        # "." and ".." come first (offsets 1 and 2); the kernel takes no reference on them.
+    def readdir(self, fino: int, offset: int, out: K.DirBuffer) -> None:
+        """Entries with their attributes (readdirplus), from a listing taken at offset 0.
+
+        Directories have no open handle (the kernel opens them itself), so an offset names
+        both a listing and a position in it: ``listing id << 32 | position``. Position 1 is
+        after ``.``, 2 after ``..``, ``k + 3`` after entry ``k``; each ``opendir``/
+        ``rewinddir`` starts at 0 and gets a new listing, so entries never repeat or vanish
+        while a directory is read and changed at once.
+        """
+        lid, entries = self._listing(fino, offset)
+        base = lid << 32
+        start = offset & 0xFFFFFFFF
         if start < 1:
-            if not pyfuse3.readdir_reply(token, b".", self._dot_attrs(parent), 1):
+            if not out.add_dot(b".", fino, base | 1):
                 return
             start = 1
         if start < 2:
-            if not pyfuse3.readdir_reply(token, b"..", self._dot_attrs(parent), 2):
+            if not out.add_dot(b"..", fino, base | 2):
                 return
             start = 2
-        if start - 2 >= len(entries):
-            return
-        alias = parent >= ALIAS_BASE
+        alias = fino >= ALIAS_BASE
         i = start - 2
         while i < len(entries):
             name, tree, num = entries[i]
             if tree is None:
-                if not pyfuse3.readdir_reply(token, name, self._control_attrs(num), i + 3):
+                if not out.add(name, self._control_attrs(num), base | (i + 3)):
                     return
                 self.inodes.looked_up(num)
                 i += 1
@@ -963,36 +996,31 @@ class BranchOps(pyfuse3.Operations):
             for k, ((ename, _t, eng), rec) in enumerate(zip(chunk, recs, strict=True)):
                 if rec is None:
                     continue  # removed since the listing was taken
-                fino = self.inodes.fuse_ino(batch_tree, eng, alias)
+                efino = self.inodes.fuse_ino(batch_tree, eng, alias)
                 key = (batch_tree, eng)
-                attrs = self._attrs(fino, key, rec)
-                if not pyfuse3.readdir_reply(token, ename, attrs, i + k + 3):
+                if not out.add(ename, self._attrs(efino, key, rec), base | (i + k + 3)):
                     return
-                self.inodes.looked_up(fino)
+                self.inodes.looked_up(efino)
                 self._hold(key)
                 if not alias:
-                    self._remember(parent, ename)
+                    self._remember(fino, ename)
             i = j
 
-    def _dot_attrs(self, fino: int) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = fino
-        a.st_mode = st.S_IFDIR | 0o755
-        return a
-
-    async def releasedir(self, fh: int) -> None:
-        """Drop a directory handle."""
-        self.handles.pop(fh, None)
+    @op
+    def fsyncdir(self, fino: int, datasync: bool) -> None:
+        """Make the store durable."""
+        self.defer(self.store.sync)
 
     @op
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        """Make the store durable."""
-        await trio.to_thread.run_sync(self.store.sync)
+    def syncfs(self) -> None:
+        """sync(2) on the mount: every buffer to the store, the store to stable storage."""
+        self.flush_all()
+        self.defer(self.store.sync)
 
     # -- extended attributes --------------------------------------------------------------------
 
     @op
-    async def getxattr(self, fino: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+    def getxattr(self, fino: int, name: bytes, ctx: K.RequestContext) -> bytes:
         """An extended attribute (ENODATA if unset)."""
         self.xattr_names[name] = self.xattr_names.get(name, 0) + 1
         if fino in CONTROL_NODES:
@@ -1005,24 +1033,24 @@ class BranchOps(pyfuse3.Operations):
         return value
 
     @op
-    async def setxattr(
-        self, fino: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    def setxattr(
+        self, fino: int, name: bytes, value: bytes, flags: int, ctx: K.RequestContext
     ) -> None:
-        """Set an extended attribute (pyfuse3 checked XATTR_CREATE / XATTR_REPLACE)."""
+        """Set an extended attribute (XATTR_CREATE / XATTR_REPLACE honoured)."""
         if fino in CONTROL_NODES:
             raise FUSEError(errno.EPERM)
         tree, eng = self._key(fino)
-        self._write(tree, lambda v: T.setxattr(v, eng, name, value), fino)
+        self._write(tree, lambda v: T.setxattr(v, eng, name, value, flags), fino)
 
     @op
-    async def listxattr(self, fino: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+    def listxattr(self, fino: int, ctx: K.RequestContext) -> list[bytes]:
         """Names of the extended attributes."""
         if fino in CONTROL_NODES:
             return []
         return sorted(self._record(self._key(fino)).xattrs)
 
     @op
-    async def removexattr(self, fino: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def removexattr(self, fino: int, name: bytes, ctx: K.RequestContext) -> None:
         """Remove an extended attribute (ENODATA if unset)."""
         if fino in CONTROL_NODES:
             raise FUSEError(errno.EPERM)
@@ -1031,7 +1059,7 @@ class BranchOps(pyfuse3.Operations):
 
     # -- the control file -----------------------------------------------------------------------
 
-    async def _run_ctl(self, line: str) -> bytes:
+    def _run_ctl(self, line: str) -> bytes:
         try:
             cmd = control.parse(line)
         except control.UsageError as exc:
@@ -1043,7 +1071,7 @@ class BranchOps(pyfuse3.Operations):
                 self.requests.clear()
             return control.encode(answer)
         if cmd.needs_flush:
-            await self.sync_all()
+            self.sync_all()
         self.records.clear()
         answer = control.run(self.store, self.main.name, cmd)
         if answer.get("ok") and self.main.name in cmd.changes(self.main.name):
@@ -1083,65 +1111,62 @@ class BranchOps(pyfuse3.Operations):
             self.orphans.clear()
         self.store.sync()
 
-    async def serve_notifications(self, listener: trio.socket.SocketType) -> None:
-        """Answer change notifications from writers in other processes."""
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(self._notification, conn)
-
-    async def _notification(self, conn: trio.socket.SocketType) -> None:
-        try:
-            await self._answer_notification(conn)
-        except Exception:  # a writer that went away must not stop the daemon
-            log.warning("a change notification failed", exc_info=True)
-
-    async def _answer_notification(self, conn: trio.socket.SocketType) -> None:
-        import json
-
-        with conn:
-            data = b""
-            while not data.endswith(b"\n"):
-                part = await conn.recv(4096)
-                if not part:
-                    return
-                data += part
+    def serve_notifications(self, listener: socket.socket) -> None:
+        """Answer change notices from writers in other processes (a thread of its own)."""
+        while True:
             try:
-                names = json.loads(data)["changed"]
-            except (ValueError, KeyError, TypeError):
-                await conn.send(b"bad\n")
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed: the daemon is stopping
+            try:
+                with conn:
+                    conn.settimeout(mount_mod.NOTIFY_TIMEOUT)
+                    self._answer_notification(conn)
+            except Exception:  # a writer that went away must not stop the daemon
+                log.warning("a change notification failed", exc_info=True)
+
+    def _answer_notification(self, conn: socket.socket) -> None:
+        data = b""
+        while not data.endswith(b"\n"):
+            part = conn.recv(4096)
+            if not part:
                 return
-            if self.main.name in names:
-                await self.invalidate_main()
-            await conn.send(b"ok\n")
+            data += part
+        try:
+            names = json.loads(data)["changed"]
+        except (ValueError, KeyError, TypeError):
+            conn.sendall(b"bad\n")
+            return
+        if self.main.name in names:
+            with self.lock:
+                entries, inos = self.forget_main()
+            self.invalidator(entries, inos)
+        conn.sendall(b"ok\n")
 
 
 def _apply(v: View, ino: int, buf: WriteBuffer) -> Inode:
     """Write a buffer's segments into ``ino`` and give it the buffer's mtime; its record."""
     for offset, data in buf.segments:
         T.write(v, ino, offset, data)
+    if buf.drop_privs:
+        _drop_privs(v, ino, buf.kill_suidgid)
     return T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
 
 
-def _syncfs(path: str) -> None:
-    """syncfs(2) without holding the GIL (pyfuse3.syncfs holds it: the loop would stall)."""
-    import ctypes
+def _drop_privs(v: View, ino: int, kill_suidgid: bool) -> None:
+    """What a write or truncate must clear once the kernel left it to us (KILLPRIV_V2).
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if libc.syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), path)
-    finally:
-        os.close(fd)
-
-
-def _invalidate(entries: list[tuple[int, bytes]], inos: list[int]) -> None:
-    """Drop kernel dentries and inode caches (runs in a worker thread: it may block)."""
-    for parent, name in entries:
-        with contextlib.suppress(OSError):
-            pyfuse3.invalidate_entry(parent, name)
-    for ino in inos:
-        with contextlib.suppress(OSError):
-            pyfuse3.invalidate_inode(ino)
+    ``security.capability`` goes on any write, as Linux does; set-user-ID, and set-group-ID
+    on a group-executable file, go when the writer lacks CAP_FSETID (``kill_suidgid``).
+    """
+    rec = v.inode(ino)
+    if rec is None:
+        return
+    if b"security.capability" in rec.xattrs:
+        T.removexattr(v, ino, b"security.capability")
+    if kill_suidgid:
+        mode = rec.mode & ~st.S_ISUID
+        if rec.mode & st.S_IXGRP:
+            mode &= ~st.S_ISGID
+        if mode != rec.mode:
+            T.setattr(v, ino, mode=mode & 0o7777)

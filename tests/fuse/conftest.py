@@ -1,6 +1,6 @@
 """Fixtures for tests through a real FUSE mount: a fresh store mounted in a temp dir.
 
-Tests that need FUSE skip, with the reason, where /dev/fuse, fusermount3 or pyfuse3 is
+Tests that need FUSE skip, with the reason, where /dev/fuse or fusermount3 is
 missing. The mount is torn down (flushed and unmounted) after each test that uses it.
 """
 

@@ -14,11 +14,6 @@ def fuse_missing() -> str | None:
         return "/dev/fuse is missing (FUSE is not available in this machine or container)"
     if shutil.which("fusermount3") is None:
         return "fusermount3 is not installed (Debian package fuse3)"
-    try:
-        import pyfuse3  # noqa: F401
-        import trio  # noqa: F401
-    except ImportError as exc:
-        return f"pyfuse3/trio cannot be imported: {exc}"
     return None
 
 

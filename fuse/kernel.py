@@ -1,0 +1,401 @@
+"""The FUSE kernel protocol: message layouts, the values handlers trade in, and mounting.
+
+The daemon speaks to ``/dev/fuse`` itself (see :mod:`.session`) instead of going through
+libfuse, because the features that make a FUSE mount fast are negotiated in INIT and in
+OPEN replies, and no maintained Python binding lets us ask for them: readdir by inode with
+the kernel's directory cache (no OPENDIR at all), ``FUSE_HANDLE_KILLPRIV_V2`` (no
+``getxattr security.capability`` before every ``write()``), and ``FOPEN_NOFLUSH`` on
+read-only opens. Layouts follow ``<linux/fuse.h>``, protocol 7.38; the kernel adapts to the
+minor version we answer with.
+
+Mounting goes through ``fusermount3`` (Debian package ``fuse3``), which opens
+``/dev/fuse``, mounts, and hands the descriptor back over a socket, as libfuse does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+from dataclasses import dataclass
+
+# -- opcodes --------------------------------------------------------------------------------
+LOOKUP = 1
+FORGET = 2
+GETATTR = 3
+SETATTR = 4
+READLINK = 5
+SYMLINK = 6
+MKNOD = 8
+MKDIR = 9
+UNLINK = 10
+RMDIR = 11
+RENAME = 12
+LINK = 13
+OPEN = 14
+READ = 15
+WRITE = 16
+STATFS = 17
+RELEASE = 18
+FSYNC = 20
+SETXATTR = 21
+GETXATTR = 22
+LISTXATTR = 23
+REMOVEXATTR = 24
+FLUSH = 25
+INIT = 26
+OPENDIR = 27
+READDIR = 28
+RELEASEDIR = 29
+FSYNCDIR = 30
+ACCESS = 34
+CREATE = 35
+INTERRUPT = 36
+DESTROY = 38
+BATCH_FORGET = 42
+READDIRPLUS = 44
+RENAME2 = 45
+SYNCFS = 50
+
+NOTIFY_INVAL_INODE = 2
+NOTIFY_INVAL_ENTRY = 3
+
+# -- INIT flags -----------------------------------------------------------------------------
+ASYNC_READ = 1 << 0
+ATOMIC_O_TRUNC = 1 << 3
+BIG_WRITES = 1 << 5
+AUTO_INVAL_DATA = 1 << 12
+DO_READDIRPLUS = 1 << 13
+PARALLEL_DIROPS = 1 << 18
+MAX_PAGES = 1 << 22
+CACHE_SYMLINKS = 1 << 23
+HANDLE_KILLPRIV_V2 = 1 << 28
+
+#: What the daemon asks for (each only if the kernel offers it).
+WANTED = (
+    ASYNC_READ
+    | ATOMIC_O_TRUNC
+    | BIG_WRITES
+    | AUTO_INVAL_DATA
+    | DO_READDIRPLUS
+    | MAX_PAGES
+    | CACHE_SYMLINKS
+    | HANDLE_KILLPRIV_V2
+)
+
+# -- open reply flags -----------------------------------------------------------------------
+FOPEN_DIRECT_IO = 1 << 0
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_NOFLUSH = 1 << 5
+
+# -- setattr valid bits ---------------------------------------------------------------------
+FATTR_MODE = 1 << 0
+FATTR_UID = 1 << 1
+FATTR_GID = 1 << 2
+FATTR_SIZE = 1 << 3
+FATTR_ATIME = 1 << 4
+FATTR_MTIME = 1 << 5
+FATTR_ATIME_NOW = 1 << 7
+FATTR_MTIME_NOW = 1 << 8
+FATTR_CTIME = 1 << 10
+FATTR_KILL_SUIDGID = 1 << 11
+
+WRITE_KILL_SUIDGID = 1 << 2
+OPEN_KILL_SUIDGID = 1 << 0
+FSYNC_FDATASYNC = 1 << 0
+
+#: Largest write the kernel sends (with MAX_PAGES: 256 pages).
+MAX_WRITE = 1 << 20
+MAX_PAGES_COUNT = MAX_WRITE // 4096
+#: Room for one request: the largest write plus its headers.
+REQUEST_SIZE = MAX_WRITE + 4096
+
+# -- layouts --------------------------------------------------------------------------------
+IN_HEADER = struct.Struct("<IIQQIIIHH")
+OUT_HEADER = struct.Struct("<IiQ")
+_ATTR = "QQQqqqIIIIIIIIII"
+ENTRY_OUT = struct.Struct("<QQQQII" + _ATTR)
+ATTR_OUT = struct.Struct("<QII" + _ATTR)
+DIRENT = struct.Struct("<QQII")
+INIT_IN = struct.Struct("<IIII")
+INIT_OUT = struct.Struct("<IIIIHHIIHHI7I")
+GETATTR_IN = struct.Struct("<IIQ")
+SETATTR_IN = struct.Struct("<IIQQQqqqIIIIIIII")
+MKNOD_IN = struct.Struct("<IIII")
+MKDIR_IN = struct.Struct("<II")
+RENAME_IN = struct.Struct("<Q")
+RENAME2_IN = struct.Struct("<QII")
+LINK_IN = struct.Struct("<Q")
+OPEN_IN = struct.Struct("<II")
+CREATE_IN = struct.Struct("<IIII")
+OPEN_OUT = struct.Struct("<QII")
+READ_IN = struct.Struct("<QQIIQII")
+WRITE_IN = struct.Struct("<QQIIQII")
+WRITE_OUT = struct.Struct("<II")
+RELEASE_IN = struct.Struct("<QIIQ")
+FLUSH_IN = struct.Struct("<QIIQ")
+FSYNC_IN = struct.Struct("<QII")
+SETXATTR_IN = struct.Struct("<II")
+GETXATTR_IN = struct.Struct("<II")
+GETXATTR_OUT = struct.Struct("<II")
+ACCESS_IN = struct.Struct("<II")
+FORGET_IN = struct.Struct("<Q")
+BATCH_FORGET_IN = struct.Struct("<II")
+FORGET_ONE = struct.Struct("<QQ")
+STATFS_OUT = struct.Struct("<QQQQQIIII6I")
+NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")
+NOTIFY_INVAL_ENTRY_OUT = struct.Struct("<QII")
+
+
+class FUSEError(Exception):
+    """A request fails with ``errno``; the kernel hands that errno to the caller."""
+
+    def __init__(self, errno: int) -> None:
+        super().__init__(errno)
+        self.errno = errno
+
+
+class EntryAttributes:
+    """What a lookup-like reply tells the kernel: an inode's attributes and cache timeouts."""
+
+    __slots__ = (
+        "attr_timeout",
+        "entry_timeout",
+        "generation",
+        "st_atime_ns",
+        "st_blksize",
+        "st_blocks",
+        "st_ctime_ns",
+        "st_gid",
+        "st_ino",
+        "st_mode",
+        "st_mtime_ns",
+        "st_nlink",
+        "st_rdev",
+        "st_size",
+        "st_uid",
+    )
+
+    def __init__(self) -> None:
+        self.st_ino = 0
+        self.generation = 0
+        self.entry_timeout = 0.0
+        self.attr_timeout = 0.0
+        self.st_mode = 0
+        self.st_nlink = 1
+        self.st_uid = 0
+        self.st_gid = 0
+        self.st_rdev = 0
+        self.st_size = 0
+        self.st_blksize = 4096
+        self.st_blocks = 0
+        self.st_atime_ns = 0
+        self.st_mtime_ns = 0
+        self.st_ctime_ns = 0
+
+    def attr_fields(self) -> tuple[int, ...]:
+        """The ``struct fuse_attr`` fields, in order."""
+        a, m, c = self.st_atime_ns, self.st_mtime_ns, self.st_ctime_ns
+        return (
+            self.st_ino,
+            self.st_size,
+            self.st_blocks,
+            a // 1_000_000_000,
+            m // 1_000_000_000,
+            c // 1_000_000_000,
+            a % 1_000_000_000,
+            m % 1_000_000_000,
+            c % 1_000_000_000,
+            self.st_mode,
+            self.st_nlink,
+            self.st_uid,
+            self.st_gid,
+            self.st_rdev & 0xFFFFFFFF,
+            self.st_blksize,
+            0,
+        )
+
+    def entry_out(self) -> bytes:
+        """``struct fuse_entry_out`` for this entry."""
+        e, a = self.entry_timeout, self.attr_timeout
+        ei, ai = int(e), int(a)
+        return ENTRY_OUT.pack(
+            self.st_ino,
+            self.generation,
+            ei,
+            ai,
+            int((e - ei) * 1e9),
+            int((a - ai) * 1e9),
+            *self.attr_fields(),
+        )
+
+    def attr_out(self) -> bytes:
+        """``struct fuse_attr_out`` for a getattr or setattr reply."""
+        a = self.attr_timeout
+        ai = int(a)
+        return ATTR_OUT.pack(ai, int((a - ai) * 1e9), 0, *self.attr_fields())
+
+
+@dataclass(slots=True)
+class FileInfo:
+    """An open file as the kernel will know it: its handle and how the kernel may cache it."""
+
+    fh: int = 0
+    keep_cache: bool = False
+    direct_io: bool = False
+    noflush: bool = False
+
+    def open_out(self) -> bytes:
+        """``struct fuse_open_out``."""
+        flags = (
+            (FOPEN_KEEP_CACHE if self.keep_cache else 0)
+            | (FOPEN_DIRECT_IO if self.direct_io else 0)
+            | (FOPEN_NOFLUSH if self.noflush else 0)
+        )
+        return OPEN_OUT.pack(self.fh, flags, 0)
+
+
+@dataclass(slots=True)
+class SetattrFields:
+    """Which attributes a setattr request changes."""
+
+    update_mode: bool = False
+    update_uid: bool = False
+    update_gid: bool = False
+    update_size: bool = False
+    update_atime: bool = False
+    update_mtime: bool = False
+    update_ctime: bool = False
+    kill_suidgid: bool = False
+
+
+@dataclass(slots=True)
+class StatvfsData:
+    """A statfs answer."""
+
+    f_bsize: int = 4096
+    f_frsize: int = 4096
+    f_blocks: int = 0
+    f_bfree: int = 0
+    f_bavail: int = 0
+    f_files: int = 0
+    f_ffree: int = 0
+    f_favail: int = 0
+    f_namemax: int = 255
+
+    def statfs_out(self) -> bytes:
+        """``struct fuse_statfs_out``."""
+        return STATFS_OUT.pack(
+            self.f_blocks,
+            self.f_bfree,
+            self.f_bavail,
+            self.f_files,
+            self.f_ffree,
+            self.f_bsize,
+            self.f_namemax,
+            self.f_frsize,
+            0,
+            *(0,) * 6,
+        )
+
+
+class RequestContext:
+    """Who made a request."""
+
+    __slots__ = ("gid", "pid", "uid", "umask")
+
+    def __init__(self, uid: int, gid: int, pid: int, umask: int = 0) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.pid = pid
+        self.umask = umask
+
+
+_NO_ENTRY = bytes(ENTRY_OUT.size)
+
+
+class DirBuffer:
+    """The entries of one READDIRPLUS reply, packed as the kernel reads them."""
+
+    __slots__ = ("parts", "room")
+
+    def __init__(self, size: int) -> None:
+        self.parts: list[bytes] = []
+        self.room = size
+
+    def add(self, name: bytes, attrs: EntryAttributes, next_offset: int) -> bool:
+        """Append an entry that gives the kernel a reference on it; False once full."""
+        return self._add(name, attrs.entry_out(), attrs.st_ino, attrs.st_mode, next_offset)
+
+    def add_dot(self, name: bytes, ino: int, next_offset: int) -> bool:
+        """Append ``.`` or ``..``: a name only, no inode reference for the kernel."""
+        return self._add(name, _NO_ENTRY, ino, 0o040000, next_offset)
+
+    def _add(self, name: bytes, entry: bytes, ino: int, mode: int, next_offset: int) -> bool:
+        namelen = len(name)
+        size = ENTRY_OUT.size + DIRENT.size + namelen
+        padded = (size + 7) & ~7
+        if padded > self.room:
+            return False
+        self.room -= padded
+        self.parts.append(
+            entry
+            + DIRENT.pack(ino, next_offset, namelen, (mode >> 12) & 0o17)
+            + name
+            + b"\0" * (padded - size)
+        )
+        return True
+
+    def payload(self) -> bytes:
+        """The reply body."""
+        return b"".join(self.parts)
+
+
+def cstrings(body: memoryview | bytes, count: int) -> list[bytes]:
+    """The first ``count`` NUL-terminated strings of ``body``."""
+    raw = bytes(body)
+    out = []
+    start = 0
+    for _ in range(count):
+        end = raw.index(b"\0", start)
+        out.append(raw[start:end])
+        start = end + 1
+    return out
+
+
+class MountError(Exception):
+    """fusermount3 refused the mount; the message is its own."""
+
+
+def mount(mountpoint: str, options: tuple[str, ...]) -> int:
+    """Mount a FUSE filesystem at ``mountpoint``; the ``/dev/fuse`` descriptor serving it."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
+        proc = subprocess.run(
+            ["fusermount3", "-o", ",".join(options), "--", mountpoint],
+            env=env,
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            text = proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}"
+            raise MountError(text.removeprefix("fusermount3: "))
+        theirs.close()
+        _msg, fds, _flags, _addr = socket.recv_fds(ours, 16, 1)
+    if not fds:
+        raise MountError("fusermount3 mounted but sent no /dev/fuse descriptor")
+    return fds[0]
+
+
+def unmount(mountpoint: str) -> None:
+    """Detach the mount (lazily: open files keep working until closed)."""
+    subprocess.run(
+        ["fusermount3", "-u", "-z", "--", mountpoint],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
