@@ -1,0 +1,235 @@
+"""What the daemon asks of the kernel, and that the contracts hold with it.
+
+The daemon never answers OPENDIR (the kernel caches directory listings and sends READDIR by
+inode), asks for no FLUSH on read-only opens, and takes over clearing set-user-ID bits and
+``security.capability`` on writes (FUSE_HANDLE_KILLPRIV_V2). Each test checks one of those
+through the request counts of ``ctl stats`` or against the native disk, and checks that
+listings still change when the tree changes behind the kernel's back.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fusecheck import needs_fuse
+
+import branchfs
+
+pytestmark = needs_fuse
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, branchfs.Store]]:
+    """Branch ``main`` of a fresh store mounted for the module, and the store opened here too."""
+    base = tmp_path_factory.mktemp("caches")
+    store = branchfs.Store.open(base / "store.bfs", create=True)
+    store.create_branch("main")
+    (base / "mnt").mkdir()
+    try:
+        with branchfs.mounted(store, base / "mnt") as m:
+            yield m, store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def mnt(setup: tuple[Path, branchfs.Store]) -> Path:
+    return setup[0]
+
+
+@pytest.fixture
+def store(setup: tuple[Path, branchfs.Store]) -> branchfs.Store:
+    return setup[1]
+
+
+def requests(mnt: Path) -> dict[str, int]:
+    """The requests that reached the daemon so far, by operation."""
+    fd = os.open(mnt / ".branchfs" / "ctl", os.O_RDWR)
+    try:
+        os.write(fd, b"stats\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            answer += os.read(fd, 65536)
+    finally:
+        os.close(fd)
+    return json.loads(answer)["requests"]
+
+
+def _diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+
+
+def delta(mnt: Path, before: dict[str, int]) -> dict[str, int]:
+    """Requests since ``before``, less those of asking (measured by asking twice more)."""
+    after = requests(mnt)
+    own = _diff(after, requests(mnt))
+    got = _diff(before, after)
+    return {k: v for k in got if (v := got[k] - own.get(k, 0))}
+
+
+def test_unchanged_directory_is_listed_by_the_kernel_alone(mnt: Path) -> None:
+    d = mnt / "listed"
+    d.mkdir()
+    for i in range(50):
+        (d / f"f{i:02}").write_bytes(b"x")
+    first = sorted(os.listdir(d))
+    before = requests(mnt)
+    for _ in range(5):
+        assert sorted(os.listdir(d)) == first
+    got = delta(mnt, before)
+    assert "opendir" not in got and "readdir" not in got, got
+
+
+def test_listing_follows_changes_through_the_mount_and_from_another_process(
+    mnt: Path, store: branchfs.Store
+) -> None:
+    d = mnt / "changing"
+    d.mkdir()
+    (d / "a").write_bytes(b"1")
+    assert os.listdir(d) == ["a"]
+    (d / "b").write_bytes(b"2")  # through the mount: the kernel drops its listing
+    assert sorted(os.listdir(d)) == ["a", "b"]
+    store.branch("main").write_bytes("changing/c", b"3")  # the API, another process
+    assert sorted(os.listdir(d)) == ["a", "b", "c"]
+    store.branch("main").remove("changing/a")
+    assert sorted(os.listdir(d)) == ["b", "c"]
+
+
+def test_large_directory_lists_whole_across_many_replies_and_rewinds(mnt: Path) -> None:
+    d = mnt / "large"
+    d.mkdir()
+    names = {f"{'n' * 200}{i:05}" for i in range(1500)}  # ~1500 * 360 bytes: many replies
+    for n in names:
+        (d / n).touch()
+    assert set(os.listdir(d)) == names
+    with os.scandir(d) as it:  # partly read, then a new listing from the start
+        seen = [next(it).name for _ in range(10)]
+    assert len(set(seen)) == 10
+    assert set(os.listdir(d)) == names
+
+
+def test_branch_and_snapshot_lists_follow_changes_made_elsewhere(
+    mnt: Path, store: branchfs.Store
+) -> None:
+    branches = mnt / ".branchfs" / "branches"
+    assert "elsewhere" not in os.listdir(branches)
+    store.branch("main").fork("elsewhere")
+    assert "elsewhere" in os.listdir(branches)
+    store.branch("main").snapshot("snap-elsewhere")
+    assert "snap-elsewhere" in os.listdir(mnt / ".branchfs" / "snapshots")
+    store.branch("elsewhere").discard()
+    assert "elsewhere" not in os.listdir(branches)
+
+
+def test_other_branch_listing_follows_api_writes(mnt: Path, store: branchfs.Store) -> None:
+    other = store.branch("main").fork("other-list")
+    view = mnt / ".branchfs" / "branches" / "other-list"
+    before = set(os.listdir(view))
+    other.write_bytes("new-in-other", b"x")  # no daemon serves this branch: no notice
+    assert set(os.listdir(view)) == before | {"new-in-other"}
+    other.discard()
+
+
+def test_read_only_open_sends_no_flush(mnt: Path) -> None:
+    f = mnt / "ro.txt"
+    f.write_bytes(b"data")
+    before = requests(mnt)
+    for _ in range(5):
+        with open(f, "rb") as fh:
+            assert fh.read() == b"data"
+    got = delta(mnt, before)
+    assert got.get("flush", 0) == 0, got
+    with open(f, "ab") as fh:  # a written file still flushes at close
+        fh.write(b"more")
+    assert requests(mnt).get("flush", 0) > before.get("flush", 0)
+    assert f.read_bytes() == b"datamore"
+
+
+def _capability() -> bytes:
+    """A valid ``security.capability`` value (revision 2, effective, CAP_NET_RAW)."""
+    return struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+
+
+def _write_without_fsetid(path: Path) -> None:
+    """Append to ``path`` from a root process that lacks CAP_FSETID."""
+    subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set=-fsetid",
+            "--inh-caps=-fsetid",
+            sys.executable,
+            "-c",
+            f"open({str(path)!r}, 'ab').write(b'x')",
+        ],
+        check=True,
+    )
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
+def test_write_clears_setuid_and_capability_as_the_native_disk_does(
+    mnt: Path, tmp_path: Path
+) -> None:
+    results = {}
+    for where, root in (("native", tmp_path), ("mount", mnt)):
+        setuid = root / "setuid-file"
+        setuid.write_bytes(b"#!/bin/sh\n")
+        os.chmod(setuid, 0o6755)
+        _write_without_fsetid(setuid)
+        root_write = root / "root-write"
+        root_write.write_bytes(b"x")
+        os.chmod(root_write, 0o4755)
+        with open(root_write, "ab") as fh:  # root keeps CAP_FSETID: the bits stay
+            fh.write(b"y")
+        capped = root / "capped"
+        capped.write_bytes(b"x")
+        os.setxattr(capped, "security.capability", _capability())
+        with open(capped, "ab") as fh:
+            fh.write(b"y")
+        try:
+            os.getxattr(capped, "security.capability")
+            cap_left = True
+        except OSError as exc:
+            assert exc.errno == errno.ENODATA
+            cap_left = False
+        results[where] = (
+            stat.S_IMODE(setuid.stat().st_mode),
+            stat.S_IMODE(root_write.stat().st_mode),
+            cap_left,
+        )
+    assert results["mount"] == results["native"]
+    assert results["native"][0] == 0o755  # set-user-ID and set-group-ID went
+
+
+def test_sigterm_unmounts_and_keeps_the_data(tmp_path: Path) -> None:
+    path = tmp_path / "store.bfs"
+    with branchfs.Store.open(path, create=True) as s:
+        s.create_branch("main")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    bfs = [sys.executable, "-m", "branchfs.cli", "--store", str(path)]
+    subprocess.run([*bfs, "mount", str(mp)], check=True, capture_output=True)
+    (mp / "kept").write_bytes(b"before the signal")
+    regs = list((path / "mounts").glob("*.json"))
+    assert len(regs) == 1
+    pid = json.loads(regs[0].read_text())["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while regs[0].exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not regs[0].exists(), "the daemon did not stop on SIGTERM"
+    assert not os.path.ismount(mp)
+    with branchfs.Store.open(path) as s:
+        assert s.branch("main").read_bytes("kept") == b"before the signal"
+        assert s.fsck().ok
