@@ -114,6 +114,7 @@ class Session:
         buf = bytearray(K.REQUEST_SIZE)
         view = memoryview(buf)
         readv = os.readv
+        yield_cpu = os.sched_yield
         clock = time.perf_counter_ns
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -131,7 +132,7 @@ class Session:
                                 n = readv(fd, [buf])
                                 break
                             except BlockingIOError:
-                                pass
+                                yield_cpu()  # a runnable process on this CPU goes first
                     if not n:
                         ready = poller.poll()
                         if any(rfd == self._stop_r for rfd, _ev in ready):
