@@ -1,9 +1,9 @@
 """Per-inode write buffers: ``write()`` calls collect here and reach the store in batches.
 
 A buffer turns many small writes into one transaction (and whole 64 KiB chunks) at
-flush/fsync/release, or as soon as it holds :data:`FLUSH_BYTES`. Sequential writes extend
-one segment; a write elsewhere starts a new one, and segments are applied in order, so a
-later write over an earlier one wins just as it would on a disk.
+flush/fsync/release, or as soon as it holds :data:`FLUSH_BYTES`. Small sequential writes
+extend one segment; a large write, or a write elsewhere, starts a new one, and segments are
+applied in order, so a later write over an earlier one wins just as it would on a disk.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import time
 FLUSH_BYTES = 8 << 20
 #: All buffers together may hold this much before every one is flushed.
 TOTAL_BYTES = 64 << 20
+#: A write this large is kept as its own segment; smaller sequential writes are joined.
+WHOLE_PIECE = 64 << 10
 
 
 class WriteBuffer:
@@ -22,7 +24,7 @@ class WriteBuffer:
     __slots__ = ("drop_privs", "end", "kill_suidgid", "mtime_ns", "nbytes", "segments")
 
     def __init__(self) -> None:
-        self.segments: list[tuple[int, bytearray]] = []
+        self.segments: list[tuple[int, bytes | bytearray]] = []
         self.nbytes = 0
         self.end = 0
         self.mtime_ns = 0
@@ -34,12 +36,14 @@ class WriteBuffer:
     def add(self, offset: int, data: bytes) -> None:
         """Record ``data`` written at ``offset``."""
         segs = self.segments
-        if segs:
-            start, buf = segs[-1]
-            if start + len(buf) == offset:
-                buf += data
-            else:
-                segs.append((offset, bytearray(data)))
+        if len(data) >= WHOLE_PIECE:
+            segs.append((offset, data))  # large pieces are kept as they came: no copy
+        elif (
+            segs
+            and isinstance(last := segs[-1][1], bytearray)
+            and (segs[-1][0] + len(last) == offset)
+        ):
+            last += data
         else:
             segs.append((offset, bytearray(data)))
         self.nbytes += len(data)

@@ -161,27 +161,20 @@ class Session:
             return
         ctx = K.RequestContext(uid, gid, pid)
         body = view[K.IN_HEADER.size : n]
-        try:
-            with self.lock:
+        with self.lock:
+            try:
                 answer = handler(unique, nodeid, ctx, body)
-                work = self.ops.take_work()
-        except K.FUSEError as exc:
-            with self.lock:
-                work = self.ops.take_work()
-            if work:
-                self._work.put((work, unique, exc))
-            else:
-                self._reply_error(unique, exc.errno)
-            return
-        except Exception:
-            log.exception("request %d on inode %d failed", opcode, nodeid)
-            self._reply_error(unique, errno.EIO)
-            return
-        if answer is NO_REPLY:
-            return
+            except K.FUSEError as exc:
+                answer = exc
+            except Exception:
+                log.exception("request %d on inode %d failed", opcode, nodeid)
+                answer = K.FUSEError(errno.EIO)
+            work = self.ops.take_work()
         if work:
             self._work.put((work, unique, answer))
-        else:
+        elif isinstance(answer, K.FUSEError):
+            self._reply_error(unique, answer.errno)
+        elif answer is not NO_REPLY:
             self._reply(unique, answer)
 
     def _reply(self, unique: int, payload: bytes | list[bytes]) -> None:
