@@ -4,7 +4,8 @@ The daemon never answers OPENDIR (the kernel caches directory listings and sends
 inode), asks for no FLUSH on read-only opens, and takes over clearing set-user-ID bits and
 ``security.capability`` on writes (FUSE_HANDLE_KILLPRIV_V2). Each test checks one of those
 through the request counts of ``ctl stats`` or against the native disk, and checks that
-listings still change when the tree changes behind the kernel's back.
+listings still change when the tree changes behind the kernel's back. File locks are not
+negotiated, so the kernel keeps them: two processes exclude each other as on ext4.
 """
 
 from __future__ import annotations
@@ -233,3 +234,62 @@ def test_sigterm_unmounts_and_keeps_the_data(tmp_path: Path) -> None:
     with branchfs.Store.open(path) as s:
         assert s.branch("main").read_bytes("kept") == b"before the signal"
         assert s.fsck().ok
+
+
+_LOCKER = """
+import fcntl, os, sys, time
+path, kind = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDWR)
+if kind == "flock":
+    fcntl.flock(fd, fcntl.LOCK_EX)
+else:
+    fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("kind", ["flock", "posix"])
+def test_file_locks_exclude_another_process_as_on_the_native_disk(
+    mnt: Path, tmp_path: Path, kind: str
+) -> None:
+    import fcntl
+
+    outcomes = {}
+    for where, root in (("native", tmp_path), ("mount", mnt)):
+        path = root / f"locked-{kind}"
+        path.write_bytes(b"0123456789")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _LOCKER, str(path), kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            assert holder.stdout.readline().strip() == "locked"
+            fd = os.open(path, os.O_RDWR)
+            try:
+                try:
+                    if kind == "flock":
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    else:
+                        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)
+                    while_held = "taken"
+                except OSError as exc:
+                    while_held = errno.errorcode[exc.errno]
+                holder.stdin.write("\n")
+                holder.stdin.flush()
+                holder.wait(10)
+                if kind == "flock":
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                else:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)
+                outcomes[where] = (while_held, "taken after release")
+            finally:
+                os.close(fd)
+        finally:
+            holder.kill()
+            holder.wait()
+    assert outcomes["mount"] == outcomes["native"]
+    assert outcomes["native"][0] in ("EAGAIN", "EACCES")
