@@ -371,6 +371,16 @@ def _chunk_bytes(v: View, cuts: list[tuple[int, int | None]], ino: int, idx: int
 
 def read(v: View, ino: int, offset: int, size: int) -> bytes:
     """Up to ``size`` bytes of regular file ``ino`` from ``offset`` (short at end of file)."""
+    pieces = read_pieces(v, ino, offset, size)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def read_pieces(v: View, ino: int, offset: int, size: int) -> list[bytes]:
+    """:func:`read` as the pieces whose concatenation is the data, without joining them.
+
+    Whole chunks are the chunk store's own bytes objects, so a caller that writes the pieces
+    out with one ``writev`` (the mount does) copies nothing itself.
+    """
     rec = get(v, ino)
     if rec.is_dir:
         raise os_error(errno.EISDIR)
@@ -380,27 +390,23 @@ def read(v: View, ino: int, offset: int, size: int) -> bytes:
         raise os_error(errno.EINVAL)
     end = min(rec.size, offset + size)
     if end <= offset:
-        return b""
+        return [b""]
     if rec.inline is not None:
         data = rec.inline[offset:end]
-        return data + bytes(end - offset - len(data))
+        return [data + bytes(end - offset - len(data))]
     cuts = v.cuts(ino)
     first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
-    if first == last:
-        chunk = _chunk_bytes(v, cuts, ino, first)
-        lo, hi = offset - first * CHUNK_SIZE, end - first * CHUNK_SIZE
-        piece = chunk[lo:hi]
-        return piece + bytes(hi - lo - len(piece))
-    out = bytearray()
+    pieces = []
     for idx in range(first, last + 1):
         chunk = _chunk_bytes(v, cuts, ino, idx)
         lo = max(offset - idx * CHUNK_SIZE, 0)
         hi = min(end - idx * CHUNK_SIZE, CHUNK_SIZE)
-        piece = chunk[lo:hi]
-        out += piece
-        if len(piece) < hi - lo:
-            out += bytes(hi - lo - len(piece))
-    return bytes(out)
+        piece = chunk if lo == 0 and hi == len(chunk) else chunk[lo:hi]
+        if piece:
+            pieces.append(piece)
+        if len(piece) < hi - lo:  # a hole, or a chunk shorter than the file says: zeros
+            pieces.append(bytes(hi - lo - len(piece)))
+    return pieces
 
 
 def _spill_inline(v: View, ino: int, rec: Inode) -> None:

@@ -833,8 +833,11 @@ class BranchOps:
         return K.FileInfo(fh=fh, keep_cache=fino < ALIAS_BASE), attrs
 
     @op
-    def read(self, fh: int, off: int, size: int) -> bytes:
-        """Read (buffered writes of the inode are flushed first, so reads see them)."""
+    def read(self, fh: int, off: int, size: int) -> bytes | list[bytes]:
+        """Read (buffered writes of the inode are flushed first, so reads see them).
+
+        File data comes back as pieces (whole chunks uncopied) for one ``writev``.
+        """
         h = self.handles[fh]
         if isinstance(h, control.CtlHandle):
             line = h.pending()
@@ -847,7 +850,7 @@ class BranchOps:
         key = h.key
         if key in self.buffers:
             self.flush_key(key)
-        return self._read(key[0], lambda v: T.read(v, key[1], off, size))
+        return self._read(key[0], lambda v: T.read_pieces(v, key[1], off, size))
 
     @op
     def write(self, fh: int, off: int, data: bytes, *, kill_suidgid: bool = False) -> int:

@@ -388,7 +388,7 @@ class Session:
         info, attrs = self.ops.create(nodeid, name, mode, flags, ctx)
         return [attrs.entry_out(), info.open_out()]
 
-    def _read(self, _u: int, _n: int, _c: K.RequestContext, body: memoryview) -> bytes:
+    def _read(self, _u: int, _n: int, _c: K.RequestContext, body: memoryview) -> bytes | list:
         fh, offset, size, _rf, _lo, _flags, _pad = K.READ_IN.unpack_from(body)
         return self.ops.read(fh, offset, size)
 
