@@ -25,7 +25,7 @@ from .meta import U64, Meta
 KEY_SIZE = 17
 
 
-def digest(data: bytes) -> bytes:
+def digest(data: bytes | memoryview) -> bytes:
     """The 16-byte xxh3-128 digest of ``data``."""
     return xxhash.xxh3_128_digest(data)
 
@@ -33,7 +33,7 @@ def digest(data: bytes) -> bytes:
 class ChunkStore(Protocol):
     """What the tree layer needs from a chunk backend (local LMDB today, object storage later)."""
 
-    def put(self, txn: lmdb.Transaction, data: bytes) -> bytes:
+    def put(self, txn: lmdb.Transaction, data: bytes | memoryview) -> bytes:
         """Store ``data`` (or find it stored), take one reference, return its key."""
         ...
 
@@ -58,7 +58,7 @@ class LmdbChunkStore:
         self.db = meta.chunks_db
         self.refs = meta.chunkrefs_db
 
-    def put(self, txn: lmdb.Transaction, data: bytes) -> bytes:
+    def put(self, txn: lmdb.Transaction, data: bytes | memoryview) -> bytes:
         """Store ``data`` (deduplicated), take one reference, return its key."""
         d = digest(data)
         for seq in range(256):

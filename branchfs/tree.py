@@ -428,8 +428,9 @@ def _write_chunks(v: View, ino: int, offset: int, data: bytes | memoryview) -> N
         at = offset + pos
         idx, coff = divmod(at, CHUNK_SIZE)
         n = min(CHUNK_SIZE - coff, total - pos)
+        new: bytes | memoryview
         if coff == 0 and n == CHUNK_SIZE:
-            new = bytes(mv[pos : pos + n])
+            new = mv[pos : pos + n]  # the chunk store copies it into LMDB: no copy here
         else:
             old = _chunk_bytes(v, cuts, ino, idx)
             buf = bytearray(old)
