@@ -256,3 +256,53 @@ def test_directory_attributes_changed_elsewhere_show_at_once(store_path: Path, m
         assert after.st_mode & 0o777 == 0o700
     finally:
         os.close(fd)
+
+
+def test_notices_from_outside_while_the_mount_is_busy_neither_deadlock_nor_go_stale(
+    store_path: Path, mnt: Path
+) -> None:
+    # Writers inside the mount keep the request loop busy while another process writes the
+    # same branch through the API 200 times: each write waits for the daemon's notice
+    # thread to drop the kernel's caches, which must not wait for the loop, nor it for them.
+    writer = textwrap.dedent(
+        """
+        import os, sys, time
+        root, tag = sys.argv[1], sys.argv[2]
+        end = time.monotonic() + 4
+        i = 0
+        while time.monotonic() < end:
+            p = os.path.join(root, f"{tag}-{i % 50}")
+            with open(p, "w") as fh:
+                fh.write(str(i))
+            os.listdir(root)
+            os.stat(p)
+            i += 1
+        print(i)
+        """
+    )
+    (mnt / "busy").mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", writer, str(mnt / "busy"), tag],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for tag in ("a", "b")
+    ]
+    out = elsewhere(
+        store_path,
+        """
+        main = store.branch("main")
+        for i in range(200):
+            main.write_bytes(f"busy/api-{i % 20}", str(i).encode())
+        print("done")
+        """,
+    )
+    assert out.strip() == "done"
+    for p in procs:
+        stdout, _ = p.communicate(timeout=60)
+        assert p.returncode == 0 and int(stdout) > 0
+    # What the API wrote last is what the mount shows, names and bytes.
+    names = set(os.listdir(mnt / "busy"))
+    assert {f"api-{i}" for i in range(20)} <= names
+    assert (mnt / "busy" / "api-19").read_text() == "199"
