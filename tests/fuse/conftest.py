@@ -59,6 +59,24 @@ def mounted_store(tmp_path: Path, need_fuse: None) -> Iterator[Mounted]:
         store.close()
 
 
+@pytest.fixture(scope="module")
+def module_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
+    """Branch ``main`` of a fresh store mounted for a whole module, and the store open here."""
+    reason = fuse_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("mounted")
+    store_path = base / "store.bfs"
+    store = branchfs.Store.open(store_path, create=True)
+    store.create_branch("main")
+    (base / "mnt").mkdir()
+    try:
+        with branchfs.mounted(store, base / "mnt", branch="main") as path:
+            yield Mounted(path, store, store_path, "main")
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def mnt(mounted_store: Mounted) -> Path:
     """The mountpoint of :func:`mounted_store`."""

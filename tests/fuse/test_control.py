@@ -12,57 +12,29 @@ import errno
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
+from ctlclient import ctl
 from fusecheck import needs_fuse
 
 import branchfs
 
+if TYPE_CHECKING:
+    from conftest import Mounted  # tests/fuse/conftest.py
+
 pytestmark = needs_fuse
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, branchfs.Store]]:
-    """Branch ``main`` of a fresh store mounted for the module, and the store opened here too."""
-    base = tmp_path_factory.mktemp("control")
-    path = base / "store.bfs"
-    store = branchfs.Store.open(path, create=True)
-    store.create_branch("main")
-    (base / "mnt").mkdir()
-    try:
-        with branchfs.mounted(store, base / "mnt") as m:
-            yield m, store
-    finally:
-        store.close()
+@pytest.fixture
+def mnt(module_mount: Mounted) -> Path:
+    return module_mount.path
 
 
 @pytest.fixture
-def mnt(setup: tuple[Path, branchfs.Store]) -> Path:
-    return setup[0]
-
-
-@pytest.fixture
-def store(setup: tuple[Path, branchfs.Store]) -> branchfs.Store:
-    return setup[1]
-
-
-def ctl(mnt: Path, line: str) -> dict[str, Any]:
-    """Write one command line to ``.branchfs/ctl`` and read the JSON answer on the same fd."""
-    fd = os.open(mnt / ".branchfs" / "ctl", os.O_RDWR)
-    try:
-        os.write(fd, line.encode() + b"\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            part = os.read(fd, 65536)
-            if not part:
-                break
-            answer += part
-    finally:
-        os.close(fd)
-    return json.loads(answer)
+def store(module_mount: Mounted) -> branchfs.Store:
+    return module_mount.store
 
 
 def test_control_dir_hidden_from_listing_but_reachable(mnt: Path) -> None:

@@ -20,52 +20,29 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from ctlclient import requests
 from fusecheck import needs_fuse
 
 import branchfs
 
+if TYPE_CHECKING:
+    from conftest import Mounted  # tests/fuse/conftest.py
+
 pytestmark = needs_fuse
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, branchfs.Store]]:
-    """Branch ``main`` of a fresh store mounted for the module, and the store opened here too."""
-    base = tmp_path_factory.mktemp("caches")
-    store = branchfs.Store.open(base / "store.bfs", create=True)
-    store.create_branch("main")
-    (base / "mnt").mkdir()
-    try:
-        with branchfs.mounted(store, base / "mnt") as m:
-            yield m, store
-    finally:
-        store.close()
+@pytest.fixture
+def mnt(module_mount: Mounted) -> Path:
+    return module_mount.path
 
 
 @pytest.fixture
-def mnt(setup: tuple[Path, branchfs.Store]) -> Path:
-    return setup[0]
-
-
-@pytest.fixture
-def store(setup: tuple[Path, branchfs.Store]) -> branchfs.Store:
-    return setup[1]
-
-
-def requests(mnt: Path) -> dict[str, int]:
-    """The requests that reached the daemon so far, by operation."""
-    fd = os.open(mnt / ".branchfs" / "ctl", os.O_RDWR)
-    try:
-        os.write(fd, b"stats\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            answer += os.read(fd, 65536)
-    finally:
-        os.close(fd)
-    return json.loads(answer)["requests"]
+def store(module_mount: Mounted) -> branchfs.Store:
+    return module_mount.store
 
 
 def _diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -21,24 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ctlclient import ctl
 
 import branchfs
 import branchfs.mount
 
 BRANCHFS = [sys.executable, "-m", "branchfs.cli"]
-
-
-def ctl(mnt: Path, line: str) -> dict[str, Any]:
-    """Write one command to .branchfs/ctl and read the JSON answer on the same descriptor."""
-    fd = os.open(mnt / ".branchfs" / "ctl", os.O_RDWR)
-    try:
-        os.write(fd, line.encode() + b"\n")
-        data = b""
-        while part := os.read(fd, 65536):
-            data += part
-    finally:
-        os.close(fd)
-    return json.loads(data)
 
 
 def in_other_process(code: str) -> None:
