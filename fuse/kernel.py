@@ -316,25 +316,31 @@ _NO_ENTRY = bytes(ENTRY_OUT.size)
 
 
 class DirBuffer:
-    """The entries of one READDIRPLUS reply, packed as the kernel reads them."""
+    """The entries of one READDIRPLUS (or plain READDIR) reply, packed as the kernel reads them.
 
-    __slots__ = ("parts", "room")
+    Only a READDIRPLUS entry gives the kernel an inode reference (``plus``); the daemon counts
+    those as lookups.
+    """
 
-    def __init__(self, size: int) -> None:
+    __slots__ = ("parts", "plus", "room")
+
+    def __init__(self, size: int, *, plus: bool = True) -> None:
         self.parts: list[bytes] = []
         self.room = size
+        self.plus = plus
 
     def add(self, name: bytes, attrs: EntryAttributes, next_offset: int) -> bool:
-        """Append an entry that gives the kernel a reference on it; False once full."""
-        return self._add(name, attrs.entry_out(), attrs.st_ino, attrs.st_mode, next_offset)
+        """Append an entry (with its attributes if ``plus``); False once the reply is full."""
+        entry = attrs.entry_out() if self.plus else b""
+        return self._add(name, entry, attrs.st_ino, attrs.st_mode, next_offset)
 
     def add_dot(self, name: bytes, ino: int, next_offset: int) -> bool:
         """Append ``.`` or ``..``: a name only, no inode reference for the kernel."""
-        return self._add(name, _NO_ENTRY, ino, 0o040000, next_offset)
+        return self._add(name, _NO_ENTRY if self.plus else b"", ino, 0o040000, next_offset)
 
     def _add(self, name: bytes, entry: bytes, ino: int, mode: int, next_offset: int) -> bool:
         namelen = len(name)
-        size = ENTRY_OUT.size + DIRENT.size + namelen
+        size = len(entry) + DIRENT.size + namelen
         padded = (size + 7) & ~7
         if padded > self.room:
             return False

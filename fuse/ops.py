@@ -986,7 +986,8 @@ class BranchOps:
             if tree is None:
                 if not out.add(name, self._control_attrs(num), base | (i + 3)):
                     return
-                self.inodes.looked_up(num)
+                if out.plus:
+                    self.inodes.looked_up(num)
                 i += 1
                 continue
             # One read transaction per batch of entries of the same tree.
@@ -1003,10 +1004,11 @@ class BranchOps:
                 key = (batch_tree, eng)
                 if not out.add(ename, self._attrs(efino, key, rec), base | (i + k + 3)):
                     return
-                self.inodes.looked_up(efino)
-                self._hold(key)
-                if not alias:
-                    self._remember(fino, ename)
+                if out.plus:  # the kernel took a reference and may cache the name
+                    self.inodes.looked_up(efino)
+                    self._hold(key)
+                    if not alias:
+                        self._remember(fino, ename)
             i = j
 
     @op

@@ -78,7 +78,7 @@ class Session:
             K.RELEASE: self._release,
             K.FSYNC: self._fsync,
             K.OPENDIR: self._opendir,
-            K.READDIR: self._readdir,
+            K.READDIR: self._readdir_plain,
             K.READDIRPLUS: self._readdir,
             K.RELEASEDIR: self._releasedir,
             K.FSYNCDIR: self._fsyncdir,
@@ -425,6 +425,13 @@ class Session:
     def _readdir(self, _u: int, nodeid: int, _c: K.RequestContext, body: memoryview) -> bytes:
         _fh, offset, size, _rf, _lo, _flags, _pad = K.READ_IN.unpack_from(body)
         out = K.DirBuffer(size)
+        self.ops.readdir(nodeid, offset, out)
+        return out.payload()
+
+    def _readdir_plain(self, _u: int, nodeid: int, _c: K.RequestContext, body: memoryview) -> bytes:
+        # Only if the kernel did not take readdirplus: names without attributes.
+        _fh, offset, size, _rf, _lo, _flags, _pad = K.READ_IN.unpack_from(body)
+        out = K.DirBuffer(size, plus=False)
         self.ops.readdir(nodeid, offset, out)
         return out.payload()
 
