@@ -119,25 +119,22 @@ class Session:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
+        deadline = 0  # while polling: when to stop and sleep in poll(2)
         try:
             while True:
                 try:
                     n = readv(fd, [buf])
                 except BlockingIOError:
-                    n = 0
-                    if POLL_NS:
-                        deadline = clock() + POLL_NS
-                        while clock() < deadline:
-                            try:
-                                n = readv(fd, [buf])
-                                break
-                            except BlockingIOError:
-                                yield_cpu()  # a runnable process on this CPU goes first
-                    if not n:
-                        ready = poller.poll()
-                        if any(rfd == self._stop_r for rfd, _ev in ready):
-                            return
+                    now = clock()
+                    if not deadline:
+                        deadline = now + POLL_NS
+                    if now < deadline:
+                        yield_cpu()  # a runnable process on this CPU goes first
                         continue
+                    deadline = 0
+                    if any(rfd == self._stop_r for rfd, _ev in poller.poll()):
+                        return
+                    continue
                 except InterruptedError:
                     continue
                 except OSError as exc:
@@ -146,6 +143,7 @@ class Session:
                     if exc.errno == errno.ENOENT:  # the request was interrupted
                         continue
                     raise
+                deadline = 0
                 self._dispatch(view, n)
                 if self.stopping:
                     return
@@ -229,9 +227,11 @@ class Session:
         header = K.OUT_HEADER.pack(K.OUT_HEADER.size + len(body), code, 0)
         try:
             os.writev(self.fd, [header, body])
-        except OSError as exc:  # ENOENT: the kernel no longer knows it, which is fine
+        except OSError as exc:
+            # ENOENT: the kernel no longer knows it, which is fine. Anything else is logged:
+            # the request that caused the notice succeeded and must not report a failure.
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENODEV, errno.EBADF):
-                raise
+                log.warning("the kernel refused a cache invalidation: %s", exc)
 
     # -- requests ------------------------------------------------------------------------------
 
