@@ -140,23 +140,16 @@ def _capability() -> bytes:
     return struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 
 
-def _write_without_fsetid(path: Path) -> None:
-    """Append to ``path`` from a root process that lacks CAP_FSETID."""
+def _without_fsetid(code: str) -> None:
+    """Run Python ``code`` as root without CAP_FSETID."""
     subprocess.run(
-        [
-            "setpriv",
-            "--bounding-set=-fsetid",
-            "--inh-caps=-fsetid",
-            sys.executable,
-            "-c",
-            f"open({str(path)!r}, 'ab').write(b'x')",
-        ],
+        ["setpriv", "--bounding-set=-fsetid", "--inh-caps=-fsetid", sys.executable, "-c", code],
         check=True,
     )
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
-def test_write_clears_setuid_and_capability_as_the_native_disk_does(
+def test_write_truncate_chown_clear_setuid_and_capability_as_the_native_disk_does(
     mnt: Path, tmp_path: Path
 ) -> None:
     results = {}
@@ -164,7 +157,19 @@ def test_write_clears_setuid_and_capability_as_the_native_disk_does(
         setuid = root / "setuid-file"
         setuid.write_bytes(b"#!/bin/sh\n")
         os.chmod(setuid, 0o6755)
-        _write_without_fsetid(setuid)
+        _without_fsetid(f"open({str(setuid)!r}, 'ab').write(b'x')")
+        truncated = root / "truncated"
+        truncated.write_bytes(b"x")
+        os.chmod(truncated, 0o6755)
+        _without_fsetid(f"import os; os.truncate({str(truncated)!r}, 0)")
+        chowned = root / "chowned"
+        chowned.write_bytes(b"x")
+        os.chmod(chowned, 0o6755)
+        os.chown(chowned, 0, 0)  # chown clears them even for root
+        root_truncated = root / "root-truncated"
+        root_truncated.write_bytes(b"x")
+        os.chmod(root_truncated, 0o6755)
+        os.truncate(root_truncated, 0)
         root_write = root / "root-write"
         root_write.write_bytes(b"x")
         os.chmod(root_write, 0o4755)
@@ -182,12 +187,13 @@ def test_write_clears_setuid_and_capability_as_the_native_disk_does(
             assert exc.errno == errno.ENODATA
             cap_left = False
         results[where] = (
-            stat.S_IMODE(setuid.stat().st_mode),
+            *(stat.S_IMODE(f.stat().st_mode) for f in (setuid, truncated, chowned)),
+            stat.S_IMODE(root_truncated.stat().st_mode),
             stat.S_IMODE(root_write.stat().st_mode),
             cap_left,
         )
     assert results["mount"] == results["native"]
-    assert results["native"][0] == 0o755  # set-user-ID and set-group-ID went
+    assert results["native"][:3] == (0o755, 0o755, 0o755)  # set-user/group-ID went
 
 
 def test_sigterm_unmounts_and_keeps_the_data(tmp_path: Path) -> None:
