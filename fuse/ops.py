@@ -143,9 +143,6 @@ class TextHandle:
 class BranchOps:
     """The filesystem: branch ``branch`` of ``store`` at the root, the control directory too."""
 
-    supports_dot_lookup = False
-    enable_acl = False
-
     def __init__(self, store: Store, branch: str, mountpoint: str) -> None:
         self.store = store
         self.main = TreeRef(branch)
@@ -300,9 +297,6 @@ class BranchOps:
         if key is None:
             raise FUSEError(errno.EPERM if fino in CONTROL_NODES else errno.ENOENT)
         return key
-
-    def _timeout(self, fino: int) -> float:
-        return TIMEOUT if fino < ALIAS_BASE else 0.0
 
     def _attrs(self, fino: int, key: Key, rec: Inode) -> K.EntryAttributes:
         a = K.EntryAttributes()
