@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", required=True, help="the store directory")
     p.add_argument("--branch", default="main", help="the branch to mount (default: main)")
     p.add_argument("--ready-fd", type=int, default=None, help="report readiness on this fd")
-    p.add_argument("--debug", action="store_true", help="log at debug level")
+    p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument("mountpoint")
     a = p.parse_args(argv)
     return run(

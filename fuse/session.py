@@ -50,6 +50,8 @@ class Session:
         self.proto_minor = 0
         self.initialized = threading.Event()
         self.stopping = False
+        #: ``--debug``: log every request and how it was answered.
+        self.trace = log.isEnabledFor(logging.DEBUG)
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_w, False)
         self._work: queue.SimpleQueue[tuple[Work, int, Any] | None] = queue.SimpleQueue()
@@ -155,6 +157,8 @@ class Session:
         _len, opcode, unique, nodeid, uid, gid, pid, _ext, _pad = K.IN_HEADER.unpack_from(view)
         handler = self._handlers.get(opcode)
         if handler is None:
+            if self.trace:
+                log.debug("opcode %d on inode %d: not implemented (ENOSYS)", opcode, nodeid)
             self._reply_error(unique, errno.ENOSYS)
             return
         ctx = K.RequestContext(uid, gid, pid)
@@ -168,6 +172,9 @@ class Session:
                 log.exception("request %d on inode %d failed", opcode, nodeid)
                 answer = K.FUSEError(errno.EIO)
             work = self.ops.take_work()
+        if self.trace:
+            outcome = f"errno {answer.errno}" if isinstance(answer, K.FUSEError) else "ok"
+            log.debug("%s on inode %d: %s", handler.__name__.lstrip("_"), nodeid, outcome)
         if work:
             self._work.put((work, unique, answer))
         elif isinstance(answer, K.FUSEError):
