@@ -84,8 +84,9 @@ def _tune_malloc() -> None:
 
     Each 1 MiB write request, write buffer and LMDB overflow page run is a large allocation
     that glibc would otherwise map and unmap (or trim) every time, paying a page fault per
-    4 KiB when it is touched again: a 1 GiB sequential write took 3.9-5.8 s with glibc's
-    defaults and 2.9-3.8 s with these.
+    4 KiB when it is touched again. In one A/B pair of runs a 1 GiB sequential write took
+    3.9-5.8 s with glibc's defaults and 2.9-3.8 s with these (this VM's disk swings as much
+    from run to run, so take the figure as a direction, not a size).
     """
     try:
         libc = ctypes.CDLL(None)
