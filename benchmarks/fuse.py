@@ -47,6 +47,8 @@ from common import (
     write_json,
 )
 
+import branchfs.mount
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 MiB = 1 << 20
@@ -195,18 +197,7 @@ class Target:
         """Send one line to a branchfs mount's ``.branchfs/ctl``; None on other targets."""
         if self.name != "branchfs":
             return None
-        fd = os.open(self.root / ".branchfs" / "ctl", os.O_RDWR)
-        try:
-            os.write(fd, line.encode() + b"\n")
-            answer = b""
-            while not answer.endswith(b"\n"):
-                part = os.read(fd, 1 << 20)
-                if not part:
-                    break
-                answer += part
-        finally:
-            os.close(fd)
-        return json.loads(answer)
+        return branchfs.mount.ctl(self.root, line)
 
     def reset_requests(self) -> None:
         """Zero the daemon's per-operation request counters (branchfs only)."""

@@ -10,6 +10,8 @@ Three jobs live here, all without importing the daemon (that runs in its own pro
   changes a branch through the API, the daemons serving that branch are told synchronously,
   and answer only once they have dropped the kernel's caches. So a change made from outside
   a mount shows in the mount on the next syscall. See docs/architecture.md, "The mount".
+
+:func:`ctl` is the client of a mount's ``.branchfs/ctl`` file.
 """
 
 from __future__ import annotations
@@ -169,13 +171,7 @@ def poke(reg: Registration, names: tuple[str, ...]) -> bool:
     try:
         s.connect(reg.socket.encode("latin-1"))
         s.sendall(json.dumps({"changed": list(names)}).encode() + b"\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            part = s.recv(64)
-            if not part:
-                break
-            answer += part
-        return answer.strip() == b"ok"
+        return recv_line(s).strip() == b"ok"
     except (ConnectionRefusedError, FileNotFoundError):
         _drop_stale(reg)
         return False
@@ -183,6 +179,34 @@ def poke(reg: Registration, names: tuple[str, ...]) -> bool:
         return False
     finally:
         s.close()
+
+
+def recv_line(sock: socket.socket) -> bytes:
+    """Bytes from ``sock`` up to and including a newline, or up to EOF if none comes."""
+    data = b""
+    while not data.endswith(b"\n"):
+        part = sock.recv(4096)
+        if not part:
+            break
+        data += part
+    return data
+
+
+def ctl(mountpoint: str | os.PathLike[str], line: str) -> dict[str, Any]:
+    """Send one command line to a mount's ``.branchfs/ctl``; its JSON answer, read on the
+    same descriptor (``stats``, ``merge B``, ``diff A B`` …)."""
+    fd = os.open(os.path.join(mountpoint, ".branchfs", "ctl"), os.O_RDWR)
+    try:
+        os.write(fd, line.encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            part = os.read(fd, 1 << 20)
+            if not part:
+                break
+            answer += part
+    finally:
+        os.close(fd)
+    return json.loads(answer)
 
 
 def targets(store_path: str, names: tuple[str, ...]) -> list[Registration]:

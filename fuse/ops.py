@@ -1125,12 +1125,9 @@ class BranchOps:
                 log.warning("a change notification failed", exc_info=True)
 
     def _answer_notification(self, conn: socket.socket) -> None:
-        data = b""
-        while not data.endswith(b"\n"):
-            part = conn.recv(4096)
-            if not part:
-                return
-            data += part
+        data = mount_mod.recv_line(conn)
+        if not data.endswith(b"\n"):
+            return  # the writer went away before it finished
         try:
             names = json.loads(data)["changed"]
         except (ValueError, KeyError, TypeError):

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from ctlclient import ctl
 from fusecheck import needs_fuse
 
 import branchfs
+from branchfs.mount import ctl
 
 if TYPE_CHECKING:
     from conftest import Mounted  # tests/fuse/conftest.py

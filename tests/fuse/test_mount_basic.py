@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ctlclient import ctl
 
 import branchfs
 import branchfs.mount
+from branchfs.mount import ctl
 
 BRANCHFS = [sys.executable, "-m", "branchfs.cli"]
 
