@@ -82,7 +82,6 @@ class Session:
             K.OPENDIR: self._opendir,
             K.READDIR: self._readdir_plain,
             K.READDIRPLUS: self._readdir,
-            K.RELEASEDIR: self._releasedir,
             K.FSYNCDIR: self._fsyncdir,
             K.STATFS: self._statfs,
             K.SETXATTR: self._setxattr,
@@ -423,22 +422,20 @@ class Session:
 
     def _opendir(self, _u: int, _n: int, _c: K.RequestContext, _b: memoryview) -> bytes:
         # ENOSYS once, and the kernel opens directories itself from then on, caches their
-        # listings, and sends READDIR with the directory's inode (see .ops.readdir).
+        # listings, sends READDIR with the directory's inode (see .ops.readdir) and never
+        # sends RELEASEDIR.
         raise K.FUSEError(errno.ENOSYS)
 
-    def _releasedir(self, _u: int, _n: int, _c: K.RequestContext, _b: memoryview) -> bytes:
-        return b""
-
     def _readdir(self, _u: int, nodeid: int, _c: K.RequestContext, body: memoryview) -> bytes:
-        _fh, offset, size, _rf, _lo, _flags, _pad = K.READ_IN.unpack_from(body)
-        out = K.DirBuffer(size)
-        self.ops.readdir(nodeid, offset, out)
-        return out.payload()
+        return self._list(nodeid, body, plus=True)
 
     def _readdir_plain(self, _u: int, nodeid: int, _c: K.RequestContext, body: memoryview) -> bytes:
         # Only if the kernel did not take readdirplus: names without attributes.
+        return self._list(nodeid, body, plus=False)
+
+    def _list(self, nodeid: int, body: memoryview, *, plus: bool) -> bytes:
         _fh, offset, size, _rf, _lo, _flags, _pad = K.READ_IN.unpack_from(body)
-        out = K.DirBuffer(size, plus=False)
+        out = K.DirBuffer(size, plus=plus)
         self.ops.readdir(nodeid, offset, out)
         return out.payload()
 
