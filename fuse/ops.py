@@ -771,7 +771,9 @@ class BranchOps:
     ) -> K.FileInfo:
         """Open a file (O_TRUNC truncates here: the kernel sends it atomically).
 
-        A read-only open asks for no FLUSH at close: it has nothing to flush.
+        A read-only open asks for no FLUSH at close: it has nothing to flush. A write-only
+        open bypasses the page cache: its pages would be dropped by the next ``stat`` anyway
+        (auto-invalidation), and skipping them saves the writer a copy.
         """
         if fino == CTL_FILE:
             return K.FileInfo(fh=self._new_fh(control.CtlHandle()), direct_io=True)
@@ -805,7 +807,10 @@ class BranchOps:
                     self.stale_inodes.add(eng)
         self._hold(key)
         fh = self._new_fh(FileHandle(fino, key, bool(flags & os.O_APPEND)))
-        return K.FileInfo(fh=fh, keep_cache=fino < ALIAS_BASE, noflush=not writing)
+        write_only = flags & os.O_ACCMODE == os.O_WRONLY
+        return K.FileInfo(
+            fh=fh, keep_cache=fino < ALIAS_BASE, noflush=not writing, direct_io=write_only
+        )
 
     def _privileged(self, rec: Inode, kill_suidgid: bool) -> bool:
         """Whether writing to ``rec`` must clear privileges (see :func:`_drop_privs`)."""
@@ -824,7 +829,8 @@ class BranchOps:
         attrs = self._entry(parent, name, fino, key, rec)
         self._hold(key)
         fh = self._new_fh(FileHandle(fino, key, bool(flags & os.O_APPEND)))
-        return K.FileInfo(fh=fh, keep_cache=fino < ALIAS_BASE), attrs
+        write_only = flags & os.O_ACCMODE == os.O_WRONLY
+        return K.FileInfo(fh=fh, keep_cache=fino < ALIAS_BASE, direct_io=write_only), attrs
 
     @op
     def read(self, fh: int, off: int, size: int) -> bytes | list[bytes]:

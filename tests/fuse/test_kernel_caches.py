@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -133,6 +134,43 @@ def test_read_only_open_sends_no_flush(mnt: Path) -> None:
         fh.write(b"more")
     assert requests(mnt).get("flush", 0) > before.get("flush", 0)
     assert f.read_bytes() == b"datamore"
+
+
+def _write_only_then_look(d: Path) -> list[object]:
+    """Write through write-only descriptors while a reader and a shared mapping look on."""
+    f = d / "wo.bin"
+    f.write_bytes(b"a" * 10_000)
+    seen: list[object] = []
+    reader = os.open(f, os.O_RDONLY)
+    rw = os.open(f, os.O_RDWR)
+    mapped = mmap.mmap(rw, 10_000)
+    try:
+        seen.append(os.pread(reader, 8, 0))  # both now have the old pages cached
+        seen.append(mapped[:8])
+        wo = os.open(f, os.O_WRONLY)
+        os.pwrite(wo, b"BBBB", 2)
+        seen += [os.pread(reader, 8, 0), mapped[:8]]
+        os.pwrite(wo, b"C" * 5000, 8000)  # past the end: the size follows at once
+        seen += [os.fstat(reader).st_size, os.pread(reader, 8, 9_996), mapped[9_996:10_000]]
+        os.close(wo)
+        app = os.open(f, os.O_WRONLY | os.O_APPEND)
+        os.write(app, b"END")
+        os.close(app)
+        seen += [os.fstat(reader).st_size, os.pread(reader, 8, 12_995)]
+    finally:
+        mapped.close()
+        os.close(rw)
+        os.close(reader)
+    seen.append(f.read_bytes()[-8:])
+    return seen
+
+
+def test_write_only_opens_bypass_the_page_cache_and_stay_coherent(
+    mnt: Path, tmp_path: Path
+) -> None:
+    # Write-only opens get FOPEN_DIRECT_IO: the written bytes go straight from the writer's
+    # memory to the daemon. Readers and mappings of the same file must still see them at once.
+    assert _write_only_then_look(mnt) == _write_only_then_look(tmp_path)
 
 
 def _capability() -> bytes:
