@@ -9,6 +9,7 @@ transaction, grows the map and retries on ``MapFullError``, and turns a full dis
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import struct
@@ -69,9 +70,37 @@ def unpack(raw: bytes) -> object:
         raise StoreCorrupt(f"a metadata record cannot be decoded ({exc}); run fsck") from exc
 
 
-def _is_enospc(exc: lmdb.Error) -> bool:
+#: Less free space than this after a failed commit means the disk is full (see below).
+FULL_DISK_BYTES = 16 << 20
+
+
+def _is_enospc(exc: lmdb.Error, path: str | None = None) -> bool:
+    """Whether ``exc`` means the disk (or quota) is full.
+
+    LMDB reports a short ``pwrite`` (the disk filled up in the middle of a commit) as EIO,
+    not ENOSPC, so an EIO counts as a full disk when the store's filesystem has (almost) no
+    space left.
+    """
     text = str(exc)
-    return "No space left" in text or "ENOSPC" in text or "Disk quota" in text
+    if "No space left" in text or "ENOSPC" in text or "Disk quota" in text:
+        return True
+    if path is None or "Input/output error" not in text:
+        return False
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return False
+    free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail  # root may use the reserve
+    return free * fs.f_frsize < FULL_DISK_BYTES
+
+
+#: Disk space kept allocated past the end of ``data.mdb`` (see :meth:`Meta._preallocate`).
+HEADROOM_BYTES = 8 << 20
+_FALLOC_FL_KEEP_SIZE = 1
+# glibc's fallocate(), unlike posix_fallocate(), never falls back to writing zeros, which
+# could race with another process's commit into the same file.
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
 class Meta:
@@ -116,9 +145,13 @@ class Meta:
             raise NotAStore(f"{path} cannot be opened as a branchfs store: {exc}") from exc
         try:
             self._open_dbs(create)
+            self._data_fd = os.open(data_file, os.O_RDWR | os.O_CLOEXEC)
         except BaseException:
             self.env.close()
             raise
+        #: ``data.mdb`` is allocated on disk up to here (0: not known yet).
+        self._allocated = 0
+        self._preallocate()
 
     def _open_dbs(self, create: bool) -> None:
         with self.env.begin() as txn:
@@ -195,18 +228,39 @@ class Meta:
                 try:
                     result = fn(txn)
                     txn.commit()
+                    self._preallocate()
                     return result
                 except lmdb.MapFullError:
                     txn.abort()
                     self._grow()
                 except lmdb.Error as exc:
                     txn.abort()
-                    if _is_enospc(exc):
+                    if _is_enospc(exc, self.path):
                         raise os_error(errno.ENOSPC) from exc
                     raise
                 except BaseException:
                     txn.abort()
                     raise
+
+    def _preallocate(self) -> None:
+        """Keep ``data.mdb`` allocated on disk from its start to HEADROOM past its end.
+
+        LMDB leaves holes in the file: a page that a transaction took and gave back before
+        committing is never written. On a full disk a later commit that reuses such a page
+        fails, and so would the very deletion meant to free space. With every byte up to
+        the end and some headroom beyond it allocated, a deletion always finds room for the
+        few pages it writes. One ``fstat`` per commit; an ``fallocate`` every few MiB.
+        """
+        size = os.fstat(self._data_fd).st_size
+        if size + HEADROOM_BYTES // 2 <= self._allocated:
+            return
+        want = size + HEADROOM_BYTES
+        start = self._allocated  # 0 at first: fills the holes a store already has
+        if _libc.fallocate(self._data_fd, _FALLOC_FL_KEEP_SIZE, start, want - start) == 0:
+            self._allocated = want
+        elif ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):
+            self._allocated = 1 << 62  # the filesystem cannot: do not ask again
+        # ENOSPC: the disk is full; the headroom left is what deletions will use.
 
     def _grow(self) -> None:
         current = self.env.info()["map_size"]
@@ -222,11 +276,16 @@ class Meta:
 
     def sync(self) -> None:
         """Force everything committed so far to stable storage (survives power loss)."""
-        self.env.sync(True)
+        try:
+            self.env.sync(True)
+        except lmdb.Error as exc:
+            code = errno.ENOSPC if _is_enospc(exc, self.path) else errno.EIO
+            raise os_error(code, self.path) from exc
 
     def close(self) -> None:
         """Close the environment; callers go through :func:`release_meta`."""
         self.env.close()
+        os.close(self._data_fd)
 
 
 _registry: dict[tuple[int, int], Meta] = {}

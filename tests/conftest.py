@@ -7,6 +7,7 @@ with what Linux itself raises instead of with hand-written expectations.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,21 @@ def same_error() -> Callable[[Callable[[], Any], Callable[[], Any]], tuple[type,
         return expect[1]
 
     return check
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs: a disk that fills up (skips, saying why, where it cannot be mounted)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up: {res.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -268,3 +268,26 @@ def test_map_full_is_enospc_and_the_store_stays_usable(tmp_path: Path) -> None:
         s.close()
     with branchfs.Store.open(path) as again:
         assert again.branch("main").read_bytes("keep") == b"k" * 100_000
+
+
+def test_full_disk_is_enospc_and_the_store_stays_usable(small_disk: Path) -> None:
+    # LMDB reports a disk that fills up in the middle of a commit as a short write (EIO);
+    # the store must say ENOSPC, keep nothing of the failed call, and work once space is freed.
+    with branchfs.Store.open(small_disk / "s", create=True) as s:
+        main = s.create_branch("main")
+        main.write_bytes("keep", b"k" * 100_000)
+        written = []
+        with pytest.raises(OSError) as info:
+            for i in range(100):
+                main.write_bytes(f"f{i}", os.urandom(1 << 20))
+                written.append(f"f{i}")
+        assert info.value.errno == errno.ENOSPC
+        assert not main.exists(f"f{len(written)}")  # nothing half-written
+        assert main.read_bytes("keep") == b"k" * 100_000
+        for name in written:
+            main.remove(name)
+        main.write_bytes("after", b"room again")
+        s.sync()
+        assert s.fsck().ok
+    with branchfs.Store.open(small_disk / "s") as s:
+        assert s.branch("main").read_bytes("after") == b"room again"
