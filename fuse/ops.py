@@ -32,6 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from branchfs import (
@@ -100,6 +101,8 @@ def op(fn: Callable[..., R]) -> Callable[..., R]:
     def wrapper(self: BranchOps, *args: Any, **kwargs: Any) -> R:
         counts = self.requests
         counts[name] = counts.get(name, 0) + 1
+        if self.behind is not None and name != "write":
+            self.settle()  # everything but a write sees the store with every write in it
         try:
             return fn(self, *args, **kwargs)
         except FUSEError:
@@ -163,6 +166,12 @@ class BranchOps:
         self._next_fh = 1
         self.buffers: dict[Key, WriteBuffer] = {}
         self.buffered = 0
+        #: A full buffer being written to the store by the flush thread (write-behind):
+        #: the writer goes on while it commits. Every request but a write waits for it.
+        self.behind: tuple[Key, Future[None]] | None = None
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="branchfs-flush")
+        #: Errors of write-behind flushes, reported by the next write, flush or fsync.
+        self.write_errors: dict[Key, int] = {}
         self.holds: dict[Key, int] = {}
         self.orphans: set[Key] = set()
         self.kentries: set[tuple[int, bytes]] = set()
@@ -422,6 +431,7 @@ class BranchOps:
 
     def flush_key(self, key: Key) -> None:
         """Write one inode's buffered data to the store (one transaction)."""
+        self.settle()
         buf = self.buffers.pop(key, None)
         if buf is None:
             return
@@ -433,8 +443,46 @@ class BranchOps:
         if tree == self.main:
             self._cache_record(ino, rec)  # the getattr that follows a close needs no transaction
 
+    def _flush_behind(self, key: Key) -> None:
+        """Hand ``key``'s full buffer to the flush thread; the write that filled it returns.
+
+        The writer's next ``write()`` is copied in while this one commits, on the other CPU.
+        At most one buffer is in flight, so memory stays bounded.
+        """
+        self.settle()
+        buf = self.buffers.pop(key)
+        self.buffered -= buf.nbytes
+        tree, ino = key
+        self.stats["flushes"] = self.stats.get("flushes", 0) + 1
+        future = self._flusher.submit(
+            self.store.write_tree, tree.name, lambda v: _apply(v, ino, buf)
+        )
+        self.behind = (key, future)
+
+    def settle(self) -> None:
+        """Wait for the write-behind flush: afterwards the store holds every write."""
+        if self.behind is None:
+            return
+        key, future = self.behind
+        self.behind = None
+        try:
+            future.result()
+        except Exception as exc:  # the write returned long ago: the next write/flush/fsync says
+            code = _errno_of(exc)
+            if code == errno.EIO:
+                log.error("writing %s to the store failed", key, exc_info=exc)
+            self.write_errors[key] = code
+        if key[0] == self.main:
+            self.records.pop(key[1], None)
+
+    def _raise_write_error(self, key: Key) -> None:
+        code = self.write_errors.pop(key, None)
+        if code is not None:
+            raise FUSEError(code)
+
     def flush_all(self) -> None:
         """Write every buffer to the store."""
+        self.settle()
         for key in list(self.buffers):
             try:
                 self.flush_key(key)
@@ -446,6 +494,7 @@ class BranchOps:
         self.flush_all()
 
     def _size(self, key: Key) -> int:
+        self.settle()
         rec = self._record(key)
         buf = self.buffers.get(key)
         return max(rec.size, buf.end) if buf is not None else rec.size
@@ -505,6 +554,7 @@ class BranchOps:
         """The kernel dropped references; unlinked inodes nobody holds are deleted."""
         self.requests["forget"] = self.requests.get("forget", 0) + 1
         try:
+            self.settle()
             doomed: list[Key] = []
             for fino, n in inode_list:
                 key = self.inodes.resolve(fino)
@@ -868,6 +918,7 @@ class BranchOps:
         key = h.key
         if key[0].snapshot:
             raise FUSEError(errno.EROFS)
+        self._raise_write_error(key)
         if h.append:
             off = self._size(key)
         buf = self.buffers.get(key)
@@ -881,7 +932,7 @@ class BranchOps:
         if len(data) > self.stats.get("largest_write", 0):
             self.stats["largest_write"] = len(data)
         if buf.nbytes >= FLUSH_BYTES:
-            self.flush_key(key)
+            self._flush_behind(key)
         elif self.buffered >= TOTAL_BYTES:
             self.flush_all()
         if h.fino >= ALIAS_BASE and key[0] == self.main:
@@ -892,27 +943,45 @@ class BranchOps:
     def flush(self, fh: int) -> None:
         """close(): buffered data reaches the store (close-to-open consistency)."""
         h = self.handles.get(fh)
-        if isinstance(h, FileHandle) and h.key in self.buffers:
-            self.flush_key(h.key)
+        if isinstance(h, FileHandle):
+            self._raise_write_error(h.key)
+            if h.key in self.buffers:
+                self.flush_key(h.key)
 
     @op
     def release(self, fh: int) -> None:
-        """The last close of an open file."""
+        """The last close of an open file.
+
+        Nobody hears a RELEASE's answer, so data that cannot be written now (a full disk)
+        is dropped with a warning, and the file is let go whatever happened: a file kept
+        held would never free its space.
+        """
         h = self.handles.pop(fh, None)
         if isinstance(h, FileHandle):
-            if h.key in self.buffers:
-                self.flush_key(h.key)
-            doomed: list[Key] = []
-            self._unhold(h.key, 1, doomed)
-            if doomed:
-                self._drop_orphans(doomed)
+            key = h.key
+            self.write_errors.pop(key, None)
+            try:
+                if key in self.buffers:
+                    self.flush_key(key)
+            except (BranchFSError, OSError) as exc:
+                log.warning("data written to %s before its last close is lost: %s", key, exc)
+                buf = self.buffers.pop(key, None)
+                if buf is not None:
+                    self.buffered -= buf.nbytes
+            finally:
+                doomed: list[Key] = []
+                self._unhold(key, 1, doomed)
+                if doomed:
+                    self._drop_orphans(doomed)
 
     @op
     def fsync(self, fh: int, datasync: bool) -> None:
         """Buffered data to the store, and the store to stable storage."""
         h = self.handles.get(fh)
-        if isinstance(h, FileHandle) and h.key in self.buffers:
-            self.flush_key(h.key)
+        if isinstance(h, FileHandle):
+            self._raise_write_error(h.key)
+            if h.key in self.buffers:
+                self.flush_key(h.key)
         self.defer(self.store.sync)
 
     # -- directories ----------------------------------------------------------------------------
@@ -1111,6 +1180,7 @@ class BranchOps:
     def shutdown(self) -> None:
         """After the kernel let go: flush everything, drop orphans, make the store durable."""
         self.flush_all()
+        self._flusher.shutdown()
         if self.orphans:
             self._drop_orphans(list(self.orphans))
             self.orphans.clear()

@@ -6,6 +6,7 @@ fusermount3 on PATH and no /dev/fuse (the message names the Debian package fuse3
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -161,3 +162,41 @@ def test_unknown_store(tmp_path: Path) -> None:
     assert "Traceback" not in out, out
     assert "missing.bfs" in out
     assert not os.path.ismount(mp)
+
+
+def _write_until_error(path: Path, total: int) -> int | None:
+    """Write ``total`` bytes of random data in 1 MiB writes, fsync, close: the first errno."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    first = None
+    try:
+        for _ in range(total >> 20):
+            os.write(fd, os.urandom(1 << 20))
+        os.fsync(fd)
+    except OSError as exc:
+        first = exc.errno
+    try:
+        os.close(fd)
+    except OSError as exc:
+        first = first or exc.errno
+    return first
+
+
+def test_full_disk_is_enospc_through_the_mount_and_the_store_stays_usable(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    # Large writes are committed by a flush thread while the writer goes on (write-behind):
+    # a failed commit must still reach the writer, as ENOSPC on a later write or the fsync.
+    store_path = small_disk / "store.bfs"
+    with branchfs.Store.open(store_path, create=True) as s:
+        s.create_branch("main")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with branchfs.Store.open(store_path) as store, branchfs.mounted(store, mnt) as m:
+        assert _write_until_error(m / "big", 96 << 20) == errno.ENOSPC
+        (m / "big").unlink()
+        (m / "after.txt").write_bytes(b"still usable\n")
+        assert (m / "after.txt").read_bytes() == b"still usable\n"
+    with branchfs.Store.open(store_path) as store:
+        assert store.fsck().ok
+        assert store.branch("main").read_bytes("after.txt") == b"still usable\n"
+        assert not store.branch("main").exists("big")
