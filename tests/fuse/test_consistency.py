@@ -155,6 +155,37 @@ def test_fork_through_mount_captures_every_returned_write(store_path: Path, mnt:
         assert main[12 * len(chunk) : 12 * len(chunk) + 14] == b"after the fork"
 
 
+def test_writes_committed_behind_the_writer_are_seen_by_everything_else(
+    store_path: Path, mnt: Path
+) -> None:
+    # Every 8 MiB a file's buffer is committed by the flush thread while the writer goes
+    # on. Two files written in turn keep a commit in flight at nearly every step; reads,
+    # stats and a fork in between must all see every write that returned.
+    mib = 2**20
+    blocks = {name: [os.urandom(mib) for _ in range(20)] for name in ("a.bin", "b.bin")}
+    fds = {name: os.open(mnt / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in blocks}
+    readers = {name: os.open(mnt / name, os.O_RDONLY) for name in blocks}
+    try:
+        for i in range(20):
+            for name, fd in fds.items():
+                assert os.write(fd, blocks[name][i]) == mib
+                assert os.fstat(readers[name]).st_size == (i + 1) * mib
+                if i % 3 == 2:
+                    assert os.pread(readers[name], 100, i * mib - 50) == (
+                        blocks[name][i - 1][-50:] + blocks[name][i][:50]
+                    )
+        os.mkdir(mnt / ".branchfs" / "branches" / "behind")
+        os.write(fds["a.bin"], b"after the fork")
+    finally:
+        for fd in (*fds.values(), *readers.values()):
+            os.close(fd)
+    with branchfs.Store.open(store_path) as s:
+        fork = s.branch("behind")
+        for name, data in blocks.items():
+            assert fork.read_bytes(name) == b"".join(data)
+        assert s.branch("main").read_bytes("a.bin")[20 * mib :] == b"after the fork"
+
+
 def test_fsynced_data_is_in_the_store(store_path: Path, mnt: Path) -> None:
     payload = os.urandom(3 * 2**20 + 123)
     fd = os.open(mnt / "synced.bin", os.O_RDWR | os.O_CREAT, 0o640)

@@ -1,0 +1,113 @@
+"""Write-behind in the daemon, without a kernel: a full buffer commits while writes go on.
+
+The flush thread's commit is held back on purpose, so that every other request is sure
+to arrive while it is in flight. Each must wait for it and see the store with those
+writes in; a failed commit must reach the writer at its next write, flush or fsync, and
+the file must still be let go at its last close.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from branchfs_fuse import kernel as K
+from branchfs_fuse import ops as ops_mod
+from branchfs_fuse.buffers import FLUSH_BYTES
+from branchfs_fuse.ops import BranchOps
+
+import branchfs
+
+CTX = K.RequestContext(os.geteuid(), os.getegid(), os.getpid())
+
+
+class Gate:
+    """Holds the flush thread's commits until :meth:`open`; counts them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, error: OSError | None = None) -> None:
+        self.opened = threading.Event()
+        self.started = threading.Event()
+        self.error = error
+        real_apply = ops_mod._apply
+
+        def held(*args: Any) -> Any:
+            self.started.set()
+            assert self.opened.wait(10)
+            if self.error is not None:
+                raise self.error
+            return real_apply(*args)
+
+        monkeypatch.setattr(ops_mod, "_apply", held)
+
+    def open_later(self, seconds: float = 0.2) -> None:
+        """Let the held commit go after ``seconds``, from another thread."""
+        assert self.started.wait(10), "no write-behind commit started"
+        threading.Timer(seconds, self.opened.set).start()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[branchfs.Store, BranchOps, int]]:
+    """A store, the daemon's filesystem on its branch ``main``, and an empty file's inode."""
+    with branchfs.Store.open(tmp_path / "store.bfs", create=True) as store:
+        main = store.create_branch("main")
+        main.write_bytes("f", b"")
+        ops = BranchOps(store, "main", "/nonexistent")
+        try:
+            yield store, ops, main.stat("f").st_ino
+        finally:
+            ops.shutdown()
+
+
+def test_requests_wait_for_the_commit_in_flight_and_see_its_writes(
+    daemon: tuple[branchfs.Store, BranchOps, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, ops, ino = daemon
+    gate = Gate(monkeypatch)
+    data = os.urandom(FLUSH_BYTES)
+    writer = ops.open(ino, os.O_WRONLY, CTX).fh
+    reader = ops.open(ino, os.O_RDONLY, CTX).fh
+    assert ops.write(writer, 0, data) == len(data)  # returns with its commit still held
+    assert ops.behind is not None
+    gate.open_later()
+    assert ops.getattr(ino, CTX).st_size == len(data)
+    assert ops.behind is None
+    assert b"".join(ops.read(reader, len(data) - 10, 10)) == data[-10:]
+    ops.release(reader)
+    ops.release(writer)
+    assert store.branch("main").read_bytes("f") == data
+
+
+def test_a_fork_waits_for_the_commit_in_flight(
+    daemon: tuple[branchfs.Store, BranchOps, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, ops, ino = daemon
+    gate = Gate(monkeypatch)
+    data = os.urandom(FLUSH_BYTES)
+    fh = ops.open(ino, os.O_WRONLY, CTX).fh
+    ops.write(fh, 0, data)
+    gate.open_later()
+    ops.mkdir(ops_mod.BRANCHES, b"forked", 0o755, CTX)
+    assert store.branch("forked").read_bytes("f") == data
+    ops.release(fh)
+
+
+def test_a_failed_commit_reaches_the_writer_and_the_file_is_still_let_go(
+    daemon: tuple[branchfs.Store, BranchOps, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store, ops, ino = daemon
+    gate = Gate(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    fh = ops.open(ino, os.O_WRONLY, CTX).fh
+    ops.write(fh, 0, bytes(FLUSH_BYTES))
+    gate.open_later(0.05)
+    ops.getattr(ino, CTX)  # waits for the commit, which fails
+    with pytest.raises(K.FUSEError) as info:
+        ops.write(fh, FLUSH_BYTES, b"more")
+    assert info.value.errno == errno.ENOSPC
+    ops.write(fh, FLUSH_BYTES, b"more")  # reported once, like a writeback error
+    ops.release(fh)  # its flush fails too, and the file is let go all the same
+    assert (ops.main, ino) not in ops.holds
