@@ -199,18 +199,22 @@ class Meta:
 
     # -- transactions -------------------------------------------------------------------
 
-    def _begin(self, write: bool) -> lmdb.Transaction:
+    def _begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
         try:
-            return self.env.begin(write=write)
+            return self.env.begin(write=write, buffers=buffers)
         except lmdb.MapResizedError:
             # Another process grew the map: adopt its size and start again.
             self.env.set_mapsize(0)
-            return self.env.begin(write=write)
+            return self.env.begin(write=write, buffers=buffers)
 
     @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
-        """A read-only snapshot of the whole store for the duration of the block."""
-        txn = self._begin(False)
+    def read(self, *, buffers: bool = False) -> Iterator[lmdb.Transaction]:
+        """A read-only snapshot of the whole store for the duration of the block.
+
+        With ``buffers`` values come back as memoryviews into the map, not copies; they
+        are valid only inside the block.
+        """
+        txn = self._begin(False, buffers)
         try:
             yield txn
         finally:

@@ -13,6 +13,7 @@ import io
 import os
 import stat as st
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -126,6 +127,16 @@ class Store:
         """Run ``fn`` on a read-only view of branch (or snapshot) ``name``."""
         with self.meta.read() as txn:
             return fn(self._view(txn, name, snapshot))
+
+    @contextmanager
+    def viewing(self, name: str, *, snapshot: bool = False) -> Iterator[View]:
+        """A read-only view of ``name`` whose chunk bytes are memoryviews into the map.
+
+        Nothing is copied out of the store, and nothing read may be used after the block:
+        the mount reads file data this way and writes it to the kernel inside the block.
+        """
+        with self.meta.read(buffers=True) as txn:
+            yield self._view(txn, name, snapshot)
 
     def write_tree(self, name: str, fn: Callable[[View], T], *, snapshot: bool = False) -> T:
         """Run ``fn`` on a writable view of branch ``name`` in one atomic transaction."""

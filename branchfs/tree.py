@@ -378,8 +378,9 @@ def read(v: View, ino: int, offset: int, size: int) -> bytes:
 def read_pieces(v: View, ino: int, offset: int, size: int) -> list[bytes]:
     """:func:`read` as the pieces whose concatenation is the data, without joining them.
 
-    Whole chunks are the chunk store's own bytes objects, so a caller that writes the pieces
-    out with one ``writev`` (the mount does) copies nothing itself.
+    Whole chunks are the chunk store's own objects, so a caller that writes the pieces out
+    with one ``writev`` copies nothing itself. In a view from :meth:`Store.viewing` they are
+    memoryviews into the store's map (the mount reads this way): one copy, to the kernel.
     """
     rec = get(v, ino)
     if rec.is_dir:

@@ -21,6 +21,7 @@ transaction); that cache is dropped on the same paths as the kernel's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -155,6 +156,8 @@ class BranchOps:
         #: Listings by id: a readdir offset is ``id << 32 | position`` (see :meth:`readdir`).
         self.listings: OrderedDict[int, Listing] = OrderedDict()
         self._next_listing = 1
+        #: What the current reply points into (a read's store snapshot); see :meth:`replied`.
+        self.reply_resources = contextlib.ExitStack()
         #: Blocking work a request queued; the session runs it before replying.
         self.deferred: list[Callable[[], None]] = []
         #: Drops kernel caches: ``(entries, inodes)``; set by the session, called off-loop.
@@ -886,7 +889,8 @@ class BranchOps:
     def read(self, fh: int, off: int, size: int) -> bytes | list[bytes]:
         """Read (buffered writes of the inode are flushed first, so reads see them).
 
-        File data comes back as pieces (whole chunks uncopied) for one ``writev``.
+        File data comes back as pieces for one ``writev``: memoryviews into the store's map,
+        valid until :meth:`replied`, so the bytes are copied once, straight to the kernel.
         """
         h = self.handles[fh]
         if isinstance(h, control.CtlHandle):
@@ -900,7 +904,15 @@ class BranchOps:
         key = h.key
         if key in self.buffers:
             self.flush_key(key)
-        return self._read(key[0], lambda v: T.read_pieces(v, key[1], off, size))
+        tree = key[0]
+        view = self.reply_resources.enter_context(
+            self.store.viewing(tree.name, snapshot=tree.snapshot)
+        )
+        return T.read_pieces(view, key[1], off, size)
+
+    def replied(self) -> None:
+        """The reply to the current request is written: let go of what it pointed into."""
+        self.reply_resources.close()
 
     @op
     def write(self, fh: int, off: int, data: bytes, *, kill_suidgid: bool = False) -> int:

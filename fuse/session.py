@@ -174,12 +174,17 @@ class Session:
         if self.trace:
             outcome = f"errno {answer.errno}" if isinstance(answer, K.FUSEError) else "ok"
             log.debug("%s on inode %d: %s", handler.__name__.lstrip("_"), nodeid, outcome)
-        if work:
-            self._work.put((work, unique, answer))
-        elif isinstance(answer, K.FUSEError):
-            self._reply_error(unique, answer.errno)
-        elif answer is not NO_REPLY:
-            self._reply(unique, answer)
+        try:
+            if work:
+                if isinstance(answer, list):  # the worker replies after ops.replied()
+                    answer = [bytes(piece) for piece in answer]
+                self._work.put((work, unique, answer))
+            elif isinstance(answer, K.FUSEError):
+                self._reply_error(unique, answer.errno)
+            elif answer is not NO_REPLY:
+                self._reply(unique, answer)
+        finally:
+            self.ops.replied()
 
     def _reply(self, unique: int, payload: bytes | list[bytes]) -> None:
         parts = payload if isinstance(payload, list) else [payload]

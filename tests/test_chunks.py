@@ -8,6 +8,7 @@ import random
 import pytest
 
 import branchfs
+from branchfs import tree as T
 from branchfs.chunks import digest
 from branchfs.meta import U64
 from branchfs.records import CHUNK_SIZE, INLINE_MAX
@@ -227,3 +228,20 @@ def test_rename_over_a_file_frees_it(store: branchfs.Store, branch: branchfs.Bra
     with store.meta.read() as txn:
         inodes = sum(1 for _ in txn.cursor(db=store.meta.inodes_db))
     assert inodes == 2  # the root and "old"; the replaced file's record is gone
+
+
+def test_viewing_hands_out_chunks_uncopied_and_still_checked(
+    store: branchfs.Store, branch: branchfs.Branch
+) -> None:
+    # The mount reads through Store.viewing: memoryviews into the map, one copy to the kernel.
+    data = distinct_chunks(3, 7)
+    branch.write_bytes("f", data)
+    ino = branch.stat("f").st_ino
+    with store.viewing("main") as v:
+        pieces = T.read_pieces(v, ino, 0, len(data))
+        assert all(isinstance(p, memoryview) for p in pieces)
+        assert b"".join(pieces) == data
+        assert b"".join(T.read_pieces(v, ino, CHUNK_SIZE - 3, 6)) == data[CHUNK_SIZE - 3 :][:6]
+    _corrupt(store, digest(data[CHUNK_SIZE : 2 * CHUNK_SIZE]) + b"\0")
+    with store.viewing("main") as v, pytest.raises(branchfs.StoreCorrupt):
+        T.read_pieces(v, ino, 0, len(data))
