@@ -179,6 +179,8 @@ class BranchOps:
         self.orphans: set[Key] = set()
         self.kentries: set[tuple[int, bytes]] = set()
         self.pending: set[str] = set()
+        #: The flush thread adds to ``pending`` while the loop may be taking it.
+        self._pending_lock = threading.Lock()
         self.main_stale = False
         self.stale_inodes: set[int] = set()
         self.started_ns = time.time_ns()
@@ -199,7 +201,8 @@ class BranchOps:
 
     def on_store_change(self, _path: str, names: tuple[str, ...]) -> None:
         """``Store.change_hook`` inside the daemon: remember, propagate after the request."""
-        self.pending.update(names)
+        with self._pending_lock:
+            self.pending.update(names)
 
     def negotiated(self, flags: int) -> None:
         """The INIT flags the kernel and the daemon agreed on."""
@@ -216,9 +219,10 @@ class BranchOps:
         what it cached of the mounted view if a change reached it by another way.
         """
         work, self.deferred = self.deferred, []
-        if self.pending:
+        with self._pending_lock:
             names = tuple(self.pending)
             self.pending.clear()
+        if names:
             regs = mount_mod.targets(self.store.path, names)
             if regs:
                 work.append(lambda: [mount_mod.poke(r, names) for r in regs] and None)
