@@ -262,8 +262,8 @@ class Meta:
         start = self._allocated  # 0 at first: fills the holes a store already has
         if _libc.fallocate(self._data_fd, _FALLOC_FL_KEEP_SIZE, start, want - start) == 0:
             self._allocated = want
-        elif ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):
-            self._allocated = 1 << 62  # the filesystem cannot: do not ask again
+        elif ctypes.get_errno() not in (errno.ENOSPC, errno.EINTR):
+            self._allocated = 1 << 62  # the filesystem cannot (EOPNOTSUPP …): do not ask again
         # ENOSPC: the disk is full; the headroom left is what deletions will use.
 
     def _grow(self) -> None:
