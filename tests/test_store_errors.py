@@ -12,7 +12,7 @@ import pytest
 from twin import Twin
 
 import branchfs
-from branchfs.meta import FORMAT_VERSION, U64
+from branchfs.meta import FORMAT_VERSION, HEADROOM_BYTES, U64
 
 # -- what is and is not a store ----------------------------------------------------------------
 
@@ -291,3 +291,16 @@ def test_full_disk_is_enospc_and_the_store_stays_usable(small_disk: Path) -> Non
         assert s.fsck().ok
     with branchfs.Store.open(small_disk / "s") as s:
         assert s.branch("main").read_bytes("after") == b"room again"
+
+
+def test_the_data_file_is_allocated_to_its_end_and_beyond(
+    store_path: Path, branch: branchfs.Branch
+) -> None:
+    # LMDB never writes a page a transaction took and gave back, leaving holes that a full
+    # disk cannot fill later; the store keeps the whole file allocated, plus headroom.
+    for i in range(40):
+        with branch.open(f"f{i}", "wb") as fh:
+            for _ in range(4):  # pieces that rewrite a chunk within one transaction
+                fh.write(os.urandom(50_000))
+    st = os.stat(store_path / "data.mdb")
+    assert st.st_blocks * 512 >= st.st_size + HEADROOM_BYTES // 2
