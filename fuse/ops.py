@@ -975,7 +975,6 @@ class BranchOps:
         h = self.handles.pop(fh, None)
         if isinstance(h, FileHandle):
             key = h.key
-            self.write_errors.pop(key, None)
             try:
                 if key in self.buffers:
                     self.flush_key(key)
@@ -985,6 +984,10 @@ class BranchOps:
                 if buf is not None:
                     self.buffered -= buf.nbytes
             finally:
+                if key in self.write_errors and not any(
+                    isinstance(o, FileHandle) and o.key == key for o in self.handles.values()
+                ):
+                    del self.write_errors[key]  # nobody is left to be told
                 doomed: list[Key] = []
                 self._unhold(key, 1, doomed)
                 if doomed:
@@ -1197,6 +1200,7 @@ class BranchOps:
         """After the kernel let go: flush everything, drop orphans, make the store durable."""
         self.flush_all()
         self._flusher.shutdown()
+        self.reply_resources.close()
         if self.orphans:
             self._drop_orphans(list(self.orphans))
             self.orphans.clear()

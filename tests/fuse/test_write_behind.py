@@ -77,6 +77,7 @@ def test_requests_wait_for_the_commit_in_flight_and_see_its_writes(
     assert ops.getattr(ino, CTX).st_size == len(data)
     assert ops.behind is None
     assert b"".join(ops.read(reader, len(data) - 10, 10)) == data[-10:]
+    ops.replied()  # the session's part: the reply is written, the read's snapshot goes
     ops.release(reader)
     ops.release(writer)
     assert store.branch("main").read_bytes("f") == data
@@ -111,3 +112,22 @@ def test_a_failed_commit_reaches_the_writer_and_the_file_is_still_let_go(
     ops.write(fh, FLUSH_BYTES, b"more")  # reported once, like a writeback error
     ops.release(fh)  # its flush fails too, and the file is let go all the same
     assert (ops.main, ino) not in ops.holds
+    assert not ops.write_errors
+
+
+def test_an_error_waits_for_the_descriptor_that_is_still_open(
+    daemon: tuple[branchfs.Store, BranchOps, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store, ops, ino = daemon
+    gate = Gate(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    first = ops.open(ino, os.O_WRONLY, CTX).fh
+    second = ops.open(ino, os.O_WRONLY, CTX).fh
+    ops.write(first, 0, bytes(FLUSH_BYTES))
+    gate.open_later(0.05)
+    ops.getattr(ino, CTX)
+    gate.error = None
+    ops.release(first)
+    with pytest.raises(K.FUSEError) as info:
+        ops.fsync(second, False)
+    assert info.value.errno == errno.ENOSPC
+    ops.release(second)
