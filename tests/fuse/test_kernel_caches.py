@@ -173,6 +173,30 @@ def test_write_only_opens_bypass_the_page_cache_and_stay_coherent(
     assert _write_only_then_look(mnt) == _write_only_then_look(tmp_path)
 
 
+def _dirty_mapping_and_write_only_write(d: Path) -> bytes:
+    """A shared mapping dirties a page; a write-only descriptor writes into the same page."""
+    f = d / "mm.bin"
+    f.write_bytes(b"a" * 8192)
+    rw = os.open(f, os.O_RDWR)
+    mapped = mmap.mmap(rw, 8192)
+    try:
+        mapped[0:4] = b"MMAP"
+        wo = os.open(f, os.O_WRONLY)
+        os.pwrite(wo, b"DIRECT", 100)
+        os.close(wo)
+        mapped.flush()
+    finally:
+        mapped.close()
+        os.close(rw)
+    return f.read_bytes()
+
+
+def test_a_dirty_mapping_and_a_write_only_write_both_land(mnt: Path, tmp_path: Path) -> None:
+    # The write-only write goes around the page cache; the mapping's dirty page must not
+    # be written back over it later.
+    assert _dirty_mapping_and_write_only_write(mnt) == _dirty_mapping_and_write_only_write(tmp_path)
+
+
 def _capability() -> bytes:
     """A valid ``security.capability`` value (revision 2, effective, CAP_NET_RAW)."""
     return struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
