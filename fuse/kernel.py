@@ -57,6 +57,22 @@ READDIRPLUS = 44
 RENAME2 = 45
 SYNCFS = 50
 
+#: Requests the daemon leaves to the kernel (ENOSYS: it falls back to its generic code,
+#: or for ioctl answers ENOTTY), by name, so that ``ctl stats`` can count them too.
+UNANSWERED = {
+    31: "getlk",
+    32: "setlk",
+    33: "setlkw",
+    37: "bmap",
+    39: "ioctl",
+    40: "poll",
+    43: "fallocate",
+    46: "lseek",
+    47: "copy_file_range",
+    51: "tmpfile",
+    52: "statx",
+}
+
 NOTIFY_INVAL_INODE = 2
 NOTIFY_INVAL_ENTRY = 3
 

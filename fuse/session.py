@@ -156,8 +156,11 @@ class Session:
         _len, opcode, unique, nodeid, uid, gid, pid, _ext, _pad = K.IN_HEADER.unpack_from(view)
         handler = self._handlers.get(opcode)
         if handler is None:
+            name = K.UNANSWERED.get(opcode, f"opcode {opcode}")
+            counts = self.ops.requests
+            counts[name] = counts.get(name, 0) + 1
             if self.trace:
-                log.debug("opcode %d on inode %d: not implemented (ENOSYS)", opcode, nodeid)
+                log.debug("%s on inode %d: left to the kernel (ENOSYS)", name, nodeid)
             self._reply_error(unique, errno.ENOSYS)
             return
         ctx = K.RequestContext(uid, gid, pid)

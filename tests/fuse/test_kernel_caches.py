@@ -11,6 +11,7 @@ negotiated, so the kernel keeps them: two processes exclude each other as on ext
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import mmap
 import os
@@ -20,6 +21,7 @@ import stat
 import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -195,6 +197,32 @@ def test_a_dirty_mapping_and_a_write_only_write_both_land(mnt: Path, tmp_path: P
     # The write-only write goes around the page cache; the mapping's dirty page must not
     # be written back over it later.
     assert _dirty_mapping_and_write_only_write(mnt) == _dirty_mapping_and_write_only_write(tmp_path)
+
+
+def _tty_probe(d: Path) -> tuple[int | None, bool]:
+    f = d / "tty.txt"
+    f.write_text("not a terminal\n")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        try:
+            fcntl.ioctl(fd, termios.TCGETS, bytes(64))
+            code = None
+        except OSError as exc:
+            code = exc.errno
+        return code, os.isatty(fd)
+    finally:
+        os.close(fd)
+
+
+def test_tty_ioctls_fail_as_on_the_native_disk_and_are_counted(mnt: Path, tmp_path: Path) -> None:
+    assert _tty_probe(mnt) == _tty_probe(tmp_path) == (errno.ENOTTY, False)
+    # Each one is still a round trip (the kernel never remembers the answer), and Python's
+    # open() asks isatty() of every file before 3.14: `ctl stats` shows them.
+    (mnt / "t.txt").write_text("x")
+    before = requests(mnt)
+    with open(mnt / "t.txt") as fh:
+        assert fh.read() == "x"
+    assert delta(mnt, before).get("ioctl") == 1
 
 
 def _capability() -> bytes:

@@ -130,6 +130,11 @@ def test_getxattr_asks_size_first_and_gets_erange_when_too_small(wire: Wire) -> 
 def test_opendir_is_enosys_and_unknown_requests_too(wire: Wire) -> None:
     assert wire.call(K.OPENDIR, 1, K.OPEN_IN.pack(0, 0))[0] == -errno.ENOSYS
     assert wire.call(43, 1, b"\0" * 32)[0] == -errno.ENOSYS  # FUSE_FALLOCATE
+    assert wire.call(39, 1, b"\0" * 32)[0] == -errno.ENOSYS  # FUSE_IOCTL
+    assert wire.call(99, 1)[0] == -errno.ENOSYS
+    # They still cost a round trip, so `ctl stats` counts them by name.
+    counts = wire.ops.requests
+    assert (counts["fallocate"], counts["ioctl"], counts["opcode 99"]) == (1, 1, 1)
 
 
 def test_times_before_1970_encode_as_the_kernel_reads_them() -> None:
