@@ -99,8 +99,11 @@ HEADROOM_BYTES = 8 << 20
 _FALLOC_FL_KEEP_SIZE = 1
 # glibc's fallocate(), unlike posix_fallocate(), never falls back to writing zeros, which
 # could race with another process's commit into the same file.
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+try:
+    _fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+except (OSError, AttributeError):  # not Linux: the store works, without preallocation
+    _fallocate = None
 
 
 class Meta:
@@ -255,12 +258,14 @@ class Meta:
         the end and some headroom beyond it allocated, a deletion always finds room for the
         few pages it writes. One ``fstat`` per commit; an ``fallocate`` every few MiB.
         """
+        if _fallocate is None:
+            return
         size = os.fstat(self._data_fd).st_size
         if size + HEADROOM_BYTES // 2 <= self._allocated:
             return
         want = size + HEADROOM_BYTES
         start = self._allocated  # 0 at first: fills the holes a store already has
-        if _libc.fallocate(self._data_fd, _FALLOC_FL_KEEP_SIZE, start, want - start) == 0:
+        if _fallocate(self._data_fd, _FALLOC_FL_KEEP_SIZE, start, want - start) == 0:
             self._allocated = want
         elif ctypes.get_errno() not in (errno.ENOSPC, errno.EINTR):
             self._allocated = 1 << 62  # the filesystem cannot (EOPNOTSUPP …): do not ask again
