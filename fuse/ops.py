@@ -404,9 +404,7 @@ class BranchOps:
         """Delete unlinked inodes whose last reference (name, lookup, open file) went away."""
         by_tree: dict[TreeRef, list[int]] = {}
         for key in doomed:
-            buf = self.buffers.pop(key, None)
-            if buf is not None:
-                self.buffered -= buf.nbytes
+            self._take_buffer(key)
             by_tree.setdefault(key[0], []).append(key[1])
             if key[0] == self.main:
                 self.records.pop(key[1], None)
@@ -436,16 +434,26 @@ class BranchOps:
 
     # -- write buffers ------------------------------------------------------------------------
 
-    def flush_key(self, key: Key) -> None:
-        """Write one inode's buffered data to the store (one transaction)."""
-        self.settle()
+    def _take_buffer(self, key: Key, flushing: bool = False) -> WriteBuffer | None:
+        """Remove ``key``'s write buffer (to apply it, or because its data is gone)."""
         buf = self.buffers.pop(key, None)
+        if buf is not None:
+            self.buffered -= buf.nbytes
+            if flushing:
+                self.stats["flushes"] = self.stats.get("flushes", 0) + 1
+        return buf
+
+    def flush_key(self, key: Key) -> None:
+        """Write one inode's buffered data to the store (one transaction).
+
+        The buffer is taken first: if the transaction fails, its data is lost and the
+        caller hears why.
+        """
+        self.settle()
+        buf = self._take_buffer(key, flushing=True)
         if buf is None:
             return
-        self.buffered -= buf.nbytes
         tree, ino = key
-
-        self.stats["flushes"] = self.stats.get("flushes", 0) + 1
         rec = self._write(tree, lambda v: _apply(v, ino, buf))
         if tree == self.main:
             self._cache_record(ino, rec)  # the getattr that follows a close needs no transaction
@@ -457,10 +465,9 @@ class BranchOps:
         At most one buffer is in flight, so memory stays bounded.
         """
         self.settle()
-        buf = self.buffers.pop(key)
-        self.buffered -= buf.nbytes
+        buf = self._take_buffer(key, flushing=True)
+        assert buf is not None  # the write that filled it is the caller
         tree, ino = key
-        self.stats["flushes"] = self.stats.get("flushes", 0) + 1
         future = self._flusher.submit(
             self.store.write_tree, tree.name, lambda v: _apply(v, ino, buf)
         )
@@ -612,10 +619,7 @@ class BranchOps:
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        buf = self.buffers.pop(key, None)
-        if buf is not None:
-            self.buffered -= buf.nbytes
-            self.stats["flushes"] = self.stats.get("flushes", 0) + 1
+        buf = self._take_buffer(key, flushing=True)
 
         kill = self.kill_privs and (fields.update_size or fields.update_uid or fields.update_gid)
         kill_suidgid = fields.kill_suidgid and not fields.update_mode
@@ -849,9 +853,7 @@ class BranchOps:
         if rec.is_dir:
             raise FUSEError(errno.EISDIR)
         if flags & os.O_TRUNC:  # Linux truncates even with O_RDONLY
-            buf = self.buffers.pop(key, None)
-            if buf is not None:
-                self.buffered -= buf.nbytes
+            self._take_buffer(key)
             if rec.size or self._privileged(rec, kill_suidgid):
                 kill = kill_suidgid
 
@@ -978,11 +980,8 @@ class BranchOps:
             try:
                 if key in self.buffers:
                     self.flush_key(key)
-            except (BranchFSError, OSError) as exc:
+            except (BranchFSError, OSError) as exc:  # flush_key took the buffer: it is gone
                 log.warning("data written to %s before its last close is lost: %s", key, exc)
-                buf = self.buffers.pop(key, None)
-                if buf is not None:
-                    self.buffered -= buf.nbytes
             finally:
                 if key in self.write_errors and not any(
                     isinstance(o, FileHandle) and o.key == key for o in self.handles.values()
