@@ -101,7 +101,8 @@ FULL = Profile(
 )
 
 # Row name -> (class, target). Class "warm" is compared with native, "cold" with
-# fuse-overlayfs, "seq" must keep at least half the native throughput.
+# fuse-overlayfs, "seq" must keep at least half the native throughput; "call" rows have no
+# target of their own: they show what single calls cost, to explain the rows above.
 ROWS: dict[str, tuple[str, float]] = {
     "seq write 1 GiB + fsync": ("seq", 2.0),
     "seq read 1 GiB, cold cache": ("seq", 2.0),
@@ -114,7 +115,13 @@ ROWS: dict[str, tuple[str, float]] = {
     "compileall, unchanged (warm)": ("warm", 1.5),
     "test suite, first run": ("cold", 1.5),
     "test suite, second run (warm)": ("warm", 1.5),
+    "open+close of a cached file, per call": ("call", 0.0),
+    "isatty() of an open file, per call": ("call", 0.0),
+    "stat of a cached file, per call": ("call", 0.0),
 }
+
+#: Calls timed per repetition in the "call" rows (best of 3 repetitions).
+CALLS = 5000
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -409,6 +416,17 @@ def timed_cmd(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> f
     return time.perf_counter() - start
 
 
+def per_call(fn: Callable[[], object]) -> float:
+    """Seconds per call of ``fn``: the best of 3 repetitions of :data:`CALLS` calls."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            fn()
+        best = min(best, (time.perf_counter() - start) / CALLS)
+    return best
+
+
 def median_of(fn: Callable[[], float], n: int) -> float:
     """The median of ``n`` timings from ``fn``."""
     return percentile([fn() for _ in range(n)], 50)
@@ -441,7 +459,7 @@ class Results:
 
 
 #: Sections of the main table, by the name ``--only`` takes.
-SECTIONS = ("seq", "small", "git", "compile", "tests")
+SECTIONS = ("seq", "small", "git", "compile", "tests", "calls")
 
 
 def run_workloads(
@@ -499,6 +517,22 @@ def run_workloads(
         warm = lambda: median_of(lambda: timed_cmd(cmd, root), reps)  # noqa: E731
         res.measure(t, "compileall, unchanged (warm)", warm, runs=reps)
 
+    def calls() -> None:
+        f = root / "calls.txt"
+        f.write_bytes(b"x" * 100)
+        os.stat(f)
+        runs = 3 * CALLS
+        op_close = lambda: os.close(os.open(f, os.O_RDONLY))  # noqa: E731
+        res.measure(t, "open+close of a cached file, per call", lambda: per_call(op_close), runs)
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            tty = lambda: os.isatty(fd)  # noqa: E731
+            res.measure(t, "isatty() of an open file, per call", lambda: per_call(tty), runs)
+        finally:
+            os.close(fd)
+        stat = lambda: os.stat(f)  # noqa: E731
+        res.measure(t, "stat of a cached file, per call", lambda: per_call(stat), runs)
+
     def test_suite() -> None:
         if inp.nx_tar is None or inp.nx_python is None:
             res.notes.append("networkx and pytest not found: no test-suite rows")
@@ -513,7 +547,7 @@ def run_workloads(
         res.measure(t, "test suite, first run", lambda: timed_cmd(cmd, nx, env))
         res.measure(t, "test suite, second run (warm)", lambda: timed_cmd(cmd, nx, env))
 
-    sections = dict(zip(SECTIONS, (seq, small, git, compile_tree, test_suite), strict=True))
+    sections = dict(zip(SECTIONS, (seq, small, git, compile_tree, test_suite, calls), strict=True))
     for section in (sections[name] for name in SECTIONS if name in only):
         try:
             section()
@@ -602,6 +636,8 @@ def table_rows(res: Results, targets: list[str]) -> tuple[list[str], list[list[s
             if cls == "seq":
                 goal = "≥½ native throughput"
             met = "—" if want is None else ("yes" if want <= limit else "NO")
+            if cls == "call":
+                goal, met = "—", "—"
             reqs = res.requests.get(row)
             n = sum(reqs.values()) if reqs else 0
             per = f"{got['branchfs'] / n * 1e6:.0f}" if n and "branchfs" in got else "—"
@@ -770,6 +806,9 @@ def doc_body(
         f"tree is {data['inputs']['tree']}; compileall runs over the {data['inputs']['stdlib']}"
         " (`-j 1`); the test suite is networkx's own tests "
         f"(`{' '.join(data['test_suite'] or [])}`) with networkx imported from the mount. "
+        f'Each "per call" row is one syscall on a 100-byte file the kernel has cached, the '
+        f"best of 3 runs of {CALLS:,} calls; it has no target and shows what the rows above "
+        "pay per file (Python's `open()` calls `isatty()` before 3.14). "
         + " ".join(n[0].upper() + n[1:] + "." for n in data["notes"]),
         "",
         markdown_table(cols, rows),
