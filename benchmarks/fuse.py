@@ -135,13 +135,26 @@ def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = No
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr[-2000:]}")
 
 
+#: Seconds every target waits after dropping caches, before a cold row starts (see below).
+COLD_SETTLE_S = 3.0
+
+
 def drop_caches() -> bool:
-    """Write back dirty pages and drop the page, dentry and inode caches (needs root)."""
+    """Write back dirty pages, drop the page, dentry and inode caches (needs root), settle.
+
+    The wait makes "cold" mean the same for every target. In a VM with free page
+    reporting (virtio-balloon here), pages freed by the drop go back to the host about 2 s
+    later, and a page taken after that costs a host page fault: here 0.5 s per GiB touched
+    right after a drop and 1.2 s per GiB once the pages are reported. Without the wait a
+    target that reads fast (the native disk, 1 GiB in 0.3 s) got its pages back warm and a
+    slower one got them cold, which measured the VM, not the filesystem.
+    """
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     except OSError:
         return False
+    time.sleep(COLD_SETTLE_S)
     return True
 
 
@@ -704,8 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     dropped = drop_caches()
     res.notes.append(
         "page cache, dentries and inodes dropped (echo 3 > /proc/sys/vm/drop_caches) before "
-        "every cold row, and the branchfs daemon restarted (its LMDB map keeps pages mapped, "
-        "which drop_caches cannot drop)"
+        "every cold row, then a 3 s wait on every target so that the VM has taken the freed "
+        "pages back before any target runs, and the branchfs daemon restarted (its LMDB map "
+        "keeps pages mapped, which drop_caches cannot drop)"
         if dropped
         else "could not drop caches (not root): cold rows ran with a warm page cache"
     )
