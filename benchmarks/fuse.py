@@ -144,8 +144,8 @@ def drop_caches() -> bool:
 
     The wait makes "cold" mean the same for every target. In a VM with free page
     reporting (virtio-balloon here), pages freed by the drop go back to the host about 2 s
-    later, and a page taken after that costs a host page fault: here 0.5 s per GiB touched
-    right after a drop and 1.2 s per GiB once the pages are reported. Without the wait a
+    later, and touching such a page again costs a host page fault: touching 1 GiB took
+    0.5 s when its pages were freed a moment before, 1.2 s once reported. Without the wait a
     target that reads fast (the native disk, 1 GiB in 0.3 s) got its pages back warm and a
     slower one got them cold, which measured the VM, not the filesystem.
     """
