@@ -279,7 +279,7 @@ class BranchOps:
             self._forget_records(views)
         for ino, rec in kept:
             if rec is not None:
-                self._cache_record(ino, rec)
+                self._cache_record((tree, ino), rec)
         if fino >= ALIAS_BASE:
             self.main_stale = True  # the mounted view's kernel caches do not know this change
         return result
@@ -300,10 +300,17 @@ class BranchOps:
         rec = self.records.get(eng)
         if rec is None:
             rec = self._read(tree, lambda v: T.get(v, eng))
-            self._cache_record(eng, rec)
+            self._cache_record(key, rec)
         return rec
 
-    def _cache_record(self, eng: int, rec: Inode) -> None:
+    def _cache_record(self, key: Key, rec: Inode) -> None:
+        """Keep ``rec`` for the next getattr if ``key`` is in the mounted tree.
+
+        Other trees are not cached: the cache is only dropped when the mounted tree changes.
+        """
+        tree, eng = key
+        if tree != self.main:
+            return
         if len(self.records) >= RECORDS_MAX:
             self.records.clear()
         self.records[eng] = rec
@@ -455,8 +462,7 @@ class BranchOps:
             return
         tree, ino = key
         rec = self._write(tree, lambda v: _apply(v, ino, buf))
-        if tree == self.main:
-            self._cache_record(ino, rec)  # the getattr that follows a close needs no transaction
+        self._cache_record(key, rec)  # the getattr that follows a close needs no transaction
 
     def _flush_behind(self, key: Key) -> None:
         """Hand ``key``'s full buffer to the flush thread; the write that filled it returns.
@@ -543,8 +549,7 @@ class BranchOps:
             return neg
         if rec is None:
             raise FUSEError(errno.ENOENT)
-        if tree == self.main:
-            self._cache_record(ino, rec)
+        self._cache_record((tree, ino), rec)
         fino = self.inodes.fuse_ino(tree, ino, alias)
         return self._entry(parent, name, fino, (tree, ino), rec)
 
@@ -634,10 +639,9 @@ class BranchOps:
             return rec
 
         rec = self._write(tree, fn)
-        if tree == self.main:
-            self._cache_record(eng, rec)
-            if fino >= ALIAS_BASE:
-                self.stale_inodes.add(eng)  # only this inode's cache in the mounted view
+        self._cache_record(key, rec)
+        if tree == self.main and fino >= ALIAS_BASE:
+            self.stale_inodes.add(eng)  # only this inode's cache in the mounted view
         return self._attrs(fino, key, rec)
 
     @op
@@ -696,8 +700,7 @@ class BranchOps:
             parent,
             (peng,),
         )
-        if tree == self.main:
-            self._cache_record(ino, rec)
+        self._cache_record((tree, ino), rec)
         return self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec
 
     @op
@@ -753,8 +756,7 @@ class BranchOps:
         if ptree != tree:
             raise FUSEError(errno.EXDEV)
         rec = self._write(tree, lambda v: T.link(v, eng, peng, new_name), new_parent, (peng,))
-        if tree == self.main:
-            self._cache_record(eng, rec)
+        self._cache_record((tree, eng), rec)
         return self._entry(new_parent, new_name, fino, (tree, eng), rec)
 
     @op
