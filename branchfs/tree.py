@@ -542,7 +542,9 @@ def setattr(
         rec.uid = uid
     if gid is not None and gid != -1:
         rec.gid = gid
-    if (uid not in (None, -1) or gid not in (None, -1)) and not rec.is_dir and mode is None:
+    # Linux's chown_common kills the set-id bits of a non-directory whatever ids it is
+    # given, -1 (unchanged) included; a chmod in the same call sets the mode instead.
+    if (uid is not None or gid is not None) and not rec.is_dir and mode is None:
         rec.mode &= ~st.S_ISUID
         if rec.mode & st.S_IXGRP:
             rec.mode &= ~st.S_ISGID
