@@ -804,3 +804,59 @@ def test_user_xattrs_only_on_files_and_directories(branch, real, same_error) -> 
     )
     branch.setxattr("l", "trusted.x", b"1", follow_symlinks=False)
     assert branch.getxattr("l", "trusted.x", follow_symlinks=False) == b"1"
+
+
+@pytest.mark.parametrize("ids", [(0, -1), (-1, 0), (-1, -1)], ids=["uid-only", "gid-only", "none"])
+@pytest.mark.parametrize("mode", [0o4755, 0o2755, 0o2745, 0o6755, 0o4644])
+def test_chown_of_one_id_clears_setid_bits_as_linux_does(
+    twin: Twin, ids: tuple[int, int], mode: int
+) -> None:
+    """chown(2) clears set-user-ID (and set-group-ID with group execute) of a non-directory
+    whichever ids it is given, -1 included, root or not (Linux's ``chown_common`` sets
+    ATTR_KILL_SUID/SGID unconditionally; checked here against the native disk)."""
+    twin.ok("chmod", "f", mode)
+    twin.ok("chown", "f", *ids)
+    twin.ok("stat", "f")  # the same mode bits on both sides
+    twin.check_trees()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("removexattr", "user.tag"),
+        ("setxattr", "user.other", b"v"),
+        ("chmod", 0o600),
+        ("chown", 7, 8),
+        ("utime", (1, 2)),
+    ],
+    ids=lambda c: c[0],
+)
+@pytest.mark.parametrize("which", ["source", "fork"])
+def test_metadata_change_after_truncate_and_extend_in_a_fork_keeps_the_bytes(
+    branch: branchfs.Branch, change: tuple[Any, ...], which: str
+) -> None:
+    """A record copied up from the layer that truncated the file keeps reading that layer's
+    extents: the copy starts with no cut of its own (the cut of records.py belongs to the
+    layer that truncated), so a metadata-only change never turns the data into zeros."""
+    old = bytes(range(256)) * 800  # 200 KiB: four chunks in the root layer
+    branch.write_bytes("f", old)
+    first = branch.fork("first")
+    first.truncate("f", 0)
+    new = os.urandom(150_000)  # three chunks in first's layer, which holds cut 0
+    with first.open("f", "r+b") as fh:
+        fh.write(new)
+    first.setxattr("f", "user.tag", b"t")
+    second = first.fork("second")
+    target = first if which == "source" else second
+    op, *args = change
+    if op == "utime":
+        target.utime("f", ns=args[0])
+    else:
+        getattr(target, op)("f", *args)
+    assert target.read_bytes("f") == new
+    assert target.stat("f").st_size == 150_000
+    other = second if target is first else first
+    assert other.read_bytes("f") == new
+    assert branch.read_bytes("f") == old
+    target.truncate("f", 200_000)  # extending again shows zeros, never the old chunk 3
+    assert target.read_bytes("f") == new + bytes(50_000)
