@@ -15,7 +15,7 @@ import pytest
 
 import branchfs
 from branchfs import Branch, Store
-from branchfs.meta import U64, U64x2
+from branchfs.meta import U64, U64x2, U64x3
 
 
 def snapshot_of(b: Branch) -> dict[str, bytes]:
@@ -259,3 +259,48 @@ def test_fsck_finds_bad_refcounts_and_dangling_entries(store: Store) -> None:
     damage(store, break_things)
     kinds = {p.kind for p in store.fsck().problems}
     assert {"refcount", "dangling-entry"} <= kinds
+
+
+def test_fsck_finds_an_extent_naming_a_chunk_that_is_not_stored(store: Store) -> None:
+    """A chunk gone from the store with its count (so no refcount check can see it): the
+    extents that still name it are reported, and so is the file they belong to."""
+    main = store.create_branch("main")
+    main.write_bytes("dir/victim.bin", os.urandom(100_000), parents=True)
+    main.write_bytes("other.bin", os.urandom(70_000))
+    victim = main.stat("dir/victim.bin").st_ino
+    with store.meta.read() as txn:
+        top = store.refs.branch(txn, "main").top
+        lost = bytes(txn.get(U64x3.pack(top, victim, 1), db=store.meta.extents_db))
+
+    def drop_chunk(txn: lmdb.Transaction, meta) -> None:  # type: ignore[no-untyped-def]
+        assert txn.delete(lost, db=meta.chunks_db)
+        assert txn.delete(lost, db=meta.chunkrefs_db)
+
+    damage(store, drop_chunk)
+    problems = store.fsck().problems
+    assert {(p.kind, p.where) for p in problems} == {
+        ("missing-chunk", f"chunk {lost.hex()}"),
+        ("damaged-file", "branch main:dir/victim.bin"),
+    }, problems
+
+
+def test_fsck_finds_an_inode_no_entry_names(store: Store) -> None:
+    """A record left in a tree with no directory entry naming it (what an unlinked-but-open
+    file leaves when its daemon dies) is an orphaned inode."""
+    main = store.create_branch("main")
+    main.write_bytes("kept", b"k")
+    main.write_bytes("lost", b"l")
+    ino = main.stat("lost").st_ino
+    with store.meta.read() as txn:
+        top = store.refs.branch(txn, "main").top
+
+    def drop_entry(txn: lmdb.Transaction, meta) -> None:  # type: ignore[no-untyped-def]
+        from branchfs.records import ROOT_INO
+
+        assert txn.delete(U64x2.pack(top, ROOT_INO) + b"lost", db=meta.dirents_db)
+
+    damage(store, drop_entry)
+    problems = store.fsck().problems
+    assert [(p.kind, p.where) for p in problems] == [
+        ("orphaned-inode", f"branch main:inode {ino}")
+    ], problems

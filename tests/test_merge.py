@@ -476,3 +476,25 @@ def test_a_file_both_sides_got_then_changed_differently(store: Store) -> None:
         store.merge("b1", "main")
     assert [(c.path, c.kind) for c in info.value.conflicts] == [("a", "content")]
     assert b1.read_bytes("a") == b"b1's\n"
+
+
+def test_xattr_removed_on_one_side_while_the_other_changed_the_mode(pair) -> None:
+    """A removal is a change like any other: the source's removexattr is taken even though
+    the target changed another field (the mode) of the same file."""
+    main, _ = pair(base_files)
+    main.setxattr("a.txt", "user.gone", b"g")
+    main.setxattr("a.txt", "user.stays", b"s")
+    theirs = main.fork("theirs2")
+    theirs.removexattr("a.txt", "user.gone")
+    main.chmod("a.txt", 0o600)
+    result = main.merge(theirs)
+    assert result.conflicts == []
+    assert main.listxattr("a.txt") == ["user.stays"]
+    assert main.stat("a.txt").st_mode & 0o777 == 0o600
+    # and the other way round: the target removed it, the source changed the mode
+    other = main.fork("other")
+    main.removexattr("a.txt", "user.stays")
+    other.chmod("a.txt", 0o640)
+    main.merge(other)
+    assert main.listxattr("a.txt") == []
+    assert main.stat("a.txt").st_mode & 0o777 == 0o640
