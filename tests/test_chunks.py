@@ -209,7 +209,6 @@ def test_digest_match_is_confirmed_by_bytes(store: branchfs.Store, branch: branc
 
 
 def test_fsck_names_a_corrupted_chunk(store: branchfs.Store, branch: branchfs.Branch) -> None:
-    pytest.importorskip("branchfs.fsck", reason="fsck has not landed yet")
     data = distinct_chunks(2, 11)
     branch.write_bytes("f", data)
     assert store.fsck().ok
