@@ -258,14 +258,21 @@ def is_stale(mountpoint: str) -> bool:
     return False
 
 
-def clean_stale(mountpoint: str) -> None:
-    """Detach a dead FUSE mount left by a killed daemon (``fusermount3 -uz``)."""
+def detach(mountpoint: str) -> None:
+    """Detach a FUSE mount lazily (``fusermount3 -uz``): open files keep working until
+    closed. Used on a dead mount, and by a daemon that stops on a signal; never fails."""
     subprocess.run(
-        ["fusermount3", "-u", "-z", "-q", mountpoint],
+        ["fusermount3", "-u", "-z", "-q", "--", mountpoint],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         check=False,
     )
+
+
+def clean_stale(mountpoint: str) -> None:
+    """Detach a dead FUSE mount left by a killed daemon (``fusermount3 -uz``)."""
+    detach(mountpoint)
     if is_stale(mountpoint):
         raise MountError(
             f"{mountpoint} is a dead mount (its daemon was killed) and could not be "

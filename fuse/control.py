@@ -246,8 +246,3 @@ class CtlHandle:
         out = self.answer[self.pos : self.pos + size]
         self.pos += len(out)
         return out
-
-    def set_answer(self, data: bytes) -> None:
-        """Replace the answer with ``data`` and rewind the read cursor."""
-        self.answer = data
-        self.pos = 0

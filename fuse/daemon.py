@@ -22,7 +22,7 @@ from branchfs import BranchFSError, Store
 from branchfs import mount as mount_mod
 
 from . import kernel as K
-from .ops import BranchOps
+from .bridge import Bridge
 from .session import Session
 
 log = logging.getLogger("branchfs.fuse")
@@ -104,8 +104,8 @@ def _serve(store: Store, mountpoint: str, branch: str, report: _Report) -> int:
     except BranchFSError as exc:
         report.send(str(exc))
         return 2
-    ops = BranchOps(store, branch, os.path.abspath(mountpoint))
-    Store.change_hook = ops.on_store_change
+    ops = Bridge(store, branch, os.path.abspath(mountpoint))
+    Store.change_hook = ops.coherence.on_store_change
     others = [r for r in mount_mod.targets(store.path, (branch,)) if r.alive()]
     if not others:
         n = ops.clean_orphans()
@@ -117,7 +117,7 @@ def _serve(store: Store, mountpoint: str, branch: str, report: _Report) -> int:
         report.send(f"the kernel refused the mount ({exc}); is {mountpoint} usable?")
         return 2
     session = Session(fd, ops)
-    ops.invalidator = session.invalidate
+    ops.coherence.invalidator = session.invalidate
     sock_name = f"\0branchfs-{os.getpid()}-{os.urandom(4).hex()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock_name.encode("latin-1"))
@@ -134,7 +134,7 @@ def _serve(store: Store, mountpoint: str, branch: str, report: _Report) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     threading.Thread(
-        target=ops.serve_notifications, args=(listener,), name="notices", daemon=True
+        target=ops.coherence.serve_notifications, args=(listener,), name="notices", daemon=True
     ).start()
     threading.Thread(
         target=_tune_readahead, args=(ops.mountpoint, session), name="readahead", daemon=True
@@ -151,7 +151,7 @@ def _serve(store: Store, mountpoint: str, branch: str, report: _Report) -> int:
             listener.shutdown(socket.SHUT_RDWR)
         listener.close()
         if signalled:
-            K.unmount(ops.mountpoint)
+            mount_mod.detach(ops.mountpoint)
         with contextlib.suppress(OSError):
             os.close(fd)
         try:

@@ -1,4 +1,5 @@
-"""FUSE inode numbers: which tree and engine inode (or control node) each one names.
+"""FUSE inode numbers: which tree and engine inode (or control node) each one names, and
+what the kernel holds of each (lookup counts, open files, orphans).
 
 The mounted branch uses the engine's own inode numbers, so the common path needs no table.
 Everything else (the control directory, and the trees under ``.branchfs/branches/`` and
@@ -32,6 +33,38 @@ class TreeRef(NamedTuple):
 
 #: An engine inode of one tree: the identity write buffers and orphans are kept by.
 Key = tuple[TreeRef, int]
+
+#: A directory listing: ``(name, tree, engine ino)``; tree None means a control node's
+#: fuse inode.
+Listing = list[tuple[bytes, TreeRef | None, int]]
+
+
+class Holds:
+    """What the kernel holds of each engine inode (lookup references and open files), and
+    the orphans: inodes whose last name went while held, deleted when the last hold goes."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Key, int] = {}
+        self.orphans: set[Key] = set()
+
+    def hold(self, key: Key, n: int = 1) -> None:
+        """The kernel took ``n`` more references on ``key`` (a lookup, or an open file)."""
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def held(self, key: Key) -> bool:
+        """Whether anything of the kernel still refers to ``key``."""
+        return bool(self.counts.get(key))
+
+    def unhold(self, key: Key, n: int, doomed: list[Key]) -> None:
+        """Drop ``n`` references; an orphan whose last one went is appended to ``doomed``."""
+        left = self.counts.get(key, 0) - n
+        if left > 0:
+            self.counts[key] = left
+            return
+        self.counts.pop(key, None)
+        if key in self.orphans:
+            self.orphans.discard(key)
+            doomed.append(key)
 
 
 class InodeMap:
@@ -89,11 +122,3 @@ class InodeMap:
     def main_inodes(self) -> list[int]:
         """Fuse inodes of the mounted view that the kernel knows."""
         return [f for f in self.nlookup if f < ALIAS_BASE]
-
-    def drop_tree(self, tree: TreeRef) -> list[int]:
-        """Forget the aliases of a tree that no longer exists; returns their fuse inodes."""
-        gone = [f for f, (t, _e) in self.aliases.items() if t == tree]
-        for f in gone:
-            key = self.aliases.pop(f)
-            self.reverse.pop(key, None)
-        return gone

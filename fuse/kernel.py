@@ -111,6 +111,7 @@ FATTR_GID = 1 << 2
 FATTR_SIZE = 1 << 3
 FATTR_ATIME = 1 << 4
 FATTR_MTIME = 1 << 5
+FATTR_FH = 1 << 6
 FATTR_ATIME_NOW = 1 << 7
 FATTR_MTIME_NOW = 1 << 8
 FATTR_CTIME = 1 << 10
@@ -271,18 +272,68 @@ class FileInfo:
         return OPEN_OUT.pack(self.fh, flags, 0)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class SetattrFields:
-    """Which attributes a setattr request changes."""
+    """A SETATTR request, decoded once: each attribute it changes, or None.
 
-    update_mode: bool = False
-    update_uid: bool = False
-    update_gid: bool = False
-    update_size: bool = False
-    update_atime: bool = False
-    update_mtime: bool = False
-    update_ctime: bool = False
+    Times are ns since the epoch (``*_NOW`` already resolved to the request's arrival).
+    ``fh`` is the open file the change came through, if any; ``kill_suidgid`` means the
+    caller lacks CAP_FSETID (``FATTR_KILL_SUIDGID``, protocol 7.33).
+    """
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    fh: int | None = None
     kill_suidgid: bool = False
+
+    @classmethod
+    def decode(cls, body: memoryview | bytes, now_ns: int) -> SetattrFields:
+        """Decode ``struct fuse_setattr_in``; ``now_ns`` stands for ``FATTR_*_NOW``."""
+        (
+            valid,
+            _pad,
+            fh,
+            size,
+            _lock_owner,
+            atime,
+            mtime,
+            ctime,
+            atimensec,
+            mtimensec,
+            ctimensec,
+            mode,
+            _unused4,
+            uid,
+            gid,
+            _unused5,
+        ) = SETATTR_IN.unpack_from(body)
+
+        def when(bit: int, now_bit: int, sec: int, nsec: int) -> int | None:
+            if not valid & bit:
+                return None
+            return now_ns if valid & now_bit else sec * 10**9 + nsec
+
+        return cls(
+            mode=mode if valid & FATTR_MODE else None,
+            uid=uid if valid & FATTR_UID else None,
+            gid=gid if valid & FATTR_GID else None,
+            size=size if valid & FATTR_SIZE else None,
+            atime_ns=when(FATTR_ATIME, FATTR_ATIME_NOW, atime, atimensec),
+            mtime_ns=when(FATTR_MTIME, FATTR_MTIME_NOW, mtime, mtimensec),
+            ctime_ns=when(FATTR_CTIME, 0, ctime, ctimensec),
+            fh=fh if valid & FATTR_FH else None,
+            kill_suidgid=bool(valid & FATTR_KILL_SUIDGID),
+        )
+
+    def changes(self) -> dict[str, int]:
+        """The changed attributes as keyword arguments of :func:`branchfs.tree.setattr`."""
+        names = ("size", "mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns")
+        return {n: v for n in names if (v := getattr(self, n)) is not None}
 
 
 @dataclass(slots=True)
@@ -410,13 +461,3 @@ def mount(mountpoint: str, options: tuple[str, ...]) -> int:
     if not fds:
         raise MountError("fusermount3 mounted but sent no /dev/fuse descriptor")
     return fds[0]
-
-
-def unmount(mountpoint: str) -> None:
-    """Detach the mount (lazily: open files keep working until closed)."""
-    subprocess.run(
-        ["fusermount3", "-u", "-z", "--", mountpoint],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=False,
-    )

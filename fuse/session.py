@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import kernel as K
+from .bridge import Bridge
 
 log = logging.getLogger("branchfs.fuse")
 
@@ -41,9 +42,9 @@ Work = list[Callable[[], None]]
 
 
 class Session:
-    """Serves one mount's ``/dev/fuse`` descriptor with ``ops`` (see :mod:`.ops`)."""
+    """Serves one mount's ``/dev/fuse`` descriptor with ``ops`` (see :mod:`.bridge`)."""
 
-    def __init__(self, fd: int, ops: Any) -> None:
+    def __init__(self, fd: int, ops: Bridge) -> None:
         self.fd = fd
         self.ops = ops
         self.lock = ops.lock
@@ -298,51 +299,8 @@ class Session:
         return self.ops.getattr(nodeid, ctx).attr_out()
 
     def _setattr(self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview) -> bytes:
-        (
-            valid,
-            _pad,
-            fh,
-            size,
-            _lock_owner,
-            atime,
-            mtime,
-            ctime,
-            atimensec,
-            mtimensec,
-            ctimensec,
-            mode,
-            _u4,
-            uid,
-            gid,
-            _u5,
-        ) = K.SETATTR_IN.unpack_from(body)
-        attr = K.EntryAttributes()
-        fields = K.SetattrFields()
-        now = time.time_ns()
-        if valid & K.FATTR_MODE:
-            fields.update_mode = True
-            attr.st_mode = mode
-        if valid & K.FATTR_UID:
-            fields.update_uid = True
-            attr.st_uid = uid
-        if valid & K.FATTR_GID:
-            fields.update_gid = True
-            attr.st_gid = gid
-        if valid & K.FATTR_SIZE:
-            fields.update_size = True
-            attr.st_size = size
-        if valid & K.FATTR_ATIME:
-            fields.update_atime = True
-            attr.st_atime_ns = now if valid & K.FATTR_ATIME_NOW else atime * 10**9 + atimensec
-        if valid & K.FATTR_MTIME:
-            fields.update_mtime = True
-            attr.st_mtime_ns = now if valid & K.FATTR_MTIME_NOW else mtime * 10**9 + mtimensec
-        if valid & K.FATTR_CTIME:
-            fields.update_ctime = True
-            attr.st_ctime_ns = ctime * 10**9 + ctimensec
-        fields.kill_suidgid = bool(valid & K.FATTR_KILL_SUIDGID)
-        handle = fh if valid & (1 << 6) else None
-        return self.ops.setattr(nodeid, attr, fields, handle, ctx).attr_out()
+        fields = K.SetattrFields.decode(body, time.time_ns())
+        return self.ops.setattr(nodeid, fields, ctx).attr_out()
 
     def _readlink(self, _u: int, nodeid: int, ctx: K.RequestContext, _b: memoryview) -> bytes:
         return self.ops.readlink(nodeid, ctx)
@@ -395,14 +353,16 @@ class Session:
         kill = bool(open_flags & K.OPEN_KILL_SUIDGID)
         return self.ops.open(nodeid, flags, ctx, kill_suidgid=kill).open_out()
 
-    def _create(self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview) -> list:
+    def _create(self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview) -> list[bytes]:
         flags, mode, umask, _open_flags = K.CREATE_IN.unpack_from(body)
         ctx.umask = umask
         (name,) = K.cstrings(body[K.CREATE_IN.size :], 1)
         info, attrs = self.ops.create(nodeid, name, mode, flags, ctx)
         return [attrs.entry_out(), info.open_out()]
 
-    def _read(self, _u: int, _n: int, _c: K.RequestContext, body: memoryview) -> bytes | list:
+    def _read(
+        self, _u: int, _n: int, _c: K.RequestContext, body: memoryview
+    ) -> bytes | list[bytes]:
         fh, offset, size, _rf, _lo, _flags, _pad = K.READ_IN.unpack_from(body)
         return self.ops.read(fh, offset, size)
 

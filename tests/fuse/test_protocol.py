@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from branchfs_fuse import kernel as K
-from branchfs_fuse.ops import BranchOps
+from branchfs_fuse.bridge import Bridge
 from branchfs_fuse.session import Session
 
 import branchfs
@@ -26,7 +26,7 @@ class Wire:
     """A session whose replies land in a pipe, and a way to send it requests."""
 
     def __init__(self, store: branchfs.Store) -> None:
-        self.ops = BranchOps(store, "main", "/nonexistent")
+        self.ops = Bridge(store, "main", "/nonexistent")
         self.read_end, write_end = os.pipe()
         self.session = Session(write_end, self.ops)
         self.unique = 0

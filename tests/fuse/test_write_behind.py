@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 from branchfs_fuse import kernel as K
-from branchfs_fuse import ops as ops_mod
+from branchfs_fuse import writeback
+from branchfs_fuse.bridge import Bridge
 from branchfs_fuse.buffers import FLUSH_BYTES
-from branchfs_fuse.ops import BranchOps
+from branchfs_fuse.inodes import BRANCHES
 
 import branchfs
 
@@ -33,7 +34,7 @@ class Gate:
         self.opened = threading.Event()
         self.started = threading.Event()
         self.error = error
-        real_apply = ops_mod._apply
+        real_apply = writeback.apply_buffer
 
         def held(*args: Any) -> Any:
             self.started.set()
@@ -42,7 +43,7 @@ class Gate:
                 raise self.error
             return real_apply(*args)
 
-        monkeypatch.setattr(ops_mod, "_apply", held)
+        monkeypatch.setattr(writeback, "apply_buffer", held)
 
     def open_later(self, seconds: float = 0.2) -> None:
         """Let the held commit go after ``seconds``, from another thread."""
@@ -51,12 +52,12 @@ class Gate:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[branchfs.Store, BranchOps, int]]:
+def daemon(tmp_path: Path) -> Iterator[tuple[branchfs.Store, Bridge, int]]:
     """A store, the daemon's filesystem on its branch ``main``, and an empty file's inode."""
     with branchfs.Store.open(tmp_path / "store.bfs", create=True) as store:
         main = store.create_branch("main")
         main.write_bytes("f", b"")
-        ops = BranchOps(store, "main", "/nonexistent")
+        ops = Bridge(store, "main", "/nonexistent")
         try:
             yield store, ops, main.stat("f").st_ino
         finally:
@@ -64,7 +65,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[branchfs.Store, BranchOps, int]]:
 
 
 def test_requests_wait_for_the_commit_in_flight_and_see_its_writes(
-    daemon: tuple[branchfs.Store, BranchOps, int], monkeypatch: pytest.MonkeyPatch
+    daemon: tuple[branchfs.Store, Bridge, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, ops, ino = daemon
     gate = Gate(monkeypatch)
@@ -72,10 +73,10 @@ def test_requests_wait_for_the_commit_in_flight_and_see_its_writes(
     writer = ops.open(ino, os.O_WRONLY, CTX).fh
     reader = ops.open(ino, os.O_RDONLY, CTX).fh
     assert ops.write(writer, 0, data) == len(data)  # returns with its commit still held
-    assert ops.behind is not None
+    assert ops.wb.behind is not None
     gate.open_later()
     assert ops.getattr(ino, CTX).st_size == len(data)
-    assert ops.behind is None
+    assert ops.wb.behind is None
     assert b"".join(ops.read(reader, len(data) - 10, 10)) == data[-10:]
     ops.replied()  # the session's part: the reply is written, the read's snapshot goes
     ops.release(reader)
@@ -84,7 +85,7 @@ def test_requests_wait_for_the_commit_in_flight_and_see_its_writes(
 
 
 def test_a_fork_waits_for_the_commit_in_flight(
-    daemon: tuple[branchfs.Store, BranchOps, int], monkeypatch: pytest.MonkeyPatch
+    daemon: tuple[branchfs.Store, Bridge, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, ops, ino = daemon
     gate = Gate(monkeypatch)
@@ -92,13 +93,13 @@ def test_a_fork_waits_for_the_commit_in_flight(
     fh = ops.open(ino, os.O_WRONLY, CTX).fh
     ops.write(fh, 0, data)
     gate.open_later()
-    ops.mkdir(ops_mod.BRANCHES, b"forked", 0o755, CTX)
+    ops.mkdir(BRANCHES, b"forked", 0o755, CTX)
     assert store.branch("forked").read_bytes("f") == data
     ops.release(fh)
 
 
 def test_a_failed_commit_reaches_the_writer_and_the_file_is_still_let_go(
-    daemon: tuple[branchfs.Store, BranchOps, int], monkeypatch: pytest.MonkeyPatch
+    daemon: tuple[branchfs.Store, Bridge, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _store, ops, ino = daemon
     gate = Gate(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
@@ -111,12 +112,12 @@ def test_a_failed_commit_reaches_the_writer_and_the_file_is_still_let_go(
     assert info.value.errno == errno.ENOSPC
     ops.write(fh, FLUSH_BYTES, b"more")  # reported once, like a writeback error
     ops.release(fh)  # its flush fails too, and the file is let go all the same
-    assert (ops.main, ino) not in ops.holds
-    assert not ops.write_errors
+    assert (ops.main, ino) not in ops.holds.counts
+    assert not ops.wb.write_errors
 
 
 def test_an_error_waits_for_the_descriptor_that_is_still_open(
-    daemon: tuple[branchfs.Store, BranchOps, int], monkeypatch: pytest.MonkeyPatch
+    daemon: tuple[branchfs.Store, Bridge, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _store, ops, ino = daemon
     gate = Gate(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))

@@ -1,0 +1,511 @@
+"""The bridge between the kernel's requests and the mount's nodes (go-fuse's ``fs/bridge``).
+
+:class:`Bridge` is the filesystem object :mod:`.session` calls, one decoded request at a
+time. It owns the kernel's bookkeeping: the fuse inode table and lookup counts
+(:mod:`.inodes`), what the kernel holds of each inode (so that orphans go at the last
+hold), open file handles, and readdir listings. It sends each request to the node kind
+that answers it: the trees (:class:`.nodes.TreeNodes`) or the control directory
+(:class:`.ctldir.ControlDir`). Write buffers are :mod:`.writeback`'s, cache coherence
+:mod:`.coherence`'s.
+
+Every handler is wrapped (:func:`op`): it is counted for ``ctl stats``, waits for a
+write-behind commit unless it is a write, and turns any exception into ``FUSEError`` with
+Linux's errno; nothing else reaches the kernel. Work that may block (the store's fsync,
+telling other daemons, dropping kernel caches) is queued with :meth:`Bridge.defer` and
+runs before the reply, off the request loop. The request loop holds :attr:`Bridge.lock`
+while a handler runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import stat as st
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
+
+from branchfs import BranchFSError, Store
+from branchfs.records import ROOT_INO
+
+from . import kernel as K
+from .coherence import Coherence, Work
+from .ctldir import ControlDir, CtlHandle, TextHandle
+from .errors import errno_of
+from .inodes import (
+    ALIAS_BASE,
+    BRANCHES,
+    CONTROL_NODES,
+    CTL_DIR,
+    SNAPSHOTS,
+    Holds,
+    InodeMap,
+    Key,
+    Listing,
+    TreeRef,
+)
+from .nodes import CONTROL_NAME, TIMEOUT, Entry, FileHandle, TreeNodes
+from .stats import Stats
+from .writeback import WriteBack
+
+log = logging.getLogger("branchfs.fuse")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Directory listings kept for readdir offsets that continue them.
+LISTINGS_MAX = 64
+
+Handle = FileHandle | CtlHandle | TextHandle
+
+
+def op(fn: Callable[Concatenate[Bridge, P], R]) -> Callable[Concatenate[Bridge, P], R]:
+    """Wrap a handler: count it; engine errors become FUSEError with Linux's errno."""
+    name = fn.__name__
+
+    def wrapper(self: Bridge, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.stats.request(name)
+        if self.wb.behind is not None and name != "write":
+            self.wb.settle()  # everything but a write sees the store with every write in it
+        try:
+            return fn(self, *args, **kwargs)
+        except K.FUSEError:
+            raise
+        except Exception as exc:
+            code = errno_of(exc)
+            if code == errno.EIO:
+                log.exception("%s%r failed", name, args[:3])
+            raise K.FUSEError(code) from None
+
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+class Bridge:
+    """The filesystem: branch ``branch`` of ``store`` at the root, the control directory too."""
+
+    def __init__(self, store: Store, branch: str, mountpoint: str) -> None:
+        self.store = store
+        self.main = TreeRef(branch)
+        self.mountpoint = mountpoint
+        #: Serialises the request loop with the notice listener.
+        self.lock = threading.RLock()
+        self.stats = Stats()
+        #: Requests that reached the daemon, by operation (``stats`` on .branchfs/ctl).
+        self.requests = self.stats.requests
+        self.inodes = InodeMap(self.main)
+        self.holds = Holds()
+        self.coherence = Coherence(store, self.main, self.inodes, self.stats, self.lock)
+        self.wb = WriteBack(store, self.coherence, self.stats)
+        self.tree = TreeNodes(store, self.main, self.inodes, self.holds, self.coherence, self.wb)
+        self.ctl = ControlDir(store, self.main, self.coherence, self.wb, self.stats)
+        self.handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        #: Listings by id: a readdir offset is ``id << 32 | position`` (see :meth:`readdir`).
+        self.listings: OrderedDict[int, Listing] = OrderedDict()
+        self._next_listing = 1
+        self.coherence.on_forget.append(self.listings.clear)
+        #: What the current reply points into (a read's store snapshot); see :meth:`replied`.
+        self.reply_resources = contextlib.ExitStack()
+        #: Blocking work a request queued; the session runs it before replying.
+        self.deferred: Work = []
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def negotiated(self, flags: int) -> None:
+        """The INIT flags the kernel and the daemon agreed on."""
+        self.tree.kill_privs = bool(flags & K.HANDLE_KILLPRIV_V2)
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (it may block) before the current request's reply, off the loop."""
+        self.deferred.append(fn)
+
+    def take_work(self) -> Work:
+        """What must happen before the current request's reply; called after each request."""
+        work, self.deferred = self.deferred, []
+        return work + self.coherence.take_work()
+
+    def replied(self) -> None:
+        """The reply to the current request is written: let go of what it pointed into."""
+        self.reply_resources.close()
+
+    def _entry(self, parent: int, name: bytes, entry: Entry) -> K.EntryAttributes:
+        """Attributes for a reply that gives the kernel a new reference on ``entry``."""
+        self.inodes.looked_up(entry.fino)
+        self.holds.hold(entry.key)
+        if entry.fino < ALIAS_BASE and parent < ALIAS_BASE:
+            self.coherence.remember(parent, name)
+        return self.tree.attrs(entry.fino, entry.key, entry.rec)
+
+    def _new_fh(self, handle: Handle, info: K.FileInfo) -> K.FileInfo:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = handle
+        info.fh = fh
+        return info
+
+    def _unhold(self, keys: list[tuple[Key, int]]) -> None:
+        """The kernel let go of ``n`` holds on each key; orphans left unheld are deleted."""
+        doomed: list[Key] = []
+        for key, n in keys:
+            self.holds.unhold(key, n, doomed)
+        if doomed:
+            self.tree.drop_orphans(doomed)
+
+    # -- lookup and attributes ------------------------------------------------------------------
+
+    @op
+    def lookup(self, parent: int, name: bytes, ctx: K.RequestContext) -> K.EntryAttributes:
+        """Resolve ``name`` in ``parent``; ENOENT answers of the mounted view are cached."""
+        if parent >= ALIAS_BASE and parent in CONTROL_NODES:
+            found = self.ctl.lookup(parent, name)
+            if isinstance(found, int):
+                self.inodes.looked_up(found)
+                return self.ctl.attrs(found)
+            return self._entry(parent, name, self.tree.root_entry(found))
+        if parent == ROOT_INO and name == CONTROL_NAME:
+            self.inodes.looked_up(CTL_DIR)
+            return self.ctl.attrs(CTL_DIR)
+        entry = self.tree.lookup(parent, name)
+        if entry is None:
+            self.coherence.remember(parent, name)
+            neg = K.EntryAttributes()
+            neg.st_ino = 0
+            neg.entry_timeout = TIMEOUT
+            return neg
+        return self._entry(parent, name, entry)
+
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        """The kernel dropped references; unlinked inodes nobody holds are deleted."""
+        self.stats.request("forget")
+        try:
+            self.wb.settle()
+            keys: list[tuple[Key, int]] = []
+            for fino, n in inode_list:
+                key = self.inodes.resolve(fino)
+                self.inodes.forget(fino, n)
+                if key is not None:
+                    keys.append((key, n))
+            self._unhold(keys)
+        except Exception:  # forget must not raise (it answers no request)
+            log.exception("forget failed")
+
+    @op
+    def getattr(self, fino: int, ctx: K.RequestContext) -> K.EntryAttributes:
+        """Attributes of ``fino`` (buffered writes included in size and mtime)."""
+        if fino in CONTROL_NODES:
+            return self.ctl.attrs(fino)
+        return self.tree.getattr(fino)
+
+    @op
+    def setattr(
+        self, fino: int, fields: K.SetattrFields, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
+        """chmod, chown, truncate and utimens in one transaction."""
+        if fino in CONTROL_NODES:
+            return self.ctl.setattr(fino, fields)
+        return self.tree.setattr(fino, fields)
+
+    @op
+    def readlink(self, fino: int, ctx: K.RequestContext) -> bytes:
+        """The target of a symlink."""
+        return self.tree.readlink(fino)
+
+    @op
+    def access(self, fino: int, mode: int, ctx: K.RequestContext) -> bool:
+        """Existence check; permissions are checked by the kernel (default_permissions)."""
+        if fino not in CONTROL_NODES:
+            self.tree.access(fino)
+        return True
+
+    @op
+    def statfs(self, ctx: K.RequestContext) -> K.StatvfsData:
+        """Space of the filesystem holding the store."""
+        return self.tree.statfs()
+
+    # -- creating and removing names ------------------------------------------------------------
+
+    @op
+    def mkdir(
+        self, parent: int, name: bytes, mode: int, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
+        """mkdir; under ``.branchfs/branches`` it forks, under ``snapshots`` it snapshots."""
+        if parent in (BRANCHES, SNAPSHOTS):
+            tree = self.ctl.mkdir(parent, name)
+            return self._entry(parent, name, self.tree.root_entry(tree))
+        entry = self.tree.make(parent, name, st.S_IFDIR | (mode & 0o7777), ctx)
+        return self._entry(parent, name, entry)
+
+    @op
+    def mknod(
+        self, parent: int, name: bytes, mode: int, rdev: int, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
+        """A regular file, FIFO, socket or device node."""
+        return self._entry(parent, name, self.tree.make(parent, name, mode, ctx, rdev=rdev))
+
+    @op
+    def symlink(
+        self, parent: int, name: bytes, target: bytes, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
+        """A symbolic link to ``target``."""
+        entry = self.tree.make(parent, name, st.S_IFLNK | 0o777, ctx, target=target)
+        return self._entry(parent, name, entry)
+
+    @op
+    def link(
+        self, fino: int, new_parent: int, new_name: bytes, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
+        """A hard link; EXDEV across trees."""
+        return self._entry(new_parent, new_name, self.tree.link(fino, new_parent, new_name))
+
+    @op
+    def unlink(self, parent: int, name: bytes, ctx: K.RequestContext) -> None:
+        """Remove a name; an inode still open or known to the kernel lives on as an orphan."""
+        if parent in CONTROL_NODES:
+            raise K.FUSEError(errno.EISDIR if parent in (BRANCHES, SNAPSHOTS) else errno.EPERM)
+        self.tree.unlink(parent, name)
+
+    @op
+    def rmdir(self, parent: int, name: bytes, ctx: K.RequestContext) -> None:
+        """Remove an empty directory; under ``.branchfs`` discard a branch or snapshot."""
+        if parent in (BRANCHES, SNAPSHOTS):
+            self.ctl.rmdir(parent, name)
+            return
+        if parent in CONTROL_NODES:
+            raise K.FUSEError(errno.EPERM)
+        self.tree.rmdir(parent, name)
+
+    @op
+    def rename(
+        self,
+        old_parent: int,
+        old_name: bytes,
+        new_parent: int,
+        new_name: bytes,
+        flags: int,
+        ctx: K.RequestContext,
+    ) -> None:
+        """rename/renameat2 (NOREPLACE, EXCHANGE); EXDEV between trees."""
+        self.tree.rename(old_parent, old_name, new_parent, new_name, flags)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    @op
+    def open(
+        self, fino: int, flags: int, ctx: K.RequestContext, *, kill_suidgid: bool = False
+    ) -> K.FileInfo:
+        """Open a file; see :meth:`.nodes.TreeNodes.open` and :meth:`.ctldir.ControlDir.open`."""
+        handle: Handle
+        if fino in CONTROL_NODES:
+            handle, info = self.ctl.open(fino, flags)
+        else:
+            handle, info = self.tree.open(fino, flags, kill_suidgid)
+        return self._new_fh(handle, info)
+
+    @op
+    def create(
+        self, parent: int, name: bytes, mode: int, flags: int, ctx: K.RequestContext
+    ) -> tuple[K.FileInfo, K.EntryAttributes]:
+        """Create and open a regular file."""
+        entry = self.tree.make(parent, name, st.S_IFREG | (mode & 0o7777), ctx)
+        attrs = self._entry(parent, name, entry)
+        handle, info = self.tree.opened(entry, flags)
+        return self._new_fh(handle, info), attrs
+
+    @op
+    def read(self, fh: int, off: int, size: int) -> bytes | list[bytes]:
+        """Read (buffered writes of the inode are flushed first, so reads see them).
+
+        File data comes back as pieces for one ``writev``: memoryviews into the store's map,
+        valid until :meth:`replied`, so the bytes are copied once, straight to the kernel.
+        """
+        h = self.handles[fh]
+        if isinstance(h, FileHandle):
+            return self.tree.read(h, off, size, self.reply_resources)
+        return self.ctl.read(h, off, size)
+
+    @op
+    def write(self, fh: int, off: int, data: bytes, *, kill_suidgid: bool = False) -> int:
+        """Buffer a write; large buffers go to the store at once."""
+        h = self.handles[fh]
+        if isinstance(h, FileHandle):
+            return self.tree.write(h, off, data, kill_suidgid)
+        return self.ctl.write(h, data)
+
+    @op
+    def flush(self, fh: int) -> None:
+        """close(): buffered data reaches the store (close-to-open consistency)."""
+        h = self.handles.get(fh)
+        if isinstance(h, FileHandle):
+            self.tree.flush(h)
+
+    @op
+    def release(self, fh: int) -> None:
+        """The last close of an open file.
+
+        Nobody hears a RELEASE's answer, so data that cannot be written now (a full disk)
+        is dropped with a warning, and the file is let go whatever happened: a file kept
+        held would never free its space.
+        """
+        h = self.handles.pop(fh, None)
+        if not isinstance(h, FileHandle):
+            return
+        key = h.key
+        try:
+            if key in self.wb.buffers:
+                self.wb.flush(key)
+        except (BranchFSError, OSError) as exc:  # flush took the buffer: it is gone
+            log.warning("data written to %s before its last close is lost: %s", key, exc)
+        finally:
+            if key in self.wb.write_errors and not any(
+                isinstance(o, FileHandle) and o.key == key for o in self.handles.values()
+            ):
+                self.wb.forget_error(key)  # nobody is left to be told
+            self._unhold([(key, 1)])
+
+    @op
+    def fsync(self, fh: int, datasync: bool) -> None:
+        """Buffered data to the store, and the store to stable storage."""
+        h = self.handles.get(fh)
+        if isinstance(h, FileHandle):
+            self.tree.flush(h)
+        self.defer(self.store.sync)
+
+    # -- directories ----------------------------------------------------------------------------
+
+    def _list(self, fino: int) -> Listing:
+        """The entries of directory ``fino`` now."""
+        if fino in CONTROL_NODES:
+            return self.ctl.listing(fino)
+        return self.tree.list_dir(fino)
+
+    def _listing(self, fino: int, offset: int) -> tuple[int, Listing]:
+        """The listing an offset continues (a new one at offset 0), and its id."""
+        lid = offset >> 32
+        listing = self.listings.get(lid) if offset else None
+        if listing is None:
+            if not offset:
+                lid = self._next_listing
+                self._next_listing = lid + 1 if lid < (1 << 30) else 1
+            listing = self._list(fino)  # a continued listing that aged out is taken anew
+            self.listings[lid] = listing
+            while len(self.listings) > LISTINGS_MAX:
+                self.listings.popitem(last=False)
+        else:
+            self.listings.move_to_end(lid)
+        return lid, listing
+
+    @op
+    def readdir(self, fino: int, offset: int, out: K.DirBuffer) -> None:
+        """Entries with their attributes (readdirplus), from a listing taken at offset 0.
+
+        Directories have no open handle (the kernel opens them itself), so an offset names
+        both a listing and a position in it: ``listing id << 32 | position``. Position 1 is
+        after ``.``, 2 after ``..``, ``k + 3`` after entry ``k``; each ``opendir``/
+        ``rewinddir`` starts at 0 and gets a new listing, so entries never repeat or vanish
+        while a directory is read and changed at once.
+        """
+        lid, entries = self._listing(fino, offset)
+        base = lid << 32
+        start = offset & 0xFFFFFFFF
+        if start < 1:
+            if not out.add_dot(b".", fino, base | 1):
+                return
+            start = 1
+        if start < 2:
+            if not out.add_dot(b"..", fino, base | 2):
+                return
+            start = 2
+        alias = fino >= ALIAS_BASE
+        i = start - 2
+        while i < len(entries):
+            name, tree, num = entries[i]
+            if tree is None:
+                if not out.add(name, self.ctl.attrs(num), base | (i + 3)):
+                    return
+                if out.plus:
+                    self.inodes.looked_up(num)
+                i += 1
+                continue
+            # One read transaction per batch of entries of the same tree.
+            batch_tree = tree
+            j = i
+            while j < len(entries) and entries[j][1] == batch_tree:
+                j += 1
+            chunk = entries[i:j]
+            recs = self.tree.records(batch_tree, [e[2] for e in chunk])
+            for k, ((ename, _t, eng), rec) in enumerate(zip(chunk, recs, strict=True)):
+                if rec is None:
+                    continue  # removed since the listing was taken
+                efino = self.inodes.fuse_ino(batch_tree, eng, alias)
+                key = (batch_tree, eng)
+                if not out.add(ename, self.tree.attrs(efino, key, rec), base | (i + k + 3)):
+                    return
+                if out.plus:  # the kernel took a reference and may cache the name
+                    self.inodes.looked_up(efino)
+                    self.holds.hold(key)
+                    if not alias:
+                        self.coherence.remember(fino, ename)
+            i = j
+
+    @op
+    def fsyncdir(self, fino: int, datasync: bool) -> None:
+        """Make the store durable."""
+        self.defer(self.store.sync)
+
+    @op
+    def syncfs(self) -> None:
+        """sync(2) on the mount: every buffer to the store, the store to stable storage."""
+        self.wb.flush_all()
+        self.defer(self.store.sync)
+
+    # -- extended attributes --------------------------------------------------------------------
+
+    @op
+    def getxattr(self, fino: int, name: bytes, ctx: K.RequestContext) -> bytes:
+        """An extended attribute (ENODATA if unset)."""
+        names = self.stats.xattr_names
+        names[name] = names.get(name, 0) + 1
+        if fino in CONTROL_NODES:
+            raise K.FUSEError(errno.ENODATA)
+        return self.tree.getxattr(fino, name)
+
+    @op
+    def setxattr(
+        self, fino: int, name: bytes, value: bytes, flags: int, ctx: K.RequestContext
+    ) -> None:
+        """Set an extended attribute (XATTR_CREATE / XATTR_REPLACE honoured)."""
+        if fino in CONTROL_NODES:
+            raise K.FUSEError(errno.EPERM)
+        self.tree.setxattr(fino, name, value, flags)
+
+    @op
+    def listxattr(self, fino: int, ctx: K.RequestContext) -> list[bytes]:
+        """Names of the extended attributes."""
+        if fino in CONTROL_NODES:
+            return []
+        return self.tree.listxattr(fino)
+
+    @op
+    def removexattr(self, fino: int, name: bytes, ctx: K.RequestContext) -> None:
+        """Remove an extended attribute (ENODATA if unset)."""
+        if fino in CONTROL_NODES:
+            raise K.FUSEError(errno.EPERM)
+        self.tree.removexattr(fino, name)
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def clean_orphans(self) -> int:
+        """Delete inodes left unlinked-but-open by a daemon that died; returns how many."""
+        return self.tree.clean_orphans()
+
+    def shutdown(self) -> None:
+        """After the kernel let go: flush everything, drop orphans, make the store durable."""
+        self.wb.shutdown()
+        self.reply_resources.close()
+        if self.holds.orphans:
+            self.tree.drop_orphans(list(self.holds.orphans))
+            self.holds.orphans.clear()
+        self.store.sync()

@@ -1,0 +1,468 @@
+"""POSIX behaviour of the trees a mount shows: the mounted branch and the views under
+``.branchfs/branches/`` and ``.branchfs/snapshots/``.
+
+Each handler resolves its fuse inode to a tree and an engine inode (:mod:`.inodes`), runs
+one transaction through :mod:`branchfs.tree` (by way of :class:`.coherence.Coherence`, which
+keeps the caches exact) and returns what the bridge needs to answer the kernel. Errors are
+``OSError`` with Linux's errno (from the engine) or ``FUSEError``; the bridge turns them
+into the reply. Kernel bookkeeping (lookup counts, handles, listings) is the bridge's;
+write buffers are :mod:`.writeback`'s.
+
+Renames and links between trees are EXDEV, so ``mv`` copies between branches; snapshots
+are EROFS. An inode whose last name goes while the kernel still holds it lives on as an
+*orphan* (a record without links) until the last hold goes (:class:`.inodes.Holds`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat as st
+from typing import NamedTuple
+
+from branchfs import BranchFSError, Store
+from branchfs import tree as T
+from branchfs.layers import View
+from branchfs.meta import U64, U64x2
+from branchfs.records import ROOT_INO, Inode
+
+from . import kernel as K
+from .coherence import Coherence
+from .inodes import ALIAS_BASE, CONTROL_NODES, Holds, InodeMap, Key, Listing, TreeRef
+from .writeback import WriteBack, apply_buffer, drop_privs
+
+log = logging.getLogger("branchfs.fuse")
+
+#: Entry and attribute timeout of the mounted view (changes from elsewhere are invalidated).
+TIMEOUT = 600.0
+#: The control directory's name in the mounted tree's root (hidden from listings).
+CONTROL_NAME = b".branchfs"
+#: Block size reported to ``stat``: one chunk.
+BLKSIZE = 65536
+
+
+class FileHandle:
+    """An open regular file of some tree."""
+
+    __slots__ = ("append", "fino", "key")
+
+    def __init__(self, fino: int, key: Key, append: bool) -> None:
+        self.fino = fino
+        self.key = key
+        self.append = append
+
+
+class Entry(NamedTuple):
+    """A node a reply hands the kernel a reference to: fuse inode, identity, record."""
+
+    fino: int
+    key: Key
+    rec: Inode
+
+
+class TreeNodes:
+    """The POSIX handlers over the trees of one store, on fuse inode numbers."""
+
+    def __init__(
+        self,
+        store: Store,
+        main: TreeRef,
+        inodes: InodeMap,
+        holds: Holds,
+        coherence: Coherence,
+        writeback: WriteBack,
+    ) -> None:
+        self.store = store
+        self.main = main
+        self.inodes = inodes
+        self.holds = holds
+        self.co = coherence
+        self.wb = writeback
+        #: Whether the kernel left suid/sgid and security.capability clearing to us.
+        self.kill_privs = False
+
+    # -- identities and attributes --------------------------------------------------------------
+
+    def key(self, fino: int) -> Key:
+        """The tree and engine inode of ``fino``; EPERM for a control node, else ENOENT."""
+        key = self.inodes.resolve(fino)
+        if key is None:
+            raise K.FUSEError(errno.EPERM if fino in CONTROL_NODES else errno.ENOENT)
+        return key
+
+    def attrs(self, fino: int, key: Key, rec: Inode) -> K.EntryAttributes:
+        """Attributes of ``rec`` as ``fino``, buffered writes included in size and mtime."""
+        a = K.EntryAttributes()
+        a.st_ino = fino
+        a.entry_timeout = a.attr_timeout = TIMEOUT if fino < ALIAS_BASE else 0.0
+        a.st_mode = rec.mode
+        a.st_nlink = rec.nlink
+        a.st_uid = rec.uid
+        a.st_gid = rec.gid
+        a.st_rdev = rec.rdev
+        size = rec.size
+        mtime = rec.mtime_ns
+        ctime = rec.ctime_ns
+        buf = self.wb.buffers.get(key)
+        if buf is not None:
+            size = max(size, buf.end)
+            mtime = ctime = max(mtime, buf.mtime_ns)
+        a.st_size = size
+        a.st_blksize = BLKSIZE
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = rec.atime_ns
+        a.st_mtime_ns = mtime
+        a.st_ctime_ns = ctime
+        return a
+
+    def _parent(self, parent: int) -> tuple[TreeRef, int, bool]:
+        if parent in CONTROL_NODES:
+            raise K.FUSEError(errno.EPERM)
+        tree, peng = self.key(parent)
+        return tree, peng, parent >= ALIAS_BASE
+
+    # -- lookup and attributes ------------------------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes) -> Entry | None:
+        """``name`` in ``parent``; None when the mounted view has no such name (a negative
+        entry the kernel may cache). ENOENT in views under ``.branchfs/``."""
+        tree, peng = self.key(parent)
+        alias = parent >= ALIAS_BASE
+
+        def fn(v: View) -> tuple[int, Inode | None]:
+            ino = T.lookup(v, peng, name)
+            return ino, v.inode(ino)
+
+        try:
+            ino, rec = self.co.read(tree, fn)
+        except FileNotFoundError:
+            if alias:
+                raise
+            return None
+        if rec is None:
+            raise K.FUSEError(errno.ENOENT)
+        self.co.cache_record((tree, ino), rec)
+        return Entry(self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec)
+
+    def root_entry(self, tree: TreeRef) -> Entry:
+        """The root of ``tree`` as seen under ``.branchfs/`` (ENOENT if no such tree)."""
+        rec = self.co.read(tree, lambda v: T.get(v, ROOT_INO))
+        return Entry(self.inodes.alias(tree, ROOT_INO), (tree, ROOT_INO), rec)
+
+    def getattr(self, fino: int) -> K.EntryAttributes:
+        """Attributes of ``fino``."""
+        key = self.key(fino)
+        return self.attrs(fino, key, self.co.record(key))
+
+    def setattr(self, fino: int, fields: K.SetattrFields) -> K.EntryAttributes:
+        """chmod, chown, truncate and utimens in one transaction, buffered data first."""
+        key = self.key(fino)
+        tree, eng = key
+        kw = fields.changes()
+        buf = self.wb.take(key, flushing=True)
+        chowned = fields.uid is not None or fields.gid is not None
+        kill = self.kill_privs and (fields.size is not None or chowned)
+        kill_suidgid = fields.kill_suidgid and fields.mode is None
+
+        def fn(v: View) -> Inode:
+            if buf is not None:  # buffered data first, in the same transaction
+                apply_buffer(v, eng, buf)
+            rec = T.setattr(v, eng, **kw)
+            if kill and rec.is_reg:
+                drop_privs(v, eng, kill_suidgid)
+                rec = T.get(v, eng)
+            return rec
+
+        rec = self.co.write(tree, fn)
+        self.co.cache_record(key, rec)
+        if fino >= ALIAS_BASE:
+            self.co.inode_changed_elsewhere(key)  # only this inode's cache in the mounted view
+        return self.attrs(fino, key, rec)
+
+    def readlink(self, fino: int) -> bytes:
+        """The target of a symlink."""
+        tree, eng = self.key(fino)
+        return self.co.read(tree, lambda v: T.readlink(v, eng))
+
+    def access(self, fino: int) -> None:
+        """Existence check; permissions are checked by the kernel (default_permissions)."""
+        self.co.record(self.key(fino))
+
+    def statfs(self) -> K.StatvfsData:
+        """Space of the filesystem holding the store."""
+        s = os.statvfs(self.store.path)
+        out = K.StatvfsData()
+        out.f_bsize = s.f_bsize
+        out.f_frsize = s.f_frsize
+        out.f_blocks = s.f_blocks
+        out.f_bfree = s.f_bfree
+        out.f_bavail = s.f_bavail
+        out.f_files = s.f_files or 1 << 32
+        out.f_ffree = s.f_ffree or 1 << 31
+        out.f_favail = s.f_favail or 1 << 31
+        out.f_namemax = T.NAME_MAX
+        return out
+
+    # -- creating and removing names ------------------------------------------------------------
+
+    def make(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        ctx: K.RequestContext,
+        rdev: int = 0,
+        target: bytes | None = None,
+    ) -> Entry:
+        """A new node (file, directory, symlink, FIFO, socket, device) owned by the caller."""
+        if parent == ROOT_INO and name == CONTROL_NAME:
+            raise K.FUSEError(errno.EEXIST)
+        tree, peng, alias = self._parent(parent)
+        ino, rec = self.co.write(
+            tree,
+            lambda v: T.make_node(v, peng, name, mode, ctx.uid, ctx.gid, rdev=rdev, target=target),
+            alias=alias,
+            keep=(peng,),
+        )
+        self.co.cache_record((tree, ino), rec)
+        return Entry(self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec)
+
+    def link(self, fino: int, new_parent: int, new_name: bytes) -> Entry:
+        """A hard link; EXDEV across trees."""
+        if fino in CONTROL_NODES:
+            raise K.FUSEError(errno.EPERM)
+        if new_parent == ROOT_INO and new_name == CONTROL_NAME:
+            raise K.FUSEError(errno.EEXIST)
+        tree, eng = self.key(fino)
+        ptree, peng, alias = self._parent(new_parent)
+        if ptree != tree:
+            raise K.FUSEError(errno.EXDEV)
+        rec = self.co.write(
+            tree, lambda v: T.link(v, eng, peng, new_name), alias=alias, keep=(peng,)
+        )
+        self.co.cache_record((tree, eng), rec)
+        return Entry(fino, (tree, eng), rec)
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        """Remove a name; an inode still open or known to the kernel lives on as an orphan."""
+        if parent == ROOT_INO and name == CONTROL_NAME:
+            raise K.FUSEError(errno.EISDIR)
+        tree, peng, alias = self._parent(parent)
+
+        def fn(v: View) -> tuple[int, bool]:
+            ino = T.unlink(v, peng, name, keep_orphan=True)
+            return ino, self._orphaned(v, tree, ino)
+
+        ino, kept = self.co.write(tree, fn, alias=alias, keep=(peng,))
+        if kept:
+            self.holds.orphans.add((tree, ino))
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        """Remove an empty directory."""
+        if parent == ROOT_INO and name == CONTROL_NAME:
+            raise K.FUSEError(errno.EBUSY)
+        tree, peng, alias = self._parent(parent)
+        self.co.write(tree, lambda v: T.rmdir(v, peng, name), alias=alias, keep=(peng,))
+
+    def rename(
+        self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int
+    ) -> None:
+        """rename/renameat2 (NOREPLACE, EXCHANGE); EXDEV between trees."""
+        for p, n in ((old_parent, old_name), (new_parent, new_name)):
+            if p in CONTROL_NODES or (p == ROOT_INO and n == CONTROL_NAME):
+                raise K.FUSEError(errno.EXDEV if p in CONTROL_NODES else errno.EBUSY)
+        tree, op_eng, alias = self._parent(old_parent)
+        ntree, np_eng, _b = self._parent(new_parent)
+        if ntree != tree:
+            raise K.FUSEError(errno.EXDEV)
+
+        def fn(v: View) -> tuple[int | None, bool]:
+            replaced = T.rename(v, op_eng, old_name, np_eng, new_name, flags)
+            return replaced, self._orphaned(v, tree, replaced)
+
+        replaced, kept = self.co.write(tree, fn, alias=alias, keep=(op_eng, np_eng))
+        if kept and replaced is not None:
+            self.holds.orphans.add((tree, replaced))
+
+    # -- orphans --------------------------------------------------------------------------------
+
+    def _orphaned(self, v: View, tree: TreeRef, ino: int | None) -> bool:
+        """After an unlink or rename dropped ``ino``'s last name: keep it if still held."""
+        if ino is None:
+            return False
+        rec = v.inode(ino)
+        if rec is None or rec.links:
+            return False
+        if self.holds.held((tree, ino)):
+            return True
+        T.forget_orphan(v, ino)
+        return False
+
+    def drop_orphans(self, doomed: list[Key]) -> None:
+        """Delete unlinked inodes whose last reference (name, lookup, open file) went away."""
+        by_tree: dict[TreeRef, list[int]] = {}
+        for key in doomed:
+            self.wb.take(key)
+            by_tree.setdefault(key[0], []).append(key[1])
+            self.co.drop_record(key)
+        for tree, inos in by_tree.items():
+
+            def fn(v: View, inos: list[int] = inos) -> None:
+                for ino in inos:
+                    T.forget_orphan(v, ino)
+
+            try:
+                self.store.write_tree(tree.name, fn)
+            except (BranchFSError, OSError):
+                log.warning("could not drop orphans of %s", tree.name, exc_info=True)
+
+    def clean_orphans(self) -> int:
+        """Delete inodes left unlinked-but-open by a daemon that died; returns how many."""
+
+        def fn(v: View) -> int:
+            assert v.top is not None
+            prefix = U64.pack(v.top)
+            cur = v.txn.cursor(db=v.inodes)
+            doomed = []
+            if cur.set_range(prefix):
+                for k, raw in cur:
+                    if bytes(k[:8]) != prefix:
+                        break
+                    if not raw:
+                        continue
+                    ino = U64x2.unpack(bytes(k[:16]))[1]
+                    if ino != ROOT_INO and not Inode.decode(bytes(raw)).links:
+                        doomed.append(ino)
+            for ino in doomed:
+                T.forget_orphan(v, ino)
+            return len(doomed)
+
+        return self.store.write_tree(self.main.name, fn)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def open(self, fino: int, flags: int, kill_suidgid: bool) -> tuple[FileHandle, K.FileInfo]:
+        """Open a file (O_TRUNC truncates here: the kernel sends it atomically).
+
+        A read-only open asks for no FLUSH at close: it has nothing to flush. A write-only
+        open bypasses the page cache: its pages would be dropped by the next ``stat`` anyway
+        (auto-invalidation), and skipping them saves the writer a copy. The returned
+        ``FileInfo`` has no ``fh`` yet: the bridge numbers handles.
+        """
+        key = self.key(fino)
+        tree, eng = key
+        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        if tree.snapshot and (writing or flags & os.O_TRUNC):
+            raise K.FUSEError(errno.EROFS)
+        rec = self.co.record(key)
+        if rec.is_dir:
+            raise K.FUSEError(errno.EISDIR)
+        if flags & os.O_TRUNC:  # Linux truncates even with O_RDONLY
+            self.wb.take(key)
+            if rec.size or self._privileged(rec, kill_suidgid):
+
+                def trunc(v: View) -> None:
+                    T.truncate(v, eng, 0)
+                    drop_privs(v, eng, kill_suidgid)
+
+                self.co.write(tree, trunc)
+                if fino >= ALIAS_BASE:
+                    self.co.inode_changed_elsewhere(key)
+        self.holds.hold(key)
+        write_only = flags & os.O_ACCMODE == os.O_WRONLY
+        info = K.FileInfo(keep_cache=fino < ALIAS_BASE, noflush=not writing, direct_io=write_only)
+        return FileHandle(fino, key, bool(flags & os.O_APPEND)), info
+
+    def _privileged(self, rec: Inode, kill_suidgid: bool) -> bool:
+        """Whether writing to ``rec`` must clear privileges (see :func:`.writeback.drop_privs`)."""
+        if not self.kill_privs:
+            return False
+        if b"security.capability" in rec.xattrs:
+            return True
+        return kill_suidgid and bool(rec.mode & (st.S_ISUID | st.S_ISGID))
+
+    def opened(self, entry: Entry, flags: int) -> tuple[FileHandle, K.FileInfo]:
+        """The handle of a file just created (CREATE), held like any open file."""
+        self.holds.hold(entry.key)
+        write_only = flags & os.O_ACCMODE == os.O_WRONLY
+        info = K.FileInfo(keep_cache=entry.fino < ALIAS_BASE, direct_io=write_only)
+        return FileHandle(entry.fino, entry.key, bool(flags & os.O_APPEND)), info
+
+    def read(
+        self, h: FileHandle, off: int, size: int, resources: contextlib.ExitStack
+    ) -> list[bytes]:
+        """``size`` bytes at ``off`` (buffered writes of the inode are flushed first).
+
+        The pieces are memoryviews into the store's map, for one ``writev``; the read's
+        store snapshot goes into ``resources``, to be closed once the reply is written.
+        """
+        key = h.key
+        if key in self.wb.buffers:
+            self.wb.flush(key)
+        tree = key[0]
+        view = resources.enter_context(self.store.viewing(tree.name, snapshot=tree.snapshot))
+        return T.read_pieces(view, key[1], off, size)
+
+    def write(self, h: FileHandle, off: int, data: bytes, kill_suidgid: bool) -> int:
+        """Buffer a write (at the end for O_APPEND); large buffers go to the store at once."""
+        key = h.key
+        if key[0].snapshot:
+            raise K.FUSEError(errno.EROFS)
+        self.wb.raise_error(key)
+        if h.append:
+            off = self.wb.size(key)
+        self.wb.add(key, off, data, drop_privs=self.kill_privs, kill_suidgid=kill_suidgid)
+        if h.fino >= ALIAS_BASE:
+            self.co.inode_changed_elsewhere(key)
+        return len(data)
+
+    def flush(self, h: FileHandle) -> None:
+        """close(): buffered data reaches the store (close-to-open consistency)."""
+        self.wb.raise_error(h.key)
+        if h.key in self.wb.buffers:
+            self.wb.flush(h.key)
+
+    # -- directories and extended attributes ----------------------------------------------------
+
+    def list_dir(self, fino: int) -> Listing:
+        """``(name, tree, engine ino)`` of each entry of directory ``fino`` now."""
+        tree, eng = self.key(fino)
+
+        def fn(v: View) -> list[tuple[bytes, int]]:
+            T.get_dir(v, eng)
+            return v.list_dir(eng)
+
+        listing = self.co.read(tree, fn)
+        hide = fino == ROOT_INO
+        return [(n, tree, i) for n, i in listing if not (hide and n == CONTROL_NAME)]
+
+    def records(self, tree: TreeRef, inos: list[int]) -> list[Inode | None]:
+        """The records of ``inos`` in ``tree`` (None where removed), in one transaction."""
+        return self.co.read(tree, lambda v: [v.inode(i) for i in inos])
+
+    def getxattr(self, fino: int, name: bytes) -> bytes:
+        """An extended attribute (ENODATA if unset)."""
+        key = self.key(fino)
+        T.check_xattr_name(name)
+        value = self.co.record(key).xattrs.get(name)
+        if value is None:
+            raise K.FUSEError(errno.ENODATA)
+        return value
+
+    def setxattr(self, fino: int, name: bytes, value: bytes, flags: int) -> None:
+        """Set an extended attribute (XATTR_CREATE / XATTR_REPLACE honoured)."""
+        tree, eng = self.key(fino)
+        self.co.write(
+            tree, lambda v: T.setxattr(v, eng, name, value, flags), alias=fino >= ALIAS_BASE
+        )
+
+    def listxattr(self, fino: int) -> list[bytes]:
+        """Names of the extended attributes."""
+        return sorted(self.co.record(self.key(fino)).xattrs)
+
+    def removexattr(self, fino: int, name: bytes) -> None:
+        """Remove an extended attribute (ENODATA if unset)."""
+        tree, eng = self.key(fino)
+        self.co.write(tree, lambda v: T.removexattr(v, eng, name), alias=fino >= ALIAS_BASE)

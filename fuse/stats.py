@@ -1,0 +1,32 @@
+"""What the daemon counts for ``stats`` on ``.branchfs/ctl``: requests by operation, and a
+few events (flushes, invalidations, the largest write, getxattr names)."""
+
+from __future__ import annotations
+
+
+class Stats:
+    """Counters shared by the parts of the mount; read and reset through ``ctl stats``."""
+
+    __slots__ = ("events", "requests", "xattr_names")
+
+    def __init__(self) -> None:
+        #: Requests that reached the daemon, by operation name.
+        self.requests: dict[str, int] = {}
+        #: Events by name (``flushes``, ``invalidations``, ``largest_write`` in bytes).
+        self.events: dict[str, int] = {}
+        #: ``getxattr`` requests by attribute name.
+        self.xattr_names: dict[bytes, int] = {}
+
+    def request(self, name: str) -> None:
+        """One more request named ``name``."""
+        counts = self.requests
+        counts[name] = counts.get(name, 0) + 1
+
+    def event(self, name: str) -> None:
+        """One more event named ``name``."""
+        self.events[name] = self.events.get(name, 0) + 1
+
+    def at_least(self, name: str, value: int) -> None:
+        """Raise the figure ``name`` to ``value`` if it is lower (a high-water mark)."""
+        if value > self.events.get(name, 0):
+            self.events[name] = value

@@ -1,0 +1,197 @@
+"""The write-back cache: ``write()`` data held per inode until it becomes chunks.
+
+A buffer (:class:`.buffers.WriteBuffer`) becomes chunks in one transaction at ``flush``
+(every close of a written file), ``fsync``, ``release`` or ``setattr``, before a read of the
+inode, and when it holds :data:`.buffers.FLUSH_BYTES` (or all buffers together
+:data:`.buffers.TOTAL_BYTES`). A full buffer is committed by a flush thread while the
+writer goes on (*write-behind*); at most one is in flight. A failed write-behind commit is
+latched and reported by the next ``write``, ``flush`` or ``fsync`` of the file, once, the
+way the kernel reports a writeback error.
+
+Locks, as in S3QL's block cache, each method says which it holds: the request loop calls
+everything here holding the daemon's lock (``Bridge.lock``). The flush thread takes no
+daemon lock: it only runs :func:`apply_buffer` in its own transaction, and touches no
+state of this module; the loop joins it in :meth:`WriteBack.settle`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat as st
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from branchfs import BranchFSError, Store
+from branchfs import tree as T
+from branchfs.layers import View
+from branchfs.records import Inode
+
+from . import kernel as K
+from .buffers import FLUSH_BYTES, TOTAL_BYTES, WriteBuffer
+from .coherence import Coherence
+from .errors import errno_of
+from .inodes import Key
+from .stats import Stats
+
+log = logging.getLogger("branchfs.fuse")
+
+
+def apply_buffer(v: View, ino: int, buf: WriteBuffer) -> Inode:
+    """Write a buffer's segments into ``ino`` and give it the buffer's mtime; its record."""
+    for offset, data in buf.segments:
+        T.write(v, ino, offset, data if isinstance(data, bytes) else memoryview(data))
+    if buf.drop_privs:
+        drop_privs(v, ino, buf.kill_suidgid)
+    return T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+
+
+def drop_privs(v: View, ino: int, kill_suidgid: bool) -> None:
+    """What a write or truncate must clear once the kernel left it to us (KILLPRIV_V2).
+
+    ``security.capability`` goes on any write, as Linux does; set-user-ID, and set-group-ID
+    on a group-executable file, go when the writer lacks CAP_FSETID (``kill_suidgid``).
+    Source: ``file_remove_privs()`` and ``should_remove_suid()`` in Linux's fs/inode.c.
+    """
+    rec = v.inode(ino)
+    if rec is None:
+        return
+    if b"security.capability" in rec.xattrs:
+        T.removexattr(v, ino, b"security.capability")
+    if kill_suidgid:
+        mode = rec.mode & ~st.S_ISUID
+        if rec.mode & st.S_IXGRP:
+            mode &= ~st.S_ISGID
+        if mode != rec.mode:
+            T.setattr(v, ino, mode=mode & 0o7777)
+
+
+class WriteBack:
+    """Write buffers by inode, the write-behind flush thread and the write-error latch."""
+
+    def __init__(self, store: Store, coherence: Coherence, stats: Stats) -> None:
+        self.store = store
+        self.coherence = coherence
+        self.stats = stats
+        self.buffers: dict[Key, WriteBuffer] = {}
+        #: Bytes held in all buffers together.
+        self.buffered = 0
+        #: A full buffer being written to the store by the flush thread (write-behind):
+        #: the writer goes on while it commits. Every request but a write waits for it.
+        self.behind: tuple[Key, Future[Inode]] | None = None
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="branchfs-flush")
+        #: Errors of write-behind commits, reported by the next write, flush or fsync.
+        self.write_errors: dict[Key, int] = {}
+
+    def add(self, key: Key, off: int, data: bytes, *, drop_privs: bool, kill_suidgid: bool) -> None:
+        """Buffer ``data`` written at byte ``off`` of ``key``; a full buffer goes to the store.
+
+        ``drop_privs``: clear privileges when the buffer is committed (KILLPRIV_V2), and
+        set-user/group-ID too if ``kill_suidgid``. Holds the daemon's lock; may start a
+        write-behind commit (:meth:`flush_behind`) or flush every buffer (:meth:`flush_all`).
+        """
+        buf = self.buffers.get(key)
+        if buf is None:
+            buf = self.buffers[key] = WriteBuffer()
+        buf.add(off, data)
+        if drop_privs:
+            buf.kill_suidgid = buf.kill_suidgid or kill_suidgid
+            buf.drop_privs = True
+        self.buffered += len(data)
+        self.stats.at_least("largest_write", len(data))
+        if buf.nbytes >= FLUSH_BYTES:
+            self.flush_behind(key)
+        elif self.buffered >= TOTAL_BYTES:
+            self.flush_all()
+
+    def take(self, key: Key, flushing: bool = False) -> WriteBuffer | None:
+        """Remove ``key``'s buffer (to apply it, or because its data is gone). Holds the lock."""
+        buf = self.buffers.pop(key, None)
+        if buf is not None:
+            self.buffered -= buf.nbytes
+            if flushing:
+                self.stats.event("flushes")
+        return buf
+
+    def flush(self, key: Key) -> None:
+        """Write one inode's buffered data to the store (one transaction). Holds the lock.
+
+        Waits for a write-behind commit first. The buffer is taken before the transaction:
+        if that fails, its data is lost and the caller hears why (``OSError``,
+        ``BranchFSError``).
+        """
+        self.settle()
+        buf = self.take(key, flushing=True)
+        if buf is None:
+            return
+        tree, ino = key
+        rec = self.coherence.write(tree, lambda v: apply_buffer(v, ino, buf))
+        self.coherence.cache_record(key, rec)  # the getattr after a close needs no transaction
+
+    def flush_behind(self, key: Key) -> None:
+        """Hand ``key``'s full buffer to the flush thread; the write that filled it returns.
+
+        Holds the lock; the commit runs without it. The writer's next ``write()`` is copied
+        in while this one commits, on the other CPU. At most one buffer is in flight, so
+        memory stays bounded.
+        """
+        self.settle()
+        buf = self.take(key, flushing=True)
+        assert buf is not None  # the write that filled it is the caller
+        tree, ino = key
+        future = self._flusher.submit(
+            self.store.write_tree, tree.name, lambda v: apply_buffer(v, ino, buf)
+        )
+        self.behind = (key, future)
+
+    def settle(self) -> None:
+        """Wait for the write-behind commit: afterwards the store holds every write.
+
+        Holds the lock while it waits (the flush thread needs none). A failed commit is
+        latched for the file (:meth:`raise_error`), not raised here.
+        """
+        if self.behind is None:
+            return
+        key, future = self.behind
+        self.behind = None
+        try:
+            future.result()
+        except Exception as exc:  # the write returned long ago: the next write/flush/fsync says
+            code = errno_of(exc)
+            if code == errno.EIO:
+                log.error("writing %s to the store failed", key, exc_info=exc)
+            self.write_errors[key] = code
+        self.coherence.drop_record(key)
+
+    def raise_error(self, key: Key) -> None:
+        """Report (once) a failed write-behind commit of ``key`` as ``FUSEError``."""
+        code = self.write_errors.pop(key, None)
+        if code is not None:
+            raise K.FUSEError(code)
+
+    def forget_error(self, key: Key) -> None:
+        """Nobody is left to be told of ``key``'s failed commit (its last descriptor closed)."""
+        self.write_errors.pop(key, None)
+
+    def flush_all(self) -> None:
+        """Write every buffer to the store (before a fork, a merge, sync). Holds the lock.
+
+        A buffer that fails is logged and dropped; the others are still written.
+        """
+        self.settle()
+        for key in list(self.buffers):
+            try:
+                self.flush(key)
+            except (BranchFSError, OSError):
+                log.warning("flushing %s failed", key, exc_info=True)
+
+    def size(self, key: Key) -> int:
+        """``key``'s size in bytes, its buffered writes included. Holds the lock."""
+        self.settle()
+        rec = self.coherence.record(key)
+        buf = self.buffers.get(key)
+        return max(rec.size, buf.end) if buf is not None else rec.size
+
+    def shutdown(self) -> None:
+        """Write every buffer and stop the flush thread (the kernel has let go)."""
+        self.flush_all()
+        self._flusher.shutdown()

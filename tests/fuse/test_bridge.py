@@ -1,0 +1,176 @@
+"""The mount's filesystem object driven directly, without a kernel (:mod:`fsdriver`).
+
+Each test checks the bridge's own bookkeeping against the real store: orphans live exactly
+as long as the kernel holds them, lookup references of branch views are let go, a fork
+through ``mkdir`` holds every buffered write, a write through an alias of the mounted tree
+invalidates exactly that inode, and a listing stays one listing while the directory changes.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from branchfs_fuse import kernel as K
+from branchfs_fuse.inodes import ALIAS_BASE, FIRST_DYNAMIC
+from fsdriver import Driver
+
+import branchfs
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[branchfs.Store]:
+    with branchfs.Store.open(tmp_path / "store.bfs", create=True) as s:
+        s.create_branch("main").write_bytes("f", b"hello")
+        yield s
+
+
+@pytest.fixture
+def fs(store: branchfs.Store) -> Iterator[Driver]:
+    d = Driver(store)
+    try:
+        yield d
+    finally:
+        d.bridge.shutdown()
+
+
+def test_an_unlinked_open_file_lives_until_its_release(fs: Driver, store: branchfs.Store) -> None:
+    fh = fs.create("gone", flags=os.O_RDWR)
+    fs.write(fh, 0, b"still here")
+    ino = store.branch("main").stat("gone").st_ino
+    fs.unlink("gone")
+    assert not store.branch("main").exists("gone")
+    assert fs.read(fh, 0, 100) == b"still here"
+    fs.close(fh)
+    # The kernel still holds a lookup reference: the record stays until it forgets.
+    assert store.read_tree("main", lambda v: v.inode(ino)) is not None
+    fs.forget_all()
+    assert store.read_tree("main", lambda v: v.inode(ino)) is None
+    assert not fs.bridge.holds.orphans
+
+
+def test_views_under_branchfs_get_numbers_that_go_with_the_last_forget(fs: Driver) -> None:
+    ino = fs.lookup(".branchfs/branches/main/f")
+    assert ino >= FIRST_DYNAMIC
+    assert fs.getattr(".branchfs/branches/main/f").st_size == 5
+    assert fs.bridge.inodes.aliases
+    fs.forget_all()
+    assert not fs.bridge.inodes.aliases and not fs.bridge.inodes.reverse
+    assert not fs.bridge.holds.counts
+
+
+def test_a_fork_by_mkdir_holds_every_buffered_write(fs: Driver, store: branchfs.Store) -> None:
+    fh = fs.open("f", os.O_WRONLY)
+    fs.write(fh, 5, b" world")
+    assert fs.bridge.wb.buffers  # not in the store yet
+    fs.mkdir(".branchfs/branches/forked")
+    assert store.branch("forked").read_bytes("f") == b"hello world"
+    fs.close(fh)
+    with pytest.raises(K.FUSEError) as info:
+        fs.rmdir(".branchfs/branches/main")
+    assert info.value.errno == errno.EBUSY
+    fs.rmdir(".branchfs/branches/forked")
+    assert "forked" not in store.branches()
+
+
+def test_a_write_through_an_alias_invalidates_that_inode_only(
+    fs: Driver, store: branchfs.Store
+) -> None:
+    main_ino = fs.lookup("f")
+    with fs.opened(".branchfs/branches/main/f", os.O_WRONLY) as fh:
+        fs.write(fh, 0, b"HELLO")
+    assert ([], [main_ino]) in fs.invalidated
+    assert all(not entries for entries, _inos in fs.invalidated)
+    assert fs.getattr("f").st_size == 5
+    with fs.opened("f") as fh:
+        assert fs.read(fh, 0, 10) == b"HELLO"
+    # A directory change through the alias drops the whole mounted view instead.
+    fs.invalidated.clear()
+    fs.mkdir(".branchfs/branches/main/d")
+    assert fs.invalidated and 1 in fs.invalidated[-1][1]
+    assert store.branch("main").isdir("d")
+
+
+def test_a_listing_read_in_pieces_is_one_listing_while_the_directory_changes(
+    fs: Driver, store: branchfs.Store
+) -> None:
+    names = [f"n{i:03d}" for i in range(40)]
+    for n in names:
+        fs.close(fs.create(n))
+    ino = fs.lookup("")
+    first = fs.readdir(ino, 0, size=600)
+    got = [os.fsdecode(n) for n, _o in first if n not in (b".", b"..")]
+    fs.unlink(names[-1])  # removed before the rest is read
+    fs.close(fs.create("late"))  # added before the rest is read
+    offset = first[-1][1]
+    while batch := fs.readdir(ino, offset, size=600):
+        got += [os.fsdecode(n) for n, _o in batch]
+        offset = batch[-1][1]
+    # Entries never repeat or vanish; one added meanwhile is not seen (POSIX leaves open
+    # whether one removed meanwhile is).
+    assert len(got) == len(set(got))
+    assert {"f", *names[:-1]} <= set(got) <= {"f", *names}
+    assert set(fs.listdir("")) == {"f", "late", *names[:-1]}
+    assert offset >> 32  # offsets name their listing
+
+
+def test_ctl_answers_on_the_same_handle_and_counts_requests(fs: Driver) -> None:
+    answer = json.loads(fs.ctl("branches"))
+    assert answer["ok"] and answer["branches"] == ["main"] and answer["mounted"] == "main"
+    stats = json.loads(fs.ctl("stats"))
+    assert stats["requests"]["write"] >= 1 and stats["requests"]["lookup"] >= 2
+    assert json.loads(fs.ctl("nonsense"))["error"] == "usage"
+
+
+def test_setattr_is_decoded_once_with_every_field_it_changes() -> None:
+    valid = K.FATTR_MODE | K.FATTR_SIZE | K.FATTR_MTIME | K.FATTR_ATIME | K.FATTR_ATIME_NOW
+    body = K.SETATTR_IN.pack(valid, 0, 7, 4096, 0, 1, 2, 3, 4, 5, 6, 0o100600, 0, 9, 9, 0)
+    fields = K.SetattrFields.decode(body, now_ns=123)
+    assert fields.changes() == {
+        "size": 4096,
+        "mode": 0o100600,
+        "atime_ns": 123,
+        "mtime_ns": 2 * 10**9 + 5,
+    }
+    assert fields.fh is None and fields.uid is None and not fields.kill_suidgid
+    body = K.SETATTR_IN.pack(
+        K.FATTR_FH | K.FATTR_KILL_SUIDGID | K.FATTR_UID,
+        0,
+        7,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        65534,
+        0,
+        0,
+    )
+    fields = K.SetattrFields.decode(body, now_ns=0)
+    assert (fields.fh, fields.uid, fields.kill_suidgid) == (7, 65534, True)
+    assert fields.changes() == {"uid": 65534}
+
+
+def test_truncate_through_setattr_takes_buffered_data_first(
+    fs: Driver, store: branchfs.Store
+) -> None:
+    fh = fs.open("f", os.O_RDWR)
+    fs.write(fh, 5, b"123456")
+    attrs = fs.bridge.setattr(fs.lookup("f"), K.SetattrFields(size=8, fh=fh), fs_ctx())
+    assert attrs.st_size == 8
+    fs.close(fh)
+    assert store.branch("main").read_bytes("f") == b"hello123"
+    assert fs.lookup("f") < ALIAS_BASE
+
+
+def fs_ctx() -> K.RequestContext:
+    return K.RequestContext(os.geteuid(), os.getegid(), os.getpid())
