@@ -19,8 +19,9 @@ from typing import Protocol
 import lmdb
 import xxhash
 
+from . import keys as codec
 from .errors import StoreCorrupt
-from .meta import U64, Meta
+from .meta import Meta
 
 KEY_SIZE = 17
 
@@ -66,7 +67,7 @@ class LmdbChunkStore:
             stored = txn.get(key, db=self.db)
             if stored is None:
                 txn.put(key, data, db=self.db)
-                txn.put(key, U64.pack(1), db=self.refs)
+                txn.put(key, codec.u64(1), db=self.refs)
                 return key
             if stored == data:
                 self.incref(txn, key)
@@ -88,23 +89,41 @@ class LmdbChunkStore:
     def incref(self, txn: lmdb.Transaction, key: bytes) -> None:
         """Take one more reference."""
         raw = txn.get(key, db=self.refs)
-        count = U64.unpack(raw)[0] if raw is not None else 0
-        txn.put(key, U64.pack(count + 1), db=self.refs)
+        count = codec.read_u64(raw) if raw is not None else 0
+        txn.put(key, codec.u64(count + 1), db=self.refs)
 
     def decref(self, txn: lmdb.Transaction, key: bytes) -> None:
         """Drop one reference, deleting the chunk when none is left."""
         raw = txn.get(key, db=self.refs)
-        count = U64.unpack(raw)[0] if raw is not None else 0
+        count = codec.read_u64(raw) if raw is not None else 0
         if count <= 1:
             txn.delete(key, db=self.refs)
             txn.delete(key, db=self.db)
         else:
-            txn.put(key, U64.pack(count - 1), db=self.refs)
+            txn.put(key, codec.u64(count - 1), db=self.refs)
 
     def refcount(self, txn: lmdb.Transaction, key: bytes) -> int:
         """The stored reference count of ``key`` (0 if none)."""
         raw = txn.get(key, db=self.refs)
-        return U64.unpack(raw)[0] if raw is not None else 0
+        return codec.read_u64(raw) if raw is not None else 0
+
+    def has_count(self, txn: lmdb.Transaction, key: bytes) -> bool:
+        """Whether ``key`` has a reference count record at all."""
+        return txn.get(key, db=self.refs) is not None
+
+    def items(self, txn: lmdb.Transaction) -> Iterator[tuple[bytes, bytes | memoryview]]:
+        """(key, stored bytes) of every chunk, unchecked (fsck checks them itself)."""
+        for key, value in txn.cursor(db=self.db):
+            yield bytes(key), value
+
+    def counts(self, txn: lmdb.Transaction) -> Iterator[tuple[bytes, int]]:
+        """(key, reference count) of every count record."""
+        for key, raw in txn.cursor(db=self.refs):
+            yield bytes(key), codec.read_u64(raw)
+
+    def count(self, txn: lmdb.Transaction) -> int:
+        """How many chunks are stored."""
+        return int(txn.stat(self.db)["entries"])
 
     def keys(self, txn: lmdb.Transaction) -> Iterator[bytes]:
         """Every stored chunk key."""

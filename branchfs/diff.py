@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import lmdb
 
+from .engine import Engine
 from .errors import BranchFSError
-from .layers import View, scan_prefix
-from .meta import U64, U64x2
+from .layers import View
 from .records import CHUNK_SIZE, ROOT_INO, Inode
 
 KINDS = ("added", "deleted", "modified", "renamed", "type", "mode", "xattr")
@@ -53,17 +53,12 @@ def split_at_common(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[list[int], 
     return list(a), list(b)
 
 
-def layer_inodes(txn: lmdb.Transaction, view: View, layer: int) -> list[int]:
-    """The inode numbers that have a record (or tombstone) in ``layer``."""
-    return [U64x2.unpack(key)[1] for key, _v in scan_prefix(txn, view.inodes, U64.pack(layer))]
-
-
 def changed_inodes(a: View, b: View) -> set[int]:
     """Inodes whose records may differ between trees ``a`` and ``b``."""
     up_a, up_b = split_at_common(a.chain, b.chain)
     out: set[int] = set()
     for layer in up_a + up_b:
-        out.update(layer_inodes(a.txn, a, layer))
+        out.update(a.layer_inodes(layer))
     return out
 
 
@@ -120,17 +115,15 @@ def content_equal(a: View, ra: Inode, b: View, rb: Inode, ino: int) -> bool:
             for layer in layers:
                 for idx, _key in view.layer_extents(layer, ino):
                     candidates.add(idx)
-                raw = view.txn.get(U64x2.pack(layer, ino), db=view.inodes)
-                if raw:
-                    cut = Inode.decode(raw).cut
-                    if cut is not None:
-                        candidates.update(range(cut, nchunks))
+                cut = view.own_cut(layer, ino)
+                if cut is not None:
+                    candidates.update(range(cut, nchunks))
     cuts_a, cuts_b = a.cuts(ino), b.cuts(ino)
     for idx in sorted(i for i in candidates if i < nchunks):
         ka, kb = a.extent(cuts_a, ino, idx), b.extent(cuts_b, ino, idx)
         if ka != kb:
-            da = a.chunks.get(a.txn, bytes(ka)) if ka is not None else b""
-            db = b.chunks.get(b.txn, bytes(kb)) if kb is not None else b""
+            da = bytes(a.chunks.get(a.txn, ka)) if ka is not None else b""
+            db = bytes(b.chunks.get(b.txn, kb)) if kb is not None else b""
             width = min(CHUNK_SIZE, ra.size - idx * CHUNK_SIZE)
             if da.ljust(width, b"\0") != db.ljust(width, b"\0"):
                 return False
@@ -222,15 +215,8 @@ def _same_bytes(a: View, ia: int, ra: Inode, b: View, ib: int, rb: Inode) -> boo
     return _all_bytes(a, ia, ra) == _all_bytes(b, ib, rb)
 
 
-def ref_view(store: object, txn: lmdb.Transaction, ref: str) -> View:
-    """The read view of ``ref``: a branch name, or ``@name`` for a snapshot."""
-    if ref.startswith("@"):
-        return store._view(txn, ref[1:], True)  # type: ignore[attr-defined]
-    return store._view(txn, ref, False)  # type: ignore[attr-defined]
-
-
-def diff_refs(store: object, txn: lmdb.Transaction, a: str, b: str) -> list[Change]:
+def diff_refs(engine: Engine, txn: lmdb.Transaction, a: str, b: str) -> list[Change]:
     """The changes from ``a`` to ``b`` (branch names, or ``@snapshot``)."""
-    va, vb = ref_view(store, txn, a), ref_view(store, txn, b)
+    va, vb = engine.ref_view(txn, a), engine.ref_view(txn, b)
     vb.records = va.records  # one transaction: the chains share layers, so share reads
     return diff_views(va, vb)

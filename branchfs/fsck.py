@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 
 import lmdb
 
+from . import keys
 from .chunks import digest
 from .diff import path_of
+from .engine import Engine
 from .errors import BranchFSError
-from .layers import NO_LAYER, TOMBSTONE, LayerIndex, View, scan_prefix
-from .meta import U64, Meta, U64x2, U64x3
-from .records import ROOT_INO, Inode
+from .keys import TOMBSTONE
+from .layers import NO_LAYER, View
+from .records import CHUNK_SIZE, ROOT_INO, Inode
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,11 @@ class FsckReport:
 
 
 class _Checker:
-    def __init__(self, store: object, txn: lmdb.Transaction) -> None:
-        self.store = store
-        self.meta: Meta = store.meta  # type: ignore[attr-defined]
-        self.layers: LayerIndex = store.layers  # type: ignore[attr-defined]
-        self.refs = store.refs  # type: ignore[attr-defined]
+    def __init__(self, engine: Engine, txn: lmdb.Transaction) -> None:
+        self.engine = engine
+        self.layers = engine.layers
+        self.refs = engine.refs
+        self.chunks = engine.chunks
         self.txn = txn
         self.report = FsckReport()
         self.layer_ids: set[int] = set()
@@ -108,8 +110,7 @@ class _Checker:
                 seen.add(cur)
                 cur = parents[cur]
         indexed = set()
-        for key in self.txn.cursor(db=self.meta.children_db).iternext(keys=True, values=False):
-            parent, child = U64x2.unpack(bytes(key))
+        for parent, child in self.layers.child_links(self.txn):
             indexed.add((parent, child))
             if parents.get(child) != parent:
                 self.problem("children-index", f"layer {child}", f"indexed under {parent} wrongly")
@@ -126,35 +127,30 @@ class _Checker:
                 self.problem(
                     "dangling-ref", f"snapshot {s.name}", f"its layer {s.layer} is missing"
                 )
-        for key, raw in self.txn.cursor(db=self.meta.bases_db):
-            layer = U64.unpack(raw)[0]
+        for a, b, layer in self.refs.bases(self.txn):
             if layer not in parents:
-                a, b = U64x2.unpack(bytes(key))
                 self.problem("dangling-ref", f"merge base {a}/{b}", f"layer {layer} is missing")
 
     def check_records(self) -> Counter[bytes]:
-        txn, meta = self.txn, self.meta
+        txn, records = self.txn, self.engine.records
         missing_layers: Counter[int] = Counter()
-        for key, raw in txn.cursor(db=meta.inodes_db):
-            layer, ino = U64x2.unpack(bytes(key))
+        for layer, ino, raw in records.all_inodes(txn):
             if layer not in self.layer_ids:
                 missing_layers[layer] += 1
             if raw != TOMBSTONE:
                 self.report.inodes += 1
                 try:
-                    Inode.decode(bytes(raw))
+                    keys.decode_inode(raw)
                 except BranchFSError as exc:
                     self.problem("corrupt-record", f"inode {ino} in layer {layer}", str(exc))
-        for key, _raw in txn.cursor(db=meta.dirents_db):
-            layer = U64.unpack(bytes(key[:8]))[0]
+        for layer in records.all_dirent_layers(txn):
             if layer not in self.layer_ids:
                 missing_layers[layer] += 1
         refcounts: Counter[bytes] = Counter()
-        for key, value in txn.cursor(db=meta.extents_db):
-            layer, _ino, _idx = U64x3.unpack(bytes(key))
+        for layer, _ino, _idx, chunk_key in records.all_extents(txn):
             if layer not in self.layer_ids:
                 missing_layers[layer] += 1
-            refcounts[bytes(value)] += 1
+            refcounts[chunk_key] += 1
         for layer, n in sorted(missing_layers.items()):
             self.problem(
                 "orphaned-records", f"layer {layer}", f"{n} records of a layer that does not exist"
@@ -162,10 +158,9 @@ class _Checker:
         return refcounts
 
     def check_chunks(self, refcounts: Counter[bytes]) -> None:
-        txn, meta = self.txn, self.meta
+        txn, chunks = self.txn, self.chunks
         stored: set[bytes] = set()
-        for key, value in txn.cursor(db=meta.chunks_db):
-            key = bytes(key)
+        for key, value in chunks.items(txn):
             stored.add(key)
             self.report.chunks += 1
             self.report.bytes_checked += len(value)
@@ -173,9 +168,7 @@ class _Checker:
                 self.problem(
                     "corrupt-chunk", f"chunk {key.hex()}", "its bytes do not match its digest"
                 )
-        for key, raw in txn.cursor(db=meta.chunkrefs_db):
-            key = bytes(key)
-            count = U64.unpack(raw)[0]
+        for key, count in chunks.counts(txn):
             if count != refcounts.get(key, 0):
                 self.problem(
                     "refcount",
@@ -189,12 +182,12 @@ class _Checker:
                 self.problem(
                     "missing-chunk", f"chunk {key.hex()}", f"named by {n} extents but not stored"
                 )
-            elif txn.get(key, db=meta.chunkrefs_db) is None:
+            elif not chunks.has_count(txn, key):
                 self.problem(
                     "refcount", f"chunk {key.hex()}", f"named by {n} extents but has no count"
                 )
         for key in stored:
-            if txn.get(key, db=meta.chunkrefs_db) is None and key not in refcounts:
+            if key not in refcounts and not chunks.has_count(txn, key):
                 self.problem("orphaned-chunk", f"chunk {key.hex()}", "stored but nothing names it")
         self._bad_chunks = {
             p.where.split()[1]
@@ -221,7 +214,7 @@ class _Checker:
                 continue
             seen_chains.add(chain)
             self.report.trees += 1
-            self.check_tree(label, View(self.meta, self.store.chunks, self.txn, chain, False))  # type: ignore[attr-defined]
+            self.check_tree(label, self.engine.chain_view(self.txn, chain, False))
 
     def check_tree(self, label: str, v: View) -> None:
         root = v.inode(ROOT_INO)
@@ -268,7 +261,7 @@ class _Checker:
         if not self._bad_chunks:
             return
         cuts = v.cuts(ino)
-        nchunks = (rec.size + 65535) // 65536
+        nchunks = (rec.size + CHUNK_SIZE - 1) // CHUNK_SIZE
         for idx in range(nchunks):
             key = v.extent(cuts, ino, idx)
             if key is not None and bytes(key).hex() in self._bad_chunks:
@@ -277,9 +270,8 @@ class _Checker:
 
     def check_unnamed(self, label: str, v: View, names: dict[int, set[tuple[int, bytes]]]) -> None:
         """Inodes visible in a tree's top layer that no entry names (lost or orphaned files)."""
-        for key, raw in scan_prefix(self.txn, self.meta.inodes_db, U64.pack(v.chain[0])):
-            ino = U64x2.unpack(key)[1]
-            if raw == TOMBSTONE or ino == ROOT_INO or ino in names:
+        for ino in v.layer_inodes(v.chain[0]):
+            if ino == ROOT_INO or ino in names or v.raw_inode(v.chain[0], ino) == TOMBSTONE:
                 continue
             self.problem(
                 "orphaned-inode",
@@ -288,11 +280,10 @@ class _Checker:
             )
 
 
-def check(store: object) -> FsckReport:
-    """Check every part of ``store``; see the module docstring."""
-    meta: Meta = store.meta  # type: ignore[attr-defined]
+def check(engine: Engine) -> FsckReport:
+    """Check every part of a store; see the module docstring."""
     started = time.perf_counter()
-    with meta.read() as txn:
-        report = _Checker(store, txn).run()
+    with engine.meta.read() as txn:
+        report = _Checker(engine, txn).run()
     report.seconds = time.perf_counter() - started
     return report

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 
 import lmdb
 
+from . import keys
 from .chunks import LmdbChunkStore
 from .errors import StoreCorrupt
-from .meta import U64, Meta, U64x2, U64x3, pack, unpack
-from .records import Inode
+from .keys import TOMBSTONE
+from .meta import Meta
+from .records import ROOT_INO, Inode
 
-TOMBSTONE = b""
+__all__ = ["NO_LAYER", "TOMBSTONE", "LayerIndex", "LayerInfo", "View", "scan_prefix"]
 #: A chain ends at layer id 0 ("no parent").
 NO_LAYER = 0
 
@@ -48,36 +50,41 @@ class LayerIndex:
 
     def info(self, txn: lmdb.Transaction, lid: int) -> LayerInfo:
         """The record of layer ``lid``; :class:`StoreCorrupt` if it is missing."""
-        raw = txn.get(U64.pack(lid), db=self.db)
+        raw = txn.get(keys.layer_key(lid), db=self.db)
         if raw is None:
             raise StoreCorrupt(f"layer {lid} is referenced but missing; run fsck")
-        parent, frozen = unpack(raw)  # type: ignore[misc]
-        return LayerInfo(lid, parent, bool(frozen))
+        parent, frozen = keys.decode_layer(raw)
+        return LayerInfo(lid, parent, frozen)
 
     def exists(self, txn: lmdb.Transaction, lid: int) -> bool:
         """Whether layer ``lid`` has a record."""
-        return txn.get(U64.pack(lid), db=self.db) is not None
+        return txn.get(keys.layer_key(lid), db=self.db) is not None
 
     def create(self, txn: lmdb.Transaction, parent: int) -> int:
         """A new, empty, writable layer over ``parent`` (``NO_LAYER`` for a root layer)."""
-        lid = self.meta.next_id(txn, b"next_layer")
-        txn.put(U64.pack(lid), pack([parent, False]), db=self.db)
+        lid = self.meta.next_id(txn, keys.NEXT_LAYER)
+        txn.put(keys.layer_key(lid), keys.encode_layer(parent, False), db=self.db)
         if parent != NO_LAYER:
-            txn.put(U64x2.pack(parent, lid), b"", db=self.meta.children_db)
+            txn.put(keys.child_key(parent, lid), b"", db=self.meta.children_db)
         return lid
 
     def children(self, txn: lmdb.Transaction, lid: int, limit: int | None = None) -> list[int]:
         """The layers whose parent is ``lid`` (live or not yet collected), at most ``limit``."""
         out: list[int] = []
-        for key, _value in scan_prefix(txn, self.meta.children_db, U64.pack(lid)):
+        for key, _value in scan_prefix(txn, self.meta.children_db, keys.layer_key(lid)):
             if len(out) == limit:
                 break
-            out.append(U64x2.unpack(key)[1])
+            out.append(keys.split_child_key(key)[1])
         return out
+
+    def child_links(self, txn: lmdb.Transaction) -> Iterator[tuple[int, int]]:
+        """Every (parent, child) pair of the ``children`` index (fsck compares it)."""
+        for key in txn.cursor(db=self.meta.children_db).iternext(keys=True, values=False):
+            yield keys.split_child_key(key)
 
     def size_exceeds(self, txn: lmdb.Transaction, lid: int, limit: int) -> bool:
         """Whether layer ``lid`` holds more than ``limit`` records (counting stops there)."""
-        prefix = U64.pack(lid)
+        prefix = keys.layer_key(lid)
         count = 0
         for db in (self.meta.inodes_db, self.meta.dirents_db, self.meta.extents_db):
             for _record in scan_prefix(txn, db, prefix):
@@ -90,16 +97,16 @@ class LayerIndex:
         """Make ``lid`` read-only for good (it is about to be shared)."""
         info = self.info(txn, lid)
         if not info.frozen:
-            txn.put(U64.pack(lid), pack([info.parent, True]), db=self.db)
+            txn.put(keys.layer_key(lid), keys.encode_layer(info.parent, True), db=self.db)
 
     def set_parent(self, txn: lmdb.Transaction, lid: int, parent: int, frozen: bool) -> None:
         """Rewrite a layer's parent (squashing only); invalidates cached chains."""
         old = self.info(txn, lid).parent
         if old != NO_LAYER:
-            txn.delete(U64x2.pack(old, lid), db=self.meta.children_db)
-        txn.put(U64.pack(lid), pack([parent, frozen]), db=self.db)
+            txn.delete(keys.child_key(old, lid), db=self.meta.children_db)
+        txn.put(keys.layer_key(lid), keys.encode_layer(parent, frozen), db=self.db)
         if parent != NO_LAYER:
-            txn.put(U64x2.pack(parent, lid), b"", db=self.meta.children_db)
+            txn.put(keys.child_key(parent, lid), b"", db=self.meta.children_db)
         self.bump_topology(txn)
 
     def delete(self, txn: lmdb.Transaction, lid: int) -> None:
@@ -108,29 +115,30 @@ class LayerIndex:
         No live chain contains a dead layer and ids are never reused, so cached chains
         stay valid: the topology token is left alone.
         """
-        raw = txn.get(U64.pack(lid), db=self.db)
+        key = keys.layer_key(lid)
+        raw = txn.get(key, db=self.db)
         if raw is not None:
-            parent = unpack(raw)[0]  # type: ignore[index]
+            parent = keys.decode_layer(raw)[0]
             if parent != NO_LAYER:
-                txn.delete(U64x2.pack(parent, lid), db=self.meta.children_db)
-        txn.delete(U64.pack(lid), db=self.db)
+                txn.delete(keys.child_key(parent, lid), db=self.meta.children_db)
+        txn.delete(key, db=self.db)
         self._chains.pop(lid, None)
 
     def bump_topology(self, txn: lmdb.Transaction) -> None:
         """Record that existing chains changed, so every process drops its cached chains."""
-        txn.put(b"topology", os.urandom(8), db=self.meta.meta_db)
+        txn.put(keys.TOPOLOGY, os.urandom(8), db=self.meta.meta_db)
         self._token = None
         self._chains.clear()
 
     def all(self, txn: lmdb.Transaction) -> Iterator[LayerInfo]:
         """Every layer in the store."""
         for key, raw in txn.cursor(db=self.db):
-            parent, frozen = unpack(raw)  # type: ignore[misc]
-            yield LayerInfo(U64.unpack(key)[0], parent, bool(frozen))
+            parent, frozen = keys.decode_layer(raw)
+            yield LayerInfo(keys.layer_of(key), parent, frozen)
 
     def chain(self, txn: lmdb.Transaction, top: int) -> tuple[int, ...]:
         """Layer ids from ``top`` down to the root layer."""
-        token = txn.get(b"topology", db=self.meta.meta_db)
+        token = txn.get(keys.TOPOLOGY, db=self.meta.meta_db)
         if token != self._token:
             self._chains.clear()
             self._token = token
@@ -150,7 +158,7 @@ class LayerIndex:
 
     def is_empty(self, txn: lmdb.Transaction, lid: int) -> bool:
         """True if layer ``lid`` holds no record at all (every change writes an inode)."""
-        prefix = U64.pack(lid)
+        prefix = keys.layer_key(lid)
         for db in (self.meta.inodes_db, self.meta.dirents_db, self.meta.extents_db):
             cur = txn.cursor(db=db)
             if cur.set_range(prefix) and bytes(cur.key()[:8]) == prefix:
@@ -171,11 +179,6 @@ def scan_prefix(txn: lmdb.Transaction, db: object, prefix: bytes) -> Iterator[tu
         if key[:n] != prefix:
             return
         yield key, value
-
-
-def inode_key(layer: int, ino: int) -> bytes:
-    """Key of an inode record."""
-    return U64x2.pack(layer, ino)
 
 
 class View:
@@ -224,15 +227,42 @@ class View:
 
     # -- inodes ---------------------------------------------------------------------------
 
+    def new_ino(self) -> int:
+        """Allocate a store-wide inode number for a node about to be created."""
+        return self.meta.next_id(self.txn, keys.NEXT_INO)
+
     def raw_inode(self, layer: int, ino: int) -> bytes | None:
         """The record of ``ino`` stored in ``layer`` itself (b"" = tombstone, None = none)."""
         key = (layer, ino)
         records = self.records
         if key in records:
             return records[key]
-        raw = self.txn.get(U64x2.pack(layer, ino), db=self.inodes)
+        raw = self.txn.get(keys.inode_key(layer, ino), db=self.inodes)
         records[key] = raw
         return raw
+
+    def own_cut(self, layer: int, ino: int) -> int | None:
+        """The cut that ``layer``'s own record of ``ino`` carries (None: no record or no cut)."""
+        raw = self.raw_inode(layer, ino)
+        return keys.decode_inode(raw).cut if raw else None
+
+    def layer_inodes(self, layer: int) -> list[int]:
+        """The inode numbers that have a record (or a tombstone) in ``layer``."""
+        return [
+            keys.split_inode_key(key)[1]
+            for key, _v in scan_prefix(self.txn, self.inodes, keys.layer_key(layer))
+        ]
+
+    def linkless_inodes(self) -> list[int]:
+        """Inodes whose record in the top layer has no links (orphans), the root excepted."""
+        out = []
+        for key, raw in scan_prefix(self.txn, self.inodes, keys.layer_key(self.chain[0])):
+            if raw == TOMBSTONE:
+                continue
+            ino = keys.split_inode_key(key)[1]
+            if ino != ROOT_INO and not keys.decode_inode(raw).links:
+                out.append(ino)
+        return out
 
     def inode_at(self, ino: int) -> tuple[Inode | None, int]:
         """The visible record of ``ino`` and the chain position it came from (-1: none)."""
@@ -242,7 +272,7 @@ class View:
             if raw is not None:
                 if raw == TOMBSTONE:
                     return None, pos
-                return Inode.decode(raw), pos
+                return keys.decode_inode(raw), pos
         return None, -1
 
     def inode(self, ino: int) -> Inode | None:
@@ -262,9 +292,11 @@ class View:
 
     def put_inode(self, ino: int, rec: Inode) -> None:
         """Write ``rec`` as the record of ``ino`` in the top layer."""
-        raw = rec.encode()
-        self.txn.put(U64x2.pack(self.top, ino), raw, db=self.inodes)
-        self.records[(self.top, ino)] = raw
+        top = self.top
+        assert top is not None
+        raw = keys.encode_inode(rec)
+        self.txn.put(keys.inode_key(top, ino), raw, db=self.inodes)
+        self.records[(top, ino)] = raw
 
     def delete_inode(self, ino: int) -> None:
         """Make ``ino`` not exist in this tree (tombstone only if a lower layer has it)."""
@@ -278,10 +310,10 @@ class View:
                 below = raw != TOMBSTONE
                 break
         if below:
-            self.txn.put(U64x2.pack(top, ino), TOMBSTONE, db=self.inodes)
+            self.txn.put(keys.inode_key(top, ino), TOMBSTONE, db=self.inodes)
             self.records[(top, ino)] = TOMBSTONE
         else:
-            self.txn.delete(U64x2.pack(top, ino), db=self.inodes)
+            self.txn.delete(keys.inode_key(top, ino), db=self.inodes)
             self.records[(top, ino)] = None
 
     # -- directory entries ------------------------------------------------------------------
@@ -289,27 +321,30 @@ class View:
     def dirent(self, parent: int, name: bytes) -> int | None:
         """The inode that ``name`` in directory ``parent`` names, or None."""
         txn, db = self.txn, self.dirents
-        tail = name
         for layer in self.chain:
-            raw = txn.get(U64x2.pack(layer, parent) + tail, db=db)
+            raw = txn.get(keys.dirent_key(layer, parent, name), db=db)
             if raw is not None:
-                return None if raw == TOMBSTONE else U64.unpack(raw)[0]
+                return None if raw == TOMBSTONE else keys.decode_dirent(raw)
         return None
 
     def put_dirent(self, parent: int, name: bytes, ino: int) -> None:
         """Make ``name`` in ``parent`` point at ``ino`` (top layer)."""
-        self.txn.put(U64x2.pack(self.top, parent) + name, U64.pack(ino), db=self.dirents)
+        top = self.top
+        assert top is not None
+        self.txn.put(keys.dirent_key(top, parent, name), keys.encode_dirent(ino), db=self.dirents)
 
     def delete_dirent(self, parent: int, name: bytes) -> None:
         """Remove ``name`` from ``parent`` (tombstone only if a lower layer has it)."""
         txn, db = self.txn, self.dirents
+        top = self.top
+        assert top is not None
         below = False
         for layer in self.chain[1:]:
-            raw = txn.get(U64x2.pack(layer, parent) + name, db=db)
+            raw = txn.get(keys.dirent_key(layer, parent, name), db=db)
             if raw is not None:
                 below = raw != TOMBSTONE
                 break
-        key = U64x2.pack(self.top, parent) + name
+        key = keys.dirent_key(top, parent, name)
         if below:
             txn.put(key, TOMBSTONE, db=db)
         else:
@@ -333,8 +368,8 @@ class View:
 
     def _layer_entries(self, layer: int, parent: int) -> Iterator[tuple[bytes, int]]:
         """Entries of ``parent`` recorded in one layer; ino 0 marks a tombstone."""
-        for key, raw in scan_prefix(self.txn, self.dirents, U64x2.pack(layer, parent)):
-            yield key[16:], (U64.unpack(raw)[0] if raw else 0)
+        for key, raw in scan_prefix(self.txn, self.dirents, keys.dirent_prefix(layer, parent)):
+            yield keys.dirent_name(key), keys.decode_dirent(raw)
 
     # -- extents ----------------------------------------------------------------------------
 
@@ -352,7 +387,7 @@ class View:
                 continue
             if raw == TOMBSTONE:
                 break
-            cut = Inode.decode(raw).cut
+            cut = keys.decode_inode(raw).cut
             out.append((layer, cut))
             if cut == 0:
                 break
@@ -362,9 +397,9 @@ class View:
         """The chunk key holding chunk ``idx`` of ``ino``, or None for a hole."""
         txn, db = self.txn, self.extents
         for layer, cut in cuts:
-            key = txn.get(U64x3.pack(layer, ino, idx), db=db)
-            if key is not None:
-                return key
+            raw = txn.get(keys.extent_key(layer, ino, idx), db=db)
+            if raw is not None:
+                return keys.decode_extent(raw)
             if cut is not None and idx >= cut:
                 return None
         return None
@@ -375,29 +410,32 @@ class View:
         The caller has taken the reference on ``chunk_key``; the reference of the extent
         it replaces (in the top layer) is dropped here.
         """
-        key = U64x3.pack(self.top, ino, idx)
+        top = self.top
+        assert top is not None
+        key = keys.extent_key(top, ino, idx)
         old = self.txn.get(key, db=self.extents)
-        self.txn.put(key, chunk_key, db=self.extents)
+        self.txn.put(key, keys.encode_extent(chunk_key), db=self.extents)
         if old is not None:
-            self.chunks.decref(self.txn, bytes(old))
+            self.chunks.decref(self.txn, keys.decode_extent(old))
 
     def drop_extents(self, ino: int, first_idx: int) -> None:
         """Delete the top layer's extents of ``ino`` from chunk ``first_idx`` on."""
         top = self.top
-        prefix = U64x2.pack(top, ino)
+        assert top is not None
+        prefix = keys.extent_prefix(top, ino)
         cur = self.txn.cursor(db=self.extents)
-        if not cur.set_range(U64x3.pack(top, ino, first_idx)):
+        if not cur.set_range(keys.extent_key(top, ino, first_idx)):
             return
         doomed: list[tuple[bytes, bytes]] = []
         for key, value in cur:
             if key[:16] != prefix:
                 break
-            doomed.append((bytes(key), bytes(value)))
-        for key, value in doomed:
+            doomed.append((bytes(key), keys.decode_extent(value)))
+        for key, chunk_key in doomed:
             self.txn.delete(key, db=self.extents)
-            self.chunks.decref(self.txn, value)
+            self.chunks.decref(self.txn, chunk_key)
 
     def layer_extents(self, layer: int, ino: int) -> Iterator[tuple[int, bytes]]:
         """(chunk index, chunk key) of ``ino`` recorded in one layer."""
-        for key, value in scan_prefix(self.txn, self.extents, U64x2.pack(layer, ino)):
-            yield U64.unpack(key[16:24])[0], value
+        for key, value in scan_prefix(self.txn, self.extents, keys.extent_prefix(layer, ino)):
+            yield keys.extent_index(key), keys.decode_extent(value)

@@ -25,8 +25,9 @@ import lmdb
 import merge3
 
 from .diff import Change, changed_inodes, content_equal, path_of, split_at_common
+from .engine import Engine
 from .errors import BranchFSError, Conflict, MergeConflict
-from .layers import View, inode_key
+from .layers import View
 from .records import CHUNK_SIZE, INLINE_MAX, ROOT_INO, Inode
 from .tree import now_ns
 
@@ -642,11 +643,8 @@ class _Merger:
             for view, layers in ((ours, up_o), (theirs, up_t)):
                 for layer in layers:
                     candidates.update(idx for idx, _k in view.layer_extents(layer, ino))
-                    raw = view.txn.get(inode_key(layer, ino), db=view.inodes)
-                    if raw:
-                        cut = Inode.decode(raw).cut
-                        if cut is not None:
-                            shared = False
+                    if view.own_cut(layer, ino) is not None:
+                        shared = False
             if shared:
                 cuts_o = ours.cuts(ino)
                 for idx in sorted(i for i in candidates if i < nchunks):
@@ -673,7 +671,7 @@ class _Merger:
 
 
 def merge(
-    store: object,
+    engine: Engine,
     target: str,
     source: str,
     *,
@@ -692,10 +690,7 @@ def merge(
         raise BranchFSError(f"unknown merge strategy {strategy!r}; use 'ours' or 'theirs'")
     if target == source:
         raise BranchFSError(f"cannot merge branch {target!r} into itself")
-    refs = store.refs  # type: ignore[attr-defined]
-    layers = store.layers  # type: ignore[attr-defined]
-    meta = store.meta  # type: ignore[attr-defined]
-    chunks = store.chunks  # type: ignore[attr-defined]
+    refs, layers, meta = engine.refs, engine.layers, engine.meta
 
     def op(txn: lmdb.Transaction) -> MergeResult:
         tgt = refs.branch(txn, target)
@@ -706,15 +701,15 @@ def merge(
             src_id = refs.branch(txn, source).id
             src_state = refs.freeze_state(txn, source)
         records: dict[tuple[int, int], bytes | None] = {}
-        ours = View(meta, chunks, txn, layers.chain(txn, tgt.top), True, records)
-        theirs = View(meta, chunks, txn, layers.chain(txn, src_state), False, records)
+        ours = engine.layer_view(txn, tgt.top, True, records)
+        theirs = engine.layer_view(txn, src_state, False, records)
         base_layer = refs.base(txn, tgt.id, src_id) if src_id is not None else None
         if base_layer is not None and layers.exists(txn, base_layer):
             base_chain = layers.chain(txn, base_layer)
         else:
             up_o, _ = split_at_common(ours.chain, theirs.chain)
             base_chain = ours.chain[len(up_o) :]
-        base = View(meta, chunks, txn, base_chain, False, records)
+        base = engine.chain_view(txn, base_chain, False, records)
         m = _Merger(base, ours, theirs, strategy, conflict_markers, (target, source))
         m.decide()
         m.check_deleted_dirs()

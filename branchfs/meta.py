@@ -1,4 +1,4 @@
-"""The LMDB environment of a store: its named databases, key encodings and transactions.
+"""The LMDB environment of a store: its named databases, transactions and map growth.
 
 One environment is opened per store per process (LMDB forbids opening the same file twice in
 one process); :func:`open_meta` hands out a shared, reference-counted :class:`Meta`.
@@ -12,15 +12,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 import lmdb
-import msgpack
 
+from . import keys
 from .errors import NotAStore, StoreCorrupt, StoreNotFound, StoreVersionError, os_error
 
 T = TypeVar("T")
@@ -44,30 +43,8 @@ DB_NAMES = (
     "chunkrefs",  # chunk key -> reference count
 )
 
-U64 = struct.Struct(">Q")
-U64x2 = struct.Struct(">QQ")
-U64x3 = struct.Struct(">QQQ")
-
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 42
-
-
-def u64(n: int) -> bytes:
-    """Big-endian 8-byte encoding, so that keys sort numerically."""
-    return U64.pack(n)
-
-
-def pack(obj: object) -> bytes:
-    """Encode a small metadata value."""
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def unpack(raw: bytes) -> object:
-    """Decode a small metadata value written by :func:`pack`."""
-    try:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    except Exception as exc:
-        raise StoreCorrupt(f"a metadata record cannot be decoded ({exc}); run fsck") from exc
 
 
 #: Less free space than this after a failed commit means the disk is full (see below).
@@ -168,21 +145,26 @@ class Meta:
         with self.env.begin(write=True) as txn:
             self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
             meta = self.dbs["meta"]
-            magic = txn.get(b"magic", db=meta)
+            magic = txn.get(keys.MAGIC, db=meta)
             if magic is None:
                 if not create or txn.stat(self.dbs["layers"])["entries"]:
                     raise NotAStore(f"{self.path} is not a branchfs store (no format record)")
-                txn.put(b"magic", MAGIC, db=meta)
-                txn.put(b"format", u64(FORMAT_VERSION), db=meta)
-                for counter in (b"next_ino", b"next_layer", b"next_branch"):
-                    txn.put(counter, u64(2), db=meta)
-                txn.put(b"topology", os.urandom(8), db=meta)
+                txn.put(keys.MAGIC, MAGIC, db=meta)
+                txn.put(keys.FORMAT, keys.u64(FORMAT_VERSION), db=meta)
+                for counter in keys.COUNTERS:
+                    txn.put(counter, keys.u64(2), db=meta)
+                txn.put(keys.TOPOLOGY, os.urandom(8), db=meta)
             elif magic != MAGIC:
                 raise NotAStore(f"{self.path} is not a branchfs store (foreign magic {magic!r})")
-            raw_version = txn.get(b"format", db=meta)
-            if raw_version is None or len(raw_version) != 8:
+            raw_version = txn.get(keys.FORMAT, db=meta)
+            if raw_version is None:
                 raise StoreCorrupt(f"{self.path}: the format record is missing or damaged")
-            version = U64.unpack(raw_version)[0]
+            try:
+                version = keys.read_u64(raw_version)
+            except StoreCorrupt:
+                raise StoreCorrupt(
+                    f"{self.path}: the format record is missing or damaged"
+                ) from None
             if version > FORMAT_VERSION:
                 raise StoreVersionError(
                     f"{self.path} was written by a newer branchfs (format {version}; this "
@@ -279,8 +261,11 @@ class Meta:
 
     def next_id(self, txn: lmdb.Transaction, counter: bytes) -> int:
         """Allocate the next number of a store-wide counter (inodes, layers, branches)."""
-        n = U64.unpack(txn.get(counter, db=self.meta_db))[0]
-        txn.put(counter, U64.pack(n + 1), db=self.meta_db)
+        raw = txn.get(counter, db=self.meta_db)
+        if raw is None:
+            raise StoreCorrupt(f"the counter {counter.decode()} is missing; run fsck")
+        n = keys.read_u64(raw)
+        txn.put(counter, keys.u64(n + 1), db=self.meta_db)
         return n
 
     def sync(self) -> None:

@@ -4,17 +4,14 @@ An inode record carries everything about one file except its data chunks: type a
 owner, size, times in nanoseconds, the list of ``(parent inode, name)`` links that name it
 (so ``nlink`` is derived and every path of a file can be found without a tree walk), its
 extended attributes, small contents inline, and the *cut* that hides chunks of lower layers
-after a truncation (see docs/architecture.md, "Truncation across layers").
+after a truncation (see docs/architecture.md, "Truncation across layers"). Its stored form
+is :func:`branchfs.keys.encode_inode`.
 """
 
 from __future__ import annotations
 
 import stat as _stat
 from dataclasses import dataclass, field
-
-import msgpack
-
-from .errors import StoreCorrupt
 
 #: Inode number of the root directory of every tree.
 ROOT_INO = 1
@@ -75,48 +72,6 @@ class Inode:
             self.cut,
             dict(self.xattrs),
         )
-
-    def encode(self) -> bytes:
-        """The record's on-disk form (a msgpack array)."""
-        return msgpack.packb(
-            [
-                self.mode,
-                self.uid,
-                self.gid,
-                self.size,
-                self.atime_ns,
-                self.mtime_ns,
-                self.ctime_ns,
-                self.rdev,
-                [[p, n] for p, n in self.links],
-                self.inline,
-                self.cut,
-                self.xattrs,
-            ],
-            use_bin_type=True,
-        )
-
-    @staticmethod
-    def decode(raw: bytes) -> Inode:
-        """Parse a record written by :meth:`encode`; :class:`StoreCorrupt` if it is not one."""
-        try:
-            v = msgpack.unpackb(raw, raw=True, use_list=True, strict_map_key=False)
-            return Inode(
-                v[0],
-                v[1],
-                v[2],
-                v[3],
-                v[4],
-                v[5],
-                v[6],
-                v[7],
-                [(p, n) for p, n in v[8]],
-                v[9],
-                v[10],
-                v[11],
-            )
-        except Exception as exc:  # any decoding failure means the record is damaged
-            raise StoreCorrupt(f"an inode record cannot be decoded ({exc}); run fsck") from exc
 
 
 @dataclass(frozen=True, slots=True)

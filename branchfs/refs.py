@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import lmdb
 
+from . import keys
 from .errors import BranchExists, BranchNotFound, InvalidName
 from .layers import NO_LAYER, LayerIndex
-from .meta import U64, Meta, U64x2, pack, unpack
+from .meta import Meta
 from .records import ROOT_INO, Inode
 
 NAME_MAX_BYTES = 255
@@ -59,7 +60,7 @@ def check_ref_name(name: object, what: str = "branch") -> bytes:
         name != name.strip()
     ):
         raise InvalidName(f"a {what} name cannot contain control or blank characters: {name!r}")
-    key = name.encode("utf-8", "surrogateescape")
+    key = keys.ref_key(name)
     if len(key) > NAME_MAX_BYTES:
         raise InvalidName(
             f"a {what} name is at most {NAME_MAX_BYTES} bytes; {name[:40]!r}… is longer"
@@ -83,7 +84,7 @@ class Refs:
             raise BranchNotFound(
                 f"no branch named {name!r}; list them with store.branches() or `branchfs branches`"
             )
-        bid, top, created = unpack(raw)  # type: ignore[misc]
+        bid, top, created = keys.decode_branch(raw)
         return BranchRecord(name, bid, top, created)
 
     def has_branch(self, txn: lmdb.Transaction, name: str) -> bool:
@@ -94,16 +95,14 @@ class Refs:
         """Every branch, sorted by name."""
         out = []
         for key, raw in txn.cursor(db=self.meta.branches_db):
-            bid, top, created = unpack(raw)  # type: ignore[misc]
-            out.append(
-                BranchRecord(bytes(key).decode("utf-8", "surrogateescape"), bid, top, created)
-            )
+            bid, top, created = keys.decode_branch(raw)
+            out.append(BranchRecord(keys.ref_name(key), bid, top, created))
         return out
 
     def _put_branch(self, txn: lmdb.Transaction, rec: BranchRecord) -> None:
         txn.put(
             check_ref_name(rec.name),
-            pack([rec.id, rec.top, rec.created_ns]),
+            keys.encode_branch(rec.id, rec.top, rec.created_ns),
             db=self.meta.branches_db,
         )
 
@@ -117,8 +116,8 @@ class Refs:
         top = self.layers.create(txn, NO_LAYER)
         t = time.time_ns()
         root = Inode(st.S_IFDIR | 0o755, uid, gid, 0, t, t, t, cut=0)
-        txn.put(U64x2.pack(top, ROOT_INO), root.encode(), db=self.meta.inodes_db)
-        rec = BranchRecord(name, self.meta.next_id(txn, b"next_branch"), top, t)
+        txn.put(keys.inode_key(top, ROOT_INO), keys.encode_inode(root), db=self.meta.inodes_db)
+        rec = BranchRecord(name, self.meta.next_id(txn, keys.NEXT_BRANCH), top, t)
         self._put_branch(txn, rec)
         return rec
 
@@ -147,7 +146,7 @@ class Refs:
         """A new branch whose tree is frozen layer ``layer``."""
         self._require_free(txn, name)
         top = self.layers.create(txn, layer)
-        rec = BranchRecord(name, self.meta.next_id(txn, b"next_branch"), top, time.time_ns())
+        rec = BranchRecord(name, self.meta.next_id(txn, keys.NEXT_BRANCH), top, time.time_ns())
         self._put_branch(txn, rec)
         return rec
 
@@ -177,19 +176,15 @@ class Refs:
                 f"no snapshot named {name!r}; list them with store.snapshots() "
                 "or `branchfs snapshots`"
             )
-        layer, branch, created = unpack(raw)  # type: ignore[misc]
+        layer, branch, created = keys.decode_snapshot(raw)
         return SnapshotRecord(name, layer, branch, created)
 
     def snapshots(self, txn: lmdb.Transaction) -> list[SnapshotRecord]:
         """Every snapshot, sorted by name."""
         out = []
         for key, raw in txn.cursor(db=self.meta.snapshots_db):
-            layer, branch, created = unpack(raw)  # type: ignore[misc]
-            out.append(
-                SnapshotRecord(
-                    bytes(key).decode("utf-8", "surrogateescape"), layer, branch, created
-                )
-            )
+            layer, branch, created = keys.decode_snapshot(raw)
+            out.append(SnapshotRecord(keys.ref_name(key), layer, branch, created))
         return out
 
     def take_snapshot(self, txn: lmdb.Transaction, branch: str, name: str) -> SnapshotRecord:
@@ -199,7 +194,7 @@ class Refs:
             raise BranchExists(f"a snapshot named {name!r} already exists; pick another name")
         layer = self.freeze_state(txn, branch)
         rec = SnapshotRecord(name, layer, branch, time.time_ns())
-        txn.put(key, pack([layer, branch, rec.created_ns]), db=self.meta.snapshots_db)
+        txn.put(key, keys.encode_snapshot(layer, branch, rec.created_ns), db=self.meta.snapshots_db)
         return rec
 
     def delete_snapshot(self, txn: lmdb.Transaction, name: str) -> None:
@@ -209,29 +204,54 @@ class Refs:
 
     # -- merge bases ------------------------------------------------------------------------
 
-    @staticmethod
-    def _pair(a: int, b: int) -> bytes:
-        return U64x2.pack(min(a, b), max(a, b))
-
     def base(self, txn: lmdb.Transaction, a: int, b: int) -> int | None:
         """The recorded merge base layer of branches with ids ``a`` and ``b``, if any."""
-        raw = txn.get(self._pair(a, b), db=self.meta.bases_db)
-        return None if raw is None else U64.unpack(raw)[0]
+        raw = txn.get(keys.pair_key(a, b), db=self.meta.bases_db)
+        return None if raw is None else keys.read_u64(raw)
 
     def set_base(self, txn: lmdb.Transaction, a: int, b: int, layer: int) -> None:
         """Record ``layer`` as the state branches ``a`` and ``b`` last shared."""
-        txn.put(self._pair(a, b), U64.pack(layer), db=self.meta.bases_db)
+        txn.put(keys.pair_key(a, b), keys.u64(layer), db=self.meta.bases_db)
+
+    def bases(self, txn: lmdb.Transaction) -> list[tuple[int, int, int]]:
+        """Every recorded merge base: (branch id, branch id, layer)."""
+        out = []
+        for key, raw in txn.cursor(db=self.meta.bases_db):
+            a, b = keys.split_pair_key(key)
+            out.append((a, b, keys.read_u64(raw)))
+        return out
 
     def drop_bases(self, txn: lmdb.Transaction, bid: int) -> None:
         """Forget every merge base that involves branch id ``bid``."""
-        doomed = []
-        for key, _raw in txn.cursor(db=self.meta.bases_db):
-            a, b = U64x2.unpack(bytes(key))
+        for a, b, _layer in self.bases(txn):
             if bid in (a, b):
-                doomed.append(bytes(key))
-        for key in doomed:
-            txn.delete(key, db=self.meta.bases_db)
+                txn.delete(keys.pair_key(a, b), db=self.meta.bases_db)
 
     def base_layers(self, txn: lmdb.Transaction) -> list[int]:
         """Every layer named by a merge base (gc keeps them)."""
-        return [U64.unpack(raw)[0] for _key, raw in txn.cursor(db=self.meta.bases_db)]
+        return [layer for _a, _b, layer in self.bases(txn)]
+
+    # -- squashing ---------------------------------------------------------------------------
+
+    def repoint(self, txn: lmdb.Transaction, old: int, new: int) -> None:
+        """Make every branch top, snapshot and merge base naming layer ``old`` name ``new``.
+
+        gc's squash uses it once layer ``old``'s records live in ``new``.
+        """
+        for b in self.branches(txn):
+            if b.top == old:
+                txn.put(
+                    keys.ref_key(b.name),
+                    keys.encode_branch(b.id, new, b.created_ns),
+                    db=self.meta.branches_db,
+                )
+        for snap in self.snapshots(txn):
+            if snap.layer == old:
+                txn.put(
+                    keys.ref_key(snap.name),
+                    keys.encode_snapshot(new, snap.branch, snap.created_ns),
+                    db=self.meta.snapshots_db,
+                )
+        for a, b, layer in self.bases(txn):
+            if layer == old:
+                self.set_base(txn, a, b, new)

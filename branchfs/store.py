@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import lmdb
 
 from . import paths, tree
-from .chunks import LmdbChunkStore
+from .engine import Engine
 from .errors import ReadOnlyError, os_error, with_path
 from .fileobj import RawBranchFile, parse_mode
-from .layers import LayerIndex, View
+from .layers import View
 from .meta import Meta, open_meta, release_meta
 from .paths import PathArg
 from .records import ROOT_INO, Inode, Stat
@@ -67,9 +67,10 @@ class Store:
     def __init__(self, meta: Meta) -> None:
         self._meta: Meta | None = meta
         self.path = meta.path
-        self.layers = LayerIndex(meta)
-        self.chunks = LmdbChunkStore(meta)
-        self.refs = Refs(meta, self.layers)
+        self.engine = Engine(meta)
+        self.layers = self.engine.layers
+        self.chunks = self.engine.chunks
+        self.refs: Refs = self.engine.refs
 
     @classmethod
     def open(
@@ -116,17 +117,10 @@ class Store:
 
     # -- transactions bound to a tree ---------------------------------------------------------
 
-    def _view(self, txn: lmdb.Transaction, name: str, snapshot: bool) -> View:
-        if snapshot:
-            layer = self.refs.snapshot(txn, name).layer
-            return View(self.meta, self.chunks, txn, self.layers.chain(txn, layer), False)
-        top = self.refs.branch(txn, name).top
-        return View(self.meta, self.chunks, txn, self.layers.chain(txn, top), True)
-
     def read_tree(self, name: str, fn: Callable[[View], T], *, snapshot: bool = False) -> T:
         """Run ``fn`` on a read-only view of branch (or snapshot) ``name``."""
         with self.meta.read() as txn:
-            return fn(self._view(txn, name, snapshot))
+            return fn(self.engine.view(txn, name, snapshot))
 
     @contextmanager
     def viewing(self, name: str, *, snapshot: bool = False) -> Iterator[View]:
@@ -136,11 +130,11 @@ class Store:
         the mount reads file data this way and writes it to the kernel inside the block.
         """
         with self.meta.read(buffers=True) as txn:
-            yield self._view(txn, name, snapshot)
+            yield self.engine.view(txn, name, snapshot)
 
     def write_tree(self, name: str, fn: Callable[[View], T], *, snapshot: bool = False) -> T:
         """Run ``fn`` on a writable view of branch ``name`` in one atomic transaction."""
-        result = self.meta.write(lambda txn: fn(self._view(txn, name, snapshot)))
+        result = self.meta.write(lambda txn: fn(self.engine.view(txn, name, snapshot)))
         self._changed(name)
         return result
 
@@ -220,7 +214,7 @@ class Store:
 
         def op(txn: lmdb.Transaction) -> None:
             rec = self.refs.discard(txn, branch)
-            tidy_after_discard(txn, self, rec.top)
+            tidy_after_discard(txn, self.engine, rec.top)
 
         self.meta.write(op)
         self._changed(branch)
@@ -236,7 +230,7 @@ class Store:
         from .diff import diff_refs
 
         with self.meta.read() as txn:
-            return diff_refs(self, txn, a, b)
+            return diff_refs(self.engine, txn, a, b)
 
     def merge(
         self,
@@ -250,7 +244,9 @@ class Store:
         from .merge import merge
 
         try:
-            return merge(self, target, source, strategy=strategy, conflict_markers=conflict_markers)
+            return merge(
+                self.engine, target, source, strategy=strategy, conflict_markers=conflict_markers
+            )
         finally:
             self._changed(target)
 
@@ -258,13 +254,13 @@ class Store:
         """Reclaim discarded branches' layers and unreferenced chunks; safe beside writers."""
         from .gc import collect
 
-        return collect(self)
+        return collect(self.engine)
 
     def fsck(self) -> FsckReport:
         """Check the whole store; the report's ``.ok`` is False if anything is wrong."""
         from .fsck import check
 
-        return check(self)
+        return check(self.engine)
 
     def sync(self) -> None:
         """Make everything done so far durable on disk (survives power loss)."""

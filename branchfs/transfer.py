@@ -351,7 +351,7 @@ class _Importer:
                         inos[op.nid] = existing
                         merged.append((op.nid, op.rec))
                         continue
-                ino = v.meta.next_id(v.txn, b"next_ino")
+                ino = v.new_ino()
                 rec = op.rec.copy()
                 rec.links = [(parent, op.name)]
                 for idx, data in op.chunks:

@@ -151,7 +151,7 @@ def make_node(
     ``mode`` includes the file-type bits. Returns the new inode number and record.
     """
     prec = _new_entry_checks(v, parent, name)
-    ino = v.meta.next_id(v.txn, b"next_ino")
+    ino = v.new_ino()
     t = now_ns()
     if prec.mode & st.S_ISGID:
         gid = prec.gid
@@ -219,6 +219,14 @@ def forget_orphan(v: View, ino: int) -> None:
     rec = v.inode(ino)
     if rec is not None and not rec.links and ino != ROOT_INO:
         v.delete_inode(ino)
+
+
+def forget_orphans(v: View) -> int:
+    """Delete every orphan of the top layer (left by a daemon that died); how many."""
+    doomed = v.linkless_inodes()
+    for ino in doomed:
+        v.delete_inode(ino)
+    return len(doomed)
 
 
 def rmdir(v: View, parent: int, name: bytes) -> int:

@@ -25,7 +25,6 @@ from typing import NamedTuple
 from branchfs import BranchFSError, Store
 from branchfs import tree as T
 from branchfs.layers import View
-from branchfs.meta import U64, U64x2
 from branchfs.records import ROOT_INO, Inode
 
 from . import kernel as K
@@ -321,25 +320,7 @@ class TreeNodes:
     def clean_orphans(self) -> int:
         """Delete inodes left unlinked-but-open by a daemon that died; returns how many."""
 
-        def fn(v: View) -> int:
-            assert v.top is not None
-            prefix = U64.pack(v.top)
-            cur = v.txn.cursor(db=v.inodes)
-            doomed = []
-            if cur.set_range(prefix):
-                for k, raw in cur:
-                    if bytes(k[:8]) != prefix:
-                        break
-                    if not raw:
-                        continue
-                    ino = U64x2.unpack(bytes(k[:16]))[1]
-                    if ino != ROOT_INO and not Inode.decode(bytes(raw)).links:
-                        doomed.append(ino)
-            for ino in doomed:
-                T.forget_orphan(v, ino)
-            return len(doomed)
-
-        return self.store.write_tree(self.main.name, fn)
+        return self.store.write_tree(self.main.name, T.forget_orphans)
 
     # -- files ----------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import pytest
 import branchfs
 from branchfs import tree as T
 from branchfs.chunks import digest
-from branchfs.meta import U64
+from branchfs.keys import U64
 from branchfs.records import CHUNK_SIZE, INLINE_MAX
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import branchfs
 from branchfs import Branch, Store
-from branchfs.meta import U64, U64x2, U64x3
+from branchfs.keys import U64, U64x2, U64x3
 
 
 def snapshot_of(b: Branch) -> dict[str, bytes]:

@@ -12,7 +12,8 @@ import pytest
 from twin import Twin
 
 import branchfs
-from branchfs.meta import FORMAT_VERSION, HEADROOM_BYTES, U64
+from branchfs.keys import U64
+from branchfs.meta import FORMAT_VERSION, HEADROOM_BYTES
 
 # -- what is and is not a store ----------------------------------------------------------------
 

@@ -1,0 +1,306 @@
+"""Every LMDB key and value encoding of a store: the on-disk layout, in one module.
+
+No other module builds or parses a key or a stored value; they call the codecs here
+(through :mod:`branchfs.layers`, :mod:`branchfs.refs`, :mod:`branchfs.chunks` …). A format
+change therefore touches this file and the format version in :mod:`branchfs.meta`.
+
+Keys (all integers big-endian u64, so one layer's records are one contiguous key range and
+a layer is enumerated with one cursor):
+
+==============  ==========================================  ==================================
+database        key                                         value
+==============  ==========================================  ==================================
+``meta``        ``magic`` ``format`` ``next_*`` ``topology``  raw bytes / u64 counters
+``layers``      layer                                       ``[parent, frozen]``
+``children``    parent layer, child layer                   empty
+``branches``    name (utf-8, surrogateescape)               ``[id, top layer, created ns]``
+``snapshots``   name                                        ``[layer, branch, created ns]``
+``bases``       branch id pair (smaller first)              layer (u64)
+``inodes``      layer, ino                                  inode record, or tombstone
+``dirents``     layer, dir ino, name bytes                  ino (u64), or tombstone
+``extents``     layer, ino, chunk index                     chunk key (17 bytes)
+``chunks``      chunk key                                   the bytes
+``chunkrefs``   chunk key                                   reference count (u64)
+==============  ==========================================  ==================================
+
+**Where record encoding happens**: every stored value (except chunk bytes, which are
+checked by their digest in :mod:`branchfs.chunks`, and the empty :data:`TOMBSTONE`) goes
+through :func:`seal` when written and :func:`unseal` when read, inside the ``encode_*`` /
+``decode_*`` functions below. A per-record checksum belongs in those two functions; the
+tombstone must stay distinguishable (callers test ``raw == TOMBSTONE`` before decoding).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from .errors import StoreCorrupt
+from .records import Inode
+
+U64 = struct.Struct(">Q")
+U64x2 = struct.Struct(">QQ")
+U64x3 = struct.Struct(">QQQ")
+
+#: An empty value: "deleted in this layer" (inodes and dirents).
+TOMBSTONE = b""
+
+# -- keys of the ``meta`` database -------------------------------------------------------------
+
+MAGIC = b"magic"
+FORMAT = b"format"
+TOPOLOGY = b"topology"
+NEXT_INO = b"next_ino"
+NEXT_LAYER = b"next_layer"
+NEXT_BRANCH = b"next_branch"
+COUNTERS = (NEXT_INO, NEXT_LAYER, NEXT_BRANCH)
+
+Raw = bytes | memoryview
+
+
+# -- value framing -------------------------------------------------------------------------------
+
+
+def seal(payload: bytes) -> bytes:
+    """The stored form of a value's payload (today the payload itself; see the docstring)."""
+    return payload
+
+
+def unseal(raw: Raw) -> Raw:
+    """The payload of a stored value written by :func:`seal`; :class:`StoreCorrupt` if bad."""
+    return raw
+
+
+def u64(n: int) -> bytes:
+    """A u64 value (counters, merge bases, reference counts, dirent targets), sealed."""
+    return seal(U64.pack(n))
+
+
+def read_u64(raw: Raw) -> int:
+    """The integer of a value written by :func:`u64`."""
+    try:
+        return int(U64.unpack(unseal(raw))[0])
+    except struct.error as exc:
+        raise StoreCorrupt(f"a counter record is damaged ({exc}); run fsck") from exc
+
+
+def pack(obj: object) -> bytes:
+    """A small metadata value (msgpack), sealed."""
+    return seal(msgpack.packb(obj, use_bin_type=True))
+
+
+def unpack(raw: Raw) -> Any:
+    """Decode a small metadata value written by :func:`pack`."""
+    try:
+        return msgpack.unpackb(unseal(raw), raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise StoreCorrupt(f"a metadata record cannot be decoded ({exc}); run fsck") from exc
+
+
+# -- layers --------------------------------------------------------------------------------------
+
+
+def layer_key(lid: int) -> bytes:
+    """Key of a layer's record; also the prefix of every inode, dirent and extent it holds."""
+    return U64.pack(lid)
+
+
+def layer_of(key: Raw) -> int:
+    """The layer a ``layers``, ``inodes``, ``dirents`` or ``extents`` key belongs to."""
+    return int(U64.unpack(key[:8])[0])
+
+
+def encode_layer(parent: int, frozen: bool) -> bytes:
+    """A layer record."""
+    return pack([parent, frozen])
+
+
+def decode_layer(raw: Raw) -> tuple[int, bool]:
+    """(parent, frozen) of a layer record."""
+    parent, frozen = unpack(raw)
+    return int(parent), bool(frozen)
+
+
+def child_key(parent: int, child: int) -> bytes:
+    """Key of the ``children`` index entry saying ``child`` sits on ``parent``."""
+    return U64x2.pack(parent, child)
+
+
+def split_child_key(key: Raw) -> tuple[int, int]:
+    """(parent, child) of a ``children`` key."""
+    parent, child = U64x2.unpack(key)
+    return int(parent), int(child)
+
+
+# -- branches, snapshots, merge bases --------------------------------------------------------------
+
+
+def ref_key(name: str) -> bytes:
+    """Key of a branch or snapshot named ``name`` (validated by the caller)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def ref_name(key: Raw) -> str:
+    """The name of a branch or snapshot key."""
+    return bytes(key).decode("utf-8", "surrogateescape")
+
+
+def encode_branch(bid: int, top: int, created_ns: int) -> bytes:
+    """A branch record."""
+    return pack([bid, top, created_ns])
+
+
+def decode_branch(raw: Raw) -> tuple[int, int, int]:
+    """(id, top layer, created ns) of a branch record."""
+    bid, top, created = unpack(raw)
+    return int(bid), int(top), int(created)
+
+
+def encode_snapshot(layer: int, branch: str, created_ns: int) -> bytes:
+    """A snapshot record."""
+    return pack([layer, branch, created_ns])
+
+
+def decode_snapshot(raw: Raw) -> tuple[int, str, int]:
+    """(layer, source branch, created ns) of a snapshot record."""
+    layer, branch, created = unpack(raw)
+    return int(layer), str(branch), int(created)
+
+
+def pair_key(a: int, b: int) -> bytes:
+    """Key of the merge base of branch ids ``a`` and ``b`` (order does not matter)."""
+    return U64x2.pack(min(a, b), max(a, b))
+
+
+def split_pair_key(key: Raw) -> tuple[int, int]:
+    """The two branch ids of a ``bases`` key, smaller first."""
+    a, b = U64x2.unpack(key)
+    return int(a), int(b)
+
+
+# -- inodes --------------------------------------------------------------------------------------
+
+
+def inode_key(layer: int, ino: int) -> bytes:
+    """Key of the record of ``ino`` in ``layer``."""
+    return U64x2.pack(layer, ino)
+
+
+def split_inode_key(key: Raw) -> tuple[int, int]:
+    """(layer, ino) of an ``inodes`` key."""
+    layer, ino = U64x2.unpack(key)
+    return int(layer), int(ino)
+
+
+def encode_inode(rec: Inode) -> bytes:
+    """The stored form of an inode record (a msgpack array), sealed."""
+    return seal(
+        msgpack.packb(
+            [
+                rec.mode,
+                rec.uid,
+                rec.gid,
+                rec.size,
+                rec.atime_ns,
+                rec.mtime_ns,
+                rec.ctime_ns,
+                rec.rdev,
+                [[p, n] for p, n in rec.links],
+                rec.inline,
+                rec.cut,
+                rec.xattrs,
+            ],
+            use_bin_type=True,
+        )
+    )
+
+
+def decode_inode(raw: Raw) -> Inode:
+    """Parse a record written by :func:`encode_inode`; :class:`StoreCorrupt` if it is not one."""
+    try:
+        v = msgpack.unpackb(unseal(raw), raw=True, use_list=True, strict_map_key=False)
+        return Inode(
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            [(p, n) for p, n in v[8]],
+            v[9],
+            v[10],
+            v[11],
+        )
+    except Exception as exc:  # any decoding failure means the record is damaged
+        raise StoreCorrupt(f"an inode record cannot be decoded ({exc}); run fsck") from exc
+
+
+# -- directory entries -----------------------------------------------------------------------------
+
+
+def dirent_prefix(layer: int, parent: int) -> bytes:
+    """Prefix of every entry of directory ``parent`` recorded in ``layer``."""
+    return U64x2.pack(layer, parent)
+
+
+def dirent_key(layer: int, parent: int, name: bytes) -> bytes:
+    """Key of entry ``name`` of directory ``parent`` in ``layer``."""
+    return U64x2.pack(layer, parent) + name
+
+
+def dirent_name(key: Raw) -> bytes:
+    """The entry name of a ``dirents`` key."""
+    return bytes(key[16:])
+
+
+def rebase_key(key: Raw, layer: int) -> bytes:
+    """The same ``inodes``/``dirents``/``extents`` key in another layer (squashing)."""
+    return U64.pack(layer) + bytes(key[8:])
+
+
+def encode_dirent(ino: int) -> bytes:
+    """The value of an entry naming ``ino``."""
+    return u64(ino)
+
+
+def decode_dirent(raw: Raw) -> int:
+    """The inode an entry names; 0 for a tombstone."""
+    return read_u64(raw) if raw else 0
+
+
+# -- extents -------------------------------------------------------------------------------------
+
+
+def extent_prefix(layer: int, ino: int) -> bytes:
+    """Prefix of every extent of ``ino`` recorded in ``layer``."""
+    return U64x2.pack(layer, ino)
+
+
+def extent_key(layer: int, ino: int, idx: int) -> bytes:
+    """Key of chunk ``idx`` of ``ino`` in ``layer``."""
+    return U64x3.pack(layer, ino, idx)
+
+
+def split_extent_key(key: Raw) -> tuple[int, int, int]:
+    """(layer, ino, chunk index) of an ``extents`` key."""
+    layer, ino, idx = U64x3.unpack(key)
+    return int(layer), int(ino), int(idx)
+
+
+def extent_index(key: Raw) -> int:
+    """The chunk index of an ``extents`` key."""
+    return int(U64.unpack(key[16:24])[0])
+
+
+def encode_extent(chunk_key: bytes) -> bytes:
+    """The value of an extent naming ``chunk_key``."""
+    return seal(chunk_key)
+
+
+def decode_extent(raw: Raw) -> bytes:
+    """The chunk key an extent names."""
+    return bytes(unseal(raw))
