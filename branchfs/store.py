@@ -8,6 +8,7 @@ and calls :mod:`branchfs.tree`, :mod:`branchfs.refs`, :mod:`branchfs.diff` or
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -15,7 +16,7 @@ import stat as st
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar, cast, overload
 
 import lmdb
 
@@ -30,10 +31,14 @@ from .records import ROOT_INO, Inode, Stat
 from .refs import Refs
 
 if TYPE_CHECKING:
+    import subprocess
+
     from .diff import Change
     from .fsck import FsckReport
     from .gc import GcReport
     from .merge import MergeResult
+    from .run import Command, Stream
+    from .transfer import Progress
 
 T = TypeVar("T")
 
@@ -320,6 +325,7 @@ class Branch:
     def __init__(self, store: Store, name: str) -> None:
         self.store = store
         self.name = name
+        self._kept = False
 
     def __repr__(self) -> str:
         return f"<branchfs.{type(self).__name__} {self.name!r} of {self.store.path!r}>"
@@ -415,8 +421,12 @@ class Branch:
         """The content of file ``path`` decoded as text."""
         return self.read_bytes(path).decode(encoding, errors)
 
-    def readlink(self, path: PathArg) -> Any:
-        """The target of symlink ``path`` (``str`` for a ``str`` path, else ``bytes``)."""
+    @overload
+    def readlink(self, path: bytes) -> bytes: ...
+    @overload
+    def readlink(self, path: str | os.PathLike[str] | os.PathLike[bytes]) -> str: ...
+    def readlink(self, path: PathArg) -> str | bytes:
+        """The target of symlink ``path`` (``bytes`` for a ``bytes`` path, else ``str``)."""
 
         def op(v: View) -> bytes:
             return tree.readlink(v, paths.resolve(v, path, False))
@@ -424,8 +434,12 @@ class Branch:
         target = self._at(path, op)
         return target if isinstance(path, bytes) else os.fsdecode(target)
 
-    def listdir(self, path: PathArg = "") -> list[Any]:
-        """Names in directory ``path``, sorted (``bytes`` for a ``bytes`` path)."""
+    @overload
+    def listdir(self, path: bytes) -> list[bytes]: ...
+    @overload
+    def listdir(self, path: str | os.PathLike[str] | os.PathLike[bytes] = "") -> list[str]: ...
+    def listdir(self, path: PathArg = "") -> list[str] | list[bytes]:
+        """Names in directory ``path``, sorted (``bytes`` for a ``bytes`` path, else ``str``)."""
 
         def op(v: View) -> list[tuple[bytes, int]]:
             ino = paths.resolve(v, path)
@@ -453,9 +467,23 @@ class Branch:
             shown = name if isinstance(path, bytes) else os.fsdecode(name)
             yield DirEntry(shown, _join(base, name), child, mode, self)
 
-    def walk(self, top: PathArg = "", topdown: bool = True) -> Iterator[tuple[Any, list, list]]:
-        """Like ``os.walk``: (dirpath, dirnames, filenames) for each directory under ``top``."""
-        dirs, files = [], []
+    @overload
+    def walk(
+        self, top: bytes, topdown: bool = True
+    ) -> Iterator[tuple[bytes, list[bytes], list[bytes]]]: ...
+    @overload
+    def walk(
+        self, top: str | os.PathLike[str] | os.PathLike[bytes] = "", topdown: bool = True
+    ) -> Iterator[tuple[str, list[str], list[str]]]: ...
+    def walk(
+        self, top: PathArg = "", topdown: bool = True
+    ) -> Iterator[tuple[Any, list[Any], list[Any]]]:
+        """Like ``os.walk``: (dirpath, dirnames, filenames) for each directory under ``top``.
+
+        Names are ``bytes`` for a ``bytes`` top, else ``str``.
+        """
+        dirs: list[Any] = []
+        files: list[Any] = []
         for entry in self.scandir(top):
             (dirs if entry.is_dir() else files).append(entry.name)
         base: Any = top if isinstance(top, bytes) else os.fsdecode(top)
@@ -544,8 +572,12 @@ class Branch:
         self.write_bytes(path, text.encode(encoding), parents=parents)
         return len(text)
 
-    def open(self, path: PathArg, mode: str = "rb", buffering: int = -1) -> Any:
-        """Open file ``path`` as a binary file object (modes r, w, a, x with + and b)."""
+    def open(self, path: PathArg, mode: str = "rb", buffering: int = -1) -> BinaryIO:
+        """Open file ``path`` as a binary file object (modes r, w, a, x with + and b).
+
+        The object reads, writes, seeks and truncates like ``open(path, "rb+")``'s; with
+        ``buffering=0`` it is unbuffered (a raw file object). Raises what ``open`` would.
+        """
         readable, writable, create, trunc, append, exclusive = parse_mode(mode)
 
         def op(v: View) -> int:
@@ -570,7 +602,7 @@ class Branch:
         if append:
             raw.seek(size)  # like open(): an appending file starts at its end
         if buffering == 0:
-            return raw
+            return cast(BinaryIO, raw)
         size = buffering if buffering > 1 else 1 << 20
         if readable and writable:
             return io.BufferedRandom(raw, size)
@@ -817,7 +849,7 @@ class Branch:
 
     # -- copying in and out -------------------------------------------------------------------
 
-    def import_dir(self, source: PathArg, dest: PathArg = "", *, progress: Any = None) -> int:
+    def import_dir(self, source: PathArg, dest: PathArg = "", *, progress: Progress = None) -> int:
         """Copy the real directory ``source`` into ``dest`` of this branch; returns files copied.
 
         Modes, owners, times, symlinks (copied, never followed), hard links and xattrs are
@@ -827,7 +859,7 @@ class Branch:
 
         return import_dir(self, source, dest, progress=progress)
 
-    def export_dir(self, dest: PathArg, source: PathArg = "", *, progress: Any = None) -> int:
+    def export_dir(self, dest: PathArg, source: PathArg = "", *, progress: Progress = None) -> int:
         """Copy ``source`` of this branch into the real directory ``dest``; returns files copied."""
         from .transfer import export_dir
 
@@ -866,6 +898,60 @@ class Branch:
         return self.store.merge(
             self.name, _ref_of(source), strategy=strategy, conflict_markers=conflict_markers
         )
+
+    # -- running commands; a branch as a context manager ---------------------------------------
+
+    def run(
+        self,
+        command: Command,
+        *,
+        at: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: Stream = None,
+        stdout: Stream = None,
+        stderr: Stream = None,
+        capture_output: bool = False,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``command`` (argv list or shell string) with this branch mounted as its tree.
+
+        Like :func:`subprocess.run`; see :func:`branchfs.run.run` for ``at`` (the tree seen
+        at a fixed path by the command alone), the environment and the errors.
+        """
+        from .run import run
+
+        return run(
+            self.store,
+            self.name,
+            command,
+            at=at,
+            env=env,
+            timeout=timeout,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            capture_output=capture_output,
+            check=check,
+        )
+
+    def keep(self) -> Branch:
+        """Keep this branch when its ``with`` block ends (see :meth:`__exit__`); returns it."""
+        self._kept = True
+        return self
+
+    def __enter__(self) -> Branch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Discard the branch at the end of a ``with`` block unless :meth:`keep` was called
+        (an attempt merged or thrown away, either way gone); a branch already gone is fine."""
+        if self._kept or self._snapshot:
+            return
+        from .errors import BranchNotFound
+
+        with contextlib.suppress(BranchNotFound):
+            self.discard()
 
     def _ref(self) -> str:
         return self.name

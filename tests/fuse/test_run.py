@@ -1,0 +1,77 @@
+"""``run``: a command in a branch's mounted tree, and at a fixed path in a private namespace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from fusecheck import needs_fuse
+
+import branchfs
+from branchfs.run import run
+
+pytestmark = needs_fuse
+
+
+def test_run_sees_the_branch_and_its_writes_land(store_path: Path) -> None:
+    with branchfs.Store.open(store_path) as store:
+        main = store.branch("main")
+        main.write_text("in.txt", "hello\n")
+        done = main.run("cat in.txt; echo out > out.txt; exit 7", capture_output=True)
+        assert done.returncode == 7
+        assert done.stdout == b"hello\n"
+        assert main.read_text("out.txt") == "out\n"  # unmounted, so flushed into the store
+        with pytest.raises(subprocess.CalledProcessError):
+            main.run(["false"], check=True)
+
+
+def test_run_timeout_kills_the_group(store_path: Path) -> None:
+    with pytest.raises(subprocess.TimeoutExpired):
+        run(store_path, "main", "sleep 600 & sleep 600", timeout=0.5)
+
+
+def test_two_runs_at_the_same_path_each_see_their_own_tree(
+    tmp_path: Path, store_path: Path
+) -> None:
+    at = tmp_path / "work"
+    at.mkdir()
+    (at / "host.txt").write_text("the host's\n")
+    with branchfs.Store.open(store_path) as store:
+        store.branch("main").write_text("shared.txt", "base\n")
+        store.fork("main", "a1")
+        store.fork("main", "a2")
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    # Each writes its own file at PATH, waits until the other has written too, then lists
+    # PATH: both are inside their namespaces at once.
+    script = (
+        'echo "$BRANCHFS_BRANCH" > "$BRANCHFS_BRANCH.txt"; touch {b}/"$BRANCHFS_BRANCH"; '
+        "while [ $(ls {b} | wc -l) -lt 2 ]; do sleep 0.02; done; "
+        'pwd; ls; cat shared.txt; ls {b} > /dev/null; touch {b}/"$BRANCHFS_BRANCH".seen; '
+        "while [ $(ls {b} | wc -l) -lt 4 ]; do sleep 0.02; done"
+    ).format(b=barrier)
+    outputs: dict[str, bytes] = {}
+
+    def one(branch: str) -> None:
+        res = run(store_path, branch, script, at=at, capture_output=True, timeout=60)
+        outputs[branch] = res.stdout + res.stderr
+
+    threads = [threading.Thread(target=one, args=(b,)) for b in ("a1", "a2")]
+    for t in threads:
+        t.start()
+    # While both run, everyone else sees PATH unchanged.
+    while len(os.listdir(barrier)) < 2:
+        assert sorted(os.listdir(at)) == ["host.txt"]
+    assert sorted(os.listdir(at)) == ["host.txt"]
+    for t in threads:
+        t.join()
+    assert outputs["a1"].decode().split() == [str(at), "a1.txt", "shared.txt", "base"]
+    assert outputs["a2"].decode().split() == [str(at), "a2.txt", "shared.txt", "base"]
+    assert sorted(os.listdir(at)) == ["host.txt"]
+    with branchfs.Store.open(store_path) as store:
+        assert store.branch("a1").read_text("a1.txt") == "a1\n"
+        assert not store.branch("a1").exists("a2.txt")
+        assert not store.branch("main").exists("a1.txt")
