@@ -34,10 +34,12 @@ from .errors import (
 from .store import Branch, DirEntry, Snapshot, Store
 
 if TYPE_CHECKING:
+    from .bestof import Attempt, BestOfResult, Trial, best_of
     from .diff import Change
     from .fsck import FsckReport
     from .gc import GcReport
     from .merge import MergeResult
+    from .mount import ctl, mounted
 
 __version__ = "0.1.0"
 
@@ -64,10 +66,20 @@ def __getattr__(name: str) -> Any:
         from .mount import mounted
 
         return mounted
+    if name == "ctl":
+        from .mount import ctl
+
+        return ctl
+    if name in ("best_of", "BestOfResult", "Attempt", "Trial"):
+        from . import bestof
+
+        return getattr(bestof, name)
     raise AttributeError(f"module 'branchfs' has no attribute {name!r}")
 
 
 __all__ = [
+    "Attempt",
+    "BestOfResult",
     "Branch",
     "BranchExists",
     "BranchFSError",
@@ -88,5 +100,8 @@ __all__ = [
     "StoreLocked",
     "StoreNotFound",
     "StoreVersionError",
+    "Trial",
+    "best_of",
+    "ctl",
     "mounted",
 ]

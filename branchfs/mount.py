@@ -20,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -29,9 +30,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import BranchFSError
+from .jsontypes import JSONObject
+
+if TYPE_CHECKING:
+    from .store import Store
 
 #: Subdirectory of a store that holds one registration file per running mount daemon.
 MOUNTS_DIR = "mounts"
@@ -192,9 +197,19 @@ def recv_line(sock: socket.socket) -> bytes:
     return data
 
 
-def ctl(mountpoint: str | os.PathLike[str], line: str) -> dict[str, Any]:
-    """Send one command line to a mount's ``.branchfs/ctl``; its JSON answer, read on the
-    same descriptor (``stats``, ``merge B``, ``diff A B`` …)."""
+def ctl(mountpoint: str | os.PathLike[str], *command: str) -> JSONObject:
+    """Send one command to a mount's ``.branchfs/ctl`` and return its JSON answer.
+
+    ``command`` is one line (``ctl(mnt, "merge attempt-1")``) or its words, quoted for
+    you (``ctl(mnt, "fork", "main", "my attempt")``). The answer is read back on the same
+    descriptor and is a dict with ``"ok"``; a failure has ``"error"`` (a message), a
+    conflicting merge lists every conflict. The verbs are those of ``branchfs --help``
+    (merge, reset, fork, discard, snapshot, diff, branches, snapshots, stats).
+    Raises ``FileNotFoundError`` if ``mountpoint`` is not a branchfs mount.
+    """
+    if not command:
+        raise ValueError("ctl needs a command, for example ctl(mountpoint, 'branches')")
+    line = command[0] if len(command) == 1 else shlex.join(command)
     fd = os.open(os.path.join(mountpoint, ".branchfs", "ctl"), os.O_RDWR)
     try:
         os.write(fd, line.encode() + b"\n")
@@ -206,7 +221,8 @@ def ctl(mountpoint: str | os.PathLike[str], line: str) -> dict[str, Any]:
             answer += part
     finally:
         os.close(fd)
-    return json.loads(answer)
+    result: JSONObject = json.loads(answer)
+    return result
 
 
 def targets(store_path: str, names: tuple[str, ...]) -> list[Registration]:
@@ -443,15 +459,19 @@ def _reap(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def mounted(store: Any, mountpoint: Any, branch: str = "main") -> Iterator[Path]:
+def mounted(
+    store: Store | str | os.PathLike[str],
+    mountpoint: str | os.PathLike[str],
+    branch: str = "main",
+) -> Iterator[Path]:
     """Mount ``branch`` of ``store`` (a Store or a path) at ``mountpoint`` for the block.
 
     Yields the mountpoint as a :class:`~pathlib.Path`; on exit flushes and unmounts, and
     waits until the daemon has exited, so everything written is in the store.
     """
-    store_path = os.fspath(getattr(store, "path", store))
+    store_path = store if isinstance(store, (str, os.PathLike)) else store.path
     mp = os.path.abspath(os.fspath(mountpoint))
-    proc = start_daemon(store_path, mp, branch)
+    proc = start_daemon(os.fspath(store_path), mp, branch)
     try:
         yield Path(mp)
     finally:

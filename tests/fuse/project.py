@@ -41,7 +41,7 @@ def test_mul():
     assert mul(4, 3) == 12
 """
 
-_ARTIFACT = 'head -c 1048576 /dev/urandom > build.bin\n'
+_ARTIFACT = "head -c 1048576 /dev/urandom > build.bin\n"
 _COMMIT = 'git commit -qam "$1"\n'
 
 #: Candidate patches by attempt number: (shell script, commit message).
@@ -91,6 +91,6 @@ def run_command(patches: Path) -> str:
     return (
         "export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@example.com GIT_COMMITTER_NAME=t "
         "GIT_COMMITTER_EMAIL=t@example.com; "
-        f'sh {patches}/attempt-$BRANCHFS_ATTEMPT.sh && {sys.executable} -m pytest -q -x '
+        f"sh {patches}/attempt-$BRANCHFS_ATTEMPT.sh && {sys.executable} -m pytest -q -x "
         "-p no:cacheprovider"
     )

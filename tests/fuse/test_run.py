@@ -48,11 +48,12 @@ def test_two_runs_at_the_same_path_each_see_their_own_tree(
     # Each writes its own file at PATH, waits until the other has written too, then lists
     # PATH: both are inside their namespaces at once.
     script = (
-        'echo "$BRANCHFS_BRANCH" > "$BRANCHFS_BRANCH.txt"; touch {b}/"$BRANCHFS_BRANCH"; '
-        "while [ $(ls {b} | wc -l) -lt 2 ]; do sleep 0.02; done; "
-        'pwd; ls; cat shared.txt; ls {b} > /dev/null; touch {b}/"$BRANCHFS_BRANCH".seen; '
-        "while [ $(ls {b} | wc -l) -lt 4 ]; do sleep 0.02; done"
-    ).format(b=barrier)
+        f'echo "$BRANCHFS_BRANCH" > "$BRANCHFS_BRANCH.txt"; touch {barrier}/"$BRANCHFS_BRANCH"; '
+        f"while [ $(ls {barrier} | wc -l) -lt 2 ]; do sleep 0.02; done; "
+        "pwd; ls; cat shared.txt; "
+        f'touch {barrier}/"$BRANCHFS_BRANCH".seen; '
+        f"while [ $(ls {barrier} | wc -l) -lt 4 ]; do sleep 0.02; done"
+    )
     outputs: dict[str, bytes] = {}
 
     def one(branch: str) -> None:
