@@ -319,8 +319,11 @@ def check_mountpoint(mountpoint: str) -> str:
     return mp
 
 
-def daemon_command(store_path: str, mountpoint: str, branch: str) -> list[str]:
-    """The command line that runs a daemon in the foreground."""
+def daemon_command(
+    store_path: str, mountpoint: str, branch: str, *, allow_other: bool = False
+) -> list[str]:
+    """The command line that runs a daemon in the foreground (``allow_other``: other users
+    may enter the mount; permissions are still checked by the kernel)."""
     return [
         sys.executable,
         "-m",
@@ -329,6 +332,7 @@ def daemon_command(store_path: str, mountpoint: str, branch: str) -> list[str]:
         store_path,
         "--branch",
         branch,
+        *(["--allow-other"] if allow_other else []),
         mountpoint,
     ]
 
@@ -340,8 +344,13 @@ def start_daemon(
     *,
     timeout: float = START_TIMEOUT,
     extra_args: list[str] | tuple[str, ...] = (),
+    allow_other: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a detached daemon and return once the mount answers; MountError if it fails."""
+    """Start a detached daemon and return once the mount answers; MountError if it fails.
+
+    ``allow_other``: users other than the daemon's may enter the mount (FUSE's
+    ``allow_other``; a non-root user needs ``user_allow_other`` in /etc/fuse.conf).
+    """
     check_fuse()
     mp = check_mountpoint(mountpoint)
     store_path = os.path.abspath(store_path)
@@ -351,7 +360,12 @@ def start_daemon(
     os.makedirs(log_dir, mode=0o700, exist_ok=True)
     log_path = os.path.join(log_dir, "daemon.log")
     read_fd, write_fd = os.pipe()
-    cmd = [*daemon_command(store_path, mp, branch), "--ready-fd", str(write_fd), *extra_args]
+    cmd = [
+        *daemon_command(store_path, mp, branch, allow_other=allow_other),
+        "--ready-fd",
+        str(write_fd),
+        *extra_args,
+    ]
     with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         start = log.tell()
         proc = subprocess.Popen(
@@ -463,15 +477,18 @@ def mounted(
     store: Store | str | os.PathLike[str],
     mountpoint: str | os.PathLike[str],
     branch: str = "main",
+    *,
+    allow_other: bool = False,
 ) -> Iterator[Path]:
     """Mount ``branch`` of ``store`` (a Store or a path) at ``mountpoint`` for the block.
 
     Yields the mountpoint as a :class:`~pathlib.Path`; on exit flushes and unmounts, and
     waits until the daemon has exited, so everything written is in the store.
+    ``allow_other`` lets other users in (see :func:`start_daemon`).
     """
     store_path = store if isinstance(store, (str, os.PathLike)) else store.path
     mp = os.path.abspath(os.fspath(mountpoint))
-    proc = start_daemon(os.fspath(store_path), mp, branch)
+    proc = start_daemon(os.fspath(store_path), mp, branch, allow_other=allow_other)
     try:
         yield Path(mp)
     finally:

@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--branch", default="main", help="the branch to mount (default: main)")
     p.add_argument("--ready-fd", type=int, default=None, help="report readiness on this fd")
     p.add_argument("--debug", action="store_true", help="log every request")
+    p.add_argument("--allow-other", action="store_true", help="let other users enter the mount")
     p.add_argument("mountpoint")
     a = p.parse_args(argv)
     return run(
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         a.branch,
         ready_fd=a.ready_fd,
         debug=a.debug,
+        allow_other=a.allow_other,
     )
 
 

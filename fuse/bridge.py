@@ -55,6 +55,9 @@ log = logging.getLogger("branchfs.fuse")
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: The caller of a request that does not say who it is.
+NOBODY = K.RequestContext(-1, -1, 0)
+
 #: Directory listings kept for readdir offsets that continue them.
 LISTINGS_MAX = 64
 
@@ -206,7 +209,7 @@ class Bridge:
         """chmod, chown, truncate and utimens in one transaction."""
         if fino in CONTROL_NODES:
             return self.ctl.setattr(fino, fields)
-        return self.tree.setattr(fino, fields)
+        return self.tree.setattr(fino, fields, ctx)
 
     @op
     def readlink(self, fino: int, ctx: K.RequestContext) -> bytes:
@@ -301,7 +304,7 @@ class Bridge:
         if fino in CONTROL_NODES:
             handle, info = self.ctl.open(fino, flags)
         else:
-            handle, info = self.tree.open(fino, flags, kill_suidgid)
+            handle, info = self.tree.open(fino, flags, ctx, kill_suidgid)
         return self._new_fh(handle, info)
 
     @op
@@ -327,11 +330,20 @@ class Bridge:
         return self.ctl.read(h, off, size)
 
     @op
-    def write(self, fh: int, off: int, data: bytes, *, kill_suidgid: bool = False) -> int:
-        """Buffer a write; large buffers go to the store at once."""
+    def write(
+        self,
+        fh: int,
+        off: int,
+        data: bytes,
+        ctx: K.RequestContext | None = None,
+        *,
+        kill_suidgid: bool = False,
+    ) -> int:
+        """Buffer a write; large buffers go to the store at once. ``kill_suidgid``: the
+        writer lacks CAP_FSETID (``ctx`` says who it is)."""
         h = self.handles[fh]
         if isinstance(h, FileHandle):
-            return self.tree.write(h, off, data, kill_suidgid)
+            return self.tree.write(h, off, data, ctx or NOBODY, kill_suidgid)
         return self.ctl.write(h, data)
 
     @op

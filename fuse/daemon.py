@@ -55,8 +55,13 @@ def run(
     *,
     ready_fd: int | None = None,
     debug: bool = False,
+    allow_other: bool = False,
 ) -> int:
-    """Serve ``branch`` of the store at ``mountpoint`` until unmounted; the exit status."""
+    """Serve ``branch`` of the store at ``mountpoint`` until unmounted; the exit status.
+
+    ``allow_other``: other users may enter the mount (the kernel still checks permissions,
+    ``default_permissions``); otherwise it is private to the daemon's user.
+    """
     report = _Report(ready_fd)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
@@ -68,7 +73,8 @@ def run(
         report.send(str(exc))
         return 2
     try:
-        return _serve(store, mountpoint, branch, report)
+        options = (*OPTIONS, "allow_other") if allow_other else OPTIONS
+        return _serve(store, mountpoint, branch, report, options)
     finally:
         store.close()
 
@@ -97,7 +103,9 @@ def _tune_malloc() -> None:
         mallopt(param, value)
 
 
-def _serve(store: Store, mountpoint: str, branch: str, report: _Report) -> int:
+def _serve(
+    store: Store, mountpoint: str, branch: str, report: _Report, options: tuple[str, ...]
+) -> int:
     _tune_malloc()
     try:
         store.branch(branch)
@@ -112,7 +120,7 @@ def _serve(store: Store, mountpoint: str, branch: str, report: _Report) -> int:
         if n:
             log.warning("deleted %d unlinked files left open by a daemon that died", n)
     try:
-        fd = K.mount(ops.mountpoint, OPTIONS)
+        fd = K.mount(ops.mountpoint, options)
     except (K.MountError, OSError) as exc:
         report.send(f"the kernel refused the mount ({exc}); is {mountpoint} usable?")
         return 2

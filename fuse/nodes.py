@@ -19,7 +19,6 @@ import contextlib
 import errno
 import logging
 import os
-import stat as st
 from typing import NamedTuple
 
 from branchfs import BranchFSError, Store
@@ -30,7 +29,8 @@ from branchfs.records import ROOT_INO, Inode
 from . import kernel as K
 from .coherence import Coherence
 from .inodes import ALIAS_BASE, CONTROL_NODES, Holds, InodeMap, Key, Listing, TreeRef
-from .writeback import WriteBack, apply_buffer, drop_privs
+from .privs import SETID, cleared_mode, drop_privs, in_group
+from .writeback import WriteBack, apply_buffer
 
 log = logging.getLogger("branchfs.fuse")
 
@@ -155,7 +155,9 @@ class TreeNodes:
         key = self.key(fino)
         return self.attrs(fino, key, self.co.record(key))
 
-    def setattr(self, fino: int, fields: K.SetattrFields) -> K.EntryAttributes:
+    def setattr(
+        self, fino: int, fields: K.SetattrFields, ctx: K.RequestContext
+    ) -> K.EntryAttributes:
         """chmod, chown, truncate and utimens in one transaction, buffered data first."""
         key = self.key(fino)
         tree, eng = key
@@ -164,13 +166,14 @@ class TreeNodes:
         chowned = fields.uid is not None or fields.gid is not None
         kill = self.kill_privs and (fields.size is not None or chowned)
         kill_suidgid = fields.kill_suidgid and fields.mode is None
+        member = not kill_suidgid or self._member(key, ctx)
 
         def fn(v: View) -> Inode:
             if buf is not None:  # buffered data first, in the same transaction
                 apply_buffer(v, eng, buf)
             rec = T.setattr(v, eng, **kw)
             if kill and rec.is_reg:
-                drop_privs(v, eng, kill_suidgid)
+                drop_privs(v, eng, kill_suidgid, member)
                 rec = T.get(v, eng)
             return rec
 
@@ -324,7 +327,9 @@ class TreeNodes:
 
     # -- files ----------------------------------------------------------------------------------
 
-    def open(self, fino: int, flags: int, kill_suidgid: bool) -> tuple[FileHandle, K.FileInfo]:
+    def open(
+        self, fino: int, flags: int, ctx: K.RequestContext, kill_suidgid: bool
+    ) -> tuple[FileHandle, K.FileInfo]:
         """Open a file (O_TRUNC truncates here: the kernel sends it atomically).
 
         A read-only open asks for no FLUSH at close: it has nothing to flush. A write-only
@@ -343,10 +348,11 @@ class TreeNodes:
         if flags & os.O_TRUNC:  # Linux truncates even with O_RDONLY
             self.wb.take(key)
             if rec.size or self._privileged(rec, kill_suidgid):
+                member = not kill_suidgid or in_group(ctx, rec.gid)
 
                 def trunc(v: View) -> None:
                     T.truncate(v, eng, 0)
-                    drop_privs(v, eng, kill_suidgid)
+                    drop_privs(v, eng, kill_suidgid, member)
 
                 self.co.write(tree, trunc)
                 if fino >= ALIAS_BASE:
@@ -357,12 +363,16 @@ class TreeNodes:
         return FileHandle(fino, key, bool(flags & os.O_APPEND)), info
 
     def _privileged(self, rec: Inode, kill_suidgid: bool) -> bool:
-        """Whether writing to ``rec`` must clear privileges (see :func:`.writeback.drop_privs`)."""
+        """Whether writing to ``rec`` must clear privileges (see :mod:`.privs`)."""
         if not self.kill_privs:
             return False
         if b"security.capability" in rec.xattrs:
             return True
-        return kill_suidgid and bool(rec.mode & (st.S_ISUID | st.S_ISGID))
+        return kill_suidgid and bool(rec.mode & SETID)
+
+    def _member(self, key: Key, ctx: K.RequestContext) -> bool:
+        """Whether the caller is in ``key``'s group (only asked when set-group-ID matters)."""
+        return in_group(ctx, self.co.record(key).gid)
 
     def opened(self, entry: Entry, flags: int) -> tuple[FileHandle, K.FileInfo]:
         """The handle of a file just created (CREATE), held like any open file."""
@@ -386,18 +396,42 @@ class TreeNodes:
         view = resources.enter_context(self.store.viewing(tree.name, snapshot=tree.snapshot))
         return T.read_pieces(view, key[1], off, size)
 
-    def write(self, h: FileHandle, off: int, data: bytes, kill_suidgid: bool) -> int:
-        """Buffer a write (at the end for O_APPEND); large buffers go to the store at once."""
+    def write(
+        self, h: FileHandle, off: int, data: bytes, ctx: K.RequestContext, kill_suidgid: bool
+    ) -> int:
+        """Buffer a write (at the end for O_APPEND); large buffers go to the store at once.
+
+        A writer without CAP_FSETID clears set-user/group-ID at its first write, in its own
+        transaction, so that the writer's ``fstat`` shows it at once (Linux clears them in
+        ``write()`` itself); later writes into the same buffer find nothing to clear.
+        """
         key = h.key
         if key[0].snapshot:
             raise K.FUSEError(errno.EROFS)
         self.wb.raise_error(key)
+        if kill_suidgid and self.kill_privs and not self.wb.kills_suidgid(key):
+            self._clear_setid(h, ctx)
         if h.append:
             off = self.wb.size(key)
         self.wb.add(key, off, data, drop_privs=self.kill_privs, kill_suidgid=kill_suidgid)
         if h.fino >= ALIAS_BASE:
             self.co.inode_changed_elsewhere(key)
         return len(data)
+
+    def _clear_setid(self, h: FileHandle, ctx: K.RequestContext) -> None:
+        """Clear set-user/group-ID of ``h``'s file now, for a write without CAP_FSETID."""
+        key = h.key
+        rec = self.co.record(key)
+        if not rec.mode & SETID:
+            return
+        member = in_group(ctx, rec.gid)
+        if rec.mode == (mode := cleared_mode(rec, True, member)):
+            return
+        tree, eng = key
+        new = self.co.write(tree, lambda v: T.setattr(v, eng, mode=mode & 0o7777))
+        self.co.cache_record(key, new)
+        if h.fino >= ALIAS_BASE:
+            self.co.inode_changed_elsewhere(key)
 
     def flush(self, h: FileHandle) -> None:
         """close(): buffered data reaches the store (close-to-open consistency)."""

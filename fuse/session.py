@@ -366,11 +366,11 @@ class Session:
         fh, offset, size, _rf, _lo, _flags, _pad = K.READ_IN.unpack_from(body)
         return self.ops.read(fh, offset, size)
 
-    def _write(self, _u: int, _n: int, _c: K.RequestContext, body: memoryview) -> bytes:
+    def _write(self, _u: int, _n: int, ctx: K.RequestContext, body: memoryview) -> bytes:
         fh, offset, size, write_flags, _lo, _flags, _pad = K.WRITE_IN.unpack_from(body)
         data = bytes(body[K.WRITE_IN.size : K.WRITE_IN.size + size])
         kill = bool(write_flags & K.WRITE_KILL_SUIDGID)
-        written = self.ops.write(fh, offset, data, kill_suidgid=kill)
+        written = self.ops.write(fh, offset, data, ctx, kill_suidgid=kill)
         return K.WRITE_OUT.pack(written, 0)
 
     def _flush(self, _u: int, _n: int, _c: K.RequestContext, body: memoryview) -> bytes:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import stat as st
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from branchfs import BranchFSError, Store
@@ -31,6 +30,7 @@ from .buffers import FLUSH_BYTES, TOTAL_BYTES, WriteBuffer
 from .coherence import Coherence
 from .errors import errno_of
 from .inodes import Key
+from .privs import drop_privs
 from .stats import Stats
 
 log = logging.getLogger("branchfs.fuse")
@@ -43,26 +43,6 @@ def apply_buffer(v: View, ino: int, buf: WriteBuffer) -> Inode:
     if buf.drop_privs:
         drop_privs(v, ino, buf.kill_suidgid)
     return T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
-
-
-def drop_privs(v: View, ino: int, kill_suidgid: bool) -> None:
-    """What a write or truncate must clear once the kernel left it to us (KILLPRIV_V2).
-
-    ``security.capability`` goes on any write, as Linux does; set-user-ID, and set-group-ID
-    on a group-executable file, go when the writer lacks CAP_FSETID (``kill_suidgid``).
-    Source: ``file_remove_privs()`` and ``should_remove_suid()`` in Linux's fs/inode.c.
-    """
-    rec = v.inode(ino)
-    if rec is None:
-        return
-    if b"security.capability" in rec.xattrs:
-        T.removexattr(v, ino, b"security.capability")
-    if kill_suidgid:
-        mode = rec.mode & ~st.S_ISUID
-        if rec.mode & st.S_IXGRP:
-            mode &= ~st.S_ISGID
-        if mode != rec.mode:
-            T.setattr(v, ino, mode=mode & 0o7777)
 
 
 class WriteBack:
@@ -86,8 +66,10 @@ class WriteBack:
         """Buffer ``data`` written at byte ``off`` of ``key``; a full buffer goes to the store.
 
         ``drop_privs``: clear privileges when the buffer is committed (KILLPRIV_V2), and
-        set-user/group-ID too if ``kill_suidgid``. Holds the daemon's lock; may start a
-        write-behind commit (:meth:`flush_behind`) or flush every buffer (:meth:`flush_all`).
+        set-user/group-ID too if ``kill_suidgid`` (the nodes clear those at once as well, so
+        that ``fstat`` shows it before the commit: :mod:`.privs`). Holds the daemon's lock;
+        may start a write-behind commit (:meth:`flush_behind`) or flush every buffer
+        (:meth:`flush_all`).
         """
         buf = self.buffers.get(key)
         if buf is None:
@@ -102,6 +84,11 @@ class WriteBack:
             self.flush_behind(key)
         elif self.buffered >= TOTAL_BYTES:
             self.flush_all()
+
+    def kills_suidgid(self, key: Key) -> bool:
+        """Whether ``key``'s buffer already clears set-user/group-ID when it commits."""
+        buf = self.buffers.get(key)
+        return buf is not None and buf.kill_suidgid
 
     def take(self, key: Key, flushing: bool = False) -> WriteBuffer | None:
         """Remove ``key``'s buffer (to apply it, or because its data is gone). Holds the lock."""
