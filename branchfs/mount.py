@@ -1,16 +1,10 @@
-"""Mounting a branch: start and stop the FUSE daemon, and keep mounts coherent.
+"""Mounting a branch: start and stop the FUSE daemon (the life cycle of a mount).
 
-Three jobs live here, all without importing the daemon (that runs in its own process):
-
-* :func:`mounted` / :func:`start_daemon` / :func:`unmount` start a daemon
-  (``python -m branchfs_fuse``) for one branch, wait until the mount answers, and stop it.
-* Every running daemon registers itself in ``STORE/mounts/`` (one small JSON file naming its
-  branch, mountpoint and an abstract unix socket).
-* :func:`notify_mounts` is the store's change hook (``Store.change_hook``): after any process
-  changes a branch through the API, the daemons serving that branch are told synchronously,
-  and answer only once they have dropped the kernel's caches. So a change made from outside
-  a mount shows in the mount on the next syscall. See docs/architecture.md, "The mount".
-
+All without importing the daemon (that runs in its own process):
+:func:`mounted` / :func:`start_daemon` / :func:`unmount` start a daemon
+(``python -m branchfs_fuse``) for one branch, wait until the mount answers, and stop it;
+:func:`is_stale` / :func:`detach` deal with a mount whose daemon was killed. The registry of
+running daemons and the change notices they answer are :mod:`branchfs.notices`.
 :func:`ctl` is the client of a mount's ``.branchfs/ctl`` file.
 """
 
@@ -23,25 +17,20 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import BranchFSError
 from .jsontypes import JSONObject
+from .notices import Registration, find_registration, mounts_dir
 
 if TYPE_CHECKING:
     from .store import Store
 
-#: Subdirectory of a store that holds one registration file per running mount daemon.
-MOUNTS_DIR = "mounts"
-#: How long a writer waits for a daemon to acknowledge a change notification.
-NOTIFY_TIMEOUT = 10.0
 #: How long ``mount`` waits for the daemon to answer before giving up.
 START_TIMEOUT = 30.0
 
@@ -50,103 +39,7 @@ class MountError(BranchFSError):
     """A mount or unmount could not be done; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class Registration:
-    """One running mount daemon, as recorded in ``STORE/mounts/``."""
-
-    path: str
-    pid: int
-    branch: str
-    mountpoint: str
-    socket: str
-
-    def alive(self) -> bool:
-        """Whether the daemon process still runs (a zombie waiting to be reaped does not)."""
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        try:
-            with open(f"/proc/{self.pid}/stat") as fh:
-                return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except (OSError, IndexError):
-            return True
-
-
-# -- registrations ------------------------------------------------------------------------------
-
-
-def mounts_dir(store_path: str) -> str:
-    """The directory holding the registrations of a store's daemons."""
-    return os.path.join(store_path, MOUNTS_DIR)
-
-
-def register(store_path: str, branch: str, mountpoint: str, sock_name: str) -> str:
-    """Record a daemon serving ``branch`` at ``mountpoint``; returns the file to remove later."""
-    d = mounts_dir(store_path)
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    path = os.path.join(d, f"{os.getpid()}.json")
-    tmp = path + ".tmp"
-    data = {"pid": os.getpid(), "branch": branch, "mountpoint": mountpoint, "socket": sock_name}
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
-    _cache.pop(store_path, None)
-    return path
-
-
-def _read_registrations(d: str) -> list[Registration]:
-    out = []
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return []
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        path = os.path.join(d, name)
-        try:
-            with open(path) as fh:
-                data = json.load(fh)
-            out.append(
-                Registration(
-                    path, int(data["pid"]), data["branch"], data["mountpoint"], data["socket"]
-                )
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return out
-
-
-_cache: dict[str, tuple[int, list[Registration]]] = {}
-
-
-def registrations(store_path: str) -> list[Registration]:
-    """The daemons registered on a store (a stat of the directory when nothing changed).
-
-    The listing is cached by the directory's mtime, but only once that mtime is more than a
-    second old: a registration made in the same clock tick as the listing is never missed.
-    """
-    d = mounts_dir(store_path)
-    try:
-        mtime = os.stat(d).st_mtime_ns
-    except FileNotFoundError:
-        return []
-    cached = _cache.get(store_path)
-    if cached is not None and cached[0] == mtime:
-        return cached[1]
-    regs = _read_registrations(d)
-    if time.time_ns() - mtime > 1_000_000_000:
-        _cache[store_path] = (mtime, regs)
-    return regs
-
-
-def _drop_stale(reg: Registration) -> None:
-    if not reg.alive():
-        with contextlib.suppress(OSError):
-            os.unlink(reg.path)
+# -- registrations and the ctl client ------------------------------------------------------
 
 
 def find_mount(mountpoint: str) -> tuple[str, Registration] | None:
@@ -159,42 +52,8 @@ def find_mount(mountpoint: str) -> tuple[str, Registration] | None:
             store_path = fh.read().strip()
     except OSError:
         return None
-    real = os.path.realpath(mountpoint)
-    for reg in _read_registrations(mounts_dir(store_path)):
-        if os.path.realpath(reg.mountpoint) == real:
-            return store_path, reg
-    return None
-
-
-# -- change notification -------------------------------------------------------------------------
-
-
-def poke(reg: Registration, names: tuple[str, ...]) -> bool:
-    """Tell one daemon that ``names`` changed and wait for its acknowledgement."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(NOTIFY_TIMEOUT)
-    try:
-        s.connect(reg.socket.encode("latin-1"))
-        s.sendall(json.dumps({"changed": list(names)}).encode() + b"\n")
-        return recv_line(s).strip() == b"ok"
-    except (ConnectionRefusedError, FileNotFoundError):
-        _drop_stale(reg)
-        return False
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def recv_line(sock: socket.socket) -> bytes:
-    """Bytes from ``sock`` up to and including a newline, or up to EOF if none comes."""
-    data = b""
-    while not data.endswith(b"\n"):
-        part = sock.recv(4096)
-        if not part:
-            break
-        data += part
-    return data
+    reg = find_registration(store_path, mountpoint)
+    return None if reg is None else (store_path, reg)
 
 
 def ctl(mountpoint: str | os.PathLike[str], *command: str) -> JSONObject:
@@ -223,18 +82,6 @@ def ctl(mountpoint: str | os.PathLike[str], *command: str) -> JSONObject:
         os.close(fd)
     result: JSONObject = json.loads(answer)
     return result
-
-
-def targets(store_path: str, names: tuple[str, ...]) -> list[Registration]:
-    """The other processes' daemons that serve one of the branches ``names``."""
-    me = os.getpid()
-    return [r for r in registrations(store_path) if r.branch in names and r.pid != me]
-
-
-def notify_mounts(store_path: str, names: tuple[str, ...]) -> None:
-    """The default ``Store.change_hook``: synchronously tell the daemons serving ``names``."""
-    for reg in targets(store_path, names):
-        poke(reg, names)
 
 
 # -- starting and stopping daemons -------------------------------------------------------------

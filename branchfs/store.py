@@ -16,7 +16,7 @@ import stat as st
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast, overload
 
 import lmdb
 
@@ -26,6 +26,7 @@ from .errors import ReadOnlyError, os_error, with_path
 from .fileobj import RawBranchFile, parse_mode
 from .layers import View
 from .meta import Meta, open_meta, release_meta
+from .notices import Observer, notify_mounts
 from .paths import PathArg
 from .records import ROOT_INO, Inode, Stat
 from .refs import Refs
@@ -64,12 +65,10 @@ class Store:
     Opening the same store twice in one process shares one LMDB environment.
     """
 
-    #: Called as ``hook(store_path, branch_names)`` after a call changed those branches'
-    #: trees, so that mount daemons serving them drop the kernel's caches (see
-    #: :mod:`branchfs.mount`); None means "load the default from branchfs.mount".
-    change_hook: ClassVar[Callable[[str, tuple[str, ...]], None] | None] = None
-
-    def __init__(self, meta: Meta) -> None:
+    def __init__(self, meta: Meta, observer: Observer | None = None) -> None:
+        #: Told ``(store_path, branch_names)`` after a call changed those branches' trees
+        #: (see :mod:`branchfs.notices`): by default the mount daemons serving them.
+        self.observer: Observer = notify_mounts if observer is None else observer
         self._meta: Meta | None = meta
         self.path = meta.path
         self.engine = Engine(meta)
@@ -85,18 +84,21 @@ class Store:
         *,
         map_size: int | None = None,
         max_map_size: int | None = None,
+        observer: Observer | None = None,
     ) -> Store:
         """Open the store at ``path``; with ``create=True`` make it if it does not exist.
 
         ``map_size`` is the initial LMDB map (address space, grown on demand) and
-        ``max_map_size`` the limit past which writes fail with ENOSPC.
+        ``max_map_size`` the limit past which writes fail with ENOSPC, in bytes.
+        ``observer`` is told which branches each call changed (default: the mount daemons
+        serving them, :func:`branchfs.notices.notify_mounts`).
         """
         kwargs: dict[str, int] = {}
         if map_size is not None:
             kwargs["map_size"] = map_size
         if max_map_size is not None:
             kwargs["max_map_size"] = max_map_size
-        return cls(open_meta(os.fsdecode(path), create=create, **kwargs))
+        return cls(open_meta(os.fsdecode(path), create=create, **kwargs), observer)
 
     @property
     def meta(self) -> Meta:
@@ -144,13 +146,8 @@ class Store:
         return result
 
     def _changed(self, *names: str) -> None:
-        """Tell mount daemons serving ``names`` that their trees changed (a stat if none)."""
-        hook = Store.change_hook
-        if hook is None:
-            from .mount import notify_mounts  # most processes never see a mount
-
-            hook = Store.change_hook = notify_mounts
-        hook(self.path, names)
+        """Tell the observer that ``names``' trees changed (by default: a stat if no mount)."""
+        self.observer(self.path, names)
 
     # -- branches and snapshots -------------------------------------------------------------
 
@@ -248,12 +245,11 @@ class Store:
         """3-way merge ``source`` into ``target``; see :func:`branchfs.merge.merge`."""
         from .merge import merge
 
-        try:
-            return merge(
-                self.engine, target, source, strategy=strategy, conflict_markers=conflict_markers
-            )
-        finally:
-            self._changed(target)
+        result = merge(
+            self.engine, target, source, strategy=strategy, conflict_markers=conflict_markers
+        )
+        self._changed(target)  # a refused merge (MergeConflict) changed nothing: no notice
+        return result
 
     def gc(self) -> GcReport:
         """Reclaim discarded branches' layers and unreferenced chunks; safe beside writers."""

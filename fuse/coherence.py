@@ -10,25 +10,24 @@ getattr and getxattr need no transaction. This module owns both caches' bookkeep
   view (an alias under ``.branchfs/``, ``ctl merge``/``reset``, another process) marks the
   whole view or one inode stale, and :meth:`Coherence.take_work` turns that into kernel
   invalidations run off the request loop;
-* change notices: the branches this daemon changed are announced to other daemons after
-  the request (:mod:`branchfs.mount`), and :meth:`Coherence.serve_notifications` answers
-  other processes' notices, in a thread of its own.
+* change notices (:mod:`branchfs.notices`): the store reports the branches this daemon
+  changed to :attr:`Coherence.changes`, announced to other daemons after the request, and
+  :meth:`Coherence.serve_notifications` answers other processes' notices, in a thread of
+  its own.
 
 The request loop and the notice thread share state under the daemon's lock (``lock``);
-:attr:`Coherence.pending` is also filled by the flush thread, under its own small lock.
+:attr:`Coherence.changes` is also filled by the flush thread, under its own small lock.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from branchfs import ReadOnlyError, Store
-from branchfs import mount as mount_mod
+from branchfs import ReadOnlyError, Store, notices
 from branchfs import tree as T
 from branchfs.layers import View
 from branchfs.records import ROOT_INO, Inode
@@ -72,9 +71,9 @@ class Coherence:
         self.records: dict[int, Inode] = {}
         #: ``(parent, name)`` pairs the kernel may cache (positive or negative entries).
         self.kentries: set[tuple[int, bytes]] = set()
-        #: Branches this daemon changed, to announce to other daemons after the request.
-        self.pending: set[str] = set()
-        self._pending_lock = threading.Lock()
+        #: Branches this daemon changed, to announce to other daemons after the request:
+        #: the observer the daemon opened its store with.
+        self.changes = notices.Pending()
         #: The mounted view changed behind the kernel's back: drop all of it.
         self.main_stale = False
         #: Engine inodes of the mounted view whose attributes or pages changed elsewhere.
@@ -180,14 +179,6 @@ class Coherence:
         if key[0] == self.main:
             self.stale_inodes.add(key[1])
 
-    def on_store_change(self, _path: str, names: tuple[str, ...]) -> None:
-        """``Store.change_hook`` inside the daemon: remember, propagate after the request.
-
-        Called by the request loop's transactions and by the flush thread's.
-        """
-        with self._pending_lock:
-            self.pending.update(names)
-
     def take_work(self) -> Work:
         """What must happen before the current request's reply (called after each request).
 
@@ -195,18 +186,11 @@ class Coherence:
         what it cached of the mounted view if a change reached it by another way.
         """
         work: Work = []
-        with self._pending_lock:
-            names = tuple(self.pending)
-            self.pending.clear()
+        names = self.changes.take()
         if names:
-            regs = mount_mod.targets(self.store.path, names)
+            regs = notices.targets(self.store.path, names)
             if regs:
-
-                def poke() -> None:
-                    for r in regs:
-                        mount_mod.poke(r, names)
-
-                work.append(poke)
+                work.append(lambda: notices.poke_all(regs, names))
         invalidate = self.invalidator
         if self.main_stale:
             self.main_stale = False
@@ -247,22 +231,14 @@ class Coherence:
                 return  # the listener was closed: the daemon is stopping
             try:
                 with conn:
-                    conn.settimeout(mount_mod.NOTIFY_TIMEOUT)
-                    self._answer_notification(conn)
+                    conn.settimeout(notices.NOTIFY_TIMEOUT)
+                    notices.answer(conn, self._on_notice)
             except Exception:  # a writer that went away must not stop the daemon
                 log.warning("a change notification failed", exc_info=True)
 
-    def _answer_notification(self, conn: socket.socket) -> None:
-        data = mount_mod.recv_line(conn)
-        if not data.endswith(b"\n"):
-            return  # the writer went away before it finished
-        try:
-            names = json.loads(data)["changed"]
-        except (ValueError, KeyError, TypeError):
-            conn.sendall(b"bad\n")
-            return
+    def _on_notice(self, names: list[str]) -> None:
+        """Another process changed ``names``: drop what the kernel caches of the mounted view."""
         if self.main.name in names:
             with self.lock:
                 entries, inos = self.forget_main()
             self.invalidator(entries, inos)
-        conn.sendall(b"ok\n")

@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 
-from branchfs import BranchFSError, Store
+from branchfs import BranchFSError, Store, notices
 from branchfs import mount as mount_mod
 
 from . import kernel as K
@@ -67,14 +67,15 @@ def run(
         level=logging.DEBUG if debug else logging.WARNING,
         format="branchfs[%(process)d] %(levelname)s %(message)s",
     )
+    changes = notices.Pending()  # what this daemon changed, announced after each request
     try:
-        store = Store.open(store_path)
+        store = Store.open(store_path, observer=changes)
     except (BranchFSError, OSError) as exc:
         report.send(str(exc))
         return 2
     try:
         options = (*OPTIONS, "allow_other") if allow_other else OPTIONS
-        return _serve(store, mountpoint, branch, report, options)
+        return _serve(store, mountpoint, branch, report, options, changes)
     finally:
         store.close()
 
@@ -104,7 +105,12 @@ def _tune_malloc() -> None:
 
 
 def _serve(
-    store: Store, mountpoint: str, branch: str, report: _Report, options: tuple[str, ...]
+    store: Store,
+    mountpoint: str,
+    branch: str,
+    report: _Report,
+    options: tuple[str, ...],
+    changes: notices.Pending,
 ) -> int:
     _tune_malloc()
     try:
@@ -113,9 +119,8 @@ def _serve(
         report.send(str(exc))
         return 2
     ops = Bridge(store, branch, os.path.abspath(mountpoint))
-    Store.change_hook = ops.coherence.on_store_change
-    others = [r for r in mount_mod.targets(store.path, (branch,)) if r.alive()]
-    if not others:
+    ops.coherence.changes = changes
+    if not notices.serving(store.path, branch):  # no other daemon may hold these orphans
         n = ops.clean_orphans()
         if n:
             log.warning("deleted %d unlinked files left open by a daemon that died", n)
@@ -130,7 +135,7 @@ def _serve(
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock_name.encode("latin-1"))
     listener.listen(64)
-    reg_path = mount_mod.register(store.path, branch, ops.mountpoint, sock_name)
+    reg_path = notices.register(store.path, branch, ops.mountpoint, sock_name)
     signalled = False
 
     def on_signal(_sig: int, _frame: object) -> None:

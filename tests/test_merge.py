@@ -498,3 +498,21 @@ def test_xattr_removed_on_one_side_while_the_other_changed_the_mode(pair) -> Non
     main.merge(other)
     assert main.listxattr("a.txt") == []
     assert main.stat("a.txt").st_mode & 0o777 == 0o640
+
+
+def test_a_refused_merge_notifies_nobody(tmp_path: os.PathLike[str]) -> None:
+    heard: list[tuple[str, ...]] = []
+    path = os.path.join(tmp_path, "observed")
+    with Store.open(path, create=True, observer=lambda _p, names: heard.append(names)) as store:
+        main = store.create_branch("main")
+        main.write_bytes("f", b"base\n")
+        theirs = main.fork("theirs")
+        main.write_bytes("f", b"ours\n")
+        theirs.write_bytes("f", b"theirs\n")
+        assert heard[-1] == ("theirs",)
+        heard.clear()
+        with pytest.raises(MergeConflict):
+            main.merge(theirs)
+        assert heard == []
+        main.merge(theirs, strategy="theirs")
+        assert heard == [("main",)]

@@ -1,0 +1,242 @@
+"""Change notices between processes: the registry of mount daemons and the notice protocol.
+
+A ``Store`` is given an :data:`Observer` when it is opened; it calls it as
+``observer(store_path, branch_names)`` after a call changed those branches' trees (a
+refused merge changes nothing and calls nobody). The default observer,
+:func:`notify_mounts`, tells every other process's daemon that serves one of those branches,
+synchronously: each answers only once the kernel dropped what it cached, so a change made
+from outside a mount shows in the mount on the next syscall. A daemon opens its store with a
+:class:`Pending` observer instead and announces its own changes after each request.
+
+The registry: every running daemon registers itself in ``STORE/mounts/`` (one small JSON file
+naming its pid, branch, mountpoint and an abstract unix socket). :func:`serving` answers "is
+branch B of store S mounted?". The protocol: one line ``{"changed": [names]}`` to the
+daemon's socket, answered ``ok`` (:func:`poke` sends, :func:`answer` receives).
+
+The mount daemon (``branchfs_fuse``) is this module's only consumer on the mount side;
+:mod:`branchfs.mount` (starting and stopping daemons) reads the registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: ``observer(store_path, branch_names)``: told after a call changed those branches.
+Observer = Callable[[str, tuple[str, ...]], None]
+
+#: Subdirectory of a store that holds one registration file per running mount daemon.
+MOUNTS_DIR = "mounts"
+#: How long a writer waits for a daemon to acknowledge a change notification, in seconds.
+NOTIFY_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One running mount daemon, as recorded in ``STORE/mounts/``."""
+
+    path: str
+    pid: int
+    branch: str
+    mountpoint: str
+    socket: str
+
+    def alive(self) -> bool:
+        """Whether the daemon process still runs (a zombie waiting to be reaped does not)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:
+            with open(f"/proc/{self.pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return True
+
+
+# -- registrations ------------------------------------------------------------------------------
+
+
+def mounts_dir(store_path: str) -> str:
+    """The directory holding the registrations of a store's daemons."""
+    return os.path.join(store_path, MOUNTS_DIR)
+
+
+def register(store_path: str, branch: str, mountpoint: str, sock_name: str) -> str:
+    """Record a daemon serving ``branch`` at ``mountpoint``; returns the file to remove later."""
+    d = mounts_dir(store_path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    path = os.path.join(d, f"{os.getpid()}.json")
+    tmp = path + ".tmp"
+    data = {"pid": os.getpid(), "branch": branch, "mountpoint": mountpoint, "socket": sock_name}
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+    _cache.pop(store_path, None)
+    return path
+
+
+def _read_registrations(d: str) -> list[Registration]:
+    out = []
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(d, name)
+        try:
+            with open(path) as fh:
+                data = json.load(fh)
+            out.append(
+                Registration(
+                    path, int(data["pid"]), data["branch"], data["mountpoint"], data["socket"]
+                )
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+_cache: dict[str, tuple[int, list[Registration]]] = {}
+
+
+def registrations(store_path: str) -> list[Registration]:
+    """The daemons registered on a store (a stat of the directory when nothing changed).
+
+    The listing is cached by the directory's mtime, but only once that mtime is more than a
+    second old: a registration made in the same clock tick as the listing is never missed.
+    """
+    d = mounts_dir(store_path)
+    try:
+        mtime = os.stat(d).st_mtime_ns
+    except FileNotFoundError:
+        return []
+    cached = _cache.get(store_path)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    regs = _read_registrations(d)
+    if time.time_ns() - mtime > 1_000_000_000:
+        _cache[store_path] = (mtime, regs)
+    return regs
+
+
+def find_registration(store_path: str, mountpoint: str) -> Registration | None:
+    """The registration of the daemon serving ``mountpoint`` on this store (read afresh)."""
+    real = os.path.realpath(mountpoint)
+    for reg in _read_registrations(mounts_dir(store_path)):
+        if os.path.realpath(reg.mountpoint) == real:
+            return reg
+    return None
+
+
+def _drop_stale(reg: Registration) -> None:
+    if not reg.alive():
+        with contextlib.suppress(OSError):
+            os.unlink(reg.path)
+
+
+# -- change notification -------------------------------------------------------------------------
+
+
+def poke(reg: Registration, names: tuple[str, ...]) -> bool:
+    """Tell one daemon that ``names`` changed and wait for its acknowledgement."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(NOTIFY_TIMEOUT)
+    try:
+        s.connect(reg.socket.encode("latin-1"))
+        s.sendall(json.dumps({"changed": list(names)}).encode() + b"\n")
+        return recv_line(s).strip() == b"ok"
+    except (ConnectionRefusedError, FileNotFoundError):
+        _drop_stale(reg)
+        return False
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def recv_line(sock: socket.socket) -> bytes:
+    """Bytes from ``sock`` up to and including a newline, or up to EOF if none comes."""
+    data = b""
+    while not data.endswith(b"\n"):
+        part = sock.recv(4096)
+        if not part:
+            break
+        data += part
+    return data
+
+
+def targets(store_path: str, names: tuple[str, ...]) -> list[Registration]:
+    """The other processes' daemons that serve one of the branches ``names``."""
+    me = os.getpid()
+    return [r for r in registrations(store_path) if r.branch in names and r.pid != me]
+
+
+def serving(store_path: str, branch: str) -> list[Registration]:
+    """The live daemons that serve branch ``branch`` of the store at ``store_path``.
+
+    A registration whose process is gone is left out (and never blocks anything): this is
+    the question "is this branch mounted right now?".
+    """
+    return [r for r in registrations(store_path) if r.branch == branch and r.alive()]
+
+
+def poke_all(regs: list[Registration], names: tuple[str, ...]) -> None:
+    """:func:`poke` each of ``regs`` in turn (each waits for its acknowledgement)."""
+    for reg in regs:
+        poke(reg, names)
+
+
+def notify_mounts(store_path: str, names: tuple[str, ...]) -> None:
+    """The default :data:`Observer` of a ``Store``: synchronously tell the other processes'
+    daemons serving ``names``, each answering once the kernel dropped its caches."""
+    poke_all(targets(store_path, names), names)
+
+
+def answer(conn: socket.socket, on_change: Callable[[list[str]], None]) -> None:
+    """The daemon's side of one notice on ``conn``: read it, call ``on_change(names)``
+    (which drops the caches), then acknowledge with ``ok`` (``bad`` if it is not a notice)."""
+    data = recv_line(conn)
+    if not data.endswith(b"\n"):
+        return  # the writer went away before it finished
+    try:
+        names = json.loads(data)["changed"]
+        if not isinstance(names, list):
+            raise TypeError(names)
+    except (ValueError, KeyError, TypeError):
+        conn.sendall(b"bad\n")
+        return
+    on_change([str(n) for n in names])
+    conn.sendall(b"ok\n")
+
+
+class Pending:
+    """An :data:`Observer` that only remembers which branches changed, for a daemon to
+    announce after the request (:meth:`take`). Thread-safe: the daemon's request loop and
+    its flush thread both write through the store that reports here."""
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, _store_path: str, names: tuple[str, ...]) -> None:
+        """Remember that ``names`` changed."""
+        with self._lock:
+            self._names.update(names)
+
+    def take(self) -> tuple[str, ...]:
+        """The branches changed since the last call, and forget them."""
+        with self._lock:
+            names = tuple(self._names)
+            self._names.clear()
+        return names
