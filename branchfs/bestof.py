@@ -239,6 +239,8 @@ def _popen(
     )
 
 
+#: How an attempt ended: its status and why (one line), or None.
+Outcome: TypeAlias = tuple[Status, str | None]
 RunSpec: TypeAlias = str | Sequence[str] | Callable[[Trial], object]
 ScoreSpec: TypeAlias = str | Sequence[str] | Callable[[Trial], ScoreValue]
 
@@ -311,15 +313,14 @@ class _Run:
 
     def attempt(self, attempt: Attempt) -> None:
         self.set(attempt, "starting")
-        self.attempt_in_tree(attempt)
+        status, why = self.attempt_in_tree(attempt)
         # Unmounted: every write is in the store, and the branch can be diffed or discarded.
-        if attempt.status not in ("cancelled", "error"):
+        if status not in ("cancelled", "error"):
             attempt.changes = self.store.diff(self.base, attempt.branch)
-            if self.on_update is not None:
-                with contextlib.suppress(Exception):
-                    self.on_update(attempt)
+        self.set(attempt, status, why)
 
-    def attempt_in_tree(self, attempt: Attempt) -> None:
+    def attempt_in_tree(self, attempt: Attempt) -> Outcome:
+        """Mount the attempt, run and score it; its final status (set by the caller)."""
         attempt.log.parent.mkdir(parents=True, exist_ok=True)
         with open(attempt.log, "w", buffering=1) as log, contextlib.ExitStack() as stack:
             path: Path | None = None
@@ -330,8 +331,7 @@ class _Run:
                     )
                 except BranchFSError as exc:
                     log.write(f"branchfs: {exc}\n")
-                    self.set(attempt, "error", _one_line(exc))
-                    return
+                    return "error", _one_line(exc)
                 attempt.tree = str(path)
             env = dict(self.env)
             env.update(
@@ -342,20 +342,17 @@ class _Run:
             )
             trial = Trial(attempt.index, self.store.branch(attempt.branch), path, log, self.at, env)
             if self.cancelled.is_set():
-                self.set(attempt, "cancelled")
-                return
+                return "cancelled", None
             attempt.started = time.monotonic()
             self.set(attempt, "running")
             outcome = self.run_step(trial, attempt)
             attempt.duration = time.monotonic() - attempt.started
             if self.cancelled.is_set():
-                self.set(attempt, "cancelled")
-                return
+                return "cancelled", None
             if outcome is not None:
-                self.set(attempt, outcome[0], outcome[1])
-                return
+                return outcome
             self.set(attempt, "scoring")
-            self.score_step(trial, attempt)
+            return self.score_step(trial, attempt)
 
     def spawn(self, trial: Trial, command: str | Sequence[str], stdout: int | IO[str]) -> int:
         """Start ``command`` in the trial's tree in a session of its own; its pid (= pgid)."""
@@ -389,7 +386,7 @@ class _Run:
                 self.groups.discard(pid)
         return status, out or b""
 
-    def run_step(self, trial: Trial, attempt: Attempt) -> tuple[Status, str] | None:
+    def run_step(self, trial: Trial, attempt: Attempt) -> Outcome | None:
         """Run the attempt's command; (status, why) if it failed, None if it passed."""
         spec = self.run_spec
         if callable(spec):
@@ -423,47 +420,39 @@ class _Run:
             return "failed", f"the command exited with status {status}"
         return None
 
-    def score_step(self, trial: Trial, attempt: Attempt) -> None:
+    def score_step(self, trial: Trial, attempt: Attempt) -> Outcome:
         spec = self.score_spec
         if spec is None:
             attempt.score = 0.0
-            self.set(attempt, "passed")
-            return
+            return "passed", None
         if callable(spec):
             try:
                 value = spec(trial)
             except Exception as exc:
                 trial.log.write(traceback.format_exc())
-                self.set(attempt, "failed", f"the score callable raised: {_one_line(exc)}")
-                return
+                return "failed", f"the score callable raised: {_one_line(exc)}"
             if value is None or value is False:
-                self.set(attempt, "failed", "the score callable said it failed")
-                return
+                return "failed", "the score callable said it failed"
             attempt.score = 0.0 if value is True else float(value)
-            self.set(attempt, "passed")
-            return
+            return "passed", None
         trial.log.write("\n--- score ---\n")
         try:
             pid = self.spawn(trial, spec, subprocess.PIPE)
         except _Cancelled:
-            self.set(attempt, "cancelled")
-            return
+            return "cancelled", None
         status, out = self.wait(pid, self.timeout)
         trial.log.write(out.decode(errors="replace"))
         if status is None:
-            self.set(
-                attempt, "timeout", f"the score command passed the timeout ({self.timeout:g} s)"
-            )
-            return
+            return "timeout", f"the score command passed the timeout ({self.timeout:g} s)"
         number = last_number(out)
         if number is not None:
             attempt.score = number
-            self.set(attempt, "passed")
+            return "passed", None
         elif status == 0:
             attempt.score = 0.0
-            self.set(attempt, "passed")
+            return "passed", None
         else:
-            self.set(attempt, "failed", f"the score command exited with status {status}")
+            return "failed", f"the score command exited with status {status}"
 
 
 class _Cancelled(Exception):
