@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc fuse-overlayfs git sqlite3 attr
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PY := $(VENV)/.py-done
+STAMP_DOCS := $(VENV)/.docs-done
 
-.PHONY: all install demo test lint format bench bench-core bench-fuse clean
+.PHONY: all install demo test lint format docs bench bench-core bench-fuse bench-bestof clean
 
 all: test
 
@@ -30,6 +31,15 @@ $(STAMP_PY): $(STAMP_APT) pyproject.toml
 
 install: $(STAMP_PY)
 
+$(STAMP_DOCS): $(STAMP_PY)
+	@$(BIN)/pip install -q -e '.[dev,docs]' 2>&1 | grep -v WARNING || true
+	@$(BIN)/python -c "import mkdocs, material, mkdocstrings, mkdocs_click, matplotlib"
+	@touch $@
+
+# The documentation site (mkdocs-material) in site/; --strict turns every warning into an error.
+docs: $(STAMP_DOCS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 demo: install
 	$(BIN)/python -m branchfs.demo
 
@@ -45,13 +55,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-core bench-fuse
+bench: bench-core bench-fuse bench-bestof
 
 bench-core: install
 	$(BIN)/python benchmarks/core.py
 
 bench-fuse: install
 	$(BIN)/python benchmarks/fuse.py
+
+bench-bestof: install
+	$(BIN)/python benchmarks/bestof.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
