@@ -1,0 +1,251 @@
+"""best-of overhead: how long until every attempt runs in its own tree, and how long after the
+last one ends until the winner is merged and the rest are gone.
+
+For N = 1, 4, 16 attempts on a 10,000-file git repository (and N = 4 on a 1,000-file one, to
+see whether the cost follows the tree's size), three ways of giving each attempt its own
+working tree are timed:
+
+* branchfs: ``branchfs.best_of`` (in process), each attempt forked, mounted with a daemon of
+  its own, and merged / discarded at the end;
+* ``git worktree add`` per attempt, then the winner's commit merged (fast-forward) and every
+  worktree removed (``git worktree remove --force``, branches deleted);
+* ``cp -a`` of the tree per attempt, then the winner's changed file copied back and every
+  copy removed (``rm -rf``).
+
+Every attempt runs the same command: it writes the wall-clock time it started to a marker
+file, changes one file, sleeps HOLD seconds (so that all attempts overlap, as real ones do),
+and writes the time it ended. "to first/every running" is from the call (before any fork)
+to the earliest/latest start marker; "tail" is from the latest end marker to the moment
+everything is merged and cleaned up; "overhead" is the wall time minus the slowest attempt.
+Attempts start as soon as their tree is ready, as with ``--jobs N``.
+
+Writes benchmarks/results/bestof.json and the "best-of" section of docs/benchmarks.md (the
+docs build draws its plot, docs/hooks/plots.py). Run it alone: the machine is shared and
+attempts compete for its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    fmt_seconds,
+    machine_info,
+    machine_line,
+    markdown_table,
+    print_table,
+    replace_doc_section,
+    write_json,
+)
+
+import branchfs
+from branchfs.bestof import best_of
+
+HOLD = 2.0
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.com",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.com",
+}
+
+
+def make_repo(root: Path, files: int) -> Path:
+    """A git repository of ``files`` files (100 a directory, 1-4 KiB each), committed."""
+    root.mkdir(parents=True)
+    for i in range(files):
+        d = root / f"pkg{i // 100:03d}"
+        d.mkdir(exist_ok=True)
+        (d / f"mod{i % 100:02d}.py").write_text(f"# module {i}\n" + "x = 1\n" * (150 + i % 450))
+    env = dict(os.environ, **GIT_ENV)
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "tree"]):
+        subprocess.run(["git", *cmd], cwd=root, env=env, check=True)
+    return root
+
+
+def attempt_script(markers: Path) -> str:
+    """The attempts' command (a shell string); ``$BRANCHFS_ATTEMPT`` names the attempt."""
+    m = shlex.quote(str(markers))
+    return (
+        f'date +%s.%N > {m}/start-$BRANCHFS_ATTEMPT; echo "$BRANCHFS_ATTEMPT" > pkg000/mod00.py; '
+        f"sleep {HOLD}; date +%s.%N > {m}/end-$BRANCHFS_ATTEMPT"
+    )
+
+
+def read_markers(markers: Path, n: int) -> tuple[list[float], list[float]]:
+    starts = [float((markers / f"start-{i}").read_text()) for i in range(1, n + 1)]
+    ends = [float((markers / f"end-{i}").read_text()) for i in range(1, n + 1)]
+    return starts, ends
+
+
+def figures(t0: float, t1: float, starts: list[float], ends: list[float]) -> dict[str, float]:
+    slowest = max(e - s for s, e in zip(starts, ends, strict=True))
+    return {
+        "first_running": min(starts) - t0,
+        "all_running": max(starts) - t0,
+        "tail": t1 - max(ends),
+        "wall": t1 - t0,
+        "slowest_attempt": slowest,
+        "overhead": (t1 - t0) - slowest,
+    }
+
+
+def run_branchfs(work: Path, repo: Path, n: int) -> dict[str, float]:
+    store_path = work / "store.bfs"
+    with branchfs.Store.open(store_path, create=True) as store:
+        store.create_branch("main").import_dir(repo)
+    markers = work / "markers"
+    markers.mkdir()
+    with branchfs.Store.open(store_path) as store:
+        t0 = time.time()
+        result = best_of(store, n, attempt_script(markers), jobs=n)
+        t1 = time.time()
+        assert result.ok, result.to_json()
+        assert store.branches() == ["main"]
+    starts, ends = read_markers(markers, n)
+    return figures(t0, t1, starts, ends)
+
+
+def _run_all(
+    n: int, markers: Path, make_tree: Callable[[int], Path]
+) -> tuple[float, list[Path], list[subprocess.Popen[bytes]]]:
+    """Make each attempt's tree and start its command at once; the start time and trees."""
+    t0 = time.time()
+    trees: list[Path] = []
+    procs = []
+    for i in range(1, n + 1):
+        tree = make_tree(i)
+        trees.append(tree)
+        env = dict(os.environ, BRANCHFS_ATTEMPT=str(i), **GIT_ENV)
+        procs.append(
+            subprocess.Popen(["/bin/sh", "-c", attempt_script(markers)], cwd=tree, env=env)
+        )
+    for p in procs:
+        p.wait()
+    return t0, trees, procs
+
+
+def run_git(work: Path, repo: Path, n: int) -> dict[str, float]:
+    clone = work / "repo"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    markers = work / "markers"
+    markers.mkdir()
+    env = dict(os.environ, **GIT_ENV)
+
+    def git(*args: str, cwd: Path = clone) -> None:
+        subprocess.run(["git", *args], cwd=cwd, env=env, check=True)
+
+    def make_tree(i: int) -> Path:
+        tree = work / f"wt-{i}"
+        git("worktree", "add", "-q", "-b", f"attempt-{i}", str(tree))
+        return tree
+
+    t0, trees, _ = _run_all(n, markers, make_tree)
+    git("commit", "-qam", "winner", cwd=trees[0])
+    git("merge", "-q", "--ff-only", "attempt-1")
+    for i, tree in enumerate(trees, 1):
+        git("worktree", "remove", "--force", str(tree))
+        git("branch", "-q", "-D", f"attempt-{i}")
+    t1 = time.time()
+    starts, ends = read_markers(markers, n)
+    return figures(t0, t1, starts, ends)
+
+
+def run_cp(work: Path, repo: Path, n: int) -> dict[str, float]:
+    base = work / "base"
+    subprocess.run(["cp", "-a", str(repo), str(base)], check=True)
+    markers = work / "markers"
+    markers.mkdir()
+
+    def make_tree(i: int) -> Path:
+        tree = work / f"copy-{i}"
+        subprocess.run(["cp", "-a", str(base), str(tree)], check=True)
+        return tree
+
+    t0, trees, _ = _run_all(n, markers, make_tree)
+    shutil.copy2(trees[0] / "pkg000" / "mod00.py", base / "pkg000" / "mod00.py")
+    for tree in trees:
+        subprocess.run(["rm", "-rf", str(tree)], check=True)
+    t1 = time.time()
+    starts, ends = read_markers(markers, n)
+    return figures(t0, t1, starts, ends)
+
+
+METHODS: dict[str, Callable[[Path, Path, int], dict[str, float]]] = {
+    "branchfs best-of": run_branchfs,
+    "git worktree add + remove": run_git,
+    "cp -a + rm -rf": run_cp,
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="N = 1 and 4 only")
+    args = p.parse_args()
+    ns = [1, 4] if args.quick else [1, 4, 16]
+    started = time.time()
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="branchfs-bench-bestof-") as tmp:
+        root = Path(tmp)
+        repos = {files: make_repo(root / f"repo-{files}", files) for files in (1000, 10000)}
+        cases = [(10000, method, n) for n in ns for method in METHODS]
+        cases.append((1000, "branchfs best-of", 4))
+        for files, method, n in cases:
+            work = root / f"work-{len(results)}"
+            work.mkdir()
+            fig = METHODS[method](work, repos[files], n)
+            results.append({"method": method, "n": n, "files": files, **fig})
+            print(
+                f"{method:28} N={n:<3} files={files:<6} "
+                + " ".join(f"{k}={fmt_seconds(v)}" for k, v in fig.items()),
+                flush=True,
+            )
+            shutil.rmtree(work, ignore_errors=True)
+    info = machine_info(Path(tempfile.gettempdir()))
+    data = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "machine": info,
+        "hold_seconds": HOLD,
+        "load": list(os.getloadavg()[:1]),
+        "results": results,
+    }
+    write_json("bestof", data)
+    columns = ["method", "N", "files", "to first running", "to every running", "tail",
+               "wall", "slowest attempt", "overhead"]  # fmt: skip
+    rows = [
+        [r["method"], r["n"], f"{r['files']:,}", fmt_seconds(r["first_running"]),
+         fmt_seconds(r["all_running"]), fmt_seconds(r["tail"]), fmt_seconds(r["wall"]),
+         fmt_seconds(r["slowest_attempt"]), fmt_seconds(r["overhead"])]
+        for r in results
+    ]  # fmt: skip
+    print_table("best-of overhead", columns, rows)
+    body = (
+        f"Produced by `make bench-bestof` (`benchmarks/bestof.py`) on {data['date']}; raw "
+        "figures in `benchmarks/results/bestof.json`.\n\n"
+        f"Machine: {machine_line(info)}. Load average (1 min) at the start: "
+        f"{data['load'][0]:.1f}.\n\n"
+        "Each attempt writes its start time, changes one file, sleeps "
+        f"{HOLD:g} s and writes its end time. *To first / every running*: from the call to "
+        "the earliest / latest start. *Tail*: from the last attempt's end to the winner "
+        "merged and every other tree gone. *Overhead*: wall time minus the slowest attempt. "
+        "Goals (issue 16): ≤ 150 ms to the first attempt running, flat in tree size; wall "
+        "≤ slowest attempt + 0.5 s at N = 4.\n\n"
+        "![best-of overhead](img/bestof.png)\n\n" + markdown_table(columns, rows)
+    )
+    replace_doc_section("best-of", body)
+
+
+if __name__ == "__main__":
+    main()
