@@ -56,8 +56,16 @@ class LmdbChunkStore:
 
     def __init__(self, meta: Meta) -> None:
         self.meta = meta
-        self.db = meta.chunks_db
-        self.refs = meta.chunkrefs_db
+
+    @property
+    def db(self) -> object:
+        """The ``chunks`` database (looked up each time: a compaction re-opens it)."""
+        return self.meta.chunks_db
+
+    @property
+    def refs(self) -> object:
+        """The ``chunkrefs`` database."""
+        return self.meta.chunkrefs_db
 
     def put(self, txn: lmdb.Transaction, data: bytes | memoryview) -> bytes:
         """Store ``data`` (deduplicated), take one reference, return its key."""

@@ -56,6 +56,22 @@ class StoreLocked(BranchFSError):
     """Another process holds a lock this operation needs (for example a running gc)."""
 
 
+class ReadersFull(StoreLocked, OSError):
+    """Every LMDB reader slot of the store is held by a live process (``errno.EAGAIN``).
+
+    Each open read transaction holds one slot (1,024 per store). Slots of processes that
+    died are cleared automatically; this is raised only when live processes hold them all,
+    and the message names them.
+    """
+
+    def __init__(self, message: str) -> None:
+        OSError.__init__(self, _errno.EAGAIN, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class StoreVersionError(BranchFSError):
     """The store was written by a newer (or unknown) format version of branchfs."""
 

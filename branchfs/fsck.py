@@ -86,10 +86,22 @@ class _Checker:
         self.report.problems.append(Problem(kind, where, message))
 
     def run(self) -> FsckReport:
-        self.check_layers()
-        refcounts = self.check_records()
-        self.check_chunks(refcounts)
-        self.check_trees()
+        refcounts: Counter[bytes] = Counter()
+        self._bad_chunks: set[str] = set()
+
+        def records() -> None:
+            refcounts.update(self.check_records())
+
+        for label, phase in (
+            ("layers", self.check_layers),
+            ("records", records),
+            ("chunks", lambda: self.check_chunks(refcounts)),
+            ("trees", self.check_trees),
+        ):
+            try:
+                phase()
+            except Exception as exc:  # damage must be reported, never raised
+                self.problem("unreadable", f"the {label} of the store", _describe(exc))
         return self.report
 
     def check_layers(self) -> None:
@@ -214,7 +226,11 @@ class _Checker:
                 continue
             seen_chains.add(chain)
             self.report.trees += 1
-            self.check_tree(label, self.engine.chain_view(self.txn, chain, False))
+            view = self.engine.chain_view(self.txn, chain, False)
+            try:
+                self.check_tree(label, view)
+            except Exception as exc:  # damage below this tree: report it, check the next
+                self.problem("unreadable", label, _describe(exc))
 
     def check_tree(self, label: str, v: View) -> None:
         root = v.inode(ROOT_INO)
@@ -280,10 +296,27 @@ class _Checker:
             )
 
 
+def _describe(exc: BaseException) -> str:
+    """A one-line account of why part of the store could not be read."""
+    if isinstance(exc, lmdb.Error):
+        return f"LMDB could not read it: {exc}"
+    if isinstance(exc, BranchFSError):
+        return str(exc)
+    return f"a record is malformed ({type(exc).__name__}: {exc})"
+
+
 def check(engine: Engine) -> FsckReport:
-    """Check every part of a store; see the module docstring."""
+    """Check every part of a store; see the module docstring.
+
+    Never raises because of damage: what cannot be read is reported as a problem of kind
+    ``unreadable`` and the check goes on with the next part.
+    """
     started = time.perf_counter()
-    with engine.meta.read() as txn:
-        report = _Checker(engine, txn).run()
+    try:
+        with engine.meta.read() as txn:
+            report = _Checker(engine, txn).run()
+    except Exception as exc:
+        report = FsckReport()
+        report.problems.append(Problem("unreadable", engine.meta.path, _describe(exc)))
     report.seconds = time.perf_counter() - started
     return report

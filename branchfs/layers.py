@@ -44,9 +44,13 @@ class LayerIndex:
 
     def __init__(self, meta: Meta) -> None:
         self.meta = meta
-        self.db = meta.layers_db
         self._token: bytes | None = None
         self._chains: dict[int, tuple[int, ...]] = {}
+
+    @property
+    def db(self) -> object:
+        """The ``layers`` database (looked up each time: a compaction re-opens it)."""
+        return self.meta.layers_db
 
     def info(self, txn: lmdb.Transaction, lid: int) -> LayerInfo:
         """The record of layer ``lid``; :class:`StoreCorrupt` if it is missing."""

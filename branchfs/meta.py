@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -20,7 +22,16 @@ from typing import TypeVar
 import lmdb
 
 from . import keys
-from .errors import NotAStore, StoreCorrupt, StoreNotFound, StoreVersionError, os_error
+from .errors import (
+    BranchFSError,
+    NotAStore,
+    ReadersFull,
+    StoreCorrupt,
+    StoreLocked,
+    StoreNotFound,
+    StoreVersionError,
+    os_error,
+)
 
 T = TypeVar("T")
 
@@ -45,6 +56,8 @@ DB_NAMES = (
 
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 42
+#: Reader slots of a store (the first process to open it sets the size of the table).
+MAX_READERS = 1024
 
 
 #: Less free space than this after a failed commit means the disk is full (see below).
@@ -83,16 +96,106 @@ except (OSError, AttributeError):  # not Linux: the store works, without preallo
     _fallocate = None
 
 
+#: LMDB errors that mean the file is damaged or truncated, never a mistake of the caller.
+DAMAGE_ERRORS: tuple[type[lmdb.Error], ...] = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.PanicError,
+    lmdb.InvalidError,
+    lmdb.VersionMismatchError,
+)
+#: A process clears reader slots left by dead processes at most this often (and always
+#: when the table is full): a stale slot pins old pages for at most this long of writes.
+READER_CHECK_S = 1.0
+#: Key in the ``meta`` database of an environment that a compaction is replacing.
+MOVED_KEY = b"compacting"
+#: Held exclusively (``flock``) while a compaction swaps ``data.mdb``.
+COMPACT_LOCK = "compact.lock"
+#: How long a process waits for its own other transactions before following a compaction.
+REOPEN_WAIT_S = 60.0
+
+
+def damaged(path: str, exc: BaseException) -> StoreCorrupt:
+    """The :class:`StoreCorrupt` for an LMDB error that means a damaged file."""
+    return StoreCorrupt(
+        f"the store at {path} is damaged ({exc}); run `branchfs fsck {path}` to see what is "
+        "hurt, and restore what it lists from a backup"
+    )
+
+
+def _wait_for_creator(path: str) -> None:
+    """Wait until a process creating the environment at ``path`` has written its header.
+
+    LMDB holds an exclusive ``fcntl`` lock on byte 0 of ``lock.mdb`` while it initializes a
+    new environment and downgrades it to shared afterwards (``mdb_env_setup_locks``).
+    """
+    try:
+        fd = os.open(os.path.join(path, "lock.mdb"), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0, os.SEEK_SET)
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0, os.SEEK_SET)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # this process holds no lock of its own on lock.mdb yet
+
+
+def _refuse_emptied(path: str, data_file: str) -> None:
+    """Refuse a ``data.mdb`` truncated to 0 bytes, which LMDB would silently re-create."""
+    try:
+        if os.stat(data_file).st_size:
+            return
+    except FileNotFoundError:
+        return
+    _wait_for_creator(path)
+    if os.stat(data_file).st_size == 0:
+        raise StoreCorrupt(
+            f"{data_file} is empty: the store was truncated (or its creation was interrupted "
+            f"before anything was stored). Restore {path} from a backup; if it never held "
+            "anything, delete it and create it again"
+        )
+
+
+def _unreadable(path: str, data_file: str, exc: lmdb.Error) -> BranchFSError:
+    """What an ``MDB_INVALID`` at open means: a truncated, damaged or foreign file."""
+    size = os.stat(data_file).st_size if os.path.exists(data_file) else 0
+    if size < 2 * 4096:
+        return StoreCorrupt(
+            f"{data_file} is truncated ({size:,} bytes, shorter than LMDB's two meta pages); "
+            f"restore {path} from a backup"
+        )
+    return NotAStore(
+        f"{path} cannot be read as a branchfs store: data.mdb is not an LMDB file this "
+        f"version reads ({exc}); its header (LMDB's meta pages) is damaged or it belongs to "
+        "something else. Restore the store from a backup"
+    )
+
+
 class Meta:
-    """An open LMDB environment with the store's named databases."""
+    """An open LMDB environment with the store's named databases.
+
+    Besides running transactions it keeps the environment usable next to processes that die
+    at any moment: reader slots left by dead processes are cleared (at open, every
+    ``READER_CHECK_S`` and whenever the table is full), LMDB errors that mean damage become
+    :class:`StoreCorrupt`, a truncated ``data.mdb`` is refused before it is mapped (a read
+    past its end would be a SIGBUS), and an environment replaced by a compaction is re-opened
+    (see :mod:`branchfs.compact`).
+    """
 
     def __init__(self, path: str, *, map_size: int, max_map_size: int, create: bool) -> None:
         self.path = path
         self.max_map_size = max_map_size
         self.refcount = 0
         self.lock = threading.RLock()
-        data_file = os.path.join(path, "data.mdb")
-        if not os.path.exists(data_file) and not create:
+        self.data_file = os.path.join(path, "data.mdb")
+        #: Transactions of this process now open, and whether the environment is re-opening.
+        self._txns = threading.Condition(threading.Lock())
+        self._active = 0
+        self._reopening = False
+        self._next_reader_check = 0.0
+        if not os.path.exists(self.data_file) and not create:
             if os.path.isdir(path):
                 raise NotAStore(
                     f"{path} is a directory but not a branchfs store (no data.mdb); "
@@ -103,9 +206,46 @@ class Meta:
                 f"no branchfs store at {path}; create one with `branchfs init {path}` "
                 "or Store.open(path, create=True)",
             )
+        self._open(map_size, create)
+
+    def _open(self, map_size: int, create: bool) -> None:
+        """Open the environment, check it against its own header, open the databases."""
+        for _attempt in range(3):
+            _refuse_emptied(self.path, self.data_file)
+            try:
+                before = os.stat(self.data_file).st_ino
+            except FileNotFoundError:
+                before = None
+            self.env = self._open_env(map_size, create)
+            try:
+                self._data_fd = os.open(self.data_file, os.O_RDWR | os.O_CLOEXEC)
+            except BaseException:
+                self.env.close()
+                raise
+            if before is None or os.fstat(self._data_fd).st_ino == before:
+                break
+            # A compaction replaced data.mdb between the two opens: take the new one.
+            self.env.close()
+            os.close(self._data_fd)
         try:
-            self.env = lmdb.open(
-                path,
+            self.env.reader_check()
+            self._check_size()
+            self._open_dbs(create)
+        except DAMAGE_ERRORS as exc:
+            self._close_files()
+            raise damaged(self.path, exc) from exc
+        except BaseException:
+            self._close_files()
+            raise
+        #: ``data.mdb`` is allocated on disk up to here (0: not known yet).
+        self._allocated = 0
+        self._next_reader_check = time.monotonic() + READER_CHECK_S
+        self._preallocate()
+
+    def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
+        try:
+            return lmdb.open(
+                self.path,
                 map_size=map_size,
                 subdir=True,
                 create=create,
@@ -114,24 +254,45 @@ class Meta:
                 sync=False,
                 metasync=False,
                 readahead=True,  # chunks are read sequentially: 6.6x faster cold reads
-                max_readers=1024,
+                max_readers=MAX_READERS,
                 lock=True,
             )
+        except lmdb.ReadersFullError as exc:
+            raise ReadersFull(
+                f"all {MAX_READERS} reader slots of {self.path} are taken, so it cannot be "
+                "opened. Slots of dead processes are cleared by every process that has the "
+                "store open (within a second) and at the next open after that; if this "
+                "persists, live processes hold them: `lsof "
+                f"{self.path}/lock.mdb` lists them"
+            ) from exc
         except lmdb.InvalidError as exc:
-            raise NotAStore(f"{path} is not a branchfs store: {exc}") from exc
+            raise _unreadable(self.path, self.data_file, exc) from exc
+        except DAMAGE_ERRORS as exc:
+            raise damaged(self.path, exc) from exc
         except lmdb.Error as exc:
             if _is_enospc(exc):
-                raise os_error(errno.ENOSPC, path) from exc
-            raise NotAStore(f"{path} cannot be opened as a branchfs store: {exc}") from exc
-        try:
-            self._open_dbs(create)
-            self._data_fd = os.open(data_file, os.O_RDWR | os.O_CLOEXEC)
-        except BaseException:
-            self.env.close()
-            raise
-        #: ``data.mdb`` is allocated on disk up to here (0: not known yet).
-        self._allocated = 0
-        self._preallocate()
+                raise os_error(errno.ENOSPC, self.path) from exc
+            raise NotAStore(f"{self.path} cannot be opened as a branchfs store: {exc}") from exc
+
+    def _check_size(self) -> None:
+        """Refuse a ``data.mdb`` shorter than LMDB's newest meta page says it is.
+
+        LMDB maps the file and would read past its end (SIGBUS, the process dies) instead
+        of reporting an error. A commit writes its pages before the meta page that names
+        them and the file never shrinks in place, so a shorter file is a truncated one.
+        """
+        psize = self.env.stat()["psize"]
+        needed = (self.env.info()["last_pgno"] + 1) * psize
+        size = os.fstat(self._data_fd).st_size
+        if size < needed:
+            raise StoreCorrupt(
+                f"{self.data_file} is truncated: it is {size:,} bytes, but LMDB's meta page "
+                f"says its pages reach {needed:,} bytes. Restore {self.path} from a backup"
+            )
+
+    def _close_files(self) -> None:
+        self.env.close()
+        os.close(self._data_fd)
 
     def _open_dbs(self, create: bool) -> None:
         with self.env.begin() as txn:
@@ -184,52 +345,223 @@ class Meta:
 
     # -- transactions -------------------------------------------------------------------
 
-    def _begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
+    def clear_stale_readers(self) -> int:
+        """Free the reader slots of processes that died in a read; returns how many.
+
+        LMDB finds them itself (a live process holds an ``fcntl`` lock on its pid's byte of
+        ``lock.mdb``; ``mdb_reader_check``). A stale slot pins the snapshot it was reading,
+        so until it is cleared no page freed after that snapshot can be reused.
+        """
         try:
-            return self.env.begin(write=write, buffers=buffers)
-        except lmdb.MapResizedError:
-            # Another process grew the map: adopt its size and start again.
-            self.env.set_mapsize(0)
-            return self.env.begin(write=write, buffers=buffers)
+            return int(self.env.reader_check())
+        except lmdb.Error:
+            return 0
+
+    def _readers_full(self) -> ReadersFull:
+        holders: dict[str, int] = {}
+        for line in self.env.readers().splitlines()[1:]:
+            fields = line.split()
+            if fields:
+                holders[fields[0]] = holders.get(fields[0], 0) + 1
+        listed = ", ".join(
+            f"pid {pid} ({n})" for pid, n in sorted(holders.items(), key=lambda kv: -kv[1])[:8]
+        )
+        return ReadersFull(
+            f"all {sum(holders.values())} reader slots of {self.path} "
+            f"are held by live processes ({listed}); each open read transaction holds one. "
+            "End the processes that hold many (or their long reads) and try again"
+        )
+
+    def _begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
+        now = time.monotonic()
+        if now >= self._next_reader_check:
+            self._next_reader_check = now + READER_CHECK_S
+            self.clear_stale_readers()
+        cleared = False
+        while True:
+            try:
+                return self.env.begin(write=write, buffers=buffers)
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size and start again.
+                self.env.set_mapsize(0)
+            except lmdb.ReadersFullError as exc:
+                if cleared:
+                    raise self._readers_full() from exc
+                cleared = True
+                self.clear_stale_readers()
+            except DAMAGE_ERRORS as exc:
+                raise damaged(self.path, exc) from exc
+
+    def _enter(self) -> None:
+        with self._txns:
+            while self._reopening:
+                self._txns.wait()
+            self._active += 1
+
+    def _leave(self) -> None:
+        with self._txns:
+            self._active -= 1
+            if self._reopening and not self._active:
+                self._txns.notify_all()
+
+    def _moved(self, txn: lmdb.Transaction) -> bool:
+        """Whether a compaction is replacing (or replaced) this environment's file."""
+        try:
+            return txn.get(MOVED_KEY, db=self.meta_db) is not None
+        except DAMAGE_ERRORS as exc:
+            txn.abort()
+            raise damaged(self.path, exc) from exc
 
     @contextmanager
     def read(self, *, buffers: bool = False) -> Iterator[lmdb.Transaction]:
         """A read-only snapshot of the whole store for the duration of the block.
 
         With ``buffers`` values come back as memoryviews into the map, not copies; they
-        are valid only inside the block.
+        are valid only inside the block. The snapshot keeps every page it can see from
+        being reused until the block ends, so blocks must stay short.
         """
-        txn = self._begin(False, buffers)
+        while True:
+            self._enter()
+            try:
+                txn = self._begin(False, buffers)
+            except BaseException:
+                self._leave()
+                raise
+            try:
+                moved = self._moved(txn)
+            except BaseException:
+                self._leave()
+                raise
+            if not moved:
+                break
+            txn.abort()
+            self._leave()
+            self._follow_compaction()
         try:
             yield txn
+        except DAMAGE_ERRORS as exc:
+            raise damaged(self.path, exc) from exc
         finally:
             txn.abort()
+            self._leave()
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``fn(txn)`` in one write transaction and commit it; all or nothing.
 
-        ``fn`` may run more than once (after the map is grown), so it must not change
-        in-memory state that outlives a failed attempt.
+        ``fn`` may run more than once (after the map is grown, or after following a
+        compaction), so it must not change in-memory state that outlives a failed attempt.
         """
         with self.lock:
             while True:
-                txn = self._begin(True)
+                self._enter()
                 try:
-                    result = fn(txn)
+                    txn = self._begin(True)
+                    try:
+                        if not self._moved(txn):
+                            result = fn(txn)
+                            txn.commit()
+                            self._preallocate()
+                            return result
+                        txn.abort()
+                    except lmdb.MapFullError:
+                        txn.abort()
+                        self._grow()
+                        continue
+                    except DAMAGE_ERRORS as exc:
+                        txn.abort()
+                        raise damaged(self.path, exc) from exc
+                    except lmdb.Error as exc:
+                        txn.abort()
+                        if _is_enospc(exc, self.path):
+                            raise os_error(errno.ENOSPC) from exc
+                        raise
+                    except BaseException:
+                        txn.abort()
+                        raise
+                finally:
+                    self._leave()
+                self._follow_compaction()
+
+    # -- following a compaction (see branchfs.compact) ---------------------------------------
+
+    def replaced(self) -> bool:
+        """Whether ``data.mdb`` is now another file than the one this process has open."""
+        try:
+            now = os.stat(self.data_file)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self._data_fd)
+        return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
+
+    def _follow_compaction(self) -> None:
+        """This environment carries the compaction mark: wait for it, then follow it.
+
+        The compacting process holds ``compact.lock`` until ``data.mdb`` is replaced. Once
+        it is released either the file was replaced (re-open it) or the compaction died
+        before its rename, and the mark is a leftover to remove.
+        """
+        fd = os.open(os.path.join(self.path, COMPACT_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            if self.replaced():
+                self.reopen()
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # a new compaction started: the caller's next attempt waits for it
+            if self.replaced():
+                self.reopen()
+            else:
+                self.clear_mark()
+        finally:
+            os.close(fd)
+
+    def clear_mark(self) -> None:
+        """Remove a compaction mark (only with ``compact.lock`` held)."""
+        with self.lock:
+            txn = self._begin(True)
+            try:
+                if txn.get(MOVED_KEY, db=self.meta_db) is not None:
+                    txn.delete(MOVED_KEY, db=self.meta_db)
                     txn.commit()
-                    self._preallocate()
-                    return result
-                except lmdb.MapFullError:
+                else:
                     txn.abort()
-                    self._grow()
-                except lmdb.Error as exc:
-                    txn.abort()
-                    if _is_enospc(exc, self.path):
-                        raise os_error(errno.ENOSPC) from exc
-                    raise
-                except BaseException:
-                    txn.abort()
-                    raise
+            except BaseException:
+                txn.abort()
+                raise
+
+    def reopen(self) -> None:
+        """Close the environment and open ``data.mdb`` again (it was replaced).
+
+        Waits (up to ``REOPEN_WAIT_S``) for this process's other transactions to end:
+        their memoryviews point into the old map.
+        """
+        with self._txns:
+            if self._reopening:
+                while self._reopening:
+                    self._txns.wait()
+                return
+            self._reopening = True
+            deadline = time.monotonic() + REOPEN_WAIT_S
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._txns.wait(left):
+                    self._reopening = False
+                    self._txns.notify_all()
+                    raise StoreLocked(
+                        f"{self.path} was compacted, and this process still has a "
+                        "transaction open on the old file; end it (or restart the process)"
+                    )
+        try:
+            map_size = int(self.env.info()["map_size"])
+            self._close_files()
+            self._open(map_size, create=False)
+        finally:
+            with self._txns:
+                self._reopening = False
+                self._txns.notify_all()
 
     def _preallocate(self) -> None:
         """Keep ``data.mdb`` allocated on disk from its start to HEADROOM past its end.
@@ -278,8 +610,7 @@ class Meta:
 
     def close(self) -> None:
         """Close the environment; callers go through :func:`release_meta`."""
-        self.env.close()
-        os.close(self._data_fd)
+        self._close_files()
 
 
 _registry: dict[tuple[int, int], Meta] = {}

@@ -22,7 +22,7 @@ import lmdb
 
 from . import paths, tree
 from .engine import Engine
-from .errors import ReadOnlyError, os_error, with_path
+from .errors import NotAStore, ReadOnlyError, StoreCorrupt, os_error, with_path
 from .fileobj import RawBranchFile, parse_mode
 from .layers import View
 from .meta import Meta, open_meta, release_meta
@@ -34,6 +34,7 @@ from .refs import Refs
 if TYPE_CHECKING:
     import subprocess
 
+    from .compact import CompactReport
     from .diff import Change
     from .fsck import FsckReport
     from .gc import GcReport
@@ -99,6 +100,19 @@ class Store:
         if max_map_size is not None:
             kwargs["max_map_size"] = max_map_size
         return cls(open_meta(os.fsdecode(path), create=create, **kwargs), observer)
+
+    @classmethod
+    def check(cls, path: PathArg) -> FsckReport:
+        """fsck the store at ``path``: ``Store.open(path).fsck()``, except that a store too
+        damaged to open (truncated, a broken header) is reported, not raised."""
+        from .fsck import FsckReport, Problem
+
+        try:
+            store = cls.open(path)
+        except (StoreCorrupt, NotAStore) as exc:
+            return FsckReport(problems=[Problem("unreadable", os.fsdecode(path), str(exc))])
+        with store:
+            return store.fsck()
 
     @property
     def meta(self) -> Meta:
@@ -256,6 +270,20 @@ class Store:
         from .gc import collect
 
         return collect(self.engine)
+
+    def compact(self) -> CompactReport:
+        """Give the store's free pages back to the filesystem; safe beside other processes.
+
+        LMDB reuses freed pages but never shrinks ``data.mdb``; this rewrites it without
+        them (see :mod:`branchfs.compact`). Run it after a :meth:`gc` that freed a lot
+        (``GcReport.bytes_freed``). Needs free disk space for the copy (at most the live
+        data). :class:`StoreLocked` if a gc or a compaction is running.
+        """
+        from .compact import compact
+
+        report = compact(self.meta)
+        self._changed(*self.branches())  # idle mounts re-open the new file now
+        return report
 
     def fsck(self) -> FsckReport:
         """Check the whole store; the report's ``.ok`` is False if anything is wrong."""
