@@ -145,7 +145,8 @@ class LayerIndex:
         token = txn.get(keys.TOPOLOGY, db=self.meta.meta_db)
         if token != self._token:
             self._chains.clear()
-            self._token = token
+            # a copy: with buffers=True the token is a view into a map that may go away
+            self._token = None if token is None else bytes(token)
         cached = self._chains.get(top)
         if cached is not None:
             return cached
