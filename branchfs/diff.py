@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import lmdb
 
+from . import content
+from .content import split_at_common
 from .engine import Engine
 from .errors import BranchFSError
 from .layers import View
@@ -42,15 +44,6 @@ class Change:
     def to_json(self) -> dict[str, str | None]:
         """A plain dict for JSON output."""
         return {"path": self.path, "kind": self.kind, "old_path": self.old_path}
-
-
-def split_at_common(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    """The layers of chains ``a`` and ``b`` above their deepest shared layer."""
-    in_b = set(b)
-    for i, layer in enumerate(a):
-        if layer in in_b:
-            return list(a[:i]), list(b[: b.index(layer)])
-    return list(a), list(b)
 
 
 def changed_inodes(a: View, b: View) -> set[int]:
@@ -105,19 +98,14 @@ def content_equal(a: View, ra: Inode, b: View, rb: Inode, ino: int) -> bool:
         return ra.inline == rb.inline
     if ra.inline is not None or rb.inline is not None or ra.size <= CHUNK_SIZE:
         return _all_bytes(a, ino, ra) == _all_bytes(b, ino, rb)
-    up_a, up_b = split_at_common(a.chain, b.chain)
-    nchunks = (ra.size + CHUNK_SIZE - 1) // CHUNK_SIZE
-    if len(up_a) == len(a.chain) and len(up_b) == len(b.chain):
+    nchunks = content.nchunks(ra.size)
+    above = content.chunks_written_above(a, b, ino)
+    if above is None:  # no shared layer: any chunk may differ
         candidates: set[int] = set(range(nchunks))
     else:
-        candidates = set()
-        for view, layers in ((a, up_a), (b, up_b)):
-            for layer in layers:
-                for idx, _key in view.layer_extents(layer, ino):
-                    candidates.add(idx)
-                cut = view.own_cut(layer, ino)
-                if cut is not None:
-                    candidates.update(range(cut, nchunks))
+        candidates, min_cut = above
+        if min_cut is not None:
+            candidates.update(range(min_cut, nchunks))
     cuts_a, cuts_b = a.cuts(ino), b.cuts(ino)
     for idx in sorted(i for i in candidates if i < nchunks):
         ka, kb = a.extent(cuts_a, ino, idx), b.extent(cuts_b, ino, idx)

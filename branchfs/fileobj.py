@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import errno
 import io
-from typing import TYPE_CHECKING
 
 from . import tree
 from .errors import os_error
-
-if TYPE_CHECKING:
-    from .store import Branch
+from .layers import BoundTree, View
 
 
 class RawBranchFile(io.RawIOBase):
     """An unbuffered file open on inode ``ino`` of a branch."""
 
     def __init__(
-        self, branch: Branch, ino: int, name: str, *, readable: bool, writable: bool, append: bool
+        self,
+        branch: BoundTree,
+        ino: int,
+        name: str,
+        *,
+        readable: bool,
+        writable: bool,
+        append: bool,
     ) -> None:
         super().__init__()
         self._branch = branch
@@ -50,7 +54,7 @@ class RawBranchFile(io.RawIOBase):
         return True
 
     def _size(self) -> int:
-        return self._branch._read(lambda v: tree.get(v, self._ino).size)
+        return self._branch.read_view(lambda v: tree.get(v, self._ino).size)
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Read up to ``len(buffer)`` bytes at the current position."""
@@ -59,7 +63,7 @@ class RawBranchFile(io.RawIOBase):
             raise io.UnsupportedOperation("read")
         size = len(buffer)
         pos = self._pos
-        data = self._branch._read(lambda v: tree.read(v, self._ino, pos, size))
+        data = self._branch.read_view(lambda v: tree.read(v, self._ino, pos, size))
         n = len(data)
         buffer[:n] = data
         self._pos += n
@@ -72,12 +76,12 @@ class RawBranchFile(io.RawIOBase):
             raise io.UnsupportedOperation("write")
         payload = bytes(data)
 
-        def op(v):  # type: ignore[no-untyped-def]
+        def op(v: View) -> int:
             pos = tree.get(v, self._ino).size if self._append else self._pos
             tree.write(v, self._ino, pos, payload)
             return pos
 
-        pos = self._branch._write(op)
+        pos = self._branch.write_view(op)
         self._pos = pos + len(payload)
         return len(payload)
 
@@ -107,7 +111,7 @@ class RawBranchFile(io.RawIOBase):
         if not self._writable:
             raise io.UnsupportedOperation("truncate")
         size = self._pos if size is None else size
-        self._branch._write(lambda v: tree.truncate(v, self._ino, size))
+        self._branch.write_view(lambda v: tree.truncate(v, self._ino, size))
         return size
 
     def fileno(self) -> int:

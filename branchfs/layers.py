@@ -13,8 +13,9 @@ operations are built from. Writes go to the top layer only; a frozen layer never
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import lmdb
 
@@ -22,10 +23,12 @@ from . import keys
 from .chunks import LmdbChunkStore
 from .errors import StoreCorrupt
 from .keys import TOMBSTONE
-from .meta import Meta
+from .meta import Database, Meta
 from .records import ROOT_INO, Inode
 
-__all__ = ["NO_LAYER", "TOMBSTONE", "LayerIndex", "LayerInfo", "View", "scan_prefix"]
+__all__ = ["NO_LAYER", "TOMBSTONE", "BoundTree", "LayerIndex", "LayerInfo", "View", "scan_prefix"]
+
+T = TypeVar("T")
 #: A chain ends at layer id 0 ("no parent").
 NO_LAYER = 0
 
@@ -142,7 +145,8 @@ class LayerIndex:
 
     def chain(self, txn: lmdb.Transaction, top: int) -> tuple[int, ...]:
         """Layer ids from ``top`` down to the root layer."""
-        token = txn.get(keys.TOPOLOGY, db=self.meta.meta_db)
+        raw = txn.get(keys.TOPOLOGY, db=self.meta.meta_db)
+        token = None if raw is None else bytes(raw)  # never keep a view into the map
         if token != self._token:
             self._chains.clear()
             # a copy: with buffers=True the token is a view into a map that may go away
@@ -171,7 +175,9 @@ class LayerIndex:
         return True
 
 
-def scan_prefix(txn: lmdb.Transaction, db: object, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+def scan_prefix(
+    txn: lmdb.Transaction, db: Database, prefix: bytes
+) -> Iterator[tuple[bytes | memoryview, bytes | memoryview]]:
     """(key, value) of every record of ``db`` whose key starts with ``prefix``, in key order.
 
     Read-only: collect what you need before changing the database in the same transaction.
@@ -211,7 +217,7 @@ class View:
         txn: lmdb.Transaction,
         chain: tuple[int, ...],
         writable: bool,
-        records: dict[tuple[int, int], bytes | None] | None = None,
+        records: dict[tuple[int, int], bytes | memoryview | None] | None = None,
     ) -> None:
         #: Raw inode records read in this transaction, by (layer, ino). Views of one
         #: transaction may share it (a merge walks three chains that share most layers).
@@ -236,7 +242,7 @@ class View:
         """Allocate a store-wide inode number for a node about to be created."""
         return self.meta.next_id(self.txn, keys.NEXT_INO)
 
-    def raw_inode(self, layer: int, ino: int) -> bytes | None:
+    def raw_inode(self, layer: int, ino: int) -> bytes | memoryview | None:
         """The record of ``ino`` stored in ``layer`` itself (b"" = tombstone, None = none)."""
         key = (layer, ino)
         records = self.records
@@ -444,3 +450,20 @@ class View:
         """(chunk index, chunk key) of ``ino`` recorded in one layer."""
         for key, value in scan_prefix(self.txn, self.extents, keys.extent_prefix(layer, ino)):
             yield keys.extent_index(key), keys.decode_extent(value)
+
+
+class BoundTree(Protocol):
+    """One named tree of an open store, each call one transaction: what a ``Branch`` (or a
+    ``Snapshot``) offers the modules beneath the API (file objects, import and export)."""
+
+    def read_view(self, fn: Callable[[View], T]) -> T:
+        """Run ``fn`` on a read-only view of the tree."""
+        ...
+
+    def write_view(self, fn: Callable[[View], T]) -> T:
+        """Run ``fn`` on a writable view in one atomic transaction (EROFS on a snapshot)."""
+        ...
+
+    def makedirs(self, path: Any, mode: int = 0o777, exist_ok: bool = False) -> None:
+        """``os.makedirs`` inside the tree."""
+        ...

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 import lmdb
 import merge3
 
-from .diff import Change, changed_inodes, content_equal, path_of, split_at_common
-from .engine import Engine
+from .content import copy_extents, split_at_common
+from .content import replace as replace_content
+from .diff import Change, changed_inodes, content_equal, path_of
+from .engine import Engine, RecordCache
 from .errors import BranchFSError, Conflict, MergeConflict
 from .layers import View
-from .records import CHUNK_SIZE, INLINE_MAX, ROOT_INO, Inode
+from .records import ROOT_INO, Inode
 from .tree import now_ns
 
 TEXT_MERGE_MAX = 32 << 20
@@ -612,62 +614,15 @@ class _Merger:
                 rec.inline, rec.size = current.inline, current.size
             rec.cut = top_cut
         elif isinstance(content, bytes):
-            ours.drop_extents(ino, 0)
-            rec.size = len(content)
-            if len(content) <= INLINE_MAX:
-                rec.inline, rec.cut = content, 0
-            else:
-                rec.inline, rec.cut = None, 0
-                for i in range(0, len(content), CHUNK_SIZE):
-                    key = ours.chunks.put(ours.txn, content[i : i + CHUNK_SIZE])
-                    ours.put_extent(ino, i // CHUNK_SIZE, key)
+            replace_content(ours, ino, rec, content)
         else:  # theirs
             if rec.inline is not None or not rec.is_reg:
                 ours.drop_extents(ino, 0)
                 rec.cut = 0
             else:
-                rec.cut = self._copy_extents(ino, rec, current, top_cut)
+                chunked = current is not None and current.inline is None
+                rec.cut = copy_extents(ours, self.theirs, ino, rec.size, chunked, top_cut)
         ours.put_inode(ino, rec)
-
-    def _copy_extents(
-        self, ino: int, rec: Inode, current: Inode | None, top_cut: int | None
-    ) -> int | None:
-        """Make ours' chunks of ``ino`` equal theirs'; returns the top layer's new cut."""
-        ours, theirs = self.ours, self.theirs
-        nchunks = (rec.size + CHUNK_SIZE - 1) // CHUNK_SIZE
-        cuts_t = theirs.cuts(ino)
-        up_o, up_t = split_at_common(ours.chain, theirs.chain)
-        shared = current is not None and current.inline is None and len(up_t) < len(theirs.chain)
-        if shared:
-            candidates: set[int] = set()
-            for view, layers in ((ours, up_o), (theirs, up_t)):
-                for layer in layers:
-                    candidates.update(idx for idx, _k in view.layer_extents(layer, ino))
-                    if view.own_cut(layer, ino) is not None:
-                        shared = False
-            if shared:
-                cuts_o = ours.cuts(ino)
-                for idx in sorted(i for i in candidates if i < nchunks):
-                    kt = theirs.extent(cuts_t, ino, idx)
-                    ko = ours.extent(cuts_o, ino, idx)
-                    if kt == ko:
-                        continue
-                    if kt is None:
-                        shared = False
-                        break
-                    ours.chunks.incref(ours.txn, bytes(kt))
-                    ours.put_extent(ino, idx, bytes(kt))
-                if shared:
-                    ours.drop_extents(ino, nchunks)
-                    return nchunks if top_cut is None else min(top_cut, nchunks)
-        # Full copy: every chunk of theirs into our top, hiding everything beneath.
-        ours.drop_extents(ino, 0)
-        for idx in range(nchunks):
-            kt = theirs.extent(cuts_t, ino, idx)
-            if kt is not None:
-                ours.chunks.incref(ours.txn, bytes(kt))
-                ours.put_extent(ino, idx, bytes(kt))
-        return 0
 
 
 def merge(
@@ -700,7 +655,7 @@ def merge(
         else:
             src_id = refs.branch(txn, source).id
             src_state = refs.freeze_state(txn, source)
-        records: dict[tuple[int, int], bytes | None] = {}
+        records: RecordCache = {}
         ours = engine.layer_view(txn, tgt.top, True, records)
         theirs = engine.layer_view(txn, src_state, False, records)
         base_layer = refs.base(txn, tgt.id, src_id) if src_id is not None else None

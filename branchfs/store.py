@@ -367,15 +367,17 @@ class Branch:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _read(self, fn: Callable[[View], T]) -> T:
+    def read_view(self, fn: Callable[[View], T]) -> T:
+        """Run ``fn`` on a read-only view of this tree (one read transaction)."""
         return self.store.read_tree(self.name, fn, snapshot=self._snapshot)
 
-    def _write(self, fn: Callable[[View], T]) -> T:
+    def write_view(self, fn: Callable[[View], T]) -> T:
+        """Run ``fn`` on a writable view of this tree in one atomic write transaction."""
         return self.store.write_tree(self.name, fn, snapshot=self._snapshot)
 
     def _at(self, path: PathArg, fn: Callable[[View], T], write: bool = False) -> T:
         try:
-            return self._write(fn) if write else self._read(fn)
+            return self.write_view(fn) if write else self.read_view(fn)
         except OSError as exc:
             raise with_path(exc, path) from None
 
@@ -488,7 +490,7 @@ class Branch:
 
         base: Any = path if isinstance(path, bytes) else os.fsdecode(path)
         for name, child, mode in self._at(path, op):
-            shown = name if isinstance(path, bytes) else os.fsdecode(name)
+            shown: Any = name if isinstance(path, bytes) else os.fsdecode(name)
             yield DirEntry(shown, _join(base, name), child, mode, self)
 
     @overload
@@ -631,7 +633,7 @@ class Branch:
         if readable and writable:
             return io.BufferedRandom(raw, size)
         if writable:
-            return io.BufferedWriter(raw, size)
+            return io.BufferedWriter(cast(io.RawIOBase, raw), size)
         return io.BufferedReader(raw, size)
 
     def mkdir(

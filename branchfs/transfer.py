@@ -26,15 +26,12 @@ import os
 import stat as st
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from . import paths, tree
+from . import content, paths, tree
+from .content import split, visible_extents
 from .errors import StoreCorrupt, with_path
-from .layers import View
+from .layers import BoundTree, View
 from .records import CHUNK_SIZE, INLINE_MAX, Inode
-
-if TYPE_CHECKING:
-    from .store import Branch
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +46,6 @@ STREAM_PIECE = 4 << 20
 #: Export hands the kernel up to this many bytes per ``pwritev``.
 WRITE_RUN = 1 << 20
 
-_ZERO = bytes(CHUNK_SIZE)
 _XATTR_SKIP_ERRNOS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EINVAL)
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -128,19 +124,10 @@ def _record(s: os.stat_result, now: int) -> Inode:
     )
 
 
-def _split(data: bytes, first_idx: int) -> Iterator[tuple[int, bytes]]:
-    """(chunk index, bytes) of ``data`` starting at chunk ``first_idx``; zero chunks skipped."""
-    for i in range(0, len(data), CHUNK_SIZE):
-        piece = data[i : i + CHUNK_SIZE]
-        if piece[0] == 0 and piece == (_ZERO if len(piece) == CHUNK_SIZE else bytes(len(piece))):
-            continue  # a hole reads back as zeros and costs nothing
-        yield first_idx + i // CHUNK_SIZE, piece
-
-
 class _Importer:
     """Walks a source directory, turning it into batches of record operations."""
 
-    def __init__(self, branch: Branch, root_ino: int, progress: Progress) -> None:
+    def __init__(self, branch: BoundTree, root_ino: int, progress: Progress) -> None:
         self.branch = branch
         self.progress = progress
         self.inos: dict[int, int] = {0: root_ino}  # walker id -> committed inode number
@@ -241,14 +228,14 @@ class _Importer:
                     rec.inline = data
                     yield _Make(nid, dnid, name, rec)
                 else:
-                    yield _Make(nid, dnid, name, rec, list(_split(data, 0)))
+                    yield _Make(nid, dnid, name, rec, list(split(data, 0)))
                 return
             rec.size = 0
             yield _Make(nid, dnid, name, rec)
             size = 0
             for offset, data in _read_pieces(fd, s.st_size, sparse):
                 size = max(size, offset + len(data))
-                yield _Data(nid, list(_split(data, offset // CHUNK_SIZE)), size)
+                yield _Data(nid, list(split(data, offset // CHUNK_SIZE)), size)
             if size < s.st_size:
                 yield _Data(nid, [], s.st_size)  # a hole at the end
         finally:
@@ -300,9 +287,7 @@ class _Importer:
 
     def _commit(self, batch: list[_Op]) -> None:
         files_before = self._files_in(batch)
-        inos, fresh, merged = self.branch.store.write_tree(
-            self.branch.name, lambda v: self._apply(v, batch), snapshot=_is_snapshot(self.branch)
-        )
+        inos, fresh, merged = self.branch.write_view(lambda v: self._apply(v, batch))
         for nid, ino in inos.items():
             if nid in self.keep:
                 self.inos[nid] = ino
@@ -351,13 +336,8 @@ class _Importer:
                         inos[op.nid] = existing
                         merged.append((op.nid, op.rec))
                         continue
-                ino = v.new_ino()
                 rec = op.rec.copy()
-                rec.links = [(parent, op.name)]
-                for idx, data in op.chunks:
-                    v.put_extent(ino, idx, v.chunks.put(v.txn, data))
-                v.put_inode(ino, rec)
-                v.put_dirent(parent, op.name, ino)
+                ino = tree.add_node(v, parent, op.name, rec, op.chunks)
                 inos[op.nid] = ino
                 if rec.is_dir:
                     fresh.add(op.nid)
@@ -376,8 +356,7 @@ class _Importer:
                 v.put_dirent(parent, op.name, target)
             elif isinstance(op, _Data):
                 ino = ino_of(op.nid)
-                for idx, data in op.chunks:
-                    v.put_extent(ino, idx, v.chunks.put(v.txn, data))
+                content.put_chunks(v, ino, op.chunks)
                 rec = v.inode_for_write(ino)
                 assert rec is not None
                 rec.size = op.size
@@ -471,14 +450,8 @@ def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
-def _is_snapshot(branch: Branch) -> bool:
-    from .store import Snapshot
-
-    return isinstance(branch, Snapshot)
-
-
 def import_dir(
-    branch: Branch, source: paths.PathArg, dest: paths.PathArg = "", progress: Progress = None
+    branch: BoundTree, source: paths.PathArg, dest: paths.PathArg = "", progress: Progress = None
 ) -> int:
     """Copy the real directory ``source`` into directory ``dest`` of ``branch``.
 
@@ -494,7 +467,6 @@ def import_dir(
     except OSError as exc:
         raise with_path(exc, os.fsdecode(src)) from None
     try:
-        snap = _is_snapshot(branch)
 
         def find(v: View) -> int:
             ino = paths.resolve(v, dest)
@@ -502,10 +474,10 @@ def import_dir(
             return ino
 
         try:
-            root_ino = branch.store.read_tree(branch.name, find, snapshot=snap)
+            root_ino = branch.read_view(find)
         except FileNotFoundError:
             branch.makedirs(dest, exist_ok=True)
-            root_ino = branch.store.read_tree(branch.name, find, snapshot=snap)
+            root_ino = branch.read_view(find)
         except OSError as exc:
             raise with_path(exc, dest) from None
         imp = _Importer(branch, root_ino, progress)
@@ -523,25 +495,6 @@ def import_dir(
 def _check_name(name: bytes) -> None:
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
         raise StoreCorrupt(f"the tree holds an impossible name {name!r}; run fsck")
-
-
-def visible_extents(v: View, ino: int, size: int) -> list[tuple[int, bytes]]:
-    """(chunk index, chunk key) of every chunk of ``ino`` holding data, in order.
-
-    The same answer as :meth:`View.extent` for each index, found by scanning the extents
-    each layer of the chain recorded, so that the cost follows the data, not the size.
-    """
-    limit = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
-    found: dict[int, bytes] = {}
-    for layer, cut in v.cuts(ino):
-        for idx, key in v.layer_extents(layer, ino):
-            if idx >= limit:
-                break
-            if idx not in found:
-                found[idx] = key
-        if cut is not None:
-            limit = min(limit, cut)
-    return sorted(found.items())
 
 
 class _Exporter:
@@ -672,18 +625,18 @@ class _Exporter:
         else:
             get = self.v.chunks.get
             txn = self.v.txn
-            run: list[bytes] = []
+            run: list[bytes | memoryview] = []
             run_start = run_end = 0
             for idx, key in visible_extents(self.v, ino, size):
                 offset = idx * CHUNK_SIZE
                 if run and (offset != run_end or run_end - run_start >= WRITE_RUN):
                     _pwrite_all(fd, run, run_start)
                     run = []
-                data = get(txn, key)[: max(0, size - offset)]
+                chunk = get(txn, key)[: max(0, size - offset)]
                 if not run:
                     run_start = offset
-                run.append(data)
-                run_end = offset + len(data)
+                run.append(chunk)
+                run_end = offset + len(chunk)
             if run:
                 _pwrite_all(fd, run, run_start)
         os.ftruncate(fd, size)
@@ -699,7 +652,7 @@ class _Exporter:
         os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
 
 
-def _pwrite_all(fd: int, bufs: list[bytes], offset: int) -> None:
+def _pwrite_all(fd: int, bufs: list[bytes | memoryview], offset: int) -> None:
     total = sum(len(b) for b in bufs)
     done = os.pwritev(fd, bufs, offset)
     if done < total:  # short write: finish it piece by piece
@@ -742,7 +695,7 @@ def _open_dest(dest: bytes) -> int:
 
 
 def export_dir(
-    branch: Branch, dest: paths.PathArg, source: paths.PathArg = "", progress: Progress = None
+    branch: BoundTree, dest: paths.PathArg, source: paths.PathArg = "", progress: Progress = None
 ) -> int:
     """Copy directory ``source`` of ``branch`` into the real directory ``dest``.
 
@@ -754,10 +707,8 @@ def export_dir(
     target = os.fsencode(dest)
     root_fd = _open_dest(target)
     try:
-        return branch.store.read_tree(
-            branch.name,
-            lambda v: _Exporter(v, root_fd, target.rstrip(b"/") or b"/", progress).run(source),
-            snapshot=_is_snapshot(branch),
+        return branch.read_view(
+            lambda v: _Exporter(v, root_fd, target.rstrip(b"/") or b"/", progress).run(source)
         )
     finally:
         os.close(root_fd)

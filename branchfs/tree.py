@@ -12,10 +12,12 @@ import contextlib
 import errno
 import stat as st
 import time
+from collections.abc import Iterable
 
+from . import content
 from .errors import ReadOnlyError, os_error
 from .layers import View
-from .records import CHUNK_SIZE, INLINE_MAX, ROOT_INO, Inode
+from .records import ROOT_INO, Inode
 
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
@@ -25,7 +27,6 @@ XATTR_REPLACE = 2
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
-ZERO_CHUNK = bytes(CHUNK_SIZE)
 
 
 def now_ns() -> int:
@@ -151,24 +152,44 @@ def make_node(
     ``mode`` includes the file-type bits. Returns the new inode number and record.
     """
     prec = _new_entry_checks(v, parent, name)
-    ino = v.new_ino()
     t = now_ns()
     if prec.mode & st.S_ISGID:
         gid = prec.gid
         if st.S_ISDIR(mode):
             mode |= st.S_ISGID
     rec = Inode(mode=mode, uid=uid, gid=gid, atime_ns=t, mtime_ns=t, ctime_ns=t, rdev=rdev)
-    rec.links = [(parent, name)]
     rec.cut = 0
     if st.S_ISLNK(mode):
         rec.inline = target or b""
         rec.size = len(rec.inline)
     elif st.S_ISREG(mode):
         rec.inline = b""
-    v.put_inode(ino, rec)
-    v.put_dirent(parent, name, ino)
+    ino = add_node(v, parent, name, rec)
     _touch_dir(v, parent, prec, t)
     return ino, rec
+
+
+def add_node(
+    v: View,
+    parent: int,
+    name: bytes,
+    rec: Inode,
+    chunks: Iterable[tuple[int, bytes | memoryview]] = (),
+) -> int:
+    """Create the node ``rec`` named ``name`` in ``parent``, with the chunks of its content
+    (chunk index, bytes); returns its new inode number. ``rec`` gets the one link.
+
+    The primitive behind :func:`make_node`, and its batch form: it checks nothing and leaves
+    the parent's times alone, so an import creating thousands of nodes in one transaction
+    (which has checked the names and sets the directories' times itself) pays only for the
+    records. ``rec.cut`` should be 0 (nothing beneath a new inode may show through).
+    """
+    ino = v.new_ino()
+    rec.links = [(parent, name)]
+    content.put_chunks(v, ino, chunks)
+    v.put_inode(ino, rec)
+    v.put_dirent(parent, name, ino)
+    return ino
 
 
 def link(v: View, ino: int, parent: int, name: bytes) -> Inode:
@@ -291,7 +312,8 @@ def rename(
     if flags & RENAME_EXCHANGE:
         if target is None:
             raise os_error(errno.ENOENT)
-        return _exchange(v, old_parent, old_name, ino, rec, new_parent, new_name, target)
+        _exchange(v, old_parent, old_name, ino, rec, new_parent, new_name, target)
+        return None
     if target == ino:
         return None  # both names are links to the same file: POSIX says do nothing
     if target is not None and flags & RENAME_NOREPLACE:
@@ -370,20 +392,13 @@ def _exchange(
 # -- file data ---------------------------------------------------------------------------------
 
 
-def _chunk_bytes(v: View, cuts: list[tuple[int, int | None]], ino: int, idx: int) -> bytes:
-    key = v.extent(cuts, ino, idx)
-    if key is None:
-        return b""
-    return v.chunks.get(v.txn, bytes(key))
-
-
 def read(v: View, ino: int, offset: int, size: int) -> bytes:
     """Up to ``size`` bytes of regular file ``ino`` from ``offset`` (short at end of file)."""
     pieces = read_pieces(v, ino, offset, size)
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
 
 
-def read_pieces(v: View, ino: int, offset: int, size: int) -> list[bytes]:
+def read_pieces(v: View, ino: int, offset: int, size: int) -> list[bytes | memoryview]:
     """:func:`read` as the pieces whose concatenation is the data, without joining them.
 
     Whole chunks are the chunk store's own objects, so a caller that writes the pieces out
@@ -400,55 +415,7 @@ def read_pieces(v: View, ino: int, offset: int, size: int) -> list[bytes]:
     end = min(rec.size, offset + size)
     if end <= offset:
         return [b""]
-    if rec.inline is not None:
-        data = rec.inline[offset:end]
-        return [data + bytes(end - offset - len(data))]
-    cuts = v.cuts(ino)
-    first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
-    pieces = []
-    for idx in range(first, last + 1):
-        chunk = _chunk_bytes(v, cuts, ino, idx)
-        lo = max(offset - idx * CHUNK_SIZE, 0)
-        hi = min(end - idx * CHUNK_SIZE, CHUNK_SIZE)
-        piece = chunk if lo == 0 and hi == len(chunk) else chunk[lo:hi]
-        if piece:
-            pieces.append(piece)
-        if len(piece) < hi - lo:  # a hole, or a chunk shorter than the file says: zeros
-            pieces.append(bytes(hi - lo - len(piece)))
-    return pieces
-
-
-def _spill_inline(v: View, ino: int, rec: Inode) -> None:
-    """Move an inline file's bytes into chunk 0 so that it can grow past INLINE_MAX."""
-    data = rec.inline or b""
-    rec.inline = None
-    v.drop_extents(ino, 0)
-    rec.cut = 0
-    if data:
-        v.put_extent(ino, 0, v.chunks.put(v.txn, data))
-
-
-def _write_chunks(v: View, ino: int, offset: int, data: bytes | memoryview) -> None:
-    cuts = v.cuts(ino)
-    mv = memoryview(data)
-    pos = 0
-    total = len(mv)
-    while pos < total:
-        at = offset + pos
-        idx, coff = divmod(at, CHUNK_SIZE)
-        n = min(CHUNK_SIZE - coff, total - pos)
-        new: bytes | memoryview
-        if coff == 0 and n == CHUNK_SIZE:
-            new = mv[pos : pos + n]  # the chunk store copies it into LMDB: no copy here
-        else:
-            old = _chunk_bytes(v, cuts, ino, idx)
-            buf = bytearray(old)
-            if len(buf) < coff + n:
-                buf.extend(bytes(coff + n - len(buf)))
-            buf[coff : coff + n] = mv[pos : pos + n]
-            new = bytes(buf)
-        v.put_extent(ino, idx, v.chunks.put(v.txn, new))
-        pos += n
+    return content.read_pieces(v, ino, rec, offset, end)
 
 
 def write(v: View, ino: int, offset: int, data: bytes | memoryview) -> Inode:
@@ -461,20 +428,7 @@ def write(v: View, ino: int, offset: int, data: bytes | memoryview) -> Inode:
         raise os_error(errno.EISDIR)
     if not rec.is_reg:
         raise os_error(errno.EINVAL)
-    n = len(data)
-    end = offset + n
-    if n:
-        if rec.inline is not None and end <= INLINE_MAX:
-            buf = bytearray(rec.inline)
-            if len(buf) < offset:
-                buf.extend(bytes(offset - len(buf)))
-            buf[offset:end] = data
-            rec.inline = bytes(buf)
-        else:
-            if rec.inline is not None:
-                _spill_inline(v, ino, rec)
-            _write_chunks(v, ino, offset, data)
-        rec.size = max(rec.size, end)
+    content.write(v, ino, rec, offset, data)
     t = now_ns()
     rec.mtime_ns = rec.ctime_ns = t
     v.put_inode(ino, rec)
@@ -492,31 +446,23 @@ def truncate(v: View, ino: int, size: int, rec: Inode | None = None) -> Inode:
         raise os_error(errno.EISDIR)
     if not rec.is_reg:
         raise os_error(errno.EINVAL)
-    if size != rec.size:
-        if size == 0:
-            v.drop_extents(ino, 0)
-            rec.inline = b""
-            rec.cut = 0
-        elif rec.inline is not None:
-            if size <= INLINE_MAX:
-                rec.inline = rec.inline[:size] + bytes(max(0, size - len(rec.inline)))
-            else:
-                _spill_inline(v, ino, rec)
-        elif size < rec.size:
-            keep = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
-            tail = size % CHUNK_SIZE
-            if tail:
-                idx = size // CHUNK_SIZE
-                old = _chunk_bytes(v, v.cuts(ino), ino, idx)
-                if len(old) > tail:
-                    v.put_extent(ino, idx, v.chunks.put(v.txn, old[:tail]))
-            v.drop_extents(ino, keep)
-            rec.cut = keep if rec.cut is None else min(rec.cut, keep)
-        rec.size = size
+    content.truncate(v, ino, rec, size)
     t = now_ns()
     rec.mtime_ns = rec.ctime_ns = t
     v.put_inode(ino, rec)
     return rec
+
+
+def cleared_setid(mode: int, *, member: bool = True) -> int:
+    """``mode`` without the set-id bits a chown, or a write by a caller without CAP_FSETID,
+    must clear: set-user-ID always; set-group-ID when the file is group-executable (else it
+    marks mandatory locking) or the caller is not in the file's group (``member``). The rule
+    of Linux's ``setattr_should_drop_suidgid()`` / ``file_remove_privs()`` (fs/attr.c,
+    fs/inode.c); the daemon applies it to writes, :func:`setattr` to chown."""
+    mode &= ~st.S_ISUID
+    if mode & st.S_IXGRP or not member:
+        mode &= ~st.S_ISGID
+    return mode
 
 
 def readlink(v: View, ino: int) -> bytes:
@@ -553,9 +499,7 @@ def setattr(
     # Linux's chown_common kills the set-id bits of a non-directory whatever ids it is
     # given, -1 (unchanged) included; a chmod in the same call sets the mode instead.
     if (uid is not None or gid is not None) and not rec.is_dir and mode is None:
-        rec.mode &= ~st.S_ISUID
-        if rec.mode & st.S_IXGRP:
-            rec.mode &= ~st.S_ISGID
+        rec.mode = cleared_setid(rec.mode)
     if atime_ns is not None:
         rec.atime_ns = atime_ns
     if mtime_ns is not None:

@@ -41,10 +41,7 @@ def cleared_mode(rec: Inode, kill_suidgid: bool, member: bool = True) -> int:
     ``member``: the caller is in the file's group."""
     if not kill_suidgid:
         return rec.mode
-    mode = rec.mode & ~st.S_ISUID
-    if rec.mode & st.S_IXGRP or not member:
-        mode &= ~st.S_ISGID
-    return mode
+    return T.cleared_setid(rec.mode, member=member)
 
 
 def drop_privs(v: View, ino: int, kill_suidgid: bool, member: bool = True) -> None:
