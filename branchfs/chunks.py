@@ -21,7 +21,7 @@ import xxhash
 
 from . import keys as codec
 from .errors import StoreCorrupt
-from .meta import Meta
+from .meta import Database, Meta
 
 KEY_SIZE = 17
 
@@ -38,8 +38,8 @@ class ChunkStore(Protocol):
         """Store ``data`` (or find it stored), take one reference, return its key."""
         ...
 
-    def get(self, txn: lmdb.Transaction, key: bytes) -> bytes:
-        """The verified bytes of ``key``."""
+    def get(self, txn: lmdb.Transaction, key: bytes) -> bytes | memoryview:
+        """The verified bytes of ``key`` (a memoryview into the map in a buffers txn)."""
         ...
 
     def incref(self, txn: lmdb.Transaction, key: bytes) -> None:
@@ -58,12 +58,12 @@ class LmdbChunkStore:
         self.meta = meta
 
     @property
-    def db(self) -> object:
+    def db(self) -> Database:
         """The ``chunks`` database (looked up each time: a compaction re-opens it)."""
         return self.meta.chunks_db
 
     @property
-    def refs(self) -> object:
+    def refs(self) -> Database:
         """The ``chunkrefs`` database."""
         return self.meta.chunkrefs_db
 
@@ -82,8 +82,9 @@ class LmdbChunkStore:
                 return key
         raise StoreCorrupt("256 chunks share one digest; the store is damaged, run fsck")
 
-    def get(self, txn: lmdb.Transaction, key: bytes) -> bytes:
-        """The bytes of ``key``, checked against the digest."""
+    def get(self, txn: lmdb.Transaction, key: bytes) -> bytes | memoryview:
+        """The bytes of ``key``, checked against the digest (a memoryview into the map in a
+        transaction opened with ``buffers``)."""
         data = txn.get(key, db=self.db)
         if data is None:
             raise StoreCorrupt(f"chunk {key.hex()} is missing; run fsck to find what it hurts")

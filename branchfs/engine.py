@@ -18,7 +18,7 @@ from .meta import Meta
 from .refs import Refs
 
 #: Raw inode records read in one transaction, shared by views of that transaction.
-RecordCache = dict[tuple[int, int], bytes | None]
+RecordCache = dict[tuple[int, int], bytes | memoryview | None]
 
 
 class Engine:

@@ -139,9 +139,9 @@ class _Checker:
                 self.problem(
                     "dangling-ref", f"snapshot {s.name}", f"its layer {s.layer} is missing"
                 )
-        for a, b, layer in self.refs.bases(self.txn):
+        for a, b_id, layer in self.refs.bases(self.txn):
             if layer not in parents:
-                self.problem("dangling-ref", f"merge base {a}/{b}", f"layer {layer} is missing")
+                self.problem("dangling-ref", f"merge base {a}/{b_id}", f"layer {layer} is missing")
 
     def check_records(self) -> Counter[bytes]:
         txn, records = self.txn, self.engine.records

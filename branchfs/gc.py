@@ -198,12 +198,19 @@ def collect(engine: Engine) -> GcReport:
             dead = [info.id for info in layers.all(txn) if info.id not in live]
         removed = 0
         for lid in dead:
+
+            def batch(txn: lmdb.Transaction, lid: int = lid) -> int:
+                return records.delete_records(txn, lid, BATCH)
+
+            def forget(txn: lmdb.Transaction, lid: int = lid) -> None:
+                layers.delete(txn, lid)
+
             while True:
-                n = meta.write(lambda txn, lid=lid: records.delete_records(txn, lid, BATCH))
+                n = meta.write(batch)
                 removed += n
                 if n < BATCH:
                     break
-            meta.write(lambda txn, lid=lid: layers.delete(txn, lid))
+            meta.write(forget)
         squashed = 0
         while True:
             with meta.read() as txn:

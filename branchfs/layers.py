@@ -51,7 +51,7 @@ class LayerIndex:
         self._chains: dict[int, tuple[int, ...]] = {}
 
     @property
-    def db(self) -> object:
+    def db(self) -> Database:
         """The ``layers`` database (looked up each time: a compaction re-opens it)."""
         return self.meta.layers_db
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import lmdb
 
@@ -34,6 +34,12 @@ from .errors import (
 )
 
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    #: A named database of the environment (lmdb's stubs call it ``_Database``).
+    Database: TypeAlias = lmdb._Database
+else:
+    Database = object
 
 #: Written into every store; a store without it is foreign.
 MAGIC = b"branchfs store"
@@ -89,9 +95,11 @@ HEADROOM_BYTES = 8 << 20
 _FALLOC_FL_KEEP_SIZE = 1
 # glibc's fallocate(), unlike posix_fallocate(), never falls back to writing zeros, which
 # could race with another process's commit into the same file.
+_fallocate: Callable[[int, int, int, int], int] | None
 try:
-    _fallocate = ctypes.CDLL(None, use_errno=True).fallocate
-    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    _fallocate_fn = ctypes.CDLL(None, use_errno=True).fallocate
+    _fallocate_fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    _fallocate = _fallocate_fn
 except (OSError, AttributeError):  # not Linux: the store works, without preallocation
     _fallocate = None
 
@@ -380,7 +388,9 @@ class Meta:
         cleared = False
         while True:
             try:
-                return self.env.begin(write=write, buffers=buffers)
+                if buffers:
+                    return self.env.begin(write=write, buffers=True)
+                return self.env.begin(write=write)
             except lmdb.MapResizedError:
                 # Another process grew the map: adopt its size and start again.
                 self.env.set_mapsize(0)

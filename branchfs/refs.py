@@ -252,6 +252,6 @@ class Refs:
                     keys.encode_snapshot(new, snap.branch, snap.created_ns),
                     db=self.meta.snapshots_db,
                 )
-        for a, b, layer in self.bases(txn):
+        for a, b_id, layer in self.bases(txn):
             if layer == old:
-                self.set_base(txn, a, b, new)
+                self.set_base(txn, a, b_id, new)

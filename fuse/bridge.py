@@ -318,7 +318,7 @@ class Bridge:
         return self._new_fh(handle, info), attrs
 
     @op
-    def read(self, fh: int, off: int, size: int) -> bytes | list[bytes]:
+    def read(self, fh: int, off: int, size: int) -> bytes | list[bytes | memoryview]:
         """Read (buffered writes of the inode are flushed first, so reads see them).
 
         File data comes back as pieces for one ``writev``: memoryviews into the store's map,

@@ -383,7 +383,7 @@ class TreeNodes:
 
     def read(
         self, h: FileHandle, off: int, size: int, resources: contextlib.ExitStack
-    ) -> list[bytes]:
+    ) -> list[bytes | memoryview]:
         """``size`` bytes at ``off`` (buffered writes of the inode are flushed first).
 
         The pieces are memoryviews into the store's map, for one ``writev``; the read's

@@ -190,7 +190,7 @@ class Session:
         finally:
             self.ops.replied()
 
-    def _reply(self, unique: int, payload: bytes | list[bytes]) -> None:
+    def _reply(self, unique: int, payload: bytes | list[bytes] | list[bytes | memoryview]) -> None:
         parts = payload if isinstance(payload, list) else [payload]
         size = K.OUT_HEADER.size + sum(len(p) for p in parts)
         try:
@@ -362,7 +362,7 @@ class Session:
 
     def _read(
         self, _u: int, _n: int, _c: K.RequestContext, body: memoryview
-    ) -> bytes | list[bytes]:
+    ) -> bytes | list[bytes | memoryview]:
         fh, offset, size, _rf, _lo, _flags, _pad = K.READ_IN.unpack_from(body)
         return self.ops.read(fh, offset, size)
 
