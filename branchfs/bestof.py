@@ -333,6 +333,9 @@ class _Run:
                     log.write(f"branchfs: {exc}\n")
                     return "error", _one_line(exc)
                 attempt.tree = str(path)
+                seen = f", seen at {self.at}" if self.at else ""
+                log.write(f"# branchfs: attempt {attempt.index}, branch {attempt.branch}, ")
+                log.write(f"tree {path}{seen}\n")
             env = dict(self.env)
             env.update(
                 BRANCHFS_ATTEMPT=str(attempt.index),

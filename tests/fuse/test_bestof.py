@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,33 +11,13 @@ from pathlib import Path
 
 import pytest
 from fusecheck import needs_fuse
+from leftovers import leftovers, trees_in_logs
 from project import git, make_project, run_command, write_patches
 
 import branchfs
 from branchfs.bestof import Attempt, best_of, last_number
 
 pytestmark = needs_fuse
-
-
-def leftovers(store_path: Path, trees: list[str]) -> list[str]:
-    """What a best-of run left behind: mounts, registered daemons, processes naming the store."""
-    found = []
-    with open("/proc/mounts") as fh:
-        mounted = {line.split()[1] for line in fh}
-    found += [f"mount {t}" for t in trees if t in mounted or os.path.exists(t)]
-    regs = store_path / "mounts"
-    found += [f"daemon {p.name}" for p in regs.glob("*.json")] if regs.exists() else []
-    me = os.getpid()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == me:
-            continue
-        try:
-            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if str(store_path).encode() in blob:
-            found.append(f"process {proc.name}: {(proc / 'cmdline').read_bytes()[:80]!r}")
-    return found
 
 
 def chunk_bytes(store: branchfs.Store) -> int:
@@ -162,6 +141,7 @@ def test_sigint_halfway_leaves_nothing_behind(tmp_path: Path, store_path: Path) 
     assert proc.returncode == 130
     trees = [line for line in out.splitlines() if line.startswith("/")]
     assert len(set(trees)) == 4
+    assert sorted(trees_in_logs(logs)) == sorted(set(trees))
     assert leftovers(store_path, trees) == []
     with branchfs.Store.open(store_path) as store:
         assert store.branches() == ["main"]
