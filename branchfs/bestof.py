@@ -40,6 +40,7 @@ from typing import IO, TYPE_CHECKING, Literal, TypeAlias
 from . import run as runmod
 from .errors import BranchFSError, MergeConflict
 from .jsontypes import JSON, JSONObject
+from .spawner import Spawner
 
 if TYPE_CHECKING:
     from .diff import Change
@@ -276,6 +277,8 @@ class _Run:
         self.groups: set[int] = set()
         self.queue = list(attempts)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        # One zygote forks every attempt's daemon: N mounts, one interpreter start.
+        self.spawner = Spawner() if mount else None
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -327,7 +330,9 @@ class _Run:
             if self.mount:
                 try:
                     path = stack.enter_context(
-                        runmod.private_tree(self.store.path, attempt.branch, "branchfs-attempt-")
+                        runmod.private_tree(
+                            self.store.path, attempt.branch, "branchfs-attempt-", self.spawner
+                        )
                     )
                 except BranchFSError as exc:
                     log.write(f"branchfs: {exc}\n")
@@ -589,6 +594,9 @@ def _drive(state: _Run, jobs: int, keep: bool, logs: Path, started: float) -> Be
     with _sigterm_as_interrupt(), contextlib.ExitStack() as stack:
         if state.at is not None:
             stack.enter_context(runmod.at_path(state.at))
+        if state.spawner is not None:
+            stack.callback(state.spawner.close)
+            state.spawner.warm()  # it imports the daemon while we fork
         try:
             for attempt in state.attempts:
                 s.fork(base, attempt.branch)

@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, TypeAlias
 
 from .errors import BranchFSError
 from .mount import MountError, check_fuse, mounted
+from .spawner import Spawner, mounted_by
 
 if TYPE_CHECKING:
     from .store import Store
@@ -194,16 +195,25 @@ def at_path(at: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def private_tree(store_path: str, branch: str, prefix: str = "branchfs-run-") -> Iterator[Path]:
+def private_tree(
+    store_path: str,
+    branch: str,
+    prefix: str = "branchfs-run-",
+    spawner: Spawner | None = None,
+) -> Iterator[Path]:
     """Mount ``branch`` at a fresh private temp directory for the block (one daemon).
 
-    On exit flushes, unmounts (waiting for the daemon) and removes the directory. Raises
+    The daemon is started as a process of its own, or forked by ``spawner``'s zygote. On
+    exit flushes, unmounts (waiting for the daemon) and removes the directory. Raises
     :class:`~branchfs.mount.MountError` if the mount cannot be made.
     """
     check_fuse()
     mp = tempfile.mkdtemp(prefix=prefix)
     try:
-        with mounted(store_path, mp, branch) as path:
+        cm = mounted(store_path, mp, branch) if spawner is None else mounted_by(
+            spawner, store_path, mp, branch
+        )  # fmt: skip
+        with cm as path:
             yield path
     finally:
         with contextlib.suppress(OSError):
