@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -147,3 +148,20 @@ def test_sigint_halfway_leaves_nothing_behind(tmp_path: Path, store_path: Path) 
         assert store.branches() == ["main"]
         store.fork_snapshot("before", "check")
         assert store.diff("main", "check") == []
+
+
+def test_zygote_reports_a_failed_mount(tmp_path: Path, store_path: Path) -> None:
+    from branchfs.mount import MountError
+    from branchfs.spawner import Spawner, mounted_by
+
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    with Spawner() as spawner:
+        with pytest.raises(MountError, match="no-such-branch"):
+            spawner.start(str(store_path), str(tmp_path / "m1"), "no-such-branch")
+        with mounted_by(spawner, str(store_path), str(tmp_path / "m2"), "main") as mnt:
+            (mnt / "x").write_text("through a forked daemon\n")
+    with branchfs.Store.open(store_path) as store:
+        assert store.branch("main").read_text("x") == "through a forked daemon\n"
+    assert leftovers(store_path, []) == []
+    assert not os.path.ismount(tmp_path / "m1") and not os.path.ismount(tmp_path / "m2")
