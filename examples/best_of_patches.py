@@ -160,7 +160,7 @@ def main() -> int:
 
             print(f"best of {len(names)} candidate patches, in parallel:")
             result = branchfs.best_of(
-                store, len(names), step, timeout=10, env={**os.environ, **GIT_ENV},
+                store, len(names), step, timeout=20, env={**os.environ, **GIT_ENV},
                 on_update=show,
             )  # fmt: skip
 

@@ -47,10 +47,11 @@ def test_best_of_merges_the_fixer_and_leaves_nothing(tmp_path: Path, store_path:
             if a.tree is not None and a.tree not in trees:
                 trees.append(a.tree)
 
-        result = best_of(store, 4, run_command(patches), timeout=10, on_update=seen)
+        result = best_of(store, 4, run_command(patches), timeout=20, on_update=seen)
 
         by_index = {a.index: a for a in result.attempts}
-        assert result.ok and result.winner is not None and result.winner.index == 3
+        assert result.winner is not None and result.winner.index == 3, result.to_json()
+        assert result.ok
         assert [by_index[i].status for i in (1, 2, 3, 4)] == ["failed", "timeout", "won", "failed"]
         assert by_index[2].error is not None and "timeout" in by_index[2].error
         assert {c.path for c in by_index[3].changes} >= {"calc.py", "build.bin"}
