@@ -250,8 +250,13 @@ def forget_orphans(v: View) -> int:
     return len(doomed)
 
 
-def rmdir(v: View, parent: int, name: bytes) -> int:
-    """Remove the empty directory ``name`` from ``parent``; returns its inode."""
+def rmdir(v: View, parent: int, name: bytes, *, keep_orphan: bool = False) -> int:
+    """Remove the empty directory ``name`` from ``parent``; returns its inode.
+
+    With ``keep_orphan`` the directory keeps its record (with no links), as a file does in
+    :func:`unlink`, so that a process holding it open (or as its working directory) still
+    sees an empty directory with ``st_nlink`` 0; :func:`forget_orphan` drops it.
+    """
     writable(v)
     if name == b".":
         raise os_error(errno.EINVAL)
@@ -264,7 +269,13 @@ def rmdir(v: View, parent: int, name: bytes) -> int:
     if v.has_entries(ino):
         raise os_error(errno.ENOTEMPTY)
     v.delete_dirent(parent, name)
-    v.delete_inode(ino)
+    if keep_orphan:
+        rec = for_write(v, ino)
+        rec.links = []
+        rec.ctime_ns = now_ns()
+        v.put_inode(ino, rec)
+    else:
+        v.delete_inode(ino)
     _touch_dir(v, parent)
     return ino
 
@@ -331,7 +342,9 @@ def rename(
                 raise os_error(errno.EISDIR)
             if v.has_entries(target):
                 raise os_error(errno.ENOTEMPTY)
-            v.delete_inode(target)
+            trec.links = []
+            replaced = target
+            v.put_inode(target, trec)  # the caller keeps or forgets the orphan
         else:
             if rec.is_dir:
                 raise os_error(errno.ENOTDIR)

@@ -97,7 +97,7 @@ class TreeNodes:
         a.st_ino = fino
         a.entry_timeout = a.attr_timeout = TIMEOUT if fino < ALIAS_BASE else 0.0
         a.st_mode = rec.mode
-        a.st_nlink = rec.nlink
+        a.st_nlink = rec.nlink if rec.links or key[1] == ROOT_INO else 0
         a.st_uid = rec.uid
         a.st_gid = rec.gid
         a.st_rdev = rec.rdev
@@ -262,11 +262,19 @@ class TreeNodes:
             self.holds.orphans.add((tree, ino))
 
     def rmdir(self, parent: int, name: bytes) -> None:
-        """Remove an empty directory."""
+        """Remove an empty directory; one still held by the kernel (open, or a working
+        directory) lives on as an empty orphan, like a file."""
         if parent == ROOT_INO and name == CONTROL_NAME:
             raise K.FUSEError(errno.EBUSY)
         tree, peng, alias = self._parent(parent)
-        self.co.write(tree, lambda v: T.rmdir(v, peng, name), alias=alias, keep=(peng,))
+
+        def fn(v: View) -> tuple[int, bool]:
+            ino = T.rmdir(v, peng, name, keep_orphan=True)
+            return ino, self._orphaned(v, tree, ino)
+
+        ino, kept = self.co.write(tree, fn, alias=alias, keep=(peng,))
+        if kept:
+            self.holds.orphans.add((tree, ino))
 
     def rename(
         self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int
