@@ -192,6 +192,30 @@ def add_node(
     return ino
 
 
+def make_unnamed(v: View, parent: int, mode: int, uid: int, gid: int) -> tuple[int, Inode]:
+    """A regular file with no name yet, as ``open(dir, O_TMPFILE)`` makes in ``parent``.
+
+    It has no links (an orphan: the caller keeps it while it is open, and ``link`` may name
+    it later); ``parent`` must be a directory that still has a name. The directory itself
+    is not changed (Linux's ``vfs_tmpfile`` leaves its times alone).
+    """
+    writable(v)
+    prec = get_dir(v, parent)
+    if not prec.links and parent != ROOT_INO:
+        raise os_error(errno.ENOENT)
+    ino = v.new_ino()
+    t = now_ns()
+    if prec.mode & st.S_ISGID:
+        gid = prec.gid
+    rec = Inode(
+        mode=st.S_IFREG | (mode & 0o7777), uid=uid, gid=gid, atime_ns=t, mtime_ns=t, ctime_ns=t
+    )
+    rec.cut = 0
+    rec.inline = b""
+    v.put_inode(ino, rec)
+    return ino, rec
+
+
 def link(v: View, ino: int, parent: int, name: bytes) -> Inode:
     """Give ``ino`` one more name: ``name`` in ``parent``. Directories cannot be linked."""
     rec = for_write(v, ino)

@@ -318,6 +318,18 @@ class Bridge:
         return self._new_fh(handle, info), attrs
 
     @op
+    def tmpfile(
+        self, parent: int, mode: int, flags: int, ctx: K.RequestContext
+    ) -> tuple[K.FileInfo, K.EntryAttributes]:
+        """``open(dir, O_TMPFILE)``: create and open a file that has no name."""
+        entry = self.tree.make_unnamed(parent, mode, ctx)
+        self.inodes.looked_up(entry.fino)
+        self.holds.hold(entry.key)
+        attrs = self.tree.attrs(entry.fino, entry.key, entry.rec)
+        handle, info = self.tree.opened(entry, flags)
+        return self._new_fh(handle, info), attrs
+
+    @op
     def read(self, fh: int, off: int, size: int) -> bytes | list[bytes | memoryview]:
         """Read (buffered writes of the inode are flushed first, so reads see them).
 

@@ -56,6 +56,7 @@ BATCH_FORGET = 42
 READDIRPLUS = 44
 RENAME2 = 45
 SYNCFS = 50
+TMPFILE = 51
 
 #: Requests the daemon leaves to the kernel (ENOSYS: it falls back to its generic code,
 #: or for ioctl answers ENOTTY), by name, so that ``ctl stats`` can count them too.
@@ -69,7 +70,6 @@ UNANSWERED = {
     43: "fallocate",
     46: "lseek",
     47: "copy_file_range",
-    51: "tmpfile",
     52: "statx",
 }
 

@@ -231,6 +231,17 @@ class TreeNodes:
         self.co.cache_record((tree, ino), rec)
         return Entry(self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec)
 
+    def make_unnamed(self, parent: int, mode: int, ctx: K.RequestContext) -> Entry:
+        """``O_TMPFILE``: a regular file without a name in directory ``parent``, an orphan
+        from the start (deleted at its last release unless ``linkat`` names it)."""
+        tree, peng, alias = self._parent(parent)
+        ino, rec = self.co.write(
+            tree, lambda v: T.make_unnamed(v, peng, mode, ctx.uid, ctx.gid), alias=alias
+        )
+        self.holds.orphans.add((tree, ino))
+        self.co.cache_record((tree, ino), rec)
+        return Entry(self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec)
+
     def link(self, fino: int, new_parent: int, new_name: bytes) -> Entry:
         """A hard link; EXDEV across trees."""
         if fino in CONTROL_NODES:

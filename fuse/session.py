@@ -91,6 +91,7 @@ class Session:
             K.REMOVEXATTR: self._removexattr,
             K.ACCESS: self._access,
             K.SYNCFS: self._syncfs,
+            K.TMPFILE: self._tmpfile,
             K.INTERRUPT: self._no_reply,
             K.DESTROY: self._destroy,
         }
@@ -358,6 +359,15 @@ class Session:
         ctx.umask = umask
         (name,) = K.cstrings(body[K.CREATE_IN.size :], 1)
         info, attrs = self.ops.create(nodeid, name, mode, flags, ctx)
+        return [attrs.entry_out(), info.open_out()]
+
+    def _tmpfile(
+        self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview
+    ) -> list[bytes]:
+        # Laid out as CREATE; the name the kernel sends is a placeholder ("/").
+        flags, mode, umask, _open_flags = K.CREATE_IN.unpack_from(body)
+        ctx.umask = umask
+        info, attrs = self.ops.tmpfile(nodeid, mode, flags, ctx)
         return [attrs.entry_out(), info.open_out()]
 
     def _read(
