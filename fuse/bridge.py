@@ -214,6 +214,8 @@ class Bridge:
     @op
     def readlink(self, fino: int, ctx: K.RequestContext) -> bytes:
         """The target of a symlink."""
+        if fino in CONTROL_NODES:
+            return self.ctl.readlink(fino)
         return self.tree.readlink(fino)
 
     @op
@@ -267,7 +269,7 @@ class Bridge:
     def unlink(self, parent: int, name: bytes, ctx: K.RequestContext) -> None:
         """Remove a name; an inode still open or known to the kernel lives on as an orphan."""
         if parent in CONTROL_NODES:
-            raise K.FUSEError(errno.EISDIR if parent in (BRANCHES, SNAPSHOTS) else errno.EPERM)
+            self.ctl.unlink(parent, name)
         self.tree.unlink(parent, name)
 
     @op

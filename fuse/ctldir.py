@@ -8,8 +8,16 @@ Not listed in the mounted root, reachable by name (like ZFS's ``.zfs``)::
     .branchfs/store             the store's path, one line
 
 ``mkdir branches/NEW`` forks the mounted branch, ``mkdir snapshots/NAME`` snapshots it,
-``rmdir`` discards. The command language of ``ctl`` is :mod:`.control`'s; this module owns
-the nodes, their attributes, and the per-descriptor state of ``ctl`` and ``store``.
+``rmdir`` discards.
+
+One file is one file whatever path reaches it (DESIGN §1.3), so a branch is never shown
+through two kernel identities where one will do: ``branches/<mounted branch>`` is a symlink
+to ``../..`` (the mount root), and ``branches/B`` for a branch that another daemon serves
+at a mountpoint visible here is a symlink to that mountpoint. Locks (``flock``, POSIX,
+OFD), which the kernel keeps per inode, then exclude across those paths.
+
+The command language of ``ctl`` is :mod:`.control`'s; this module owns the nodes, their
+attributes, and the per-descriptor state of ``ctl`` and ``store``.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ import errno
 import os
 import stat as st
 import time
+from collections.abc import Iterable
 
 from branchfs import Store
+from branchfs import mount as mount_mod
 from branchfs.records import ROOT_INO
 
 from . import control
@@ -30,6 +40,8 @@ from .inodes import (
     CONTROL_NODES,
     CTL_DIR,
     CTL_FILE,
+    FIRST_LINK,
+    SELF_LINK,
     SNAPSHOTS,
     STORE_FILE,
     Listing,
@@ -40,6 +52,43 @@ from .writeback import WriteBack
 
 #: Entry and attribute timeout of the control nodes that never change.
 TIMEOUT = 600.0
+#: Where ``branches/<mounted branch>`` leads: the mount root, seen from ``branches``.
+SELF_TARGET = b"../.."
+
+
+def mounted_here() -> set[str]:
+    """Mountpoints of branchfs mounts visible in this process's mount namespace.
+
+    Read from ``/proc/self/mountinfo`` (proc(5)), never by a syscall on another mount,
+    which could wait on a daemon that waits on this one.
+    """
+    out = set()
+    try:
+        with open("/proc/self/mountinfo", "rb") as fh:
+            for line in fh:
+                left, _, right = line.partition(b" - ")
+                if right.split(b" ", 1)[0] == b"fuse.branchfs":
+                    raw = left.split(b" ")[4]
+                    out.add(os.fsdecode(_unescape(raw)))
+    except OSError:
+        pass
+    return out
+
+
+def _unescape(raw: bytes) -> bytes:
+    """A mountinfo path: space, tab, newline and backslash are written as ``\\ooo``."""
+    if b"\\" not in raw:
+        return raw
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i : i + 1] == b"\\" and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out += raw[i : i + 1]
+            i += 1
+    return bytes(out)
 
 
 class TextHandle:
@@ -73,6 +122,41 @@ class ControlDir:
         self.started_ns = time.time_ns()
         self.uid = os.geteuid()
         self.gid = os.getegid()
+        #: Symlink nodes by target, and back: the mount root, and other daemons' mounts.
+        self.links: dict[bytes, int] = {SELF_TARGET: SELF_LINK}
+        self.targets: dict[int, bytes] = {SELF_LINK: SELF_TARGET}
+
+    def _link(self, target: bytes) -> int:
+        fino = self.links.get(target)
+        if fino is None:
+            fino = FIRST_LINK + len(self.links) - 1
+            self.links[target] = fino
+            self.targets[fino] = target
+        return fino
+
+    def served_elsewhere(self, names: Iterable[str]) -> dict[str, int]:
+        """Branches among ``names`` that lead to a mount: symlink node by branch name.
+
+        The mounted branch leads to this mount's root. Another branch leads to the mount of
+        another live daemon serving it, if that mountpoint is visible here (a daemon in a
+        private mount namespace, ``branchfs run --at``, is not).
+        """
+        found = {n: SELF_LINK for n in names if n == self.main.name}
+        others = [n for n in names if n != self.main.name]
+        regs = [r for r in mount_mod.targets(self.store.path, tuple(others)) if r.alive()]
+        if regs:
+            visible = mounted_here()
+            for r in sorted(regs, key=lambda r: r.pid):
+                if r.branch not in found and r.mountpoint in visible:
+                    found[r.branch] = self._link(os.fsencode(r.mountpoint))
+        return found
+
+    def readlink(self, fino: int) -> bytes:
+        """The target of a control symlink (EINVAL for any other control node)."""
+        target = self.targets.get(fino)
+        if target is None:
+            raise K.FUSEError(errno.EINVAL)
+        return target
 
     def attrs(self, fino: int) -> K.EntryAttributes:
         """Attributes of control node ``fino`` (owned by the daemon's user)."""
@@ -95,6 +179,12 @@ class ControlDir:
             a.attr_timeout = 0.0
             a.st_mode = st.S_IFREG | 0o600
             a.st_nlink = 1
+        elif fino in self.targets:
+            # The mount root stays where it is; another daemon's mount may go.
+            a.entry_timeout = a.attr_timeout = TIMEOUT if fino == SELF_LINK else 0.0
+            a.st_mode = st.S_IFLNK | 0o777
+            a.st_nlink = 1
+            a.st_size = len(self.targets[fino])
         else:
             a.entry_timeout = a.attr_timeout = TIMEOUT
             a.st_mode = st.S_IFREG | 0o444
@@ -129,7 +219,12 @@ class ControlDir:
             return fino
         if parent not in (BRANCHES, SNAPSHOTS):
             raise K.FUSEError(errno.ENOTDIR)
-        return TreeRef(name.decode("utf-8", "surrogateescape"), parent == SNAPSHOTS)
+        ref = name.decode("utf-8", "surrogateescape")
+        if parent == BRANCHES:
+            link = self.served_elsewhere([ref]).get(ref)
+            if link is not None:
+                return link
+        return TreeRef(ref, parent == SNAPSHOTS)
 
     def listing(self, fino: int) -> Listing:
         """The entries of control directory ``fino`` now (ENOTDIR for a control file)."""
@@ -140,10 +235,18 @@ class ControlDir:
                 (b"ctl", None, CTL_FILE),
                 (b"store", None, STORE_FILE),
             ]
-        if fino in (BRANCHES, SNAPSHOTS):
-            snap = fino == SNAPSHOTS
-            names = self.store.snapshots() if snap else self.store.branches()
-            return [(os.fsencode(n), TreeRef(n, snap), ROOT_INO) for n in names]
+        if fino == SNAPSHOTS:
+            names = self.store.snapshots()
+            return [(os.fsencode(n), TreeRef(n, True), ROOT_INO) for n in names]
+        if fino == BRANCHES:
+            names = self.store.branches()
+            links = self.served_elsewhere(names)
+            return [
+                (os.fsencode(n), None, links[n])
+                if n in links
+                else (os.fsencode(n), TreeRef(n), ROOT_INO)
+                for n in names
+            ]
         raise K.FUSEError(errno.ENOTDIR)
 
     def mkdir(self, parent: int, name: bytes) -> TreeRef:
@@ -160,11 +263,21 @@ class ControlDir:
         self.store.snapshot(self.main.name, new)
         return TreeRef(new, True)
 
+    def unlink(self, parent: int, name: bytes) -> None:
+        """``rm`` of a name under ``branches``/``snapshots``: EBUSY for a branch that is
+        served (a symlink here), else EISDIR (a tree is a directory); EPERM elsewhere."""
+        if parent not in (BRANCHES, SNAPSHOTS):
+            raise K.FUSEError(errno.EPERM)
+        ref = name.decode("utf-8", "surrogateescape")
+        if parent == BRANCHES and self.served_elsewhere([ref]):
+            raise K.FUSEError(errno.EBUSY)
+        raise K.FUSEError(errno.EISDIR)
+
     def rmdir(self, parent: int, name: bytes) -> None:
-        """Discard a branch (EBUSY for the mounted one) or delete a snapshot."""
+        """Discard a branch (EBUSY for one a daemon serves) or delete a snapshot."""
         ref = name.decode("utf-8", "surrogateescape")
         if parent == BRANCHES:
-            if ref == self.main.name:
+            if self.served_elsewhere([ref]):
                 raise K.FUSEError(errno.EBUSY)
             self.store.discard(ref)
         else:

@@ -19,9 +19,14 @@ BRANCHES = ALIAS_BASE + 2  # .branchfs/branches
 SNAPSHOTS = ALIAS_BASE + 3  # .branchfs/snapshots
 CTL_FILE = ALIAS_BASE + 4  # .branchfs/ctl
 STORE_FILE = ALIAS_BASE + 5  # .branchfs/store
-FIRST_DYNAMIC = ALIAS_BASE + 100
+SELF_LINK = ALIAS_BASE + 6  # .branchfs/branches/<mounted branch>: a symlink to the root
+#: Symlinks to other daemons' mounts under .branchfs/branches/ get numbers from here up.
+FIRST_LINK = ALIAS_BASE + 16
+#: The trees under .branchfs/ get numbers from here up.
+FIRST_DYNAMIC = ALIAS_BASE + (1 << 32)
 
-CONTROL_NODES = frozenset((CTL_DIR, BRANCHES, SNAPSHOTS, CTL_FILE, STORE_FILE))
+#: The control directory's nodes: its directories, files and symlinks.
+CONTROL_NODES = range(ALIAS_BASE + 1, FIRST_DYNAMIC)
 
 
 class TreeRef(NamedTuple):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from branchfs_fuse import kernel as K
 from branchfs_fuse.inodes import ALIAS_BASE, FIRST_DYNAMIC
-from fsdriver import Driver
+from fsdriver import CTX, Driver
 
 import branchfs
 
@@ -53,14 +54,29 @@ def test_an_unlinked_open_file_lives_until_its_release(fs: Driver, store: branch
     assert not fs.bridge.holds.orphans
 
 
-def test_views_under_branchfs_get_numbers_that_go_with_the_last_forget(fs: Driver) -> None:
-    ino = fs.lookup(".branchfs/branches/main/f")
+def test_views_under_branchfs_get_numbers_that_go_with_the_last_forget(
+    fs: Driver, store: branchfs.Store
+) -> None:
+    store.fork("main", "side")
+    ino = fs.lookup(".branchfs/branches/side/f")
     assert ino >= FIRST_DYNAMIC
-    assert fs.getattr(".branchfs/branches/main/f").st_size == 5
+    assert fs.getattr(".branchfs/branches/side/f").st_size == 5
     assert fs.bridge.inodes.aliases
     fs.forget_all()
     assert not fs.bridge.inodes.aliases and not fs.bridge.inodes.reverse
     assert not fs.bridge.holds.counts
+
+
+def test_the_mounted_branch_under_branches_is_a_link_to_the_root(fs: Driver) -> None:
+    link = fs.lookup(".branchfs/branches/main")
+    assert fs.bridge.readlink(link, CTX) == b"../.."
+    assert stat.S_ISLNK(fs.bridge.getattr(link, CTX).st_mode)
+    listing = dict(fs.readdir(fs.lookup(".branchfs/branches")))
+    assert b"main" in listing
+    for call in (fs.rmdir, fs.unlink):
+        with pytest.raises(K.FUSEError) as info:
+            call(".branchfs/branches/main")
+        assert info.value.errno == errno.EBUSY
 
 
 def test_a_fork_by_mkdir_holds_every_buffered_write(fs: Driver, store: branchfs.Store) -> None:
@@ -70,29 +86,23 @@ def test_a_fork_by_mkdir_holds_every_buffered_write(fs: Driver, store: branchfs.
     fs.mkdir(".branchfs/branches/forked")
     assert store.branch("forked").read_bytes("f") == b"hello world"
     fs.close(fh)
-    with pytest.raises(K.FUSEError) as info:
-        fs.rmdir(".branchfs/branches/main")
-    assert info.value.errno == errno.EBUSY
     fs.rmdir(".branchfs/branches/forked")
     assert "forked" not in store.branches()
 
 
-def test_a_write_through_an_alias_invalidates_that_inode_only(
+def test_a_merge_into_the_mounted_branch_through_ctl_drops_the_mounted_view(
     fs: Driver, store: branchfs.Store
 ) -> None:
     main_ino = fs.lookup("f")
-    with fs.opened(".branchfs/branches/main/f", os.O_WRONLY) as fh:
+    fs.mkdir(".branchfs/branches/side")
+    with fs.opened(".branchfs/branches/side/f", os.O_WRONLY) as fh:
         fs.write(fh, 0, b"HELLO")
-    assert ([], [main_ino]) in fs.invalidated
-    assert all(not entries for entries, _inos in fs.invalidated)
-    assert fs.getattr("f").st_size == 5
+    assert not fs.invalidated  # another tree: the mounted view is untouched
+    assert json.loads(fs.ctl("merge side"))["ok"]
+    entries, inos = fs.invalidated[-1]
+    assert main_ino in inos and 1 in inos and (1, b"f") in entries
     with fs.opened("f") as fh:
         assert fs.read(fh, 0, 10) == b"HELLO"
-    # A directory change through the alias drops the whole mounted view instead.
-    fs.invalidated.clear()
-    fs.mkdir(".branchfs/branches/main/d")
-    assert fs.invalidated and 1 in fs.invalidated[-1][1]
-    assert store.branch("main").isdir("d")
 
 
 def test_a_listing_read_in_pieces_is_one_listing_while_the_directory_changes(

@@ -159,10 +159,15 @@ def test_discard_via_rmdir(mnt: Path, store: branchfs.Store) -> None:
     assert not os.path.exists(branches / "gone")
     with pytest.raises(branchfs.BranchNotFound):
         store.branch("gone").read_bytes("file.txt")
-    # The mounted branch itself cannot be discarded from inside its own mount.
+    # The mounted branch itself cannot be discarded from inside its own mount: its entry
+    # is a symlink to the mount root (one kernel identity per file), which rmdir refuses
+    # as any symlink, and rm as busy (DESIGN §1.3: a served branch is busy).
     with pytest.raises(OSError) as exc:
         os.rmdir(branches / "main")
-    assert exc.value.errno == errno.EBUSY  # DESIGN §1.3: a served branch is busy
+    assert exc.value.errno == errno.ENOTDIR
+    with pytest.raises(OSError) as exc:
+        os.unlink(branches / "main")
+    assert exc.value.errno == errno.EBUSY
     assert "main" in store.branches()
 
 
