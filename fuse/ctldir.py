@@ -28,8 +28,7 @@ import stat as st
 import time
 from collections.abc import Iterable
 
-from branchfs import Store
-from branchfs import mount as mount_mod
+from branchfs import Store, notices
 from branchfs.records import ROOT_INO
 
 from . import control
@@ -143,7 +142,7 @@ class ControlDir:
         """
         found = {n: SELF_LINK for n in names if n == self.main.name}
         others = [n for n in names if n != self.main.name]
-        regs = [r for r in mount_mod.targets(self.store.path, tuple(others)) if r.alive()]
+        regs = [r for r in notices.targets(self.store.path, tuple(others)) if r.alive()]
         if regs:
             visible = mounted_here()
             for r in sorted(regs, key=lambda r: r.pid):
