@@ -152,9 +152,11 @@ class _Checker:
             if raw != TOMBSTONE:
                 self.report.inodes += 1
                 try:
-                    keys.decode_inode(raw)
+                    keys.decode_inode(raw, ino)
                 except BranchFSError as exc:
                     self.problem("corrupt-record", f"inode {ino} in layer {layer}", str(exc))
+        for where in records.damaged_records(txn):
+            self.problem("corrupt-record", where, "it does not match its checksum")
         for layer in records.all_dirent_layers(txn):
             if layer not in self.layer_ids:
                 missing_layers[layer] += 1

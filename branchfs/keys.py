@@ -26,8 +26,10 @@ database        key                                         value
 **Where record encoding happens**: every stored value (except chunk bytes, which are
 checked by their digest in :mod:`branchfs.chunks`, and the empty :data:`TOMBSTONE`) goes
 through :func:`seal` when written and :func:`unseal` when read, inside the ``encode_*`` /
-``decode_*`` functions below. A per-record checksum belongs in those two functions; the
-tombstone must stay distinguishable (callers test ``raw == TOMBSTONE`` before decoding).
+``decode_*`` functions below. :func:`seal` appends a 4-byte xxh3 digest of the value and of
+the part of its key that says what it is about (format 2); :func:`unseal` checks it, so a
+flipped byte in any record is :class:`StoreCorrupt` (EIO), never a wrong answer. The
+tombstone stays the empty value (callers test ``raw == TOMBSTONE`` before decoding).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import struct
 from typing import Any
 
 import msgpack
+import xxhash
 
 from .errors import StoreCorrupt
 from .records import Inode
@@ -63,14 +66,51 @@ Raw = bytes | memoryview
 # -- value framing -------------------------------------------------------------------------------
 
 
-def seal(payload: bytes) -> bytes:
-    """The stored form of a value's payload (today the payload itself; see the docstring)."""
+#: Bytes of digest appended to every sealed value.
+DIGEST_SIZE = 4
+_DIGEST = struct.Struct("<I")
+
+
+def _digest(ident: bytes, payload: Raw) -> bytes:
+    return _DIGEST.pack(xxhash.xxh3_64_intdigest(ident + payload) & 0xFFFFFFFF)
+
+
+def seal(payload: bytes, ident: bytes = b"") -> bytes:
+    """The stored form of a value: ``payload`` then a 4-byte digest of ``ident + payload``.
+
+    ``ident`` is the part of the record's key that says what the value is about (the
+    inode number, the directory and name, the inode and chunk index; not the layer, so
+    that gc can move a record to another layer unchanged): a value that a damaged key
+    made appear under another key fails its check as surely as a damaged value.
+    """
+    return payload + _digest(ident, payload)
+
+
+def unseal(raw: Raw, ident: bytes = b"") -> Raw:
+    """The payload of a value written by :func:`seal` with the same ``ident``.
+
+    :class:`StoreCorrupt` if its digest does not match: the record was damaged on disk.
+    """
+    payload = raw[:-DIGEST_SIZE]
+    if len(raw) < DIGEST_SIZE or _digest(ident, payload) != raw[-DIGEST_SIZE:]:
+        raise StoreCorrupt(
+            "a metadata record does not match its checksum (damaged on disk); run "
+            "`branchfs fsck` to see what it hurts"
+        )
     return payload
 
 
-def unseal(raw: Raw) -> Raw:
-    """The payload of a stored value written by :func:`seal`; :class:`StoreCorrupt` if bad."""
-    return raw
+def reseal_v1(db: str, key: bytes, raw: bytes) -> bytes | None:
+    """The format-2 value of a record written by format 1 (no digests); None: unchanged."""
+    if db in ("chunks", "children") or (not raw and db in ("inodes", "dirents")):
+        return None
+    if db == "meta":
+        return seal(raw) if key in COUNTERS else None
+    if db == "inodes":
+        return seal(raw, key[8:16])
+    if db in ("dirents", "extents"):
+        return seal(raw, key[8:])
+    return seal(raw)  # layers, branches, snapshots, bases, chunkrefs
 
 
 def u64(n: int) -> bytes:
@@ -194,8 +234,8 @@ def split_inode_key(key: Raw) -> tuple[int, int]:
     return int(layer), int(ino)
 
 
-def encode_inode(rec: Inode) -> bytes:
-    """The stored form of an inode record (a msgpack array), sealed."""
+def encode_inode(rec: Inode, ino: int) -> bytes:
+    """The stored form of the record of inode ``ino`` (a msgpack array), sealed."""
     return seal(
         msgpack.packb(
             [
@@ -213,14 +253,17 @@ def encode_inode(rec: Inode) -> bytes:
                 rec.xattrs,
             ],
             use_bin_type=True,
-        )
+        ),
+        U64.pack(ino),
     )
 
 
-def decode_inode(raw: Raw) -> Inode:
-    """Parse a record written by :func:`encode_inode`; :class:`StoreCorrupt` if it is not one."""
+def decode_inode(raw: Raw, ino: int) -> Inode:
+    """Parse the record of ``ino`` written by :func:`encode_inode`; :class:`StoreCorrupt` if
+    it is not one or fails its checksum."""
+    payload = unseal(raw, U64.pack(ino))
     try:
-        v = msgpack.unpackb(unseal(raw), raw=True, use_list=True, strict_map_key=False)
+        v = msgpack.unpackb(payload, raw=True, use_list=True, strict_map_key=False)
         return Inode(
             v[0],
             v[1],
@@ -262,14 +305,16 @@ def rebase_key(key: Raw, layer: int) -> bytes:
     return U64.pack(layer) + bytes(key[8:])
 
 
-def encode_dirent(ino: int) -> bytes:
-    """The value of an entry naming ``ino``."""
-    return u64(ino)
+def encode_dirent(ino: int, parent: int, name: bytes) -> bytes:
+    """The value of entry ``name`` of directory ``parent``, naming ``ino``."""
+    return seal(U64.pack(ino), U64.pack(parent) + name)
 
 
-def decode_dirent(raw: Raw) -> int:
-    """The inode an entry names; 0 for a tombstone."""
-    return read_u64(raw) if raw else 0
+def decode_dirent(raw: Raw, parent: int, name: bytes) -> int:
+    """The inode entry ``name`` of ``parent`` names; 0 for a tombstone."""
+    if not raw:
+        return 0
+    return int(U64.unpack(unseal(raw, U64.pack(parent) + name))[0])
 
 
 # -- extents -------------------------------------------------------------------------------------
@@ -296,11 +341,11 @@ def extent_index(key: Raw) -> int:
     return int(U64.unpack(key[16:24])[0])
 
 
-def encode_extent(chunk_key: bytes) -> bytes:
-    """The value of an extent naming ``chunk_key``."""
-    return seal(chunk_key)
+def encode_extent(chunk_key: bytes, ino: int, idx: int) -> bytes:
+    """The value of the extent of chunk ``idx`` of ``ino``, naming ``chunk_key``."""
+    return seal(chunk_key, U64x2.pack(ino, idx))
 
 
-def decode_extent(raw: Raw) -> bytes:
-    """The chunk key an extent names."""
-    return bytes(unseal(raw))
+def decode_extent(raw: Raw, ino: int, idx: int) -> bytes:
+    """The chunk key the extent of chunk ``idx`` of ``ino`` names."""
+    return bytes(unseal(raw, U64x2.pack(ino, idx)))

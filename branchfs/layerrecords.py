@@ -15,6 +15,7 @@ import lmdb
 
 from . import keys
 from .chunks import LmdbChunkStore
+from .errors import StoreCorrupt
 from .keys import TOMBSTONE
 from .layers import scan_prefix
 from .meta import Meta
@@ -44,7 +45,28 @@ class LayerRecords:
         """(layer, ino, chunk index, chunk key) of every extent in the store."""
         for key, raw in txn.cursor(db=self.meta.extents_db):
             layer, ino, idx = keys.split_extent_key(key)
-            yield layer, ino, idx, keys.decode_extent(raw)
+            try:
+                yield layer, ino, idx, keys.decode_extent(raw, ino, idx)
+            except StoreCorrupt:
+                continue  # listed by damaged_records
+
+    def damaged_records(self, txn: lmdb.Transaction) -> Iterator[str]:
+        """Where each directory entry or extent whose checksum fails is (for fsck)."""
+        for key, raw in txn.cursor(db=self.meta.dirents_db):
+            if raw == TOMBSTONE:
+                continue
+            layer, parent = keys.split_inode_key(key[:16])
+            name = keys.dirent_name(key)
+            try:
+                keys.decode_dirent(raw, parent, name)
+            except StoreCorrupt:
+                yield f"entry {name!r} of directory {parent} in layer {layer}"
+        for key, raw in txn.cursor(db=self.meta.extents_db):
+            layer, ino, idx = keys.split_extent_key(key)
+            try:
+                keys.decode_extent(raw, ino, idx)
+            except StoreCorrupt:
+                yield f"extent of chunk {idx} of inode {ino} in layer {layer}"
 
     def inodes_in(self, txn: lmdb.Transaction, lid: int, limit: int | None = None) -> list[int]:
         """The inode numbers with a record (or tombstone) in layer ``lid``, at most ``limit``."""
@@ -65,7 +87,8 @@ class LayerRecords:
                 continue
             while (limit is None or removed < limit) and bytes(cur.key()[:8]) == prefix:
                 if db is meta.extents_db:
-                    self.chunks.decref(txn, keys.decode_extent(cur.value()))
+                    _layer, ino, idx = keys.split_extent_key(cur.key())
+                    self.chunks.decref(txn, keys.decode_extent(cur.value(), ino, idx))
                 removed += 1
                 if not cur.delete():
                     break
@@ -81,7 +104,8 @@ class LayerRecords:
         if not cur.set_range(keys.extent_key(layer, ino, first)):
             return
         while bytes(cur.key()[:16]) == prefix:
-            self.chunks.decref(txn, keys.decode_extent(cur.value()))
+            idx = keys.extent_index(cur.key())
+            self.chunks.decref(txn, keys.decode_extent(cur.value(), ino, idx))
             if not cur.delete():
                 break
 
@@ -110,22 +134,22 @@ class LayerRecords:
             else:
                 txn.delete(keys.inode_key(p, ino), db=db)
         else:
-            rec = keys.decode_inode(raw_c)
-            p_cut = keys.decode_inode(raw_p).cut if raw_p else None
+            rec = keys.decode_inode(raw_c, ino)
+            p_cut = keys.decode_inode(raw_p, ino).cut if raw_p else None
             if rec.cut is not None:
                 self._drop_extents(txn, p, ino, rec.cut)
             # move the child's extents over the parent's
             ext = self.meta.extents_db
             moved = [
-                (keys.split_extent_key(key)[2], keys.decode_extent(value))
+                (keys.extent_index(key), keys.decode_extent(value, ino, keys.extent_index(key)))
                 for key, value in scan_prefix(txn, ext, keys.extent_prefix(c, ino))
             ]
             for idx, chunk_key in moved:
                 pkey = keys.extent_key(p, ino, idx)
                 old = txn.get(pkey, db=ext)
-                txn.put(pkey, keys.encode_extent(chunk_key), db=ext)
+                txn.put(pkey, keys.encode_extent(chunk_key, ino, idx), db=ext)
                 if old is not None:
-                    self.chunks.decref(txn, keys.decode_extent(old))
+                    self.chunks.decref(txn, keys.decode_extent(old, ino, idx))
                 txn.delete(keys.extent_key(c, ino, idx), db=ext)
             if raw_p == TOMBSTONE or raw_p is None:
                 p_cut = None if raw_p is None else 0
@@ -133,7 +157,7 @@ class LayerRecords:
                 rec.cut = p_cut
             elif p_cut is not None:
                 rec.cut = min(rec.cut, p_cut)
-            txn.put(keys.inode_key(p, ino), keys.encode_inode(rec), db=db)
+            txn.put(keys.inode_key(p, ino), keys.encode_inode(rec, ino), db=db)
         txn.delete(keys.inode_key(c, ino), db=db)
 
     def move_inodes_down(

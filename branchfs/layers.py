@@ -255,7 +255,7 @@ class View:
     def own_cut(self, layer: int, ino: int) -> int | None:
         """The cut that ``layer``'s own record of ``ino`` carries (None: no record or no cut)."""
         raw = self.raw_inode(layer, ino)
-        return keys.decode_inode(raw).cut if raw else None
+        return keys.decode_inode(raw, ino).cut if raw else None
 
     def layer_inodes(self, layer: int) -> list[int]:
         """The inode numbers that have a record (or a tombstone) in ``layer``."""
@@ -271,7 +271,7 @@ class View:
             if raw == TOMBSTONE:
                 continue
             ino = keys.split_inode_key(key)[1]
-            if ino != ROOT_INO and not keys.decode_inode(raw).links:
+            if ino != ROOT_INO and not keys.decode_inode(raw, ino).links:
                 out.append(ino)
         return out
 
@@ -283,7 +283,7 @@ class View:
             if raw is not None:
                 if raw == TOMBSTONE:
                     return None, pos
-                return keys.decode_inode(raw), pos
+                return keys.decode_inode(raw, ino), pos
         return None, -1
 
     def inode(self, ino: int) -> Inode | None:
@@ -305,7 +305,7 @@ class View:
         """Write ``rec`` as the record of ``ino`` in the top layer."""
         top = self.top
         assert top is not None
-        raw = keys.encode_inode(rec)
+        raw = keys.encode_inode(rec, ino)
         self.txn.put(keys.inode_key(top, ino), raw, db=self.inodes)
         self.records[(top, ino)] = raw
 
@@ -335,14 +335,18 @@ class View:
         for layer in self.chain:
             raw = txn.get(keys.dirent_key(layer, parent, name), db=db)
             if raw is not None:
-                return None if raw == TOMBSTONE else keys.decode_dirent(raw)
+                return None if raw == TOMBSTONE else keys.decode_dirent(raw, parent, name)
         return None
 
     def put_dirent(self, parent: int, name: bytes, ino: int) -> None:
         """Make ``name`` in ``parent`` point at ``ino`` (top layer)."""
         top = self.top
         assert top is not None
-        self.txn.put(keys.dirent_key(top, parent, name), keys.encode_dirent(ino), db=self.dirents)
+        self.txn.put(
+            keys.dirent_key(top, parent, name),
+            keys.encode_dirent(ino, parent, name),
+            db=self.dirents,
+        )
 
     def delete_dirent(self, parent: int, name: bytes) -> None:
         """Remove ``name`` from ``parent`` (tombstone only if a lower layer has it)."""
@@ -380,7 +384,8 @@ class View:
     def _layer_entries(self, layer: int, parent: int) -> Iterator[tuple[bytes, int]]:
         """Entries of ``parent`` recorded in one layer; ino 0 marks a tombstone."""
         for key, raw in scan_prefix(self.txn, self.dirents, keys.dirent_prefix(layer, parent)):
-            yield keys.dirent_name(key), keys.decode_dirent(raw)
+            name = keys.dirent_name(key)
+            yield name, keys.decode_dirent(raw, parent, name)
 
     # -- extents ----------------------------------------------------------------------------
 
@@ -398,7 +403,7 @@ class View:
                 continue
             if raw == TOMBSTONE:
                 break
-            cut = keys.decode_inode(raw).cut
+            cut = keys.decode_inode(raw, ino).cut
             out.append((layer, cut))
             if cut == 0:
                 break
@@ -410,7 +415,7 @@ class View:
         for layer, cut in cuts:
             raw = txn.get(keys.extent_key(layer, ino, idx), db=db)
             if raw is not None:
-                return keys.decode_extent(raw)
+                return keys.decode_extent(raw, ino, idx)
             if cut is not None and idx >= cut:
                 return None
         return None
@@ -425,9 +430,9 @@ class View:
         assert top is not None
         key = keys.extent_key(top, ino, idx)
         old = self.txn.get(key, db=self.extents)
-        self.txn.put(key, keys.encode_extent(chunk_key), db=self.extents)
+        self.txn.put(key, keys.encode_extent(chunk_key, ino, idx), db=self.extents)
         if old is not None:
-            self.chunks.decref(self.txn, keys.decode_extent(old))
+            self.chunks.decref(self.txn, keys.decode_extent(old, ino, idx))
 
     def drop_extents(self, ino: int, first_idx: int) -> None:
         """Delete the top layer's extents of ``ino`` from chunk ``first_idx`` on."""
@@ -441,7 +446,7 @@ class View:
         for key, value in cur:
             if key[:16] != prefix:
                 break
-            doomed.append((bytes(key), keys.decode_extent(value)))
+            doomed.append((bytes(key), keys.decode_extent(value, ino, keys.extent_index(key))))
         for key, chunk_key in doomed:
             self.txn.delete(key, db=self.extents)
             self.chunks.decref(self.txn, chunk_key)
@@ -449,7 +454,8 @@ class View:
     def layer_extents(self, layer: int, ino: int) -> Iterator[tuple[int, bytes]]:
         """(chunk index, chunk key) of ``ino`` recorded in one layer."""
         for key, value in scan_prefix(self.txn, self.extents, keys.extent_prefix(layer, ino)):
-            yield keys.extent_index(key), keys.decode_extent(value)
+            idx = keys.extent_index(key)
+            yield idx, keys.decode_extent(value, ino, idx)
 
 
 class BoundTree(Protocol):

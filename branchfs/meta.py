@@ -44,7 +44,8 @@ else:
 #: Written into every store; a store without it is foreign.
 MAGIC = b"branchfs store"
 #: The on-disk format this code writes and reads.
-FORMAT_VERSION = 1
+#: 2: every record carries a digest (:func:`branchfs.keys.seal`); 1 is migrated at open.
+FORMAT_VERSION = 2
 
 DB_NAMES = (
     "meta",  # format, counters, topology token
@@ -319,26 +320,24 @@ class Meta:
                 if not create or txn.stat(self.dbs["layers"])["entries"]:
                     raise NotAStore(f"{self.path} is not a branchfs store (no format record)")
                 txn.put(keys.MAGIC, MAGIC, db=meta)
-                txn.put(keys.FORMAT, keys.u64(FORMAT_VERSION), db=meta)
+                txn.put(keys.FORMAT, keys.U64.pack(FORMAT_VERSION), db=meta)
                 for counter in keys.COUNTERS:
                     txn.put(counter, keys.u64(2), db=meta)
                 txn.put(keys.TOPOLOGY, os.urandom(8), db=meta)
             elif magic != MAGIC:
                 raise NotAStore(f"{self.path} is not a branchfs store (foreign magic {magic!r})")
             raw_version = txn.get(keys.FORMAT, db=meta)
-            if raw_version is None:
+            # unsealed, so that every version can read it
+            if raw_version is None or len(raw_version) != keys.U64.size:
                 raise StoreCorrupt(f"{self.path}: the format record is missing or damaged")
-            try:
-                version = keys.read_u64(raw_version)
-            except StoreCorrupt:
-                raise StoreCorrupt(
-                    f"{self.path}: the format record is missing or damaged"
-                ) from None
+            version = keys.U64.unpack(raw_version)[0]
             if version > FORMAT_VERSION:
                 raise StoreVersionError(
                     f"{self.path} was written by a newer branchfs (format {version}; this "
                     f"version reads format {FORMAT_VERSION}); upgrade branchfs to open it"
                 )
+            if version < FORMAT_VERSION:
+                self._migrate(txn)
         self.meta_db = self.dbs["meta"]
         self.layers_db = self.dbs["layers"]
         self.children_db = self.dbs["children"]
@@ -350,6 +349,19 @@ class Meta:
         self.extents_db = self.dbs["extents"]
         self.chunks_db = self.dbs["chunks"]
         self.chunkrefs_db = self.dbs["chunkrefs"]
+
+    def _migrate(self, txn: lmdb.Transaction) -> None:
+        """Format 1 to 2: give every record its digest, in the opening write transaction
+        (all or nothing). Processes of an older branchfs must not use the store after it."""
+        for name, db in self.dbs.items():
+            changed = []
+            for key, raw in txn.cursor(db=db):
+                new = keys.reseal_v1(name, bytes(key), bytes(raw))
+                if new is not None:
+                    changed.append((bytes(key), new))
+            for key, new in changed:
+                txn.put(key, new, db=db)
+        txn.put(keys.FORMAT, keys.U64.pack(FORMAT_VERSION), db=self.dbs["meta"])
 
     # -- transactions -------------------------------------------------------------------
 

@@ -116,7 +116,9 @@ class Refs:
         top = self.layers.create(txn, NO_LAYER)
         t = time.time_ns()
         root = Inode(st.S_IFDIR | 0o755, uid, gid, 0, t, t, t, cut=0)
-        txn.put(keys.inode_key(top, ROOT_INO), keys.encode_inode(root), db=self.meta.inodes_db)
+        txn.put(
+            keys.inode_key(top, ROOT_INO), keys.encode_inode(root, ROOT_INO), db=self.meta.inodes_db
+        )
         rec = BranchRecord(name, self.meta.next_id(txn, keys.NEXT_BRANCH), top, t)
         self._put_branch(txn, rec)
         return rec

@@ -8,6 +8,7 @@ import random
 import pytest
 
 import branchfs
+from branchfs import keys
 from branchfs import tree as T
 from branchfs.chunks import digest
 from branchfs.keys import U64
@@ -28,8 +29,10 @@ def extent_refs(store: branchfs.Store) -> dict[bytes, int]:
     """How many extent records name each chunk, counted over every layer."""
     out: dict[bytes, int] = {}
     with store.meta.read() as txn:
-        for _key, value in txn.cursor(db=store.meta.extents_db):
-            out[bytes(value)] = out.get(bytes(value), 0) + 1
+        for key, value in txn.cursor(db=store.meta.extents_db):
+            _layer, ino, idx = keys.split_extent_key(key)
+            chunk = keys.decode_extent(value, ino, idx)
+            out[chunk] = out.get(chunk, 0) + 1
     return out
 
 
@@ -202,7 +205,7 @@ def test_digest_match_is_confirmed_by_bytes(store: branchfs.Store, branch: branc
     key = digest(wanted) + b"\0"
     with store.meta.env.begin(write=True) as txn:
         txn.put(key, impostor, db=store.meta.chunks_db)
-        txn.put(key, U64.pack(1), db=store.meta.chunkrefs_db)
+        txn.put(key, keys.u64(1), db=store.meta.chunkrefs_db)
     branch.write_bytes("f", wanted)
     assert branch.read_bytes("f") == wanted
     assert digest(wanted) + b"\1" in chunk_keys(store)

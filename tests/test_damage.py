@@ -146,3 +146,30 @@ def test_flipped_root_in_a_meta_page(damaged_store: tuple[Path, dict[str, str]])
     out = _run(path, expected)
     assert out["open"] is not None and out["open"].startswith("StoreCorrupt"), out
     assert out["fsck"] == ["unreadable"]
+
+
+def test_flipped_byte_in_an_inline_file(damaged_store: tuple[Path, dict[str, str]]) -> None:
+    path, expected = damaged_store
+    assert flip_all(path / "data.mdb", b"INLINE-MARKER-", 3) >= 1
+    out = _run(path, expected)
+    assert out["reads"]["small"] == "corrupt"
+    assert "corrupt-record" in out["fsck"], out
+
+
+def test_flipped_byte_in_an_inode_record(damaged_store: tuple[Path, dict[str, str]]) -> None:
+    path, expected = damaged_store
+    assert flip_all(path / "data.mdb", b"XATTR-MARKER-", 2) >= 1
+    out = _run(path, expected)
+    assert out["reads"]["tagged"] == "corrupt"
+    assert "corrupt-record" in out["fsck"], out
+
+
+def test_flipped_byte_in_a_directory_entry(damaged_store: tuple[Path, dict[str, str]]) -> None:
+    path, expected = damaged_store
+    data = path / "data.mdb"
+    # the entry's key: layer, directory (the root, inode 1), name; its value follows it
+    needle = struct.pack(">Q", 1) + b"dirent-marker-name"
+    assert flip_all(data, needle, len(needle) + 7) >= 1  # the low byte of the inode it names
+    out = _run(path, expected)
+    assert out["reads"]["dirent-marker-name"] == "corrupt", out
+    assert "corrupt-record" in out["fsck"], out

@@ -14,7 +14,7 @@ import lmdb
 import pytest
 
 import branchfs
-from branchfs import Branch, Store
+from branchfs import Branch, Store, keys
 from branchfs.keys import U64, U64x2, U64x3
 
 
@@ -251,7 +251,7 @@ def test_fsck_finds_bad_refcounts_and_dangling_entries(store: Store) -> None:
 
     def break_things(txn: lmdb.Transaction, meta) -> None:  # type: ignore[no-untyped-def]
         key, _ = next(iter(txn.cursor(db=meta.chunkrefs_db)))
-        txn.put(bytes(key), U64.pack(7), db=meta.chunkrefs_db)
+        txn.put(bytes(key), keys.u64(7), db=meta.chunkrefs_db)
         with store.meta.read() as rtxn:
             top = store.refs.branch(rtxn, "main").top
         txn.delete(U64x2.pack(top, ino), db=meta.inodes_db)
@@ -270,7 +270,8 @@ def test_fsck_finds_an_extent_naming_a_chunk_that_is_not_stored(store: Store) ->
     victim = main.stat("dir/victim.bin").st_ino
     with store.meta.read() as txn:
         top = store.refs.branch(txn, "main").top
-        lost = bytes(txn.get(U64x3.pack(top, victim, 1), db=store.meta.extents_db))
+        raw = txn.get(U64x3.pack(top, victim, 1), db=store.meta.extents_db)
+        lost = keys.decode_extent(raw, victim, 1)
 
     def drop_chunk(txn: lmdb.Transaction, meta) -> None:  # type: ignore[no-untyped-def]
         assert txn.delete(lost, db=meta.chunks_db)

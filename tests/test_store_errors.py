@@ -12,8 +12,9 @@ import pytest
 from twin import Twin
 
 import branchfs
+from branchfs import keys
 from branchfs.keys import U64
-from branchfs.meta import FORMAT_VERSION, HEADROOM_BYTES
+from branchfs.meta import DB_NAMES, FORMAT_VERSION, HEADROOM_BYTES
 
 # -- what is and is not a store ----------------------------------------------------------------
 
@@ -307,3 +308,31 @@ def test_the_data_file_is_allocated_to_its_end_and_beyond(
                 fh.write(os.urandom(50_000))
     st = os.stat(store_path / "data.mdb")
     assert st.st_blocks * 512 >= st.st_size + HEADROOM_BYTES // 2
+
+
+def test_format_1_store_is_migrated_at_open(store_path: Path) -> None:
+    """A store written before records carried digests (format 1) gets them at open."""
+    with branchfs.Store.open(store_path, create=True) as s:
+        b = s.create_branch("main")
+        b.write_bytes("dir/big", os.urandom(100_000), parents=True)
+        b.write_bytes("small", b"inline bytes")
+        s.fork("main", "other")
+        s.snapshot("main", "snap")
+        want = {p: b.read_bytes(p) for p in ("dir/big", "small")}
+    # make it format 1: strip every digest format 2 added
+    env = lmdb.open(str(store_path), max_dbs=20, map_size=1 << 30, create=False)
+    with env.begin(write=True) as txn:
+        for name in DB_NAMES:
+            db = env.open_db(name.encode(), txn=txn)
+            for key, raw in list(txn.cursor(db=db)):
+                if keys.reseal_v1(name, bytes(key), b"x") is not None and raw:
+                    txn.put(bytes(key), bytes(raw)[: -keys.DIGEST_SIZE], db=db)
+        txn.put(b"format", U64.pack(1), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with branchfs.Store.open(store_path) as s:
+        for p, data in want.items():
+            assert s.branch("main").read_bytes(p) == data
+            assert s.branch("other").read_bytes(p) == data
+        assert s.fsck().ok
+        with s.meta.read() as txn:
+            assert U64.unpack(txn.get(b"format", db=s.meta.meta_db))[0] == FORMAT_VERSION
