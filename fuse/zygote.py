@@ -13,8 +13,13 @@ The protocol, one JSON object per line on stdin and stdout::
     answer   {"id": 7, "pid": 1234, "ready": "ok"}      (or "ready": why it failed)
 
 Each daemon gets a session of its own, stdin and stdout on ``/dev/null`` and stderr
-appended to ``log``. Daemons are reaped by the kernel (SIGCHLD ignored here). At EOF on
-stdin the zygote answers what is pending and exits; its daemons keep serving their mounts.
+appended to ``log``. Daemons are reaped by the kernel (SIGCHLD ignored here).
+
+At EOF on stdin the zygote answers what is pending, then tells every daemon it forked that
+still runs to stop (SIGTERM: the daemon flushes, detaches its mount and exits) and exits.
+Its client closes stdin only once it has unmounted every tree it asked for, so at that
+point a daemon still running belongs to a client that died (SIGKILL) without cleaning up,
+and would otherwise keep its mount forever.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ def serve() -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     pending: dict[int, tuple[int, int]] = {}  # ready pipe -> (request id, pid)
+    forked: list[int] = []
     buf = b""
     reading = True
     while reading or pending:
@@ -95,13 +101,28 @@ def serve() -> int:
                         _answer({"id": req["id"], "pid": 0, "ready": f"cannot fork: {exc}"})
                         continue
                     pending[ready_r] = (int(req["id"]), pid)
+                    forked.append(pid)
             else:
                 data = os.read(fd, 4096)
                 os.close(fd)
                 rid, pid = pending.pop(fd)
                 message = data.decode(errors="replace").strip() or "the daemon exited"
                 _answer({"id": rid, "pid": pid, "ready": message})
+    for pid in forked:
+        _stop_orphan(pid)
     return 0
+
+
+def _stop_orphan(pid: int) -> None:
+    """SIGTERM a daemon this zygote forked, if it still runs (not a zombie, not reused)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return
+    if fields[0] in ("Z", "X") or int(fields[1]) != os.getpid():
+        return  # gone, or the pid now names someone else's process
+    os.kill(pid, signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -166,3 +167,31 @@ def test_zygote_reports_a_failed_mount(tmp_path: Path, store_path: Path) -> None
         assert store.branch("main").read_text("x") == "through a forked daemon\n"
     assert leftovers(store_path, []) == []
     assert not os.path.ismount(tmp_path / "m1") and not os.path.ismount(tmp_path / "m2")
+
+
+def test_sigkilled_best_of_leaves_no_mount(tmp_path: Path, store_path: Path) -> None:
+    """SIGKILL cannot be cleaned up after, but the zygote then stops the daemons it forked."""
+    logs = tmp_path / "logs"
+    script = "import sys; from branchfs.bestof import best_of; "
+    script += "best_of(sys.argv[1], 2, 'echo running; sleep 600', log_dir=sys.argv[2])"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(store_path), str(logs)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len([p for p in logs.glob("attempt-*.log") if "running" in p.read_text()]) == 2:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    trees = trees_in_logs(logs)
+    assert len(trees) == 2
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(os.path.ismount(t) for t in trees):
+            time.sleep(0.05)
+        assert not any(os.path.ismount(t) for t in trees)
+    finally:
+        for left in leftovers(store_path, []):  # the attempts' own processes: ours to end
+            if left.startswith("process "):
+                pid = int(left.split()[1].rstrip(":"))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
