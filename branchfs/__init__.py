@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .branch import Branch, Snapshot
 from .errors import (
     BranchExists,
     BranchFSError,
@@ -32,7 +33,8 @@ from .errors import (
     StoreNotFound,
     StoreVersionError,
 )
-from .store import Branch, DirEntry, Snapshot, Store
+from .pathtree import DirEntry
+from .store import Store
 
 if TYPE_CHECKING:
     from .bestof import Attempt, BestOfResult, Trial, best_of

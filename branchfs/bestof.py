@@ -43,9 +43,10 @@ from .jsontypes import JSON, JSONObject
 from .spawner import Spawner
 
 if TYPE_CHECKING:
+    from .branch import Branch
     from .diff import Change
     from .merge import MergeResult
-    from .store import Branch, Store
+    from .store import Store
 
 #: Where an attempt is: the first five while it runs, the last six once it is done.
 Status = Literal[

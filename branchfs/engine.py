@@ -14,7 +14,7 @@ import lmdb
 from .chunks import LmdbChunkStore
 from .layerrecords import LayerRecords
 from .layers import LayerIndex, View
-from .meta import Meta
+from .meta import Meta, open_meta, release_meta
 from .refs import Refs
 
 #: Raw inode records read in one transaction, shared by views of that transaction.
@@ -61,3 +61,15 @@ class Engine:
         if ref.startswith("@"):
             return self.view(txn, ref[1:], True)
         return self.view(txn, ref, False)
+
+
+def check_branch(store_path: str, name: str) -> None:
+    """Raise :class:`~branchfs.errors.BranchNotFound` (or the store's opening error) unless
+    the store at ``store_path`` has a branch ``name``; for modules above the API that must
+    check before they start a process, without importing the store."""
+    meta = open_meta(store_path, create=False)
+    try:
+        with meta.read() as txn:
+            Engine(meta).refs.branch(txn, name)
+    finally:
+        release_meta(meta)

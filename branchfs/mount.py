@@ -22,14 +22,24 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import BranchFSError
 from .jsontypes import JSONObject
 from .notices import Registration, find_registration, mounts_dir
 
-if TYPE_CHECKING:
-    from .store import Store
+
+class HasPath(Protocol):
+    """Anything that names a store by its directory (a ``Store``)."""
+
+    @property
+    def path(self) -> str:
+        """The store's directory."""
+        ...
+
+
+#: A store, or the path of one.
+StoreRef = HasPath | str | os.PathLike[str]
 
 #: How long ``mount`` waits for the daemon to answer before giving up.
 START_TIMEOUT = 30.0
@@ -321,7 +331,7 @@ def _reap(pid: int) -> bool:
 
 @contextlib.contextmanager
 def mounted(
-    store: Store | str | os.PathLike[str],
+    store: StoreRef,
     mountpoint: str | os.PathLike[str],
     branch: str = "main",
     *,

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from .store import Branch, Store
+from .branch import Branch
+from .store import Store
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ def branchfs_branch(branchfs_store: Store) -> Branch:
 
 
 @pytest.fixture
-def branchfs_mount(tmp_path: Path, branchfs_branch: Branch) -> Iterator[MountedBranch]:
+def branchfs_mount(
+    tmp_path: Path, branchfs_store: Store, branchfs_branch: Branch
+) -> Iterator[MountedBranch]:
     """:func:`branchfs_branch` mounted at ``tmp_path/"mnt"``; unmounted after the test.
 
     Skips the test, with the reason, where FUSE cannot be used.
@@ -84,8 +87,8 @@ def branchfs_mount(tmp_path: Path, branchfs_branch: Branch) -> Iterator[MountedB
 
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    with mounted(branchfs_branch.store, mountpoint, branchfs_branch.name) as path:
-        yield MountedBranch(path, branchfs_branch, branchfs_branch.store)
+    with mounted(branchfs_store, mountpoint, branchfs_branch.name) as path:
+        yield MountedBranch(path, branchfs_branch, branchfs_store)
 
 
 __all__ = ["MountedBranch", "branchfs_branch", "branchfs_mount", "branchfs_store"]

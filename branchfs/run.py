@@ -28,14 +28,12 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TypeAlias
+from typing import IO, TypeAlias
 
+from .engine import check_branch
 from .errors import BranchFSError
-from .mount import MountError, check_fuse, mounted
+from .mount import MountError, StoreRef, check_fuse, mounted
 from .spawner import Spawner, mounted_by
-
-if TYPE_CHECKING:
-    from .store import Store
 
 #: A command: an argv list (run as is) or a string (run by ``/bin/sh -c``).
 Command: TypeAlias = str | Sequence[str]
@@ -227,7 +225,7 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
 
 
 def run(
-    store: Store | str | os.PathLike[str],
+    store: StoreRef,
     branch: str,
     command: Command,
     *,
@@ -258,12 +256,11 @@ def run(
     Raises :class:`~branchfs.BranchNotFound`, :class:`~branchfs.mount.MountError`,
     :class:`NamespaceError` (``at`` where namespaces are refused).
     """
-    from .store import Store
-
     argv = argv_of(command)
-    store_path = os.path.abspath(os.fspath(store.path if isinstance(store, Store) else store))
-    with Store.open(store_path) as s:
-        s.branch(branch)  # BranchNotFound before anything is mounted
+    store_path = os.path.abspath(
+        os.fspath(store if isinstance(store, (str, os.PathLike)) else store.path)
+    )
+    check_branch(store_path, branch)  # BranchNotFound before anything is mounted
     target = resolve_at(at) if at is not None else None
     if target is not None:
         check_namespaces()
