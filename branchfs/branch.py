@@ -451,7 +451,7 @@ class Branch(PathTree):
 
     def export_dir(self, dest: PathArg, source: PathArg = "", *, progress: Progress = None) -> int:
         """Copy ``source`` of this branch into the real directory ``dest``; returns files copied."""
-        from .transfer import export_dir
+        from .export import export_dir
 
         return export_dir(self, dest, source, progress=progress)
 

@@ -1,4 +1,5 @@
-"""Copy a real directory into a branch (:func:`import_dir`) and out of one (:func:`export_dir`).
+"""Copy a real directory into a branch (:func:`import_dir`); :mod:`branchfs.export` copies one
+out (``export_dir``).
 
 Both keep regular files (holes stay holes), directories, symlinks, hard links, FIFOs, modes
 (setuid, setgid and sticky included), owners, nanosecond atime/mtime and extended attributes.
@@ -19,7 +20,6 @@ state of the tree even while other writers change the branch.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -43,11 +43,11 @@ BATCH_ENTRIES = 512
 BATCH_BYTES = 8 << 20
 #: Files larger than this are read and committed piece by piece.
 STREAM_PIECE = 4 << 20
-#: Export hands the kernel up to this many bytes per ``pwritev``.
-WRITE_RUN = 1 << 20
 
-_XATTR_SKIP_ERRNOS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EINVAL)
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Errors that mean "this filesystem does not take that xattr": skipped, not fatal.
+XATTR_SKIP_ERRNOS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EINVAL)
+#: How a directory is opened: never through a symlink.
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # -- import ------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def _xattrs_of(target: int | str, follow: bool = True) -> dict[bytes, bytes]:
     try:
         names = os.listxattr(target, follow_symlinks=follow)
     except OSError as exc:
-        if exc.errno in _XATTR_SKIP_ERRNOS:
+        if exc.errno in XATTR_SKIP_ERRNOS:
             return {}
         raise
     out: dict[bytes, bytes] = {}
@@ -164,7 +164,7 @@ class _Importer:
                 where = dpath + b"/" + name
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        sub = os.open(name, _O_DIR, dir_fd=dfd)
+                        sub = os.open(name, O_DIR, dir_fd=dfd)
                         try:
                             s = os.fstat(sub)
                             nid = self._nid(keep=True)
@@ -489,229 +489,4 @@ def import_dir(
         os.close(root_fd)
 
 
-# -- export ------------------------------------------------------------------------------------
-
-
-def _check_name(name: bytes) -> None:
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise StoreCorrupt(f"the tree holds an impossible name {name!r}; run fsck")
-
-
-class _Exporter:
-    """Writes one tree of a read transaction into a directory it owns by descriptor."""
-
-    def __init__(self, v: View, root_fd: int, dest: bytes, progress: Progress) -> None:
-        self.v = v
-        self.root_fd = root_fd
-        self.dest = dest
-        self.progress = progress
-        self.root = os.geteuid() == 0
-        self.first_name: dict[int, tuple[tuple[bytes, ...], bytes]] = {}
-        self.files = 0
-        self.skipped = 0
-
-    def run(self, source: paths.PathArg) -> int:
-        v = self.v
-        root_ino = paths.resolve(v, source)
-        root_rec = tree.get_dir(v, root_ino)
-        seen = {root_ino}
-        stack: list[tuple[int, Inode, tuple[bytes, ...], list[tuple[bytes, int]]]] = []
-        stack.append((self.root_fd, root_rec, (), list(reversed(v.list_dir(root_ino)))))
-        try:
-            while stack:
-                dfd, drec, comps, pending = stack[-1]
-                if not pending:
-                    stack.pop()
-                    self._attrs_fd(dfd, drec)
-                    if dfd != self.root_fd:
-                        os.close(dfd)
-                    continue
-                name, ino = pending.pop()
-                _check_name(name)
-                rec = v.inode(ino)
-                if rec is None:
-                    raise StoreCorrupt(f"entry {name!r} names a missing inode {ino}; run fsck")
-                try:
-                    if rec.is_dir:
-                        if ino in seen:
-                            raise StoreCorrupt(f"directory inode {ino} appears twice; run fsck")
-                        seen.add(ino)
-                        os.mkdir(name, 0o700, dir_fd=dfd)
-                        sub = os.open(name, _O_DIR, dir_fd=dfd)
-                        stack.append((sub, rec, (*comps, name), list(reversed(v.list_dir(ino)))))
-                    else:
-                        self._leaf(dfd, comps, name, ino, rec)
-                except OSError as exc:
-                    where = b"/".join((self.dest, *comps, name))
-                    raise with_path(exc, os.fsdecode(where)) from None
-        finally:
-            for dfd, _r, _c, _p in stack:
-                if dfd != self.root_fd:
-                    os.close(dfd)
-        if self.progress is not None:
-            self.progress(self.files)
-        return self.files
-
-    def _leaf(self, dfd: int, comps: tuple[bytes, ...], name: bytes, ino: int, rec: Inode) -> None:
-        if len(rec.links) > 1:
-            first = self.first_name.get(ino)
-            if first is not None:
-                self._hard_link(first, dfd, name)
-                self._count()
-                return
-        mode = rec.mode
-        if st.S_ISREG(mode):
-            fd = os.open(
-                name,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=dfd,
-            )
-            try:
-                self._write_data(fd, ino, rec)
-                self._attrs_fd(fd, rec)
-            finally:
-                os.close(fd)
-        elif st.S_ISLNK(mode):
-            os.symlink(rec.inline or b"", name, dir_fd=dfd)
-            if self.root:
-                os.chown(name, rec.uid, rec.gid, dir_fd=dfd, follow_symlinks=False)
-            proc = f"/proc/self/fd/{dfd}/{os.fsdecode(name)}"
-            for key, value in rec.xattrs.items():
-                _set_xattr(proc, key, value, follow=False)
-            os.utime(name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=dfd, follow_symlinks=False)
-        elif st.S_ISFIFO(mode):
-            os.mkfifo(name, 0o600, dir_fd=dfd)
-            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=dfd)
-            try:
-                self._attrs_fd(fd, rec)
-            finally:
-                os.close(fd)
-        else:
-            self.skipped += 1
-            log.info("export_dir skips %r: sockets and device files are not copied", name)
-            return
-        if len(rec.links) > 1:
-            self.first_name[ino] = (comps, name)
-        self._count()
-
-    def _count(self) -> None:
-        self.files += 1
-        if self.progress is not None and self.files % 1000 == 0:
-            self.progress(self.files)
-
-    def _hard_link(self, first: tuple[tuple[bytes, ...], bytes], dfd: int, name: bytes) -> None:
-        comps, first_name = first
-        pfd = self.root_fd
-        try:
-            for comp in comps:
-                nfd = os.open(comp, _O_DIR, dir_fd=pfd)
-                if pfd != self.root_fd:
-                    os.close(pfd)
-                pfd = nfd
-            os.link(first_name, name, src_dir_fd=pfd, dst_dir_fd=dfd, follow_symlinks=False)
-        finally:
-            if pfd != self.root_fd:
-                os.close(pfd)
-
-    def _write_data(self, fd: int, ino: int, rec: Inode) -> None:
-        size = rec.size
-        if rec.inline is not None:
-            data = memoryview(rec.inline)[:size]
-            while data:
-                data = data[os.write(fd, data) :]
-            if len(rec.inline) >= size:
-                return
-        else:
-            get = self.v.chunks.get
-            txn = self.v.txn
-            run: list[bytes | memoryview] = []
-            run_start = run_end = 0
-            for idx, key in visible_extents(self.v, ino, size):
-                offset = idx * CHUNK_SIZE
-                if run and (offset != run_end or run_end - run_start >= WRITE_RUN):
-                    _pwrite_all(fd, run, run_start)
-                    run = []
-                chunk = get(txn, key)[: max(0, size - offset)]
-                if not run:
-                    run_start = offset
-                run.append(chunk)
-                run_end = offset + len(chunk)
-            if run:
-                _pwrite_all(fd, run, run_start)
-        os.ftruncate(fd, size)
-
-    def _attrs_fd(self, fd: int, rec: Inode) -> None:
-        # Order matters: chown clears setuid bits and file capabilities, and an ACL xattr
-        # rewrites the group mode bits, so the mode goes last, then the times.
-        if self.root:
-            os.fchown(fd, rec.uid, rec.gid)
-        for key, value in rec.xattrs.items():
-            _set_xattr(fd, key, value)
-        os.fchmod(fd, st.S_IMODE(rec.mode))
-        os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
-
-
-def _pwrite_all(fd: int, bufs: list[bytes | memoryview], offset: int) -> None:
-    total = sum(len(b) for b in bufs)
-    done = os.pwritev(fd, bufs, offset)
-    if done < total:  # short write: finish it piece by piece
-        rest = b"".join(bufs)[done:]
-        while rest:
-            n = os.pwrite(fd, rest, offset + done)
-            done += n
-            rest = rest[n:]
-
-
-def _set_xattr(target: int | str, key: bytes, value: bytes, follow: bool = True) -> None:
-    try:
-        os.setxattr(target, key, value, follow_symlinks=follow)
-    except OSError as exc:
-        if exc.errno not in _XATTR_SKIP_ERRNOS:
-            raise
-        log.info("export_dir cannot set xattr %r here (%s); skipped", key, exc.strerror)
-
-
-def _open_dest(dest: bytes) -> int:
-    """A descriptor of the destination directory, created if missing; it must be empty."""
-    with contextlib.suppress(FileExistsError):
-        os.makedirs(dest, mode=0o700)
-    try:
-        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except NotADirectoryError:
-        raise FileExistsError(
-            errno.EEXIST,
-            "export_dir needs a new or empty directory, and this is a file",
-            os.fsdecode(dest),
-        ) from None
-    if os.listdir(fd):
-        os.close(fd)
-        raise FileExistsError(
-            errno.EEXIST,
-            "export_dir writes only into a new or empty directory, and this one is not empty",
-            os.fsdecode(dest),
-        )
-    return fd
-
-
-def export_dir(
-    branch: BoundTree, dest: paths.PathArg, source: paths.PathArg = "", progress: Progress = None
-) -> int:
-    """Copy directory ``source`` of ``branch`` into the real directory ``dest``.
-
-    ``dest`` is created (with its parents) or must be an empty directory, else
-    ``FileExistsError``. It receives the attributes of ``source``. Owners are restored
-    only when running as root; xattrs the destination refuses are skipped with a log note.
-    Returns the number of non-directory entries written, hard links included.
-    """
-    target = os.fsencode(dest)
-    root_fd = _open_dest(target)
-    try:
-        return branch.read_view(
-            lambda v: _Exporter(v, root_fd, target.rstrip(b"/") or b"/", progress).run(source)
-        )
-    finally:
-        os.close(root_fd)
-
-
-__all__ = ["export_dir", "import_dir", "visible_extents"]
+__all__ = ["Progress", "import_dir", "visible_extents"]
