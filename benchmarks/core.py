@@ -1,4 +1,4 @@
-"""The in-process Python API against the cost targets (docs/architecture.md, "Contracts", 2).
+"""The in-process Python API against the cost targets (docs/architecture.md, Contracts, item 2).
 
 Run ``make bench-core`` (or ``.venv/bin/python benchmarks/core.py [--full]``). Measures, in
 one run and on one disk:
@@ -559,7 +559,8 @@ def doc_body(data: dict[str, Any], tables: str) -> str:
         f"ends {max(t['chain_nogc'] for t in data['trees'].values())} layers deep. "
         "The 4 KiB writes go through "
         "`Branch.open(path, 'r+b', buffering=0)` at random 4 KiB-aligned offsets; every "
-        "chunk of both files exists (one deduplicated pattern). Targets are the cost contract (docs/architecture.md, "Contracts", 2).",
+        "chunk of both files exists (one deduplicated pattern). Targets are the cost "
+        "contract (docs/architecture.md, Contracts, item 2).",
         "",
         f"Load average (1 min) when the run started and ended: {data['load'][0]:.1f} and "
         f"{data['load'][1]:.1f}; the machine is shared, so p99 carries other work's noise.",
