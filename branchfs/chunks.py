@@ -56,6 +56,8 @@ class LmdbChunkStore:
 
     def __init__(self, meta: Meta) -> None:
         self.meta = meta
+        #: When a list, :meth:`decref` adds [chunks, bytes] it deletes to it (gc counts).
+        self.tally: list[int] | None = None
 
     @property
     def db(self) -> Database:
@@ -107,6 +109,11 @@ class LmdbChunkStore:
         count = codec.read_u64(raw) if raw is not None else 0
         if count <= 1:
             txn.delete(key, db=self.refs)
+            if self.tally is not None:
+                data = txn.get(key, db=self.db)
+                if data is not None:
+                    self.tally[0] += 1
+                    self.tally[1] += len(data)
             txn.delete(key, db=self.db)
         else:
             txn.put(key, codec.u64(count - 1), db=self.refs)

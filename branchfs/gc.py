@@ -17,7 +17,9 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import lmdb
 
@@ -25,12 +27,17 @@ from .engine import Engine
 from .errors import StoreLocked
 from .layers import NO_LAYER
 
+T = TypeVar("T")
+
 BATCH = 256
 
 
 @dataclass(frozen=True)
 class GcReport:
-    """What a gc run did."""
+    """What a gc run did. ``chunks_freed`` and ``bytes_freed`` are the chunks gc itself
+    deleted and their size, counted inside its own transactions: never negative, whatever
+    writers add meanwhile. The file does not shrink: :meth:`Store.compact` gives the space
+    back to the filesystem."""
 
     layers_removed: int
     layers_squashed: int
@@ -61,9 +68,21 @@ def live_layers(txn: lmdb.Transaction, engine: Engine) -> set[int]:
     return live
 
 
-def _chunk_totals(engine: Engine) -> tuple[int, int]:
-    with engine.meta.read() as txn:
-        return engine.chunks.count(txn), engine.chunks.stored_bytes(txn)
+def _write(engine: Engine, freed: list[int], fn: Callable[[lmdb.Transaction], T]) -> T:
+    """``meta.write(fn)``, adding the chunks and bytes that its committed attempt deleted to
+    ``freed``. Counting inside the transaction makes the figures gc's own, whatever other
+    writers add meanwhile (``meta.write`` serialises this process's writers)."""
+    chunks = engine.chunks
+
+    def counted(txn: lmdb.Transaction) -> tuple[T, int, int]:
+        tally = chunks.tally = [0, 0]  # reset at every attempt: a retried one counts once
+        result = fn(txn)
+        return result, tally[0], tally[1]
+
+    result, n, size = engine.meta.write(counted)
+    freed[0] += n
+    freed[1] += size
+    return result
 
 
 def _children(txn: lmdb.Transaction, engine: Engine) -> dict[int, list[int]]:
@@ -116,9 +135,9 @@ def _finish_squash(txn: lmdb.Transaction, engine: Engine, p: int, c: int) -> boo
     return True
 
 
-def _squash(engine: Engine, p: int, c: int) -> None:
+def _squash(engine: Engine, p: int, c: int, freed: list[int]) -> None:
     """Squash ``c`` into ``p`` in short transactions, then rewire in one more."""
-    meta, layers, records = engine.meta, engine.layers, engine.records
+    layers, records = engine.layers, engine.records
 
     def still_pair(txn: lmdb.Transaction) -> bool:
         return layers.exists(txn, c) and layers.info(txn, c).parent == p
@@ -133,11 +152,11 @@ def _squash(engine: Engine, p: int, c: int) -> None:
             return 0
         return records.move_dirents_down(txn, p, c, _below_of(txn, engine, p), BATCH)
 
-    while meta.write(inodes) == BATCH:
+    while _write(engine, freed, inodes) == BATCH:
         pass
-    while meta.write(dirents) == BATCH:
+    while _write(engine, freed, dirents) == BATCH:
         pass
-    meta.write(lambda txn: _finish_squash(txn, engine, p, c))
+    _write(engine, freed, lambda txn: _finish_squash(txn, engine, p, c))
 
 
 def delete_layer(txn: lmdb.Transaction, engine: Engine, lid: int) -> int:
@@ -192,7 +211,7 @@ def collect(engine: Engine) -> GcReport:
             raise StoreLocked(
                 f"another gc is running on {meta.path}; wait for it to finish and run gc again"
             ) from None
-        chunks_before, bytes_before = _chunk_totals(engine)
+        freed = [0, 0]  # chunks, bytes
         with meta.read() as txn:
             live = live_layers(txn, engine)
             dead = [info.id for info in layers.all(txn) if info.id not in live]
@@ -206,7 +225,7 @@ def collect(engine: Engine) -> GcReport:
                 layers.delete(txn, lid)
 
             while True:
-                n = meta.write(batch)
+                n = _write(engine, freed, batch)
                 removed += n
                 if n < BATCH:
                     break
@@ -217,18 +236,18 @@ def collect(engine: Engine) -> GcReport:
                 pair = _squash_candidate(txn, engine)
             if pair is None:
                 break
-            _squash(engine, *pair)
+            _squash(engine, *pair, freed)
             squashed += 1
-        chunks_after, bytes_after = _chunk_totals(engine)
         return GcReport(
             layers_removed=len(dead),
             layers_squashed=squashed,
             records_removed=removed,
-            chunks_freed=chunks_before - chunks_after,
-            bytes_freed=bytes_before - bytes_after,
+            chunks_freed=freed[0],
+            bytes_freed=freed[1],
             seconds=time.perf_counter() - started,
         )
     finally:
+        engine.chunks.tally = None
         os.close(fd)
 
 

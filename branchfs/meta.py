@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 import lmdb
 
 from . import keys
+from .damage import DAMAGE_ERRORS, check_size, damaged, refuse_emptied, unreadable
 from .errors import (
-    BranchFSError,
     NotAStore,
     ReadersFull,
     StoreCorrupt,
@@ -105,14 +105,6 @@ except (OSError, AttributeError):  # not Linux: the store works, without preallo
     _fallocate = None
 
 
-#: LMDB errors that mean the file is damaged or truncated, never a mistake of the caller.
-DAMAGE_ERRORS: tuple[type[lmdb.Error], ...] = (
-    lmdb.CorruptedError,
-    lmdb.PageNotFoundError,
-    lmdb.PanicError,
-    lmdb.InvalidError,
-    lmdb.VersionMismatchError,
-)
 #: A process clears reader slots left by dead processes at most this often (and always
 #: when the table is full): a stale slot pins old pages for at most this long of writes.
 READER_CHECK_S = 1.0
@@ -122,64 +114,6 @@ MOVED_KEY = b"compacting"
 COMPACT_LOCK = "compact.lock"
 #: How long a process waits for its own other transactions before following a compaction.
 REOPEN_WAIT_S = 60.0
-
-
-def damaged(path: str, exc: BaseException) -> StoreCorrupt:
-    """The :class:`StoreCorrupt` for an LMDB error that means a damaged file."""
-    return StoreCorrupt(
-        f"the store at {path} is damaged ({exc}); run `branchfs fsck {path}` to see what is "
-        "hurt, and restore what it lists from a backup"
-    )
-
-
-def _wait_for_creator(path: str) -> None:
-    """Wait until a process creating the environment at ``path`` has written its header.
-
-    LMDB holds an exclusive ``fcntl`` lock on byte 0 of ``lock.mdb`` while it initializes a
-    new environment and downgrades it to shared afterwards (``mdb_env_setup_locks``).
-    """
-    try:
-        fd = os.open(os.path.join(path, "lock.mdb"), os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0, os.SEEK_SET)
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0, os.SEEK_SET)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)  # this process holds no lock of its own on lock.mdb yet
-
-
-def _refuse_emptied(path: str, data_file: str) -> None:
-    """Refuse a ``data.mdb`` truncated to 0 bytes, which LMDB would silently re-create."""
-    try:
-        if os.stat(data_file).st_size:
-            return
-    except FileNotFoundError:
-        return
-    _wait_for_creator(path)
-    if os.stat(data_file).st_size == 0:
-        raise StoreCorrupt(
-            f"{data_file} is empty: the store was truncated (or its creation was interrupted "
-            f"before anything was stored). Restore {path} from a backup; if it never held "
-            "anything, delete it and create it again"
-        )
-
-
-def _unreadable(path: str, data_file: str, exc: lmdb.Error) -> BranchFSError:
-    """What an ``MDB_INVALID`` at open means: a truncated, damaged or foreign file."""
-    size = os.stat(data_file).st_size if os.path.exists(data_file) else 0
-    if size < 2 * 4096:
-        return StoreCorrupt(
-            f"{data_file} is truncated ({size:,} bytes, shorter than LMDB's two meta pages); "
-            f"restore {path} from a backup"
-        )
-    return NotAStore(
-        f"{path} cannot be read as a branchfs store: data.mdb is not an LMDB file this "
-        f"version reads ({exc}); its header (LMDB's meta pages) is damaged or it belongs to "
-        "something else. Restore the store from a backup"
-    )
 
 
 class Meta:
@@ -220,7 +154,7 @@ class Meta:
     def _open(self, map_size: int, create: bool) -> None:
         """Open the environment, check it against its own header, open the databases."""
         for _attempt in range(3):
-            _refuse_emptied(self.path, self.data_file)
+            refuse_emptied(self.path, self.data_file)
             try:
                 before = os.stat(self.data_file).st_ino
             except FileNotFoundError:
@@ -238,7 +172,7 @@ class Meta:
             os.close(self._data_fd)
         try:
             self.env.reader_check()
-            self._check_size()
+            check_size(self.env, self._data_fd, self.path)
             self._open_dbs(create)
         except DAMAGE_ERRORS as exc:
             self._close_files()
@@ -275,29 +209,13 @@ class Meta:
                 f"{self.path}/lock.mdb` lists them"
             ) from exc
         except lmdb.InvalidError as exc:
-            raise _unreadable(self.path, self.data_file, exc) from exc
+            raise unreadable(self.path, self.data_file, exc) from exc
         except DAMAGE_ERRORS as exc:
             raise damaged(self.path, exc) from exc
         except lmdb.Error as exc:
             if _is_enospc(exc):
                 raise os_error(errno.ENOSPC, self.path) from exc
             raise NotAStore(f"{self.path} cannot be opened as a branchfs store: {exc}") from exc
-
-    def _check_size(self) -> None:
-        """Refuse a ``data.mdb`` shorter than LMDB's newest meta page says it is.
-
-        LMDB maps the file and would read past its end (SIGBUS, the process dies) instead
-        of reporting an error. A commit writes its pages before the meta page that names
-        them and the file never shrinks in place, so a shorter file is a truncated one.
-        """
-        psize = self.env.stat()["psize"]
-        needed = (self.env.info()["last_pgno"] + 1) * psize
-        size = os.fstat(self._data_fd).st_size
-        if size < needed:
-            raise StoreCorrupt(
-                f"{self.data_file} is truncated: it is {size:,} bytes, but LMDB's meta page "
-                f"says its pages reach {needed:,} bytes. Restore {self.path} from a backup"
-            )
 
     def _close_files(self) -> None:
         self.env.close()

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import lmdb
@@ -305,3 +306,35 @@ def test_fsck_finds_an_inode_no_entry_names(store: Store) -> None:
     assert [(p.kind, p.where) for p in problems] == [
         ("orphaned-inode", f"branch main:inode {ino}")
     ], problems
+
+
+def test_gc_figures_are_its_own_beside_a_writer(store: Store) -> None:
+    """GcReport counts what gc deleted, never minus what a writer added meanwhile."""
+    main = store.create_branch("main")
+    main.write_bytes("keep", b"k")
+    store.fork("main", "dead")
+    dead = store.branch("dead")
+    for i in range(600):  # more than a discard tidies on the spot
+        dead.write_bytes(f"f{i}", b"x")
+    unique = os.urandom(5 * 65536)
+    dead.write_bytes("big", unique)
+    store.discard("dead")
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            main.write_bytes(f"new{i % 50}", os.urandom(70_000))
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        report = store.gc()
+    finally:
+        stop.set()
+        t.join()
+    assert report.chunks_freed == 5
+    assert report.bytes_freed == len(unique)
+    assert report.layers_removed >= 1
+    assert store.fsck().ok
