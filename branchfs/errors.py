@@ -105,6 +105,11 @@ class Conflict:
         return f"{self.kind} conflict at {self.path}: ours={self.ours!r}, theirs={self.theirs!r}"
 
 
+class MountError(BranchFSError):
+    """A mount or unmount could not be done; the message says why and what to do (the
+    daemon's ``fusermount3`` refusal included)."""
+
+
 class MergeConflict(BranchFSError):
     """A merge found conflicts; the target was left exactly as it was.
 

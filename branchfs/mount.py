@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from .errors import BranchFSError
+from .errors import MountError
 from .jsontypes import JSONObject
 from .notices import Registration, find_registration, mounts_dir
 
@@ -43,10 +43,6 @@ StoreRef = HasPath | str | os.PathLike[str]
 
 #: How long ``mount`` waits for the daemon to answer before giving up.
 START_TIMEOUT = 30.0
-
-
-class MountError(BranchFSError):
-    """A mount or unmount could not be done; the message says why and what to do."""
 
 
 # -- registrations and the ctl client ------------------------------------------------------

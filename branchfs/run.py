@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import IO, TypeAlias
 
 from .engine import check_branch
-from .errors import BranchFSError
-from .mount import MountError, StoreRef, check_fuse, mounted
+from .errors import BranchFSError, MountError
+from .mount import StoreRef, check_fuse, mounted
 from .spawner import Spawner, mounted_by
 
 #: A command: an argv list (run as is) or a string (run by ``/bin/sh -c``).

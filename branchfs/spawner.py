@@ -20,7 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .mount import START_TIMEOUT, MountError, check_fuse, check_mountpoint, clean_stale, is_stale
+from .errors import MountError
+from .mount import START_TIMEOUT, check_fuse, check_mountpoint, clean_stale, is_stale
 from .notices import mounts_dir
 
 

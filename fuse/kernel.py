@@ -20,6 +20,8 @@ import struct
 import subprocess
 from dataclasses import dataclass
 
+from branchfs.errors import MountError as MountError  # K.MountError: fusermount3 refused
+
 # -- opcodes --------------------------------------------------------------------------------
 LOOKUP = 1
 FORGET = 2
@@ -434,10 +436,6 @@ def cstrings(body: memoryview | bytes, count: int) -> list[bytes]:
         out.append(raw[start:end])
         start = end + 1
     return out
-
-
-class MountError(Exception):
-    """fusermount3 refused the mount; the message is its own."""
 
 
 def mount(mountpoint: str, options: tuple[str, ...]) -> int:
