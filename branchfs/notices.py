@@ -46,6 +46,9 @@ class Registration:
     branch: str
     mountpoint: str
     socket: str
+    #: Other branches the daemon shows under ``.branchfs/branches/`` (their changes must
+    #: reach it too).
+    views: tuple[str, ...] = ()
 
     def alive(self) -> bool:
         """Whether the daemon process still runs (a zombie waiting to be reaped does not)."""
@@ -70,13 +73,28 @@ def mounts_dir(store_path: str) -> str:
     return os.path.join(store_path, MOUNTS_DIR)
 
 
-def register(store_path: str, branch: str, mountpoint: str, sock_name: str) -> str:
-    """Record a daemon serving ``branch`` at ``mountpoint``; returns the file to remove later."""
+def register(
+    store_path: str,
+    branch: str,
+    mountpoint: str,
+    sock_name: str,
+    *,
+    views: tuple[str, ...] = (),
+) -> str:
+    """Record a daemon serving ``branch`` at ``mountpoint`` (and showing ``views``, other
+    branches, under ``.branchfs/``); returns the file to remove later. Called again to
+    change ``views``: the record is replaced atomically."""
     d = mounts_dir(store_path)
     os.makedirs(d, mode=0o700, exist_ok=True)
     path = os.path.join(d, f"{os.getpid()}.json")
     tmp = path + ".tmp"
-    data = {"pid": os.getpid(), "branch": branch, "mountpoint": mountpoint, "socket": sock_name}
+    data = {
+        "pid": os.getpid(),
+        "branch": branch,
+        "mountpoint": mountpoint,
+        "socket": sock_name,
+        "views": list(views),
+    }
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         json.dump(data, fh)
     os.replace(tmp, path)
@@ -99,7 +117,12 @@ def _read_registrations(d: str) -> list[Registration]:
                 data = json.load(fh)
             out.append(
                 Registration(
-                    path, int(data["pid"]), data["branch"], data["mountpoint"], data["socket"]
+                    path,
+                    int(data["pid"]),
+                    data["branch"],
+                    data["mountpoint"],
+                    data["socket"],
+                    tuple(data.get("views", ())),
                 )
             )
         except (OSError, ValueError, KeyError, TypeError):
@@ -177,9 +200,13 @@ def recv_line(sock: socket.socket) -> bytes:
 
 
 def targets(store_path: str, names: tuple[str, ...]) -> list[Registration]:
-    """The other processes' daemons that serve one of the branches ``names``."""
+    """The other processes' daemons that serve or show one of the branches ``names``."""
     me = os.getpid()
-    return [r for r in registrations(store_path) if r.branch in names and r.pid != me]
+    return [
+        r
+        for r in registrations(store_path)
+        if r.pid != me and (r.branch in names or any(n in r.views for n in names))
+    ]
 
 
 def serving(store_path: str, branch: str) -> list[Registration]:

@@ -58,6 +58,10 @@ R = TypeVar("R")
 #: The caller of a request that does not say who it is.
 NOBODY = K.RequestContext(-1, -1, 0)
 
+#: Entry timeout of a tree's root under ``.branchfs/`` (s): a branch may be discarded, or
+#: start being served by another daemon (then its entry becomes a symlink), without a notice.
+ROOT_ENTRY_TIMEOUT = 1.0
+
 #: Directory listings kept for readdir offsets that continue them.
 LISTINGS_MAX = 64
 
@@ -138,9 +142,11 @@ class Bridge:
         """Attributes for a reply that gives the kernel a new reference on ``entry``."""
         self.inodes.looked_up(entry.fino)
         self.holds.hold(entry.key)
-        if entry.fino < ALIAS_BASE and parent < ALIAS_BASE:
-            self.coherence.remember(parent, name)
-        return self.tree.attrs(entry.fino, entry.key, entry.rec)
+        self.coherence.remember(entry.key[0], parent, name)
+        attrs = self.tree.attrs(entry.fino, entry.key, entry.rec)
+        if parent in CONTROL_NODES:  # a tree's root: it may be discarded or served elsewhere
+            attrs.entry_timeout = ROOT_ENTRY_TIMEOUT
+        return attrs
 
     def _new_fh(self, handle: Handle, info: K.FileInfo) -> K.FileInfo:
         fh = self._next_fh
@@ -167,13 +173,14 @@ class Bridge:
             if isinstance(found, int):
                 self.inodes.looked_up(found)
                 return self.ctl.attrs(found)
+            self.coherence.view(found)
             return self._entry(parent, name, self.tree.root_entry(found))
         if parent == ROOT_INO and name == CONTROL_NAME:
             self.inodes.looked_up(CTL_DIR)
             return self.ctl.attrs(CTL_DIR)
-        entry = self.tree.lookup(parent, name)
+        tree, entry = self.tree.lookup(parent, name)
         if entry is None:
-            self.coherence.remember(parent, name)
+            self.coherence.remember(tree, parent, name)
             neg = K.EntryAttributes()
             neg.st_ino = 0
             neg.entry_timeout = TIMEOUT
@@ -239,6 +246,7 @@ class Bridge:
         """mkdir; under ``.branchfs/branches`` it forks, under ``snapshots`` it snapshots."""
         if parent in (BRANCHES, SNAPSHOTS):
             tree = self.ctl.mkdir(parent, name)
+            self.coherence.view(tree)
             return self._entry(parent, name, self.tree.root_entry(tree))
         entry = self.tree.make(parent, name, st.S_IFDIR | (mode & 0o7777), ctx)
         return self._entry(parent, name, entry)
@@ -455,6 +463,13 @@ class Bridge:
                     self.inodes.looked_up(num)
                 i += 1
                 continue
+            if fino in CONTROL_NODES:
+                # A tree's root under branches/ or snapshots/: its name only. The kernel
+                # gets it by LOOKUP, which registers the view (see Coherence.view).
+                if not out.add_dot(name, num, base | (i + 3)):
+                    return
+                i += 1
+                continue
             # One read transaction per batch of entries of the same tree.
             batch_tree = tree
             j = i
@@ -472,8 +487,7 @@ class Bridge:
                 if out.plus:  # the kernel took a reference and may cache the name
                     self.inodes.looked_up(efino)
                     self.holds.hold(key)
-                    if not alias:
-                        self.coherence.remember(fino, ename)
+                    self.coherence.remember(batch_tree, fino, ename)
             i = j
 
     @op

@@ -1,15 +1,17 @@
-"""Coherence of the mounted view: what the kernel and the daemon cache, and when it goes.
+"""Coherence of every view: what the kernel and the daemon cache, and when it goes.
 
-The mounted view answers with long entry and attribute timeouts, so the kernel serves
-repeated stats and reads itself; the daemon keeps the mounted tree's inode records, so
-getattr and getxattr need no transaction. This module owns both caches' bookkeeping:
+Every view (the mounted tree, and each branch and snapshot under ``.branchfs/``) answers
+with long entry and attribute timeouts, so the kernel serves repeated stats, lookups and
+reads itself; the daemon also keeps the mounted tree's inode records, so getattr and
+getxattr need no transaction. Each tree has one kernel identity per daemon (the mounted
+branch's entry under ``branches/`` is a symlink to the root), so a change made through a
+view is one the kernel saw. This module owns the bookkeeping of both caches:
 
 * every transaction on a tree of the store goes through :meth:`Coherence.read` /
   :meth:`Coherence.write`, which keep the record cache exact;
-* stale tracking: a change that reached the mounted tree by another way than the mounted
-  view (an alias under ``.branchfs/``, ``ctl merge``/``reset``, another process) marks the
-  whole view or one inode stale, and :meth:`Coherence.take_work` turns that into kernel
-  invalidations run off the request loop;
+* stale tracking: a change that reached a tree another way (``ctl merge``/``reset``,
+  another process) marks that tree stale, and :meth:`Coherence.take_work` turns that into
+  kernel invalidations of the names and inodes of that view, run off the request loop;
 * change notices (:mod:`branchfs.notices`): the store reports the branches this daemon
   changed to :attr:`Coherence.changes`, announced to other daemons after the request, and
   :meth:`Coherence.serve_notifications` answers other processes' notices, in a thread of
@@ -69,15 +71,21 @@ class Coherence:
         #: mounted tree goes through :meth:`forget_main`, which drops the whole cache
         #: before the kernel's.
         self.records: dict[int, Inode] = {}
-        #: ``(parent, name)`` pairs the kernel may cache (positive or negative entries).
-        self.kentries: set[tuple[int, bytes]] = set()
+        #: ``(parent, name)`` pairs the kernel may cache (positive or negative entries),
+        #: by the tree they name something in.
+        self.kentries: dict[TreeRef, set[tuple[int, bytes]]] = {}
+        self._nkentries = 0
         #: Branches this daemon changed, to announce to other daemons after the request:
         #: the observer the daemon opened its store with.
         self.changes = notices.Pending()
-        #: The mounted view changed behind the kernel's back: drop all of it.
-        self.main_stale = False
-        #: Engine inodes of the mounted view whose attributes or pages changed elsewhere.
-        self.stale_inodes: set[int] = set()
+        #: Trees changed behind the kernel's back: drop all of their views.
+        self.stale: set[TreeRef] = set()
+        #: Branches the kernel has views of, besides the mounted one; other processes'
+        #: changes to them must reach this daemon (see :attr:`on_view`).
+        self.viewed: set[str] = set()
+        #: Called with every branch name in :attr:`viewed` when one is added (the daemon
+        #: re-registers, so that notices of those branches reach it).
+        self.on_view: Callable[[tuple[str, ...]], None] = lambda _names: None
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -90,13 +98,11 @@ class Coherence:
         tree: TreeRef,
         fn: Callable[[View], R],
         *,
-        alias: bool = False,
         keep: tuple[int, ...] = (),
     ) -> R:
         """Run ``fn`` in a write transaction on ``tree``, keeping the record cache exact.
 
-        ``alias``: the change came through a view under ``.branchfs/``, so the kernel's
-        caches of the mounted view do not know it. ``keep``: engine inodes whose records
+        ``keep``: engine inodes whose records
         the kernel asks for next (a parent whose mtime changed), read at the end of the
         same transaction and cached once it committed. Raises ``ReadOnlyError`` for a
         snapshot, and whatever ``fn`` raises.
@@ -124,8 +130,6 @@ class Coherence:
         for ino, rec in kept:
             if rec is not None:
                 self.cache_record((tree, ino), rec)
-        if alias:
-            self.main_stale = True
         return result
 
     def _forget_records(self, views: list[View]) -> None:
@@ -168,22 +172,37 @@ class Coherence:
 
     # -- stale tracking -------------------------------------------------------------------------
 
-    def remember(self, parent: int, name: bytes) -> None:
-        """Note a name the kernel may cache, to invalidate it when the tree changes."""
-        self.kentries.add((parent, name))
-        if len(self.kentries) > KENTRIES_MAX:
-            self.main_stale = True  # forget everything once rather than grow without bound
+    def remember(self, tree: TreeRef, parent: int, name: bytes) -> None:
+        """Note a name in ``tree`` the kernel may cache, to invalidate it when it changes."""
+        names = self.kentries.get(tree)
+        if names is None:
+            names = self.kentries[tree] = set()
+        if (parent, name) not in names:
+            names.add((parent, name))
+            self._nkentries += 1
+            if self._nkentries > KENTRIES_MAX:
+                self.stale.update(self.kentries)  # forget once rather than grow without bound
 
-    def inode_changed_elsewhere(self, key: Key) -> None:
-        """A data or attribute change to ``key`` came through an alias of the mounted tree."""
-        if key[0] == self.main:
-            self.stale_inodes.add(key[1])
+    def view(self, tree: TreeRef) -> None:
+        """The kernel got a view of ``tree`` (its root under ``.branchfs/``).
+
+        Called before the tree is read for the reply, so that a change committed after the
+        read is announced to this daemon.
+        """
+        if tree.snapshot or tree == self.main or tree.name in self.viewed:
+            return
+        self.viewed.add(tree.name)
+        self.on_view(tuple(sorted(self.viewed)))
+
+    def changed(self, tree: TreeRef) -> None:
+        """``tree`` changed behind the kernel's back (``ctl merge``/``reset``)."""
+        self.stale.add(tree)
 
     def take_work(self) -> Work:
         """What must happen before the current request's reply (called after each request).
 
         Other daemons are told about branches this request changed, and the kernel forgets
-        what it cached of the mounted view if a change reached it by another way.
+        what it cached of the views of trees changed by another way.
         """
         work: Work = []
         names = self.changes.take()
@@ -191,30 +210,36 @@ class Coherence:
             regs = notices.targets(self.store.path, names)
             if regs:
                 work.append(lambda: notices.poke_all(regs, names))
-        invalidate = self.invalidator
-        if self.main_stale:
-            self.main_stale = False
-            self.stale_inodes.clear()
-            entries, inos = self.forget_main()
-            work.append(lambda: invalidate(entries, inos))
-        if self.stale_inodes:
-            stale = list(self.stale_inodes)
-            self.stale_inodes.clear()
-            work.append(lambda: invalidate([], stale))
+        if self.stale:
+            stale, self.stale = self.stale, set()
+            drops = [self.forget_tree(tree) for tree in stale]
+            invalidate = self.invalidator
+
+            def run() -> None:
+                for entries, inos in drops:
+                    invalidate(entries, inos)
+
+            work.append(run)
         return work
 
     def forget_main(self) -> tuple[list[tuple[int, bytes]], list[int]]:
         """Drop the daemon's caches of the mounted view; what the kernel must drop too."""
-        self.records.clear()
+        return self.forget_tree(self.main)
+
+    def forget_tree(self, tree: TreeRef) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """Drop the daemon's caches of ``tree``'s view: the names and inodes the kernel must
+        drop too (entries as ``(parent, name)``, fuse inodes)."""
+        if tree == self.main:
+            self.records.clear()
         for forget in self.on_forget:
             forget()
-        entries = list(self.kentries)
-        self.kentries.clear()
-        inos = self.inodes.main_inodes()
-        if ROOT_INO not in inos:
+        names = self.kentries.pop(tree, set())
+        self._nkentries -= len(names)
+        inos = self.inodes.tree_inodes(tree)
+        if tree == self.main and ROOT_INO not in inos:
             inos.append(ROOT_INO)
         self.stats.event("invalidations")
-        return entries, inos
+        return list(names), inos
 
     # -- notices from other processes -----------------------------------------------------------
 
@@ -237,8 +262,10 @@ class Coherence:
                 log.warning("a change notification failed", exc_info=True)
 
     def _on_notice(self, names: list[str]) -> None:
-        """Another process changed ``names``: drop what the kernel caches of the mounted view."""
-        if self.main.name in names:
+        """Another process changed ``names``: drop what the kernel caches of their views."""
+        for name in names:
+            if name != self.main.name and name not in self.viewed:
+                continue
             with self.lock:
-                entries, inos = self.forget_main()
+                entries, inos = self.forget_tree(TreeRef(name))
             self.invalidator(entries, inos)

@@ -51,6 +51,8 @@ from .writeback import WriteBack
 
 #: Entry and attribute timeout of the control nodes that never change.
 TIMEOUT = 600.0
+#: Attribute timeout of ``branches`` and ``snapshots`` (s): how old their listing may be.
+LISTING_TIMEOUT = 1.0
 #: Where ``branches/<mounted branch>`` leads: the mount root, seen from ``branches``.
 SELF_TARGET = b"../.."
 
@@ -142,7 +144,8 @@ class ControlDir:
         """
         found = {n: SELF_LINK for n in names if n == self.main.name}
         others = [n for n in names if n != self.main.name]
-        regs = [r for r in notices.targets(self.store.path, tuple(others)) if r.alive()]
+        regs = notices.targets(self.store.path, tuple(others))
+        regs = [r for r in regs if r.branch in others and r.alive()]
         if regs:
             visible = mounted_here()
             for r in sorted(regs, key=lambda r: r.pid):
@@ -167,11 +170,12 @@ class ControlDir:
             a.st_nlink = 2
         elif fino in (BRANCHES, SNAPSHOTS):
             a.entry_timeout = TIMEOUT
-            a.attr_timeout = 0.0
+            a.attr_timeout = LISTING_TIMEOUT
             a.st_mode = st.S_IFDIR | 0o755
             a.st_nlink = 2
             # A new mtime at every look makes the kernel drop its cached listing, which
-            # cannot know about branches made elsewhere.
+            # cannot know about branches made elsewhere; looks come at most once a
+            # LISTING_TIMEOUT, so a path walk through here rarely costs a request.
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = time.time_ns()
         elif fino == CTL_FILE:
             a.entry_timeout = TIMEOUT
@@ -337,6 +341,7 @@ class ControlDir:
             self.wb.flush_all()
         self.co.records.clear()
         answer = control.run(self.store, self.main.name, cmd)
-        if answer.get("ok") and self.main.name in cmd.changes(self.main.name):
-            self.co.main_stale = True
+        if answer.get("ok"):
+            for name in cmd.changes(self.main.name):
+                self.co.changed(TreeRef(name))
         return control.encode(answer)

@@ -136,6 +136,12 @@ def _serve(
     listener.bind(sock_name.encode("latin-1"))
     listener.listen(64)
     reg_path = notices.register(store.path, branch, ops.mountpoint, sock_name)
+
+    def on_view(views: tuple[str, ...]) -> None:
+        # Notices of the branches the kernel has views of must reach this daemon too.
+        notices.register(store.path, branch, ops.mountpoint, sock_name, views=views)
+
+    ops.coherence.on_view = on_view
     signalled = False
 
     def on_signal(_sig: int, _frame: object) -> None:

@@ -9,6 +9,7 @@ from :data:`ALIAS_BASE` up, kept in a two-way table while the kernel knows them.
 
 from __future__ import annotations
 
+import zlib
 from typing import NamedTuple
 
 #: Engine inode numbers stay below this; control nodes and other trees' inodes sit above.
@@ -24,6 +25,11 @@ SELF_LINK = ALIAS_BASE + 6  # .branchfs/branches/<mounted branch>: a symlink to 
 FIRST_LINK = ALIAS_BASE + 16
 #: The trees under .branchfs/ get numbers from here up.
 FIRST_DYNAMIC = ALIAS_BASE + (1 << 32)
+
+#: Stable numbers of the trees under .branchfs/: STABLE_BASE + (tree slot << ENG_BITS) + ino.
+STABLE_BASE = 1 << 61
+ENG_BITS = 36
+SLOTS = 1 << 24
 
 #: The control directory's nodes: its directories, files and symlinks.
 CONTROL_NODES = range(ALIAS_BASE + 1, FIRST_DYNAMIC)
@@ -81,6 +87,8 @@ class InodeMap:
         self.reverse: dict[Key, int] = {}
         self.nlookup: dict[int, int] = {}
         self._next = FIRST_DYNAMIC
+        self._slots: dict[TreeRef, int] = {}
+        self._taken: set[int] = set()
 
     def resolve(self, fino: int) -> Key | None:
         """The tree and engine inode of ``fino``; None for a control node or unknown number."""
@@ -88,13 +96,39 @@ class InodeMap:
             return (self.main, fino)
         return self.aliases.get(fino)
 
+    def _slot(self, tree: TreeRef) -> int | None:
+        """``tree``'s slot of :data:`STABLE_BASE` numbers: from a hash of its name, so the
+        same in every daemon and after restarts (None when every slot near it is taken)."""
+        slot = self._slots.get(tree)
+        if slot is None:
+            want = zlib.crc32(f"{int(tree.snapshot)}{tree.name}".encode()) % SLOTS
+            for probe in range(8):  # another tree of this daemon hashed there: the next one
+                slot = (want + probe) % SLOTS
+                if slot not in self._taken:
+                    break
+            else:
+                return None
+            self._slots[tree] = slot
+            self._taken.add(slot)
+        return slot
+
     def alias(self, tree: TreeRef, eng: int) -> int:
-        """The fuse inode for ``eng`` of ``tree`` seen through the control directory."""
+        """The fuse inode for ``eng`` of ``tree`` seen through the control directory.
+
+        Stable: ``STABLE_BASE + slot << ENG_BITS | eng``, the same whenever the kernel
+        asks again, so ``st_ino`` of a file in a view does not change (git compares it
+        with its index). A number is allocated only for an engine inode too large for
+        that, or a tree without a free slot.
+        """
         key = (tree, eng)
         fino = self.reverse.get(key)
         if fino is None:
-            fino = self._next
-            self._next += 1
+            slot = self._slot(tree) if eng < 1 << ENG_BITS else None
+            if slot is not None:
+                fino = STABLE_BASE + (slot << ENG_BITS) + eng
+            else:
+                fino = self._next
+                self._next += 1
             self.aliases[fino] = key
             self.reverse[key] = fino
         return fino
@@ -127,3 +161,9 @@ class InodeMap:
     def main_inodes(self) -> list[int]:
         """Fuse inodes of the mounted view that the kernel knows."""
         return [f for f in self.nlookup if f < ALIAS_BASE]
+
+    def tree_inodes(self, tree: TreeRef) -> list[int]:
+        """Fuse inodes of ``tree``'s view that the kernel knows."""
+        if tree == self.main:
+            return self.main_inodes()
+        return [f for f, (t, _e) in self.aliases.items() if t == tree]

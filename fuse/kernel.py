@@ -403,7 +403,8 @@ class DirBuffer:
         return self._add(name, entry, attrs.st_ino, attrs.st_mode, next_offset)
 
     def add_dot(self, name: bytes, ino: int, next_offset: int) -> bool:
-        """Append ``.`` or ``..``: a name only, no inode reference for the kernel."""
+        """Append a directory's name only (``.``, ``..``, or one the kernel must look up
+        itself): no attributes and no inode reference for the kernel."""
         return self._add(name, _NO_ENTRY if self.plus else b"", ino, 0o040000, next_offset)
 
     def _add(self, name: bytes, entry: bytes, ino: int, mode: int, next_offset: int) -> bool:

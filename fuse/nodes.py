@@ -92,10 +92,14 @@ class TreeNodes:
         return key
 
     def attrs(self, fino: int, key: Key, rec: Inode) -> K.EntryAttributes:
-        """Attributes of ``rec`` as ``fino``, buffered writes included in size and mtime."""
+        """Attributes of ``rec`` as ``fino``, buffered writes included in size and mtime.
+
+        Every view gets long timeouts: what changes behind the kernel's back is invalidated
+        (:mod:`.coherence`).
+        """
         a = K.EntryAttributes()
         a.st_ino = fino
-        a.entry_timeout = a.attr_timeout = TIMEOUT if fino < ALIAS_BASE else 0.0
+        a.entry_timeout = a.attr_timeout = TIMEOUT
         a.st_mode = rec.mode
         a.st_nlink = rec.nlink if rec.links or key[1] == ROOT_INO else 0
         a.st_uid = rec.uid
@@ -124,11 +128,10 @@ class TreeNodes:
 
     # -- lookup and attributes ------------------------------------------------------------------
 
-    def lookup(self, parent: int, name: bytes) -> Entry | None:
-        """``name`` in ``parent``; None when the mounted view has no such name (a negative
-        entry the kernel may cache). ENOENT in views under ``.branchfs/``."""
+    def lookup(self, parent: int, name: bytes) -> tuple[TreeRef, Entry | None]:
+        """``name`` in ``parent``: its tree, and the entry or None when there is no such
+        name (a negative entry the kernel may cache)."""
         tree, peng = self.key(parent)
-        alias = parent >= ALIAS_BASE
 
         def fn(v: View) -> tuple[int, Inode | None]:
             ino = T.lookup(v, peng, name)
@@ -137,13 +140,11 @@ class TreeNodes:
         try:
             ino, rec = self.co.read(tree, fn)
         except FileNotFoundError:
-            if alias:
-                raise
-            return None
+            return tree, None
         if rec is None:
             raise K.FUSEError(errno.ENOENT)
         self.co.cache_record((tree, ino), rec)
-        return Entry(self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec)
+        return tree, Entry(self.inodes.fuse_ino(tree, ino, parent >= ALIAS_BASE), (tree, ino), rec)
 
     def root_entry(self, tree: TreeRef) -> Entry:
         """The root of ``tree`` as seen under ``.branchfs/`` (ENOENT if no such tree)."""
@@ -179,8 +180,6 @@ class TreeNodes:
 
         rec = self.co.write(tree, fn)
         self.co.cache_record(key, rec)
-        if fino >= ALIAS_BASE:
-            self.co.inode_changed_elsewhere(key)  # only this inode's cache in the mounted view
         return self.attrs(fino, key, rec)
 
     def readlink(self, fino: int) -> bytes:
@@ -225,7 +224,6 @@ class TreeNodes:
         ino, rec = self.co.write(
             tree,
             lambda v: T.make_node(v, peng, name, mode, ctx.uid, ctx.gid, rdev=rdev, target=target),
-            alias=alias,
             keep=(peng,),
         )
         self.co.cache_record((tree, ino), rec)
@@ -235,9 +233,7 @@ class TreeNodes:
         """``O_TMPFILE``: a regular file without a name in directory ``parent``, an orphan
         from the start (deleted at its last release unless ``linkat`` names it)."""
         tree, peng, alias = self._parent(parent)
-        ino, rec = self.co.write(
-            tree, lambda v: T.make_unnamed(v, peng, mode, ctx.uid, ctx.gid), alias=alias
-        )
+        ino, rec = self.co.write(tree, lambda v: T.make_unnamed(v, peng, mode, ctx.uid, ctx.gid))
         self.holds.orphans.add((tree, ino))
         self.co.cache_record((tree, ino), rec)
         return Entry(self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec)
@@ -249,12 +245,10 @@ class TreeNodes:
         if new_parent == ROOT_INO and new_name == CONTROL_NAME:
             raise K.FUSEError(errno.EEXIST)
         tree, eng = self.key(fino)
-        ptree, peng, alias = self._parent(new_parent)
+        ptree, peng, _alias = self._parent(new_parent)
         if ptree != tree:
             raise K.FUSEError(errno.EXDEV)
-        rec = self.co.write(
-            tree, lambda v: T.link(v, eng, peng, new_name), alias=alias, keep=(peng,)
-        )
+        rec = self.co.write(tree, lambda v: T.link(v, eng, peng, new_name), keep=(peng,))
         self.co.cache_record((tree, eng), rec)
         return Entry(fino, (tree, eng), rec)
 
@@ -262,13 +256,13 @@ class TreeNodes:
         """Remove a name; an inode still open or known to the kernel lives on as an orphan."""
         if parent == ROOT_INO and name == CONTROL_NAME:
             raise K.FUSEError(errno.EISDIR)
-        tree, peng, alias = self._parent(parent)
+        tree, peng, _alias = self._parent(parent)
 
         def fn(v: View) -> tuple[int, bool]:
             ino = T.unlink(v, peng, name, keep_orphan=True)
             return ino, self._orphaned(v, tree, ino)
 
-        ino, kept = self.co.write(tree, fn, alias=alias, keep=(peng,))
+        ino, kept = self.co.write(tree, fn, keep=(peng,))
         if kept:
             self.holds.orphans.add((tree, ino))
 
@@ -277,13 +271,13 @@ class TreeNodes:
         directory) lives on as an empty orphan, like a file."""
         if parent == ROOT_INO and name == CONTROL_NAME:
             raise K.FUSEError(errno.EBUSY)
-        tree, peng, alias = self._parent(parent)
+        tree, peng, _alias = self._parent(parent)
 
         def fn(v: View) -> tuple[int, bool]:
             ino = T.rmdir(v, peng, name, keep_orphan=True)
             return ino, self._orphaned(v, tree, ino)
 
-        ino, kept = self.co.write(tree, fn, alias=alias, keep=(peng,))
+        ino, kept = self.co.write(tree, fn, keep=(peng,))
         if kept:
             self.holds.orphans.add((tree, ino))
 
@@ -294,7 +288,7 @@ class TreeNodes:
         for p, n in ((old_parent, old_name), (new_parent, new_name)):
             if p in CONTROL_NODES or (p == ROOT_INO and n == CONTROL_NAME):
                 raise K.FUSEError(errno.EXDEV if p in CONTROL_NODES else errno.EBUSY)
-        tree, op_eng, alias = self._parent(old_parent)
+        tree, op_eng, _alias = self._parent(old_parent)
         ntree, np_eng, _b = self._parent(new_parent)
         if ntree != tree:
             raise K.FUSEError(errno.EXDEV)
@@ -303,7 +297,7 @@ class TreeNodes:
             replaced = T.rename(v, op_eng, old_name, np_eng, new_name, flags)
             return replaced, self._orphaned(v, tree, replaced)
 
-        replaced, kept = self.co.write(tree, fn, alias=alias, keep=(op_eng, np_eng))
+        replaced, kept = self.co.write(tree, fn, keep=(op_eng, np_eng))
         if kept and replaced is not None:
             self.holds.orphans.add((tree, replaced))
 
@@ -374,11 +368,9 @@ class TreeNodes:
                     drop_privs(v, eng, kill_suidgid, member)
 
                 self.co.write(tree, trunc)
-                if fino >= ALIAS_BASE:
-                    self.co.inode_changed_elsewhere(key)
         self.holds.hold(key)
         write_only = flags & os.O_ACCMODE == os.O_WRONLY
-        info = K.FileInfo(keep_cache=fino < ALIAS_BASE, noflush=not writing, direct_io=write_only)
+        info = K.FileInfo(keep_cache=True, noflush=not writing, direct_io=write_only)
         return FileHandle(fino, key, bool(flags & os.O_APPEND)), info
 
     def _privileged(self, rec: Inode, kill_suidgid: bool) -> bool:
@@ -397,7 +389,7 @@ class TreeNodes:
         """The handle of a file just created (CREATE), held like any open file."""
         self.holds.hold(entry.key)
         write_only = flags & os.O_ACCMODE == os.O_WRONLY
-        info = K.FileInfo(keep_cache=entry.fino < ALIAS_BASE, direct_io=write_only)
+        info = K.FileInfo(keep_cache=True, direct_io=write_only)
         return FileHandle(entry.fino, entry.key, bool(flags & os.O_APPEND)), info
 
     def read(
@@ -433,8 +425,6 @@ class TreeNodes:
         if h.append:
             off = self.wb.size(key)
         self.wb.add(key, off, data, drop_privs=self.kill_privs, kill_suidgid=kill_suidgid)
-        if h.fino >= ALIAS_BASE:
-            self.co.inode_changed_elsewhere(key)
         return len(data)
 
     def _clear_setid(self, h: FileHandle, ctx: K.RequestContext) -> None:
@@ -449,8 +439,6 @@ class TreeNodes:
         tree, eng = key
         new = self.co.write(tree, lambda v: T.setattr(v, eng, mode=mode & 0o7777))
         self.co.cache_record(key, new)
-        if h.fino >= ALIAS_BASE:
-            self.co.inode_changed_elsewhere(key)
 
     def flush(self, h: FileHandle) -> None:
         """close(): buffered data reaches the store (close-to-open consistency)."""
@@ -488,9 +476,7 @@ class TreeNodes:
     def setxattr(self, fino: int, name: bytes, value: bytes, flags: int) -> None:
         """Set an extended attribute (XATTR_CREATE / XATTR_REPLACE honoured)."""
         tree, eng = self.key(fino)
-        self.co.write(
-            tree, lambda v: T.setxattr(v, eng, name, value, flags), alias=fino >= ALIAS_BASE
-        )
+        self.co.write(tree, lambda v: T.setxattr(v, eng, name, value, flags))
 
     def listxattr(self, fino: int) -> list[bytes]:
         """Names of the extended attributes."""
@@ -499,4 +485,4 @@ class TreeNodes:
     def removexattr(self, fino: int, name: bytes) -> None:
         """Remove an extended attribute (ENODATA if unset)."""
         tree, eng = self.key(fino)
-        self.co.write(tree, lambda v: T.removexattr(v, eng, name), alias=fino >= ALIAS_BASE)
+        self.co.write(tree, lambda v: T.removexattr(v, eng, name))
