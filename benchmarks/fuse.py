@@ -118,6 +118,16 @@ ROWS: dict[str, tuple[str, float]] = {
     "open+close of a cached file, per call": ("call", 0.0),
     "isatty() of an open file, per call": ("call", 0.0),
     "stat of a cached file, per call": ("call", 0.0),
+    "git status, first in a fork": ("mounted", 0.0),
+    "git status, cold, mounted view": ("mounted", 0.0),
+    "git status, cold, branch view": ("view", 1.5),
+    "git status, warm, mounted view": ("mounted", 0.0),
+    "git status, warm, branch view": ("view", 1.5),
+}
+#: A "view" row is compared with the "mounted" row of the same name's temperature.
+VIEW_OF = {
+    "git status, cold, branch view": "git status, cold, mounted view",
+    "git status, warm, branch view": "git status, warm, mounted view",
 }
 
 #: Calls timed per repetition in the "call" rows (best of 3 repetitions).
@@ -472,7 +482,7 @@ class Results:
 
 
 #: Sections of the main table, by the name ``--only`` takes.
-SECTIONS = ("seq", "small", "git", "compile", "tests", "calls")
+SECTIONS = ("seq", "small", "git", "compile", "tests", "calls", "views")
 
 
 def run_workloads(
@@ -560,7 +570,34 @@ def run_workloads(
         res.measure(t, "test suite, first run", lambda: timed_cmd(cmd, nx, env))
         res.measure(t, "test suite, second run (warm)", lambda: timed_cmd(cmd, nx, env))
 
-    sections = dict(zip(SECTIONS, (seq, small, git, compile_tree, test_suite, calls), strict=True))
+    def views() -> None:
+        # branchfs only: the same git status in the mounted view and in a branch view
+        # (.branchfs/branches/NAME/) of a fork holding the same tree.
+        if name != "branchfs":
+            return
+        run(["tar", "-xf", str(inp.tree_tar)], cwd=root)
+        (root / "tree").rename(root / "vtree")
+        repo = root / "vtree"
+        run(["git", "init", "-q"], cwd=repo, env=GIT_ENV)
+        run(["sh", "-c", "git add -A && git commit -q -m import"], cwd=repo, env=GIT_ENV)
+        os.mkdir(root / ".branchfs" / "branches" / "view")
+        status = ["git", "status", "--porcelain"]
+        # A fork's files have inode numbers of their own (one identity per file and view),
+        # so the first git status there re-reads them all and refreshes the index, as after
+        # `cp -a`; measured apart, not in the rows.
+        view_repo = root / ".branchfs/branches/view/vtree"
+        res.measure(t, "git status, first in a fork", lambda: timed_cmd(status, view_repo, GIT_ENV))
+        places = (("mounted view", repo), ("branch view", view_repo))
+        for where, path in places:
+            t.cold()
+            res.measure(
+                t, f"git status, cold, {where}", lambda p=path: timed_cmd(status, p, GIT_ENV)
+            )
+            warm = lambda p=path: median_of(lambda: timed_cmd(status, p, GIT_ENV), reps)  # noqa: E731
+            res.measure(t, f"git status, warm, {where}", warm, runs=reps)
+
+    funcs = (seq, small, git, compile_tree, test_suite, calls, views)
+    sections = dict(zip(SECTIONS, funcs, strict=True))
     for section in (sections[name] for name in SECTIONS if name in only):
         try:
             section()
@@ -645,11 +682,16 @@ def table_rows(res: Results, targets: list[str]) -> tuple[list[str], list[list[s
             rn = ratio(got.get("branchfs"), got.get("native"))
             ro = ratio(got.get("branchfs"), got.get("fuse-overlayfs"))
             want, against = (rn, "native") if cls in ("warm", "seq") else (ro, "overlay")
+            if cls == "view":
+                mounted = res.times.get(VIEW_OF[row], {}).get("branchfs")
+                want, against = ratio(got.get("branchfs"), mounted), "mounted view"
             goal = f"≤{limit:g}x {against}"
+            if cls == "view" and want is not None:
+                goal += f" (got {want:.2f}x)"
             if cls == "seq":
                 goal = "≥½ native throughput"
             met = "—" if want is None else ("yes" if want <= limit else "NO")
-            if cls == "call":
+            if cls in ("call", "mounted"):
                 goal, met = "—", "—"
             reqs = res.requests.get(row)
             n = sum(reqs.values()) if reqs else 0
