@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .branch import Branch, Snapshot
 from .errors import (
+    BranchBusy,
     BranchExists,
     BranchFSError,
     BranchNotFound,
@@ -84,6 +85,7 @@ __all__ = [
     "Attempt",
     "BestOfResult",
     "Branch",
+    "BranchBusy",
     "BranchExists",
     "BranchFSError",
     "BranchNotFound",

@@ -66,8 +66,8 @@ class StoreAPI(TreeHost, Protocol):
         """Make ``branch`` snapshot ``snapshot`` again."""
         ...
 
-    def discard(self, branch: str) -> None:
-        """Remove ``branch``."""
+    def discard(self, branch: str, *, force: bool = False) -> None:
+        """Remove ``branch`` (``BranchBusy`` while a mount serves it, unless ``force``)."""
         ...
 
     def diff(self, a: str, b: str) -> list[Change]:
@@ -469,9 +469,10 @@ class Branch(PathTree):
         """Make this branch's tree snapshot ``snapshot`` again (O(1))."""
         self.store.reset(self.name, snapshot)
 
-    def discard(self) -> None:
-        """Remove this branch; its space comes back at the next gc."""
-        self.store.discard(self.name)
+    def discard(self, *, force: bool = False) -> None:
+        """Remove this branch; its space comes back at the next gc. A branch that a mount
+        serves raises ``BranchBusy`` unless ``force`` (see :meth:`Store.discard`)."""
+        self.store.discard(self.name, force=force)
 
     def diff(self, other: Branch | str) -> list[Change]:
         """What differs from this tree to ``other``'s."""

@@ -1,67 +1,30 @@
-"""The ``branchfs`` command line (click).
+"""The ``branchfs`` command line: click over the command layer (:mod:`branchfs.commands`).
+
+Every verb is declared once in the command layer; this module turns each declaration into
+a click command (its arguments, options, ``--help`` with an example), finds the store, runs
+the verb and prints its answer — human text, or one JSON object with ``--json``.
 
 Exit status: 0 success, 1 a conflict or a failed check, 2 a usage error or bad input. A
-user's mistake prints one line saying what was wrong and what to do, never a traceback.
-Heavy modules (the engine, the FUSE daemon) are imported inside the commands, so that
-``branchfs --help`` starts quickly.
+user's mistake prints one line (``branchfs: …``) saying what was wrong and what to do,
+never a traceback. The engine is imported only when a verb runs, so ``branchfs --help``
+and ``branchfs fork`` start fast.
 
 The store is ``--store PATH``, else ``$BRANCHFS_STORE``, else the branchfs mount that the
-working directory is inside.
+working directory is inside (whose branch is then the default for verbs that take one).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
+import json
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class Failure(click.ClickException):
-    """A one-line error with an exit status (2 unless told otherwise)."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = code  # type: ignore[misc]  # a ClassVar in click, read per instance
-
-    def show(self, file: Any = None) -> None:
-        """Print ``branchfs: MESSAGE`` on stderr."""
-        click.echo(f"branchfs: {self.format_message()}", err=True)
-
-
-def friendly(fn: F) -> F:
-    """Turn branchfs and OS errors raised by a command into one-line messages."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import BranchFSError, MergeConflict
-
-        try:
-            return fn(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except MergeConflict as exc:
-            raise Failure(str(exc), EXIT_FAILED) from None
-        except BranchFSError as exc:
-            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise Failure(str(text).splitlines()[0]) from None
-        except OSError as exc:
-            where = f": {exc.filename}" if exc.filename else ""
-            raise Failure(f"{exc.strerror or exc}{where}") from None
-        except KeyboardInterrupt:
-            raise Failure("interrupted", 130) from None
-
-    return wrapper  # type: ignore[return-value]
+from .commands import CLI, CommandError, Context, Verb, execute, verbs
+from .commands.answers import error_json
+from .commands.spec import EXIT_USAGE, Progress, no_progress
 
 
 def _mount_root(path: str) -> str | None:
@@ -76,100 +39,129 @@ def _mount_root(path: str) -> str | None:
         path = parent
 
 
-def store_path(ctx: click.Context) -> str:
-    """The store this invocation works on (see the module docstring)."""
-    given = ctx.obj.get("store") or os.environ.get("BRANCHFS_STORE")
-    if given:
-        return str(given)
-    root = _mount_root(os.getcwd())
-    if root is not None:
-        with open(os.path.join(root, ".branchfs", "store")) as fh:
-            return fh.read().strip()
-    raise Failure(
-        "which store? pass --store PATH, set BRANCHFS_STORE, or run inside a branchfs mount"
+def _where(given: str | None) -> tuple[str | None, str | None]:
+    """(store path, current branch) for this invocation; see the module docstring."""
+    given = given or os.environ.get("BRANCHFS_STORE") or None
+    try:
+        root = _mount_root(os.getcwd())
+    except OSError:
+        root = None
+    if root is None:
+        return given, None
+    with open(os.path.join(root, ".branchfs", "store")) as fh:
+        mounted_store = fh.read().strip()
+    if given and os.path.realpath(given) != os.path.realpath(mounted_store):
+        return given, None
+    from .mount import find_mount
+
+    found = find_mount(root)
+    return given or mounted_store, (found[1].branch if found else None)
+
+
+def _fail(err: CommandError, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(error_json(err), default=str))
+    lines = err.message.splitlines() or [err.kind]
+    click.echo(f"branchfs: {lines[0]}", err=True)
+    for line in lines[1:]:
+        click.echo(line, err=True)
+    sys.exit(err.code)
+
+
+def _command(verb: Verb) -> click.Command:
+    def callback(**kw: Any) -> None:
+        words = list(kw.pop("words", ()))
+        as_json = bool(kw.get("json"))
+        root = click.get_current_context().find_root()
+        store_path, current = _where(root.params.get("store"))
+        progress: Progress = no_progress
+        if not as_json:
+            from .commands.meter import meter, wanted
+
+            if wanted():
+                progress = meter
+        ctx = Context(CLI, store_path, current=current, progress=progress)
+        try:
+            values = verb.bind(words, kw)
+            outcome = execute(verb, ctx, values)
+        except CommandError as err:
+            _fail(err, as_json)
+            return
+        finally:
+            ctx.close()
+        if as_json:
+            click.echo(json.dumps(outcome.to_json(), default=str))
+        elif outcome.text:
+            click.echo(outcome.text)
+        sys.exit(outcome.code)
+
+    params: list[click.Parameter] = []
+    if verb.args:
+        metavar = " ".join(a.metavar for a in verb.args)
+        params.append(click.Argument(["words"], nargs=-1, metavar=metavar))
+    for o in verb.all_opts:
+        decls = [f"--{o.name}", *([f"-{o.short}"] if o.short else []), o.key]
+        if o.flag:
+            params.append(click.Option(decls, is_flag=True, help=o.help))
+        elif o.choices:
+            params.append(click.Option(decls, type=click.Choice(o.choices), help=o.help))
+        else:
+            params.append(click.Option(decls, metavar=o.metavar, help=o.help))
+    args_help = "".join(f"\n\n  {a.metavar}: {a.help}" for a in verb.args)
+    return click.Command(
+        verb.name,
+        callback=callback,
+        params=params,
+        help=f"{verb.summary}{args_help}\n\nExample:\n\n\b\n  {verb.example}",
+        short_help=verb.summary.split(". ")[0].rstrip("."),
+        no_args_is_help=False,
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The verbs in the command layer's order, and usage errors as one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("prog_name", "branchfs")
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            sub = exc.ctx.command_path if exc.ctx else "branchfs"
+            click.echo(f"branchfs: {exc.format_message()} (see `{sub} --help`)", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            click.echo(f"branchfs: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("branchfs: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="A tree is a branch NAME or a snapshot @NAME. Exit status: 0 done, 1 a conflict "
+    "or a failed check, 2 a usage error or bad input. `branchfs COMMAND --help` shows an "
+    "example of each.",
+)
 @click.option(
     "--store",
     type=click.Path(),
     default=None,
+    metavar="PATH",
     help="The store directory (default: $BRANCHFS_STORE, else the mount you are inside).",
 )
 @click.version_option(package_name="branchfs", prog_name="branchfs")
-@click.pass_context
-def main(ctx: click.Context, store: str | None) -> None:
+def main(store: str | None) -> None:
     """branchfs: fork a working tree in microseconds, edit copies, diff, merge, discard."""
-    ctx.ensure_object(dict)
-    ctx.obj["store"] = store
 
 
-@main.command()
-@click.argument("path", type=click.Path())
-@friendly
-def init(path: str) -> None:
-    """Create a store at PATH holding an empty branch "main"."""
-    from .store import Store
-
-    if os.path.exists(os.path.join(path, "data.mdb")):
-        raise Failure(f"{path} already holds a store; use it with --store {path}")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise Failure(f"{path} exists and is not a directory")
-    if os.path.isdir(path) and os.listdir(path):
-        raise Failure(f"{path} is a directory that is not empty; pick a new or empty one")
-    with Store.open(path, create=True) as store:
-        store.create_branch("main")
-    click.echo(f"created store {path} with branch main")
-
-
-@main.command()
-@click.argument("args", nargs=-1, required=True, metavar="[STORE] MOUNTPOINT")
-@click.option("--branch", "-b", default="main", show_default=True, help="Branch to mount.")
-@click.option("--foreground", "-f", is_flag=True, help="Stay attached until unmounted.")
-@click.pass_context
-@friendly
-def mount(
-    ctx: click.Context,
-    args: tuple[str, ...],
-    branch: str,
-    foreground: bool,
-) -> None:
-    """Mount BRANCH of the store at MOUNTPOINT; returns once the mount answers."""
-    from . import mount as m
-    from .store import Store
-
-    if len(args) == 2:
-        ctx.obj["store"] = ctx.obj.get("store") or args[0]
-        mountpoint = args[1]
-    elif len(args) == 1:
-        mountpoint = args[0]
-    else:
-        raise Failure("usage: branchfs [--store STORE] mount MOUNTPOINT [--branch B]")
-    spath = os.path.abspath(store_path(ctx))
-    m.check_fuse()
-    with Store.open(spath) as store:
-        store.branch(branch)  # BranchNotFound before anything is started
-    mp = m.check_mountpoint(mountpoint)
-    if foreground:
-        # The daemon package sits above the engine: import it by name, not statically.
-        run: Callable[..., int] = importlib.import_module("branchfs_fuse.daemon").run
-        click.echo(f"serving {branch!r} of {spath} at {mp}; Ctrl-C or umount to stop", err=True)
-        sys.exit(run(spath, mp, branch))
-    m.start_daemon(spath, mp, branch)
-    click.echo(f"mounted branch {branch!r} of {spath} at {mp}")
-
-
-@main.command()
-@click.argument("mountpoint", type=click.Path())
-@friendly
-def umount(mountpoint: str) -> None:
-    """Flush and unmount MOUNTPOINT (a dead mount left by a killed daemon is cleaned)."""
-    from . import mount as m
-
-    stale = m.is_stale(os.path.abspath(mountpoint))
-    m.unmount(mountpoint)
-    click.echo(f"{'cleaned dead mount' if stale else 'unmounted'} {mountpoint}")
+for _verb in verbs(CLI):
+    main.add_command(_command(_verb))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,22 @@ class StoreVersionError(BranchFSError):
     """The store was written by a newer (or unknown) format version of branchfs."""
 
 
+class BranchBusy(BranchFSError, OSError):
+    """A branch that a mount daemon serves cannot be discarded from under it (``EBUSY``).
+
+    ``mountpoints`` lists where it is mounted. Unmount it first, or discard with
+    ``force=True``, which flushes and unmounts those mounts cleanly before discarding.
+    """
+
+    def __init__(self, message: str, mountpoints: list[str]) -> None:
+        OSError.__init__(self, _errno.EBUSY, message)
+        self.message = message
+        self.mountpoints = mountpoints
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class ReadOnlyError(BranchFSError, OSError):
     """A write was attempted on a snapshot; snapshots are read-only (``EROFS``)."""
 

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -88,6 +89,30 @@ def ctl(mountpoint: str | os.PathLike[str], *command: str) -> JSONObject:
         os.close(fd)
     result: JSONObject = json.loads(answer)
     return result
+
+
+def release(reg: Registration, branch: str) -> None:
+    """Flush and cleanly unmount the mount of ``reg`` (for a forced discard of ``branch``).
+
+    Raises :class:`~branchfs.errors.BranchBusy` if it cannot: the daemon is this process,
+    or the mount is in use (a file open, a working directory inside it).
+    """
+    from .errors import BranchBusy
+
+    if reg.pid == os.getpid():
+        raise BranchBusy(
+            f"branch {branch!r} is served by this very process at {reg.mountpoint}; "
+            "unmount it before discarding it",
+            [reg.mountpoint],
+        )
+    try:
+        unmount(reg.mountpoint)
+    except MountError as exc:
+        raise BranchBusy(
+            f"branch {branch!r} stays: its mount at {reg.mountpoint} could not be unmounted "
+            f"({exc})",
+            [reg.mountpoint],
+        ) from None
 
 
 # -- starting and stopping daemons -------------------------------------------------------------
@@ -280,22 +305,67 @@ def _wait_ready(proc: subprocess.Popen[bytes], fd: int, timeout: float) -> str:
     return data.decode(errors="replace").strip()
 
 
-def unmount(mountpoint: str, *, timeout: float = 60.0) -> None:
+def _unescape(field: str) -> str:
+    """A path field of /proc/self/mountinfo, with its octal escapes (``\\040``) undone."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_type(mountpoint: str) -> str | None:
+    """The filesystem type mounted exactly at ``mountpoint`` (``fuse.branchfs`` …), else None.
+
+    Read from ``/proc/self/mountinfo`` (proc(5)), so it answers even when the mount's root
+    does not: a killed daemon (ENOTCONN) or a branch that is gone (ENOENT).
+    """
+    mp = os.path.abspath(mountpoint)
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) >= 5 and _unescape(fields[4]) == mp:
+                    found = right.split()[0] if right else "?"
+    except OSError:
+        return None
+    return found  # the last one listed is the one on top
+
+
+def _daemon_pids(mountpoint: str) -> list[int]:
+    """Processes running ``python -m branchfs_fuse … MOUNTPOINT`` (found through /proc)."""
+    mp = os.path.abspath(mountpoint)
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if b"branchfs_fuse" in argv and os.fsencode(mp) in argv:
+            out.append(int(name))
+    return out
+
+
+def unmount(mountpoint: str, *, timeout: float = 60.0) -> str:
     """Flush and unmount ``mountpoint``, waiting until its daemon has exited.
 
-    A dead mount left by a killed daemon is detached. Raises :class:`MountError` if the
-    mount is busy or not a branchfs mount.
+    Works whatever the mount's root answers: a dead mount left by a killed daemon is
+    detached; a mount whose branch is gone is unmounted like any other. Returns ``"dead"``
+    or ``"unmounted"``. Raises :class:`MountError` if the mount is busy or not a branchfs
+    mount.
     """
     mp = os.path.abspath(mountpoint)
     if is_stale(mp):
         clean_stale(mp)
-        return
-    if not os.path.ismount(mp):
+        return "dead"
+    kind = mount_type(mp)
+    if kind is None:
         raise MountError(f"{mountpoint} is not mounted")
+    if not kind.endswith("branchfs"):
+        raise MountError(f"{mountpoint} is not a branchfs mount (it is {kind})")
     found = find_mount(mp)
-    if found is None:
-        raise MountError(f"{mountpoint} is not a branchfs mount")
-    _store, reg = found
+    pids = [found[1].pid] if found else _daemon_pids(mp)
     res = subprocess.run(
         ["fusermount3", "-u", mp], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
     )
@@ -307,14 +377,22 @@ def unmount(mountpoint: str, *, timeout: float = 60.0) -> None:
                 "inside); close it and try again"
             )
         raise MountError(f"unmounting {mountpoint} failed: {msg}")
-    # The daemon removes its registration once it has flushed and synced the store.
+    # The daemon removes its registration once it has flushed and synced the store, then
+    # exits: wait for that.
     deadline = time.monotonic() + timeout
-    while os.path.exists(reg.path) and reg.alive():
-        if _reap(reg.pid):
-            break
-        if time.monotonic() > deadline:
-            raise MountError(f"the daemon (pid {reg.pid}) did not exit after unmounting")
-        time.sleep(0.01)
+    for pid in pids:
+        reg = found[1] if found else None
+        while _running(pid) and (reg is None or os.path.exists(reg.path)):
+            if _reap(pid):
+                break
+            if time.monotonic() > deadline:
+                raise MountError(f"the daemon (pid {pid}) did not exit after unmounting")
+            time.sleep(0.01)
+    return "unmounted"
+
+
+def _running(pid: int) -> bool:
+    return Registration("", pid, "", "", "").alive()
 
 
 def _reap(pid: int) -> bool:

@@ -19,7 +19,7 @@ import lmdb
 
 from .branch import Branch, Snapshot
 from .engine import Engine
-from .errors import NotAStore, StoreCorrupt
+from .errors import BranchBusy, NotAStore, StoreCorrupt
 from .layers import View
 from .meta import Meta, open_meta, release_meta
 from .notices import Observer, notify_mounts
@@ -202,10 +202,31 @@ class Store:
         self.meta.write(op)
         self._changed(branch)
 
-    def discard(self, branch: str) -> None:
+    def discard(self, branch: str, *, force: bool = False) -> None:
         """Remove ``branch``. Small layers only it used go at once, and a small layer left
-        with a single child is squashed (bounded work); the rest comes back at :meth:`gc`."""
+        with a single child is squashed (bounded work); the rest comes back at :meth:`gc`.
+
+        A branch that a mount daemon serves is not discarded from under it: that raises
+        :class:`~branchfs.errors.BranchBusy` (``EBUSY``) naming the mountpoints, unless
+        ``force``, which first flushes and cleanly unmounts each of them (waiting for the
+        daemon to exit), so nothing the mount acknowledged is lost.
+        """
         from .gc import tidy_after_discard
+        from .mount import release
+        from .notices import serving
+
+        regs = serving(self.path, branch)
+        if regs:
+            where = ", ".join(r.mountpoint for r in regs)
+            if not force:
+                raise BranchBusy(
+                    f"branch {branch!r} is mounted at {where}; unmount it first "
+                    f"(`branchfs umount {regs[0].mountpoint}`), or discard it with --force "
+                    "(force=True), which flushes and unmounts it",
+                    [r.mountpoint for r in regs],
+                )
+            for reg in regs:
+                release(reg, branch)
 
         def op(txn: lmdb.Transaction) -> None:
             rec = self.refs.discard(txn, branch)

@@ -107,7 +107,7 @@ class Bridge:
         self.coherence = Coherence(store, self.main, self.inodes, self.stats, self.lock)
         self.wb = WriteBack(store, self.coherence, self.stats)
         self.tree = TreeNodes(store, self.main, self.inodes, self.holds, self.coherence, self.wb)
-        self.ctl = ControlDir(store, self.main, self.coherence, self.wb, self.stats)
+        self.ctl = ControlDir(store, self.main, self.coherence, self.wb, self.stats, mountpoint)
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
         #: Listings by id: a readdir offset is ``id << 32 | position`` (see :meth:`readdir`).

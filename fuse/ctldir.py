@@ -27,6 +27,7 @@ import os
 import stat as st
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from branchfs import Store, notices
 from branchfs.records import ROOT_INO
@@ -114,8 +115,10 @@ class ControlDir:
         coherence: Coherence,
         writeback: WriteBack,
         stats: Stats,
+        mountpoint: str = "",
     ) -> None:
         self.store = store
+        self.mountpoint = mountpoint
         self.main = main
         self.co = coherence
         self.wb = writeback
@@ -327,21 +330,22 @@ class ControlDir:
 
     def run(self, line: str) -> bytes:
         """Run one ``ctl`` command line; its JSON answer line (errors included)."""
-        try:
-            cmd = control.parse(line)
-        except control.UsageError as exc:
-            return control.encode({"ok": False, "error": "usage", "message": str(exc)})
-        if cmd.verb == "stats":
-            answer = {"ok": True, "requests": dict(self.stats.requests), **self.stats.events}
-            answer["getxattr_names"] = {k.decode(): v for k, v in self.stats.xattr_names.items()}
-            if cmd.opts.get("reset"):
-                self.stats.requests.clear()
-            return control.encode(answer)
-        if cmd.needs_flush:
+        request = control.parse(line)
+        if not isinstance(request, control.Request):
+            return control.encode(request)
+        if request.needs_flush:
             self.wb.flush_all()
         self.co.records.clear()
-        answer = control.run(self.store, self.main.name, cmd)
+        answer, changed = control.run(request, self)
         if answer.get("ok"):
-            for name in cmd.changes(self.main.name):
+            for name in changed:
                 self.co.changed(TreeRef(name))
         return control.encode(answer)
+
+    def ctl_stats(self, *, reset: bool = False) -> dict[str, Any]:
+        """``ctl stats``: the requests that reached the daemon, by operation, and events."""
+        answer: dict[str, Any] = {"requests": dict(self.stats.requests), **self.stats.events}
+        answer["getxattr_names"] = {k.decode(): v for k, v in self.stats.xattr_names.items()}
+        if reset:
+            self.stats.requests.clear()
+        return answer

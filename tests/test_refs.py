@@ -196,8 +196,25 @@ def test_snapshot_of_unchanged_branch_twice(branch: branchfs.Branch) -> None:
     assert store.snapshot_tree("b").read_bytes("f") == b"1"
 
 
-GOOD_NAMES = ["main", "a", "feature_1", "v1.2.3", "x" * 255, "ünïcode", "a-b", "with space"]
-BAD_NAMES = ["", "/", "a/b", "..", ".", "a\0b", "x" * 256, "é" * 128, "-lead", "@at", " pad", "a\n"]
+GOOD_NAMES = ["main", "a", "feature_1", "v1.2.3", "x" * 255, "ünïcode", "a-b", "c++", "日本"]
+BAD_NAMES = [
+    "",
+    "/",
+    "a/b",
+    "..",
+    ".",
+    "a\0b",
+    "x" * 256,
+    "é" * 128,
+    "-lead",
+    "@at",
+    " pad",
+    "a\n",
+    "with space",
+    ".hidden",
+    "a:b",
+    "tab\tx",
+]
 
 
 @pytest.mark.parametrize("name", GOOD_NAMES)

@@ -1,0 +1,118 @@
+"""How failures are answered, the same way on every front end.
+
+:func:`failure` turns whatever a verb raised — a :class:`~.spec.CommandError`, an engine
+:class:`~branchfs.errors.BranchFSError`, an ``OSError`` — into one :class:`CommandError`:
+a one-line message that says what was wrong and what to do, an exit status (1 for a
+conflict or a failed check, 2 for a usage error or bad input) and the ``error`` kind of
+the JSON answer. :func:`explain_conflicts` words a merge conflict in plain language.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .spec import EXIT_FAILED, EXIT_USAGE, CommandError
+
+#: Engine errors that mean "the store refused or failed", not "you typed something wrong".
+_FAILED = ("StoreCorrupt", "StoreLocked")
+
+
+def failure(exc: BaseException) -> CommandError:
+    """The :class:`CommandError` that answers ``exc`` (see the module docstring)."""
+    from ..errors import BranchFSError, MergeConflict
+
+    if isinstance(exc, CommandError):
+        return exc
+    if isinstance(exc, MergeConflict):
+        return CommandError(
+            explain_conflicts(exc.target, exc.source, exc.conflicts),
+            EXIT_FAILED,
+            "conflict",
+            {
+                "target": exc.target,
+                "source": exc.source,
+                "conflicts": [conflict_json(c) for c in exc.conflicts],
+            },
+        )
+    if isinstance(exc, BranchFSError):
+        kind = type(exc).__name__
+        text = str(exc).splitlines()[0] if str(exc) else kind
+        extra = (
+            {"mountpoints": list(getattr(exc, "mountpoints", []))} if kind == "BranchBusy" else {}
+        )
+        return CommandError(text, EXIT_FAILED if kind in _FAILED else EXIT_USAGE, kind, extra)
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        text = f"{exc.strerror or exc}{where}"
+        return CommandError(text, EXIT_USAGE, type(exc).__name__, {"errno": exc.errno})
+    if isinstance(exc, KeyboardInterrupt):
+        return CommandError("interrupted", 130, "interrupted")
+    raise exc
+
+
+def error_json(err: CommandError) -> dict[str, Any]:
+    """The JSON answer of a failure: ``{"ok": false, "error": KIND, "message": …, …}``."""
+    return {"ok": False, "error": err.kind, "message": err.message, **err.extra}
+
+
+def conflict_json(c: Any) -> dict[str, Any]:
+    """One :class:`~branchfs.errors.Conflict` as JSON, with its plain-words explanation."""
+    return {
+        "path": c.path,
+        "kind": c.kind,
+        "ours": c.ours,
+        "theirs": c.theirs,
+        "explanation": explain(c),
+    }
+
+
+_GIT_REF = re.compile(r"(?:^|/)\.git/refs/heads/(?P<branch>.+)$")
+
+_KIND_WORDS = {
+    "content": "both sides changed its content in the same place",
+    "modify/delete": "one side changed it and the other deleted it",
+    "add/add": "both sides created it, with different content",
+    "type": "the sides made it different kinds of thing (file, directory, symlink)",
+    "rename/rename": "both sides moved it, to different places",
+    "cycle": "the moves on the two sides would put a directory inside itself",
+    "mode": "both sides changed its permissions or owner, differently",
+    "xattr": "both sides changed the same extended attribute, differently",
+}
+
+
+def explain(c: Any) -> str:
+    """One conflict in plain words: ``PATH: what clashed``."""
+    m = _GIT_REF.search(c.path)
+    if m and c.kind in ("content", "add/add"):
+        return (
+            f"{c.path}: both sides made a new git commit on branch {m.group('branch')!r} "
+            "(each tree's git history moved on its own)"
+        )
+    words = _KIND_WORDS.get(c.kind, f"a {c.kind} conflict")
+    return f"{c.path}: {words} (ours: {c.ours}; theirs: {c.theirs})"
+
+
+def explain_conflicts(target: str, source: str, conflicts: list[Any]) -> str:
+    """The message of a refused merge: a headline, each conflict, and how to resolve them."""
+    n = len(conflicts)
+    head = (
+        f"merging {source!r} into {target!r} stopped at {n} conflict{'s' if n != 1 else ''}; "
+        f"{target!r} is unchanged"
+    )
+    lines = [head, *(f"  {explain(c)}" for c in conflicts[:20])]
+    if n > 20:
+        lines.append(f"  … and {n - 20} more (--json lists them all)")
+    how = (
+        f"to resolve: --strategy ours keeps {target!r}'s side of every conflict, "
+        f"--strategy theirs takes {source!r}'s, --markers writes conflict markers into text "
+        "files; a merge rule for a path (.branchfs-merge) decides it every time"
+    )
+    if any(_GIT_REF.search(c.path) for c in conflicts):
+        how += (
+            f"; for git commits on both sides, merge with --strategy ours, then run "
+            f"`git merge` of {source!r}'s commit inside {target!r}'s tree (its objects "
+            "came with the merge)"
+        )
+    lines.append(how)
+    return "\n".join(lines)

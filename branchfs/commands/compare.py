@@ -1,0 +1,164 @@
+"""Verbs that compare and combine trees: ``diff``, ``status`` and ``merge``.
+
+Their cost follows the changes, never the size of the tree. ``--patch`` adds a unified
+text diff (binary files named, not shown). A refused merge answers exit status 1 with every
+conflict in plain words (:func:`.answers.explain_conflicts`) and the target left unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .spec import Arg, Context, Opt, Outcome, Values, Verb
+from .trees import NOTATION, branch_name, tree_ref
+
+PATCH = Opt(
+    "patch", "Also show the changes as a unified text diff (binary files named).", flag=True
+)
+
+
+def _change_lines(changes: list[Any]) -> list[str]:
+    return [str(c) for c in changes]
+
+
+def _diff(ctx: Context, v: Values) -> Outcome:
+    from ..diff import diff_views, ref_view
+    from ..patch import unified
+
+    store = ctx.store()
+    a, b = str(v.arg("a")), str(v.arg("b"))
+    ra, rb = tree_ref(store, a), tree_ref(store, b)
+    with store.meta.read() as txn:
+        va, vb = ref_view(store, txn, ra), ref_view(store, txn, rb)
+        vb.records = va.records
+        changes = diff_views(va, vb)
+        text = unified(va, vb, changes) if v.opt("patch") else None
+    data: dict[str, Any] = {"a": a, "b": b, "changes": [c.to_json() for c in changes]}
+    if text is not None:
+        data["patch"] = text
+    human = text if text is not None else "\n".join(_change_lines(changes))
+    return Outcome(data, human.rstrip("\n") or f"no differences between {a} and {b}")
+
+
+def _status(ctx: Context, v: Values) -> Outcome:
+    from ..diff import diff_views
+    from ..patch import unified
+    from ..status import base_views
+
+    store = ctx.store()
+    branch = branch_name(store, ctx.branch_or_current(v.arg("branch")))
+    against = v.opt("against")
+    if against is not None:
+        against = branch_name(store, against, "--against branch")
+    with store.meta.read() as txn:
+        base, vb, who = base_views(store, txn, branch, against)
+        changes = diff_views(base, vb)
+        text = unified(base, vb, changes) if v.opt("patch") else None
+    data: dict[str, Any] = {
+        "branch": branch,
+        "against": who,
+        "changes": [c.to_json() for c in changes],
+    }
+    since = (
+        f"since it last shared a state with {who}"
+        if who
+        else "(it shares no state with any branch)"
+    )
+    lines = [f"{branch}: {len(changes)} change{'s' if len(changes) != 1 else ''} {since}"]
+    if text is not None:
+        data["patch"] = text
+        lines.append(text.rstrip("\n"))
+    else:
+        lines += [f"  {line}" for line in _change_lines(changes)]
+    return Outcome(data, "\n".join(lines))
+
+
+def _merge(ctx: Context, v: Values) -> Outcome:
+    store = ctx.store()
+    source = str(v.arg("source"))
+    target = branch_name(
+        store, ctx.branch_or_current(v.opt("into"), "target (--into TARGET)"), "target"
+    )
+    ref = tree_ref(store, source)
+    result = store.merge(
+        target, ref, strategy=v.opt("strategy"), conflict_markers=bool(v.opt("markers"))
+    )
+    from .answers import conflict_json, explain
+
+    data = {
+        "target": target,
+        "source": source,
+        "changes": [c.to_json() for c in result.changes],
+        "conflicts": [conflict_json(c) for c in result.conflicts],
+    }
+    n = len(result.changes)
+    lines = [f"merged {source} into {target}: {n} change{'s' if n != 1 else ''}"]
+    lines += [f"  {c}" for c in result.changes[:50]]
+    if n > 50:
+        lines.append(f"  … and {n - 50} more (--json lists them all)")
+    if result.conflicts:
+        how = f"by --strategy {v.opt('strategy')}" if v.opt("strategy") else "with conflict markers"
+        lines.append(f"{len(result.conflicts)} conflict(s) resolved {how}:")
+        lines += [f"  {explain(c)}" for c in result.conflicts]
+    return Outcome(data, "\n".join(lines))
+
+
+def _merge_changes(ctx: Context, v: Values) -> set[str]:
+    t = v.opt("into") or ctx.current
+    return {t} if t else set()
+
+
+VERBS = (
+    Verb(
+        "diff",
+        f"List what differs from tree A to tree B ({NOTATION}).",
+        "branchfs diff main attempt-1 --patch",
+        _diff,
+        (Arg("a", "the tree to compare from"), Arg("b", "the tree to compare to")),
+        (PATCH,),
+        flush=True,
+    ),
+    Verb(
+        "status",
+        "What BRANCH (default: the mounted one) changed since it last shared a state with "
+        "another branch: its fork, or its last merge. That is what merging it would bring.",
+        "branchfs status attempt-1 --patch",
+        _status,
+        (Arg("branch", "the branch (default: the mounted one)", optional=True),),
+        (
+            Opt(
+                "against",
+                "Compare with this branch (default: the one BRANCH was forked from or "
+                "last merged with).",
+                metavar="BRANCH",
+            ),
+            PATCH,
+        ),
+        flush=True,
+    ),
+    Verb(
+        "merge",
+        "3-way merge SOURCE (a branch or @SNAPSHOT) into TARGET (default: the mounted "
+        "branch). All or nothing: on a conflict TARGET is unchanged and every conflict is "
+        "listed (exit status 1).",
+        "branchfs merge attempt-1 --into main",
+        _merge,
+        (Arg("source", "the tree whose changes to bring in"),),
+        (
+            Opt("into", "The branch to merge into (default: the mounted one).", metavar="TARGET"),
+            Opt(
+                "strategy",
+                "Resolve every conflict one way: ours keeps TARGET's side, theirs takes SOURCE's.",
+                choices=("ours", "theirs"),
+            ),
+            Opt(
+                "markers",
+                "Write diff3-style conflict markers into text files both sides changed, "
+                "instead of refusing.",
+                flag=True,
+            ),
+        ),
+        flush=True,
+        changes=_merge_changes,
+    ),
+)

@@ -1,0 +1,97 @@
+"""Verbs that copy between a real directory and a tree: ``import`` and ``export``
+(command line only: the paths are the caller's, not the mount daemon's)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .spec import CLI, Arg, CommandError, Context, Opt, Outcome, Values, Verb, no_progress
+from .trees import NOTATION, SNAPSHOT, branch_name, tree_ref
+
+
+def _count(path: str, limit: int = 2_000_000) -> int:
+    """Entries under ``path`` that are not directories (symlinks are not followed)."""
+    n = 0
+    stack = [path]
+    while stack and n < limit:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    else:
+                        n += 1
+        except OSError:
+            continue
+    return n
+
+
+def _import(ctx: Context, v: Values) -> Outcome:
+    store = ctx.store()
+    source = str(v.arg("dir"))
+    if not os.path.isdir(source):
+        raise CommandError(f"{source} is not a directory; import copies a directory's contents")
+    branch = branch_name(store, v.opt("branch") or ctx.current or "main")
+    dest = v.opt("to") or ""
+    t0 = time.monotonic()
+    total = _count(source) if ctx.progress is not no_progress else None
+    with ctx.progress(f"import into {branch}", total) as step:
+        files = store.branch(branch).import_dir(source, dest, progress=step)
+    secs = time.monotonic() - t0
+    where = f"{branch}:{dest}" if dest else branch
+    return Outcome(
+        {
+            "branch": branch,
+            "source": os.path.abspath(source),
+            "to": dest,
+            "files": files,
+            "seconds": round(secs, 3),
+        },
+        f"imported {files:,} files from {source} into {where} in {secs:.1f} s",
+    )
+
+
+def _export(ctx: Context, v: Values) -> Outcome:
+    store = ctx.store()
+    word, dest = str(v.arg("tree")), str(v.arg("dir"))
+    ref = tree_ref(store, word)
+    tree = store.snapshot_tree(ref[1:]) if ref.startswith(SNAPSHOT) else store.branch(ref)
+    t0 = time.monotonic()
+    with ctx.progress(f"export {word}", None) as step:
+        files = tree.export_dir(dest, v.opt("path") or "", progress=step)
+    secs = time.monotonic() - t0
+    return Outcome(
+        {"tree": word, "dir": os.path.abspath(dest), "files": files, "seconds": round(secs, 3)},
+        f"exported {files:,} files of {word} to {dest} in {secs:.1f} s",
+    )
+
+
+VERBS = (
+    Verb(
+        "import",
+        "Copy the real directory DIR (modes, times, links, xattrs; symlinks never followed) "
+        "into a branch (default: main, or the mounted one).",
+        "branchfs import ./myproject --branch main",
+        _import,
+        (Arg("dir", "the directory to copy in"),),
+        (
+            Opt("branch", "The branch to copy into.", metavar="BRANCH", short="b"),
+            Opt(
+                "to",
+                "A directory inside the branch to copy into (default: its root).",
+                metavar="PATH",
+            ),
+        ),
+        fronts=frozenset({CLI}),
+    ),
+    Verb(
+        "export",
+        f"Copy TREE ({NOTATION}) into the real directory DIR (created, or empty).",
+        "branchfs export @v1 ./release",
+        _export,
+        (Arg("tree", "the branch or @snapshot to copy out"), Arg("dir", "where to write it")),
+        (Opt("path", "Only this directory of the tree.", metavar="PATH"),),
+        fronts=frozenset({CLI}),
+    ),
+)

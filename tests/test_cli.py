@@ -1,0 +1,239 @@
+"""The ``branchfs`` command line through real subprocesses: every verb, its ``--json``
+parsed, its exit status (0 done, 1 conflict or failed check, 2 usage or bad input) and the
+one-line error a user's mistake gets (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import branchfs
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def bfs(*args: str, store: Path | None = None, cwd: Path | None = None, env: Any = None) -> Ran:
+    """Run ``branchfs ARGS`` as a user would (a new interpreter), with $BRANCHFS_STORE."""
+    e = dict(os.environ if env is None else env)
+    e.pop("BRANCHFS_STORE", None)
+    if store is not None:
+        e["BRANCHFS_STORE"] = str(store)
+    p = subprocess.run(
+        [sys.executable, "-m", "branchfs.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=e,
+        timeout=120,
+    )
+    return Ran(p.returncode, p.stdout, p.stderr)
+
+
+def one_line_error(r: Ran, code: int, *words: str) -> str:
+    """Assert a failure with exit status ``code`` and a one-line message holding ``words``."""
+    assert r.code == code, r
+    assert "Traceback" not in r.err, r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    assert lines[0].startswith("branchfs: "), r.err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    d = tmp_path / "project"
+    (d / "src").mkdir(parents=True)
+    (d / "src" / "app.py").write_text("print(1)\n")
+    (d / "README").write_text("hello\n")
+    (d / "blob.bin").write_bytes(b"\0\1\2binary")
+    return d
+
+
+@pytest.fixture
+def store(tmp_path: Path, project: Path) -> Path:
+    s = tmp_path / "s.bfs"
+    r = bfs("init", str(s))
+    assert r.code == 0, r
+    r = bfs("import", str(project), "--json", store=s)
+    assert r.code == 0, r
+    assert r.json["ok"] and r.json["files"] == 3 and r.json["branch"] == "main"
+    return s
+
+
+def test_every_verb_answers_json(store: Path, tmp_path: Path) -> None:
+    assert bfs("branches", "--json", store=store).json == {
+        "ok": True,
+        "branches": ["main"],
+        "mounts": {},
+        "current": None,
+    }
+    assert bfs("fork", "main", "a1", "--json", store=store).json == {
+        "ok": True,
+        "source": "main",
+        "branch": "a1",
+    }
+    with branchfs.Store.open(store) as s:
+        a1 = s.branch("a1")
+        a1.write_bytes("src/app.py", b"print(2)\n")
+        a1.write_bytes("new.txt", b"new\n")
+        a1.write_bytes("blob.bin", b"\0\1\2other")
+    snap = bfs("snapshot", "main", "v1", "--json", store=store).json
+    assert snap == {"ok": True, "branch": "main", "snapshot": "v1", "ref": "@v1"}
+    snaps = bfs("snapshots", "--json", store=store).json
+    assert [(x["name"], x["ref"], x["branch"]) for x in snaps["snapshots"]] == [
+        ("v1", "@v1", "main")
+    ]
+    diff = bfs("diff", "@v1", "a1", "--json", store=store).json
+    assert {(c["path"], c["kind"]) for c in diff["changes"]} == {
+        ("src/app.py", "modified"),
+        ("new.txt", "added"),
+        ("blob.bin", "modified"),
+    }
+    patch = bfs("diff", "main", "a1", "--patch", store=store)
+    assert patch.code == 0, patch
+    assert "-print(1)\n+print(2)\n" in patch.out
+    assert "+++ b/new.txt" in patch.out
+    assert "Binary files a/blob.bin and b/blob.bin differ" in patch.out
+    status = bfs("status", "a1", "--json", store=store).json
+    assert status["against"] == "main"
+    assert {c["path"] for c in status["changes"]} == {"src/app.py", "new.txt", "blob.bin"}
+    merged = bfs("merge", "a1", "--into", "main", "--json", store=store).json
+    assert merged["ok"] and merged["conflicts"] == []
+    assert {c["path"] for c in merged["changes"]} == {"src/app.py", "new.txt", "blob.bin"}
+    # Since that merge, a1 changed nothing.
+    assert bfs("status", "a1", "--json", store=store).json["changes"] == []
+    reset = bfs("reset", "main", "@v1", "--json", store=store).json
+    assert reset == {"ok": True, "branch": "main", "snapshot": "v1"}
+    out = tmp_path / "out"
+    exported = bfs("export", "@v1", str(out), "--json", store=store).json
+    assert exported["files"] == 3
+    assert (out / "src" / "app.py").read_text() == "print(1)\n"
+    gone = bfs("discard", "a1", "--json", store=store).json
+    assert gone == {"ok": True, "branch": "a1", "unmounted": []}
+    gc = bfs("gc", "--json", store=store).json
+    assert gc["ok"] and {"bytes_freed", "chunks_freed", "layers_removed"} <= gc.keys()
+    fsck = bfs("fsck", "--json", store=store).json
+    assert fsck["ok"] is True and fsck["problems"] == []
+
+
+def test_human_output_and_help_examples(store: Path) -> None:
+    r = bfs("fork", "main", "x", store=store)
+    assert (r.code, r.out.strip()) == (0, "forked main as x")
+    r = bfs("branches", store=store)
+    assert r.out.split() == ["main", "x"]
+    top = bfs("--help")
+    assert top.code == 0
+    for verb in ("init", "import", "export", "branches", "snapshots", "fork", "discard",
+                 "snapshot", "reset", "diff", "merge", "status", "gc", "fsck", "mount",
+                 "umount"):  # fmt: skip
+        assert verb in top.out
+        h = bfs(verb, "--help")
+        assert h.code == 0 and h.out.startswith(f"Usage: branchfs {verb} "), h
+        assert f" {verb}" in h.out.split("Example:")[1], h
+
+
+def test_conflict_is_exit_1_in_plain_words(store: Path) -> None:
+    with branchfs.Store.open(store) as s:
+        s.fork("main", "b")
+        s.branch("main").write_bytes("README", b"ours\n")
+        s.branch("b").write_bytes("README", b"theirs\n")
+    r = bfs("merge", "b", "--into", "main", store=store)
+    assert r.code == 1, r
+    assert "Traceback" not in r.err
+    first = r.err.splitlines()[0]
+    assert first.startswith("branchfs: merging 'b' into 'main' stopped at 1 conflict")
+    assert "README: both sides changed its content" in r.err
+    assert "--strategy" in r.err
+    j = bfs("merge", "b", "--into", "main", "--json", store=store)
+    assert j.code == 1
+    answer = j.json
+    assert answer["ok"] is False and answer["error"] == "conflict"
+    assert [(c["path"], c["kind"]) for c in answer["conflicts"]] == [("README", "content")]
+    with branchfs.Store.open(store) as s:
+        assert s.branch("main").read_bytes("README") == b"ours\n"  # unchanged
+    ok = bfs("merge", "b", "--into", "main", "--strategy", "theirs", "--json", store=store)
+    assert ok.code == 0 and ok.json["conflicts"][0]["path"] == "README"
+
+
+def test_fsck_failure_is_exit_1(store: Path) -> None:
+    # Damage a chunk: flip bytes of a stored value in place, through LMDB itself.
+    import lmdb
+
+    with branchfs.Store.open(store) as s:  # a file too large to be stored inline
+        s.branch("main").write_bytes("big", os.urandom(10_000))
+    env = lmdb.open(str(store), max_dbs=32, subdir=True)
+    chunks = env.open_db(b"chunks")
+    with env.begin(write=True, db=chunks) as txn:
+        key, value = next(iter(txn.cursor()))
+        txn.put(key, bytes(b ^ 0xFF for b in value))
+    env.close()
+    r = bfs("fsck", "--json", store=store)
+    assert r.code == 1, r
+    assert r.json["ok"] is False and r.json["problems"]
+
+
+MISTAKES = [
+    (("fork", "nope", "x"), ("no branch named 'nope'", "branchfs branches")),
+    (("diff", "main", "v9"), ("no branch named 'v9'",)),
+    (("diff", "main", "@v9"), ("no snapshot named 'v9'",)),
+    (("reset", "main", "v9"), ("no snapshot named 'v9'",)),
+    (("fork", "main", "with space"), ("cannot contain ' '", "letters, digits")),
+    (("fork", "main", "-x"), ("No such option",)),
+    (("fork", "main", ".x"), ("cannot start with '.'",)),
+    (("fork", "main", "main"), ("already exists",)),
+    (("merge", "main"), ("name the target",)),
+    (("merge", "main", "--into", "main", "--strategy", "mine"), ("Invalid value",)),
+    (("fork", "main"), ("fork takes SOURCE NEW",)),
+    (("frobnicate",), ("No such command",)),
+    (("import", "/nonexistent/dir"), ("not a directory",)),
+    (("discard", "@v1"), ("is a snapshot",)),
+    (("diff", "main", "v1"), ("there is a snapshot 'v1': write it @v1",)),
+    (("fork", "@main", "y"), ("there is a branch 'main'",)),
+]
+
+
+def test_mistakes_are_one_line_exit_2(store: Path) -> None:
+    bfs("snapshot", "main", "v1", store=store)
+    for args, words in MISTAKES:
+        one_line_error(bfs(*args, store=store), 2, *words)
+
+
+def test_missing_store_and_non_store(tmp_path: Path) -> None:
+    one_line_error(bfs("branches", cwd=tmp_path), 2, "which store?", "--store")
+    one_line_error(
+        bfs("--store", str(tmp_path / "nothing"), "branches"), 2, "no store at", "branchfs init"
+    )
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "file").write_text("x")
+    one_line_error(bfs("--store", str(plain), "branches"), 2, str(plain))
+    one_line_error(bfs("init", str(plain)), 2, "not empty")
+    one_line_error(bfs("umount", str(tmp_path)), 2, "is not mounted")
+
+
+def test_json_errors_are_json_too(store: Path) -> None:
+    r = bfs("fork", "nope", "x", "--json", store=store)
+    assert r.code == 2
+    assert r.json == {
+        "ok": False,
+        "error": "BranchNotFound",
+        "message": r.err.strip().removeprefix("branchfs: "),
+    }
