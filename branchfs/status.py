@@ -4,7 +4,8 @@ The base of branch B against branch U is the state the two last shared, by the s
 the merge uses: the state recorded by their last merge, else the deepest layer their
 chains share (the fork point). Without a U, :func:`status` compares B with the branch whose
 base with B is the newest in B's history — the branch it was forked from, or last merged
-with. The result is what ``merge B --into U`` would bring, and like ``diff`` its cost
+with (when several share that state, the oldest of them: a branch is forked from an
+older one). The result is what ``merge B --into U`` would bring, and like ``diff`` its cost
 follows the changes: O(branches * chain depth) to find the base, then the records above it.
 """
 
@@ -64,18 +65,18 @@ def base_views(
     if against is not None:
         chain = _base_chain(store, txn, b, b_id, against)
     else:
-        best: tuple[int, str, tuple[int, ...]] | None = None
+        best: tuple[int, int, str, tuple[int, ...]] | None = None
         for rec in store.refs.branches(txn):
             if rec.name == branch:
                 continue
             shared = _base_chain(store, txn, b, b_id, rec.name)
             if not shared:
                 continue
-            key = (_age(b, shared), rec.name, shared)
-            if best is None or key[:2] < best[:2]:
+            key = (_age(b, shared), rec.created_ns, rec.name, shared)
+            if best is None or key[:3] < best[:3]:
                 best = key
-        chain = best[2] if best else ()
-        against = best[1] if best else None
+        chain = best[3] if best else ()
+        against = best[2] if best else None
     view = View(store.meta, store.chunks, txn, chain, False, b.records)
     return view, b, against
 

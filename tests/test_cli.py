@@ -4,57 +4,13 @@ one-line error a user's mistake gets (never a traceback)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from clirun import bfs, one_line_error
 
 import branchfs
-
-
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-def bfs(*args: str, store: Path | None = None, cwd: Path | None = None, env: Any = None) -> Ran:
-    """Run ``branchfs ARGS`` as a user would (a new interpreter), with $BRANCHFS_STORE."""
-    e = dict(os.environ if env is None else env)
-    e.pop("BRANCHFS_STORE", None)
-    if store is not None:
-        e["BRANCHFS_STORE"] = str(store)
-    p = subprocess.run(
-        [sys.executable, "-m", "branchfs.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=e,
-        timeout=120,
-    )
-    return Ran(p.returncode, p.stdout, p.stderr)
-
-
-def one_line_error(r: Ran, code: int, *words: str) -> str:
-    """Assert a failure with exit status ``code`` and a one-line message holding ``words``."""
-    assert r.code == code, r
-    assert "Traceback" not in r.err, r.err
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1, r.err
-    assert lines[0].startswith("branchfs: "), r.err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 @pytest.fixture

@@ -1,0 +1,174 @@
+"""The command line with real mounts: ``mount``/``umount``, ``.branchfs/ctl`` answering the
+same JSON as the CLI, and branches that cannot be discarded from under a mount."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clirun import bfs, one_line_error
+from fusecheck import needs_fuse
+
+import branchfs
+from branchfs.mount import ctl, find_mount, mount_type
+
+pytestmark = needs_fuse
+
+
+def mount(store: Path, mp: Path, branch: str = "main") -> None:
+    mp.mkdir(exist_ok=True)
+    r = bfs("mount", str(mp), "--branch", branch, store=store)
+    assert r.code == 0, r
+    assert mount_type(str(mp)) == "fuse.branchfs"
+
+
+def umount(mp: Path) -> None:
+    if mount_type(str(mp)) is not None:
+        r = bfs("umount", str(mp))
+        assert r.code == 0, r
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Any:
+    """A store with main holding two files, main mounted at tmp/mnt; everything unmounted
+    afterwards."""
+    store = tmp_path / "s.bfs"
+    assert bfs("init", str(store)).code == 0
+    with branchfs.Store.open(store) as s:
+        s.branch("main").write_bytes("a.txt", b"one\ntwo\n")
+        s.branch("main").write_bytes("bin", b"\0\1")
+    mps: list[Path] = []
+
+    def mnt(name: str, branch: str = "main") -> Path:
+        mp = tmp_path / name
+        mount(store, mp, branch)
+        mps.append(mp)
+        return mp
+
+    try:
+        yield store, mnt
+    finally:
+        for mp in reversed(mps):
+            umount(mp)
+
+
+def strip(answer: dict[str, Any], *names: tuple[str, str]) -> str:
+    text = json.dumps(answer, sort_keys=True)
+    for old, new in names:
+        text = text.replace(old, new)
+    return text
+
+
+def test_ctl_and_cli_answer_the_same_json(world: Any) -> None:
+    store, mnt = world
+    mp = mnt("mnt")
+    # Read-only verbs: identical answers (the CLI run inside the mount, whose branch is
+    # then the current one, as ctl's is).
+    for line in ("branches", "snapshots", "diff main main", "status main"):
+        cli = bfs(*line.split(), "--json", cwd=mp)
+        assert cli.code == 0, cli
+        assert ctl(mp, line) == cli.json, line
+    # Verbs that change things: the same answer for the same request on twin names.
+    (mp / "a.txt").write_text("one\ntwo\nthree\n")  # left in the mount's write buffer
+    pairs = [
+        ("fork main c1", "fork main c2"),
+        ("snapshot main s1", "snapshot main s2"),
+        ("diff @s1 c1", "diff @s2 c2"),
+        ("status c1 --patch", "status c2 --patch"),
+        ("merge c1 --into main", "merge c2 --into main"),
+        ("reset c1 @s1", "reset c2 @s2"),
+        ("discard c1", "discard c2"),
+    ]
+    for via_ctl, via_cli in pairs:
+        a = ctl(mp, via_ctl)
+        b = bfs(*via_cli.split(), "--json", cwd=mp)
+        assert b.code == 0, b
+        assert strip(a, ("c1", "cX"), ("s1", "sX")) == strip(b.json, ("c2", "cX"), ("s2", "sX"))
+    # The fork through ctl captured the buffered write.
+    with branchfs.Store.open(store) as s:
+        assert s.snapshot_tree("s1").read_bytes("a.txt") == b"one\ntwo\nthree\n"
+    # Errors: the same kind and message on both.
+    for line in ("fork nope x", "diff main v9", "fork main bad name", "merge"):
+        a = ctl(mp, line)
+        b = bfs(*line.split(), "--json", cwd=mp)
+        assert a["ok"] is False and b.json == a, line
+    helped = ctl(mp, "help")
+    names = {c["name"] for c in helped["commands"]}
+    assert {"merge", "fork", "diff", "status", "discard", "help", "stats"} <= names
+    assert "mount" not in names
+    assert ctl(mp, "help merge")["commands"][0]["usage"].startswith("merge SOURCE")
+    bad = ctl(mp, "gc")
+    assert bad["error"] == "usage" and "branchfs gc" in bad["message"]
+
+
+def test_discard_of_a_mounted_branch_is_refused_then_forced(world: Any) -> None:
+    store, mnt = world
+    assert bfs("fork", "main", "work", store=store).code == 0
+    main_mp = mnt("mnt")
+    work_mp = mnt("work", "work")
+    # Refused everywhere, naming the mountpoint.
+    line = one_line_error(bfs("discard", "work", store=store), 2, "mounted at", str(work_mp))
+    assert "--force" in line
+    answer = ctl(main_mp, "discard work")
+    assert answer["ok"] is False and answer["error"] == "BranchBusy"
+    assert answer["mountpoints"] == [str(work_mp)]
+    with pytest.raises(OSError) as info:
+        os.rmdir(main_mp / ".branchfs" / "branches" / "work")
+    assert info.value.errno == errno.EBUSY
+    with branchfs.Store.open(store) as s, pytest.raises(branchfs.BranchBusy):
+        s.discard("work")
+    answer = ctl(work_mp, "discard work --force")  # its own mount cannot unmount itself
+    assert answer["error"] == "BranchBusy"
+    # Forced while a file is open in it: refused (unmounting would lose what is buffered).
+    fd = os.open(work_mp / "late.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"acknowledged")
+        r = bfs("discard", "work", "--force", store=store)
+        one_line_error(r, 2, "could not be unmounted", "busy")
+    finally:
+        os.close(fd)
+    with branchfs.Store.open(store) as s:
+        assert s.branch("work").read_bytes("late.txt") == b"acknowledged"
+    # Forced: the mount is flushed and unmounted cleanly (its daemon exits), then discarded.
+    found = find_mount(str(work_mp))
+    assert found is not None
+    pid = found[1].pid
+    r = bfs("discard", "work", "--force", "--json", store=store)
+    assert r.code == 0, r
+    assert r.json == {"ok": True, "branch": "work", "unmounted": [str(work_mp)]}
+    assert mount_type(str(work_mp)) is None
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    assert os.listdir(work_mp) == []
+    assert bfs("branches", "--json", store=store).json["branches"] == ["main"]
+
+
+def test_umount_whatever_the_root_answers(world: Any, tmp_path: Path) -> None:
+    store, mnt = world
+    assert bfs("fork", "main", "gone", store=store).code == 0
+    mp = mnt("gone", "gone")
+    # The branch disappears under the mount by a path that skips the check (an older
+    # branchfs): its root then answers ENOENT, and umount still removes the mount.
+    with branchfs.Store.open(store) as s:
+        s.meta.write(lambda txn: s.refs.discard(txn, "gone"))
+    r = bfs("umount", str(mp))
+    assert r.code == 0, r
+    assert mount_type(str(mp)) is None
+    # A killed daemon leaves a dead mount: umount detaches it.
+    mp2 = mnt("dead")
+    found = find_mount(str(mp2))
+    assert found is not None
+    os.kill(found[1].pid, signal.SIGKILL)
+    r = bfs("umount", str(mp2))
+    assert (r.code, r.out.strip()) == (0, f"cleaned dead mount {mp2}"), r
+    assert mount_type(str(mp2)) is None
+    one_line_error(bfs("umount", str(mp2)), 2, "is not mounted")
+    # A busy mountpoint: mounting over it again is one line.
+    mp3 = mnt("busy")
+    one_line_error(bfs("mount", str(mp3), store=store), 2, "already a mountpoint")
+    subprocess.run(["true"], check=True)
