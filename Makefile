@@ -8,7 +8,7 @@ STAMP_APT := $(VENV)/.apt-done
 STAMP_PY := $(VENV)/.py-done
 STAMP_DOCS := $(VENV)/.docs-done
 
-.PHONY: all install demo test lint format docs bench bench-core bench-fuse bench-bestof clean
+.PHONY: all install demo test lint format docs bench bench-core bench-fuse bench-bestof bench-cli clean
 
 all: test
 
@@ -56,7 +56,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-core bench-fuse bench-bestof
+bench: bench-core bench-fuse bench-bestof bench-cli
 
 bench-core: install
 	$(BIN)/python benchmarks/core.py
@@ -66,6 +66,9 @@ bench-fuse: install
 
 bench-bestof: install
 	$(BIN)/python benchmarks/bestof.py
+
+bench-cli: install
+	$(BIN)/python benchmarks/cli.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -104,14 +104,14 @@ def explain_conflicts(target: str, source: str, conflicts: list[Any]) -> str:
     if n > 20:
         lines.append(f"  … and {n - 20} more (--json lists them all)")
     how = (
-        f"to resolve: --strategy ours keeps {target!r}'s side of every conflict, "
-        f"--strategy theirs takes {source!r}'s, --markers writes conflict markers into text "
+        f"to resolve: --strategy ours keeps {target}'s side of every conflict, "
+        f"--strategy theirs takes {source}'s, --markers writes conflict markers into text "
         "files; a merge rule for a path (.branchfs-merge) decides it every time"
     )
     if any(_GIT_REF.search(c.path) for c in conflicts):
         how += (
             f"; for git commits on both sides, merge with --strategy ours, then run "
-            f"`git merge` of {source!r}'s commit inside {target!r}'s tree (its objects "
+            f"`git merge` of {source}'s commit inside {target}'s tree (its objects "
             "came with the merge)"
         )
     lines.append(how)

@@ -132,7 +132,7 @@ def test_a_listing_read_in_pieces_is_one_listing_while_the_directory_changes(
 
 def test_ctl_answers_on_the_same_handle_and_counts_requests(fs: Driver) -> None:
     answer = json.loads(fs.ctl("branches"))
-    assert answer["ok"] and answer["branches"] == ["main"] and answer["mounted"] == "main"
+    assert answer["ok"] and answer["branches"] == ["main"] and answer["current"] == "main"
     stats = json.loads(fs.ctl("stats"))
     assert stats["requests"]["write"] >= 1 and stats["requests"]["lookup"] >= 2
     assert json.loads(fs.ctl("nonsense"))["error"] == "usage"
