@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import lmdb
 
-from .diff import Change, diff_views, ref_view
+from .diff import Change, diff_views
 from .layers import View
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def base_views(
     store: Store, txn: lmdb.Transaction, branch: str, against: str | None
 ) -> tuple[View, View, str | None]:
     """(base view, branch view, the branch compared with) inside ``txn``."""
-    b = ref_view(store, txn, branch)
+    b = store.engine.ref_view(txn, branch)
     b_id = store.refs.branch(txn, branch).id
     if against is not None:
         chain = _base_chain(store, txn, b, b_id, against)
@@ -77,7 +77,7 @@ def base_views(
                 best = key
         chain = best[3] if best else ()
         against = best[2] if best else None
-    view = View(store.meta, store.chunks, txn, chain, False, b.records)
+    view = store.engine.chain_view(txn, chain, False, b.records)
     return view, b, against
 
 

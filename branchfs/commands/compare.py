@@ -22,14 +22,14 @@ def _change_lines(changes: list[Any]) -> list[str]:
 
 
 def _diff(ctx: Context, v: Values) -> Outcome:
-    from ..diff import diff_views, ref_view
+    from ..diff import diff_views
     from ..patch import unified
 
     store = ctx.store()
     a, b = str(v.arg("a")), str(v.arg("b"))
     ra, rb = tree_ref(store, a), tree_ref(store, b)
     with store.meta.read() as txn:
-        va, vb = ref_view(store, txn, ra), ref_view(store, txn, rb)
+        va, vb = store.engine.ref_view(txn, ra), store.engine.ref_view(txn, rb)
         vb.records = va.records
         changes = diff_views(va, vb)
         text = unified(va, vb, changes) if v.opt("patch") else None
