@@ -378,11 +378,10 @@ def unmount(mountpoint: str, *, timeout: float = 60.0) -> str:
             )
         raise MountError(f"unmounting {mountpoint} failed: {msg}")
     # The daemon removes its registration once it has flushed and synced the store, then
-    # exits: wait for that.
+    # exits: wait for the exit, so that nothing of the mount is left when this returns.
     deadline = time.monotonic() + timeout
     for pid in pids:
-        reg = found[1] if found else None
-        while _running(pid) and (reg is None or os.path.exists(reg.path)):
+        while _running(pid):
             if _reap(pid):
                 break
             if time.monotonic() > deadline:
