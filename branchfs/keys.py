@@ -27,7 +27,7 @@ database        key                                         value
 checked by their digest in :mod:`branchfs.chunks`, and the empty :data:`TOMBSTONE`) goes
 through :func:`seal` when written and :func:`unseal` when read, inside the ``encode_*`` /
 ``decode_*`` functions below. :func:`seal` appends a 4-byte xxh3 digest of the value and of
-the part of its key that says what it is about (format 2); :func:`unseal` checks it, so a
+the part of its key that says what it is about (format 3); :func:`unseal` checks it, so a
 flipped byte in any record is :class:`StoreCorrupt` (EIO), never a wrong answer. The
 tombstone stays the empty value (callers test ``raw == TOMBSTONE`` before decoding).
 """
@@ -118,7 +118,7 @@ def extent_seed(ino: int, idx: int) -> int:
 
 
 def reseal_v1(db: str, key: bytes, raw: bytes) -> bytes | None:
-    """The format-2 value of a record written by format 1 (no digests); None: unchanged."""
+    """The format-3 value of a record written without digests (format 1); None: unchanged."""
     if db in ("chunks", "children") or (not raw and db in ("inodes", "dirents")):
         return None
     if db == "meta":

@@ -319,7 +319,7 @@ def test_format_1_store_is_migrated_at_open(store_path: Path) -> None:
         s.fork("main", "other")
         s.snapshot("main", "snap")
         want = {p: b.read_bytes(p) for p in ("dir/big", "small")}
-    # make it format 1: strip every digest format 2 added
+    # make it format 1: strip every digest format 3 added
     env = lmdb.open(str(store_path), max_dbs=20, map_size=1 << 30, create=False)
     with env.begin(write=True) as txn:
         for name in DB_NAMES:
