@@ -195,9 +195,13 @@ class Bridge:
             keys: list[tuple[Key, int]] = []
             for fino, n in inode_list:
                 key = self.inodes.resolve(fino)
-                self.inodes.forget(fino, n)
+                gone = self.inodes.forget(fino, n)
                 if key is not None:
                     keys.append((key, n))
+                    if gone and key[1] == ROOT_INO and key[0] != self.main:
+                        # The kernel holds nothing of that view any more: a child pins
+                        # its parent, so the root goes last.
+                        self.coherence.unview(key[0])
             self._unhold(keys)
         except Exception:  # forget must not raise (it answers no request)
             log.exception("forget failed")

@@ -194,6 +194,14 @@ class Coherence:
         self.viewed.add(tree.name)
         self.on_view(tuple(sorted(self.viewed)))
 
+    def unview(self, tree: TreeRef) -> None:
+        """The kernel forgot the root of ``tree``'s view: notices of it are not needed."""
+        names = self.kentries.pop(tree, set())
+        self._nkentries -= len(names)
+        if tree.name in self.viewed and not tree.snapshot:
+            self.viewed.discard(tree.name)
+            self.on_view(tuple(sorted(self.viewed)))
+
     def changed(self, tree: TreeRef) -> None:
         """``tree`` changed behind the kernel's back (``ctl merge``/``reset``)."""
         self.stale.add(tree)

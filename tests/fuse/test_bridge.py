@@ -65,8 +65,10 @@ def test_views_under_branchfs_get_numbers_that_go_with_the_last_forget(
     fs.forget_all()
     assert not fs.bridge.inodes.aliases and not fs.bridge.inodes.reverse
     assert not fs.bridge.holds.counts
+    assert not fs.bridge.coherence.viewed  # notices of "side" are no longer needed
     # The number is the same when the kernel asks again (st_ino must not change).
     assert fs.lookup(".branchfs/branches/side/f") == ino
+    assert fs.bridge.coherence.viewed == {"side"}
 
 
 def test_the_mounted_branch_under_branches_is_a_link_to_the_root(fs: Driver) -> None:
