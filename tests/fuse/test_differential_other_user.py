@@ -6,7 +6,7 @@ dropped to uid/gid 65534 with no groups (``setgroups``/``setresgid``/``setresuid
 ``setpriv`` does), on a native directory and in the mount. Every third operation goes
 through a second path: on the native disk a symlink to the directory, in the mount
 ``.branchfs/branches/main/`` (which leads to the same files). Results and errno must agree,
-and so must the final trees.
+and so must the final trees (read as root afterwards).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def as_other_user(fn: Any, *args: Any) -> Any:
 
 def run_both(places: tuple[Path, Path, Path, Path], n: int, program: list[Any]) -> Any:
     """The child's part: seed both trees, run ``program`` on both, every third operation
-    through the second path; the first disagreement, or both final trees."""
+    through the second path; the first disagreement, or None."""
     native_root, native_alt, mount_root, mount_alt = places
     sides = []
     for root, alt in ((native_root, native_alt), (mount_root, mount_alt)):
@@ -97,7 +97,7 @@ def run_both(places: tuple[Path, Path, Path, Path], n: int, program: list[Any]) 
     finally:
         for main, _second in sides:
             main.close_all()
-    return [snapshot_tree(main.root) for main, _second in sides]
+    return None
 
 
 _n = iter(range(10**9))
@@ -115,9 +115,9 @@ def test_same_results_as_another_user_through_two_paths(
     n = next(_n)
     result = as_other_user(run_both, places, n, program)
     try:
-        assert not isinstance(result, str), result
-        mount_tree, native_tree = result[1], result[0]
-        assert mount_tree == native_tree
+        assert result is None, result
+        # The final trees, read as root: the other user may have locked itself out.
+        assert snapshot_tree(places[2] / f"u{n}") == snapshot_tree(places[0] / f"u{n}")
     finally:
         for root in (places[0], places[2]):
             target = root / f"u{n}"
