@@ -3,6 +3,7 @@ being killed at any step (issue 20)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,22 @@ def test_compaction_killed_halfway(tmp_path: Path, step: str) -> None:
         assert report.bytes_after < before / 4
         _check(fresh, keep)
     assert not (path / "compact.tmp").exists()
+
+
+def test_gc_compact_and_fsck_from_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "store.bfs"
+    keep = _churned(path)
+    before = os.path.getsize(path / "data.mdb")
+    cli = [sys.executable, "-m", "branchfs.cli", "--store", str(path)]
+    done = subprocess.run([*cli, "gc", "--compact", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["ok"] and answer["compact"]["bytes_after"] < before / 4
+    with branchfs.Store.open(path) as s:
+        _check(s, keep)
+    os.truncate(path / "data.mdb", os.path.getsize(path / "data.mdb") // 2)
+    done = subprocess.run([*cli, "fsck", "--json"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    answer = json.loads(done.stdout)
+    assert [p["kind"] for p in answer["problems"]] == ["unreadable"]
+    assert "truncated" in answer["problems"][0]["message"]

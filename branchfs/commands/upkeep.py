@@ -1,9 +1,18 @@
-"""Verbs that look after the whole store: ``gc`` and ``fsck`` (command line only: they take
-time in proportion to the store, which a mount's request loop must not wait for)."""
+"""Verbs that look after the whole store: ``gc`` (``--compact``) and ``fsck`` (command line
+only: they take time in proportion to the store, which a mount's request loop must not wait
+for)."""
 
 from __future__ import annotations
 
-from .spec import CLI, EXIT_FAILED, Context, Outcome, Values, Verb
+from ..errors import NotAStore, StoreCorrupt
+from .spec import CLI, EXIT_FAILED, Context, Opt, Outcome, Values, Verb
+
+COMPACT = Opt(
+    "compact",
+    "Then give the freed space back to the filesystem: rewrite data.mdb without free pages "
+    "(safe beside other processes and mounts; needs free space for the copy).",
+    flag=True,
+)
 
 
 def _size(n: float) -> str:
@@ -14,21 +23,33 @@ def _size(n: float) -> str:
     return f"{n} bytes"
 
 
-def _gc(ctx: Context, _v: Values) -> Outcome:
+def _gc(ctx: Context, v: Values) -> Outcome:
     store = ctx.store()
     with ctx.progress("gc", None):
         report = store.gc()
-    data = report.to_json()
+    data: dict[str, object] = dict(report.to_json())
     text = (
         f"gc freed {_size(report.bytes_freed)} ({report.chunks_freed} chunks, "
         f"{report.layers_removed} layers removed, {report.layers_squashed} squashed) "
         f"in {report.seconds:.2f} s"
     )
+    if v.opt("compact"):
+        with ctx.progress("compact", None):
+            compacted = store.compact()
+        data["compact"] = compacted.to_json()
+        text += (
+            f"\ncompacted data.mdb from {_size(compacted.bytes_before)} to "
+            f"{_size(compacted.bytes_after)} in {compacted.seconds:.2f} s"
+        )
     return Outcome(data, text)
 
 
 def _fsck(ctx: Context, _v: Values) -> Outcome:
-    store = ctx.store()
+    try:
+        store = ctx.store()
+    except (StoreCorrupt, NotAStore) as exc:  # too damaged to open: that is the finding
+        problem = {"kind": "unreadable", "where": ctx.store_path, "message": str(exc)}
+        return Outcome({"problems": [problem]}, f"the store cannot be opened: {exc}", EXIT_FAILED)
     with ctx.progress("fsck", None):
         report = store.fsck()
     data = {k: v for k, v in report.to_json().items() if k != "ok"}
@@ -46,8 +67,9 @@ VERBS = (
     Verb(
         "gc",
         "Reclaim the space of discarded branches and unused data; safe beside writers and mounts.",
-        "branchfs gc",
+        "branchfs gc --compact",
         _gc,
+        opts=(COMPACT,),
         fronts=frozenset({CLI}),
     ),
     Verb(
