@@ -59,6 +59,8 @@ NEXT_INO = b"next_ino"
 NEXT_LAYER = b"next_layer"
 NEXT_BRANCH = b"next_branch"
 COUNTERS = (NEXT_INO, NEXT_LAYER, NEXT_BRANCH)
+#: Present while a compaction is replacing the environment's file (``branchfs.compact``).
+COMPACTING = b"compacting"
 
 Raw = bytes | memoryview
 

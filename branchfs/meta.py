@@ -110,7 +110,7 @@ except (OSError, AttributeError):  # not Linux: the store works, without preallo
 #: when the table is full): a stale slot pins old pages for at most this long of writes.
 READER_CHECK_S = 1.0
 #: Key in the ``meta`` database of an environment that a compaction is replacing.
-MOVED_KEY = b"compacting"
+MOVED_KEY = keys.COMPACTING
 #: Held exclusively (``flock``) while a compaction swaps ``data.mdb``.
 COMPACT_LOCK = "compact.lock"
 #: How long a process waits for its own other transactions before following a compaction.
