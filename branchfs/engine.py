@@ -53,8 +53,10 @@ class Engine:
         """A view of branch ``name`` (writable) or of snapshot ``name`` (read-only);
         :class:`~branchfs.errors.BranchNotFound` if there is none."""
         if snapshot:
-            return self.layer_view(txn, self.refs.snapshot(txn, name).layer, False)
-        return self.layer_view(txn, self.refs.branch(txn, name).top, True)
+            top, writable = self.refs.snapshot(txn, name).layer, False
+        else:
+            top, writable = self.refs.branch(txn, name).top, True
+        return View(self.meta, self.chunks, txn, self.layers.chain(txn, top), writable)
 
     def ref_view(self, txn: lmdb.Transaction, ref: str) -> View:
         """The view of ``ref``: a branch name, or ``@name`` for a snapshot."""

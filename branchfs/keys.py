@@ -35,6 +35,7 @@ tombstone stays the empty value (callers test ``raw == TOMBSTONE`` before decodi
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -46,6 +47,8 @@ from .records import Inode
 U64 = struct.Struct(">Q")
 U64x2 = struct.Struct(">QQ")
 U64x3 = struct.Struct(">QQQ")
+# The fixed-width key codecs below are the structs' own ``pack`` methods: they are built on
+# every lookup, and a bound builtin is called without a Python frame.
 
 #: An empty value: "deleted in this layer" (inodes and dirents).
 TOMBSTONE = b""
@@ -163,9 +166,9 @@ def unpack(raw: Raw) -> Any:
 # -- layers --------------------------------------------------------------------------------------
 
 
-def layer_key(lid: int) -> bytes:
-    """Key of a layer's record; also the prefix of every inode, dirent and extent it holds."""
-    return U64.pack(lid)
+#: ``layer_key(lid)``: Key of a layer's record; also the prefix of every inode, dirent and
+#: extent it holds.
+layer_key: Callable[[int], bytes] = U64.pack
 
 
 def layer_of(key: Raw) -> int:
@@ -184,9 +187,9 @@ def decode_layer(raw: Raw) -> tuple[int, bool]:
     return int(parent), bool(frozen)
 
 
-def child_key(parent: int, child: int) -> bytes:
-    """Key of the ``children`` index entry saying ``child`` sits on ``parent``."""
-    return U64x2.pack(parent, child)
+#: ``child_key(parent, child)``: Key of the ``children`` index entry saying ``child`` sits
+#: on ``parent``.
+child_key: Callable[[int, int], bytes] = U64x2.pack
 
 
 def split_child_key(key: Raw) -> tuple[int, int]:
@@ -244,9 +247,8 @@ def split_pair_key(key: Raw) -> tuple[int, int]:
 # -- inodes --------------------------------------------------------------------------------------
 
 
-def inode_key(layer: int, ino: int) -> bytes:
-    """Key of the record of ``ino`` in ``layer``."""
-    return U64x2.pack(layer, ino)
+#: ``inode_key(layer, ino)``: Key of the record of ``ino`` in ``layer``.
+inode_key: Callable[[int, int], bytes] = U64x2.pack
 
 
 def split_inode_key(key: Raw) -> tuple[int, int]:
@@ -306,9 +308,9 @@ def decode_inode(raw: Raw, ino: int) -> Inode:
 # -- directory entries -----------------------------------------------------------------------------
 
 
-def dirent_prefix(layer: int, parent: int) -> bytes:
-    """Prefix of every entry of directory ``parent`` recorded in ``layer``."""
-    return U64x2.pack(layer, parent)
+#: ``dirent_prefix(layer, parent)``: Prefix of every entry of directory ``parent`` recorded
+#: in ``layer``.
+dirent_prefix: Callable[[int, int], bytes] = U64x2.pack
 
 
 def dirent_key(layer: int, parent: int, name: bytes) -> bytes:
@@ -341,14 +343,12 @@ def decode_dirent(raw: Raw, parent: int, name: bytes) -> int:
 # -- extents -------------------------------------------------------------------------------------
 
 
-def extent_prefix(layer: int, ino: int) -> bytes:
-    """Prefix of every extent of ``ino`` recorded in ``layer``."""
-    return U64x2.pack(layer, ino)
+#: ``extent_prefix(layer, ino)``: Prefix of every extent of ``ino`` recorded in ``layer``.
+extent_prefix: Callable[[int, int], bytes] = U64x2.pack
 
 
-def extent_key(layer: int, ino: int, idx: int) -> bytes:
-    """Key of chunk ``idx`` of ``ino`` in ``layer``."""
-    return U64x3.pack(layer, ino, idx)
+#: ``extent_key(layer, ino, idx)``: Key of chunk ``idx`` of ``ino`` in ``layer``.
+extent_key: Callable[[int, int, int], bytes] = U64x3.pack
 
 
 def split_extent_key(key: Raw) -> tuple[int, int, int]:
