@@ -40,6 +40,7 @@ from .inodes import (
     BRANCHES,
     CONTROL_NODES,
     CTL_DIR,
+    FIRST_DYNAMIC,
     SNAPSHOTS,
     Holds,
     InodeMap,
@@ -57,10 +58,6 @@ R = TypeVar("R")
 
 #: The caller of a request that does not say who it is.
 NOBODY = K.RequestContext(-1, -1, 0)
-
-#: Entry timeout of a tree's root under ``.branchfs/`` (s): a branch may be discarded, or
-#: start being served by another daemon (then its entry becomes a symlink), without a notice.
-ROOT_ENTRY_TIMEOUT = 1.0
 
 #: Directory listings kept for readdir offsets that continue them.
 LISTINGS_MAX = 64
@@ -143,10 +140,16 @@ class Bridge:
         self.inodes.looked_up(entry.fino)
         self.holds.hold(entry.key)
         self.coherence.remember(entry.key[0], parent, name)
-        attrs = self.tree.attrs(entry.fino, entry.key, entry.rec)
-        if parent in CONTROL_NODES:  # a tree's root: it may be discarded or served elsewhere
-            attrs.entry_timeout = ROOT_ENTRY_TIMEOUT
-        return attrs
+        return self.tree.attrs(entry.fino, entry.key, entry.rec)
+
+    def _viewing(self, fino: int) -> None:
+        """Something inside the view ``fino`` belongs to is about to be given to the kernel:
+        from now on other processes' changes to its branch must reach this daemon
+        (:meth:`.coherence.Coherence.view`). Until then the kernel holds only the view's
+        root, whose attributes it keeps for a second."""
+        key = self.inodes.resolve(fino)
+        if key is not None and key[0].name not in self.coherence.viewed:
+            self.coherence.view(key[0])
 
     def _new_fh(self, handle: Handle, info: K.FileInfo) -> K.FileInfo:
         fh = self._next_fh
@@ -170,14 +173,19 @@ class Bridge:
         """Resolve ``name`` in ``parent``; ENOENT answers of the mounted view are cached."""
         if parent >= ALIAS_BASE and parent in CONTROL_NODES:
             found = self.ctl.lookup(parent, name)
-            if isinstance(found, int):
-                self.inodes.looked_up(found)
-                return self.ctl.attrs(found)
-            self.coherence.view(found)
-            return self._entry(parent, name, self.tree.root_entry(found))
+            if isinstance(found, TreeRef):
+                rec = self.tree.root_record(found)  # ENOENT first: no registry read for it
+                link = self.ctl.server_link(found)
+                if link is None:
+                    return self._entry(parent, name, self.tree.root_entry(found, rec))
+                found = link
+            self.inodes.looked_up(found)
+            return self.ctl.attrs(found)
         if parent == ROOT_INO and name == CONTROL_NAME:
             self.inodes.looked_up(CTL_DIR)
             return self.ctl.attrs(CTL_DIR)
+        if parent >= FIRST_DYNAMIC:
+            self._viewing(parent)
         tree, entry = self.tree.lookup(parent, name)
         if entry is None:
             self.coherence.remember(tree, parent, name)
@@ -250,7 +258,6 @@ class Bridge:
         """mkdir; under ``.branchfs/branches`` it forks, under ``snapshots`` it snapshots."""
         if parent in (BRANCHES, SNAPSHOTS):
             tree = self.ctl.mkdir(parent, name)
-            self.coherence.view(tree)
             return self._entry(parent, name, self.tree.root_entry(tree))
         entry = self.tree.make(parent, name, st.S_IFDIR | (mode & 0o7777), ctx)
         return self._entry(parent, name, entry)
@@ -417,6 +424,8 @@ class Bridge:
         """The entries of directory ``fino`` now."""
         if fino in CONTROL_NODES:
             return self.ctl.listing(fino)
+        if fino >= FIRST_DYNAMIC:
+            self._viewing(fino)
         return self.tree.list_dir(fino)
 
     def _listing(self, fino: int, offset: int) -> tuple[int, Listing]:

@@ -226,11 +226,16 @@ class ControlDir:
         if parent not in (BRANCHES, SNAPSHOTS):
             raise K.FUSEError(errno.ENOTDIR)
         ref = name.decode("utf-8", "surrogateescape")
-        if parent == BRANCHES:
-            link = self.served_elsewhere([ref]).get(ref)
-            if link is not None:
-                return link
+        if parent == BRANCHES and ref == self.main.name:
+            return SELF_LINK
         return TreeRef(ref, parent == SNAPSHOTS)
+
+    def server_link(self, tree: TreeRef) -> int | None:
+        """The symlink node that ``branches/NAME`` is when another daemon serves branch
+        ``tree`` (see :meth:`served_elsewhere`), else None: the tree is shown here."""
+        if tree.snapshot:
+            return None
+        return self.served_elsewhere([tree.name]).get(tree.name)
 
     def listing(self, fino: int) -> Listing:
         """The entries of control directory ``fino`` now (ENOTDIR for a control file)."""

@@ -36,6 +36,11 @@ log = logging.getLogger("branchfs.fuse")
 
 #: Entry and attribute timeout of the mounted view (changes from elsewhere are invalidated).
 TIMEOUT = 600.0
+#: Entry and attribute timeout of a view's root (s): a branch may be discarded, or start
+#: being served by another daemon (its entry then becomes a symlink), without a notice; and
+#: notices of a branch reach the daemon only once the kernel looks inside its view
+#: (``Bridge._viewing``), so until then the root's attributes must not stay long.
+VIEW_ROOT_TIMEOUT = 1.0
 #: The control directory's name in the mounted tree's root (hidden from listings).
 CONTROL_NAME = b".branchfs"
 #: Block size reported to ``stat``: one chunk.
@@ -100,6 +105,8 @@ class TreeNodes:
         a = K.EntryAttributes()
         a.st_ino = fino
         a.entry_timeout = a.attr_timeout = TIMEOUT
+        if key[1] == ROOT_INO and key[0] != self.main:
+            a.entry_timeout = a.attr_timeout = VIEW_ROOT_TIMEOUT
         a.st_mode = rec.mode
         a.st_nlink = rec.nlink if rec.links or key[1] == ROOT_INO else 0
         a.st_uid = rec.uid
@@ -146,10 +153,16 @@ class TreeNodes:
         self.co.cache_record((tree, ino), rec)
         return tree, Entry(self.inodes.fuse_ino(tree, ino, parent >= ALIAS_BASE), (tree, ino), rec)
 
-    def root_entry(self, tree: TreeRef) -> Entry:
-        """The root of ``tree`` as seen under ``.branchfs/`` (ENOENT if no such tree)."""
-        rec = self.co.read(tree, lambda v: T.get(v, ROOT_INO))
+    def root_entry(self, tree: TreeRef, rec: Inode | None = None) -> Entry:
+        """The root of ``tree`` as seen under ``.branchfs/`` (ENOENT if no such tree);
+        ``rec``: its record, if already read (:meth:`root_record`)."""
+        if rec is None:
+            rec = self.root_record(tree)
         return Entry(self.inodes.alias(tree, ROOT_INO), (tree, ROOT_INO), rec)
+
+    def root_record(self, tree: TreeRef) -> Inode:
+        """The record of ``tree``'s root; ``BranchNotFound`` (ENOENT) if no such tree."""
+        return self.co.read(tree, lambda v: T.get(v, ROOT_INO))
 
     def getattr(self, fino: int) -> K.EntryAttributes:
         """Attributes of ``fino``."""
