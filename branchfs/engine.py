@@ -1,10 +1,10 @@
 """The parts of one open store, and the views of its named trees.
 
 :class:`Engine` bundles what every engine-side operation works with — the LMDB environment
-(:class:`~branchfs.meta.Meta`), the layer index, the chunk store, the refs and the
-whole-layer record interface — and builds a :class:`~branchfs.layers.View` of a branch, a
-snapshot or a bare chain. ``Store`` (the public API) owns one; gc, fsck, diff and merge take
-it instead of reaching into a ``Store``.
+(:class:`~branchfs.meta.Meta`), the layer index, the chunk store, the merge history, the
+refs and the whole-layer record interface — and builds a :class:`~branchfs.layers.View` of
+a branch, a snapshot or a bare chain. ``Store`` (the public API) owns one; gc, fsck, diff
+and merge take it instead of reaching into a ``Store``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import lmdb
 
 from .chunks import LmdbChunkStore
+from .history import History
 from .layerrecords import LayerRecords
 from .layers import LayerIndex, View
 from .meta import Meta, open_meta, release_meta
@@ -22,15 +23,17 @@ RecordCache = dict[tuple[int, int], bytes | memoryview | None]
 
 
 class Engine:
-    """The layer index, chunk store, refs and layer records of one open environment."""
+    """The layer index, chunk store, merge history, refs and layer records of one open
+    environment."""
 
-    __slots__ = ("chunks", "layers", "meta", "records", "refs")
+    __slots__ = ("chunks", "history", "layers", "meta", "records", "refs")
 
     def __init__(self, meta: Meta) -> None:
         self.meta = meta
         self.layers = LayerIndex(meta)
         self.chunks = LmdbChunkStore(meta)
-        self.refs = Refs(meta, self.layers)
+        self.history = History(meta, self.layers)
+        self.refs = Refs(meta, self.layers, self.history)
         self.records = LayerRecords(meta, self.chunks)
 
     def chain_view(

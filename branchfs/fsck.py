@@ -139,9 +139,12 @@ class _Checker:
                 self.problem(
                     "dangling-ref", f"snapshot {s.name}", f"its layer {s.layer} is missing"
                 )
-        for a, b_id, layer in self.refs.bases(self.txn):
-            if layer not in parents:
-                self.problem("dangling-ref", f"merge base {a}/{b_id}", f"layer {layer} is missing")
+        for layer, parent in self.engine.history.edges(self.txn):
+            for lid in (layer, parent):
+                if lid not in parents:
+                    self.problem(
+                        "dangling-ref", f"merge of {parent} into {layer}", f"layer {lid} is missing"
+                    )
 
     def check_records(self) -> Counter[bytes]:
         txn, records = self.txn, self.engine.records

@@ -1,6 +1,7 @@
 """Garbage collection: delete unreachable layers and squash layers with a single child.
 
-A layer is live if a branch, a snapshot or a merge base reaches it through parent links.
+A layer is live if a branch, a snapshot or a state kept as a merge base (see
+:meth:`branchfs.history.History.kept_states`) reaches it through parent links.
 Nothing ever makes an unreachable layer reachable again, so dead layers are deleted in
 small batches, each its own short write transaction: writers in other processes never wait
 for more than one batch. Chunks are freed by their reference counts as the extents that
@@ -51,12 +52,22 @@ class GcReport:
         return dict(self.__dict__)
 
 
+def ref_roots(txn: lmdb.Transaction, engine: Engine) -> list[int]:
+    """The layers branches and snapshots name."""
+    refs = engine.refs
+    return [b.top for b in refs.branches(txn)] + [s.layer for s in refs.snapshots(txn)]
+
+
+def kept_states(txn: lmdb.Transaction, engine: Engine) -> set[int]:
+    """States kept for future merge bases (see :meth:`History.kept_states`)."""
+    return engine.history.kept_states(txn, ref_roots(txn, engine))
+
+
 def live_layers(txn: lmdb.Transaction, engine: Engine) -> set[int]:
-    """Every layer reachable from a branch, a snapshot or a merge base."""
-    refs, layers = engine.refs, engine.layers
-    roots = [b.top for b in refs.branches(txn)]
-    roots += [s.layer for s in refs.snapshots(txn)]
-    roots += refs.base_layers(txn)
+    """Every layer reachable from a branch, a snapshot or a state kept as a merge base."""
+    layers = engine.layers
+    roots = ref_roots(txn, engine)
+    roots += sorted(kept_states(txn, engine))
     live: set[int] = set()
     for root in roots:
         lid = root
@@ -94,9 +105,8 @@ def _children(txn: lmdb.Transaction, engine: Engine) -> dict[int, list[int]]:
 
 def _squash_candidate(txn: lmdb.Transaction, engine: Engine) -> tuple[int, int] | None:
     """A (parent, child) pair where the frozen parent is used by that child only."""
-    refs, layers = engine.refs, engine.layers
-    pinned = {s.layer for s in refs.snapshots(txn)} | set(refs.base_layers(txn))
-    pinned |= {b.top for b in refs.branches(txn)}
+    layers = engine.layers
+    pinned = set(ref_roots(txn, engine)) | kept_states(txn, engine)
     for parent, kids in _children(txn, engine).items():
         if parent == NO_LAYER or len(kids) != 1 or parent in pinned:
             continue
@@ -128,6 +138,7 @@ def _finish_squash(txn: lmdb.Transaction, engine: Engine, p: int, c: int) -> boo
     while records.move_dirents_down(txn, p, c, below, BATCH):
         pass
     engine.refs.repoint(txn, c, p)
+    engine.history.squash(txn, p, c)
     for child in layers.children(txn, c):
         layers.set_parent(txn, child, p, layers.info(txn, child).frozen)
     layers.set_parent(txn, p, layers.info(txn, p).parent, info_c.frozen)
@@ -178,20 +189,27 @@ def tidy_after_discard(txn: lmdb.Transaction, engine: Engine, top: int) -> None:
     winner, discard the rest" loop then keeps chains short without waiting for gc. Work is
     bounded by ``TIDY_LIMIT`` records per layer, so a discard stays O(1) in the tree size.
     """
-    layers, refs = engine.layers, engine.refs
+    layers, refs, history = engine.layers, engine.refs, engine.history
     # A layer with children is never a branch's top, and the discarded top has no branch
-    # left, so only snapshots and merge bases can pin the layers looked at here.
-    pinned = {snap.layer for snap in refs.snapshots(txn)} | set(refs.base_layers(txn))
+    # left, so only snapshots can pin the layers looked at here, and merges: a layer merged
+    # into two others may be the base of a later merge (gc decides those); merged into
+    # one, it never is (that one descends from it and from nothing else of it).
+    pinned = {snap.layer for snap in refs.snapshots(txn)}
     lid = top
     while lid != NO_LAYER and layers.exists(txn, lid):
         if lid in pinned or layers.children(txn, lid, limit=1):
             break
+        if len(history.referrers(txn, lid)) > 1:
+            break
         if layers.size_exceeds(txn, lid, TIDY_LIMIT):
             return
         parent = layers.info(txn, lid).parent
+        history.drop(txn, lid)
         delete_layer(txn, engine, lid)
         lid = parent
     if lid == NO_LAYER or lid in pinned or not layers.exists(txn, lid):
+        return
+    if history.referrers(txn, lid):
         return
     kids = layers.children(txn, lid, limit=2)
     if len(kids) == 1 and not layers.size_exceeds(txn, kids[0], TIDY_LIMIT):
@@ -215,6 +233,12 @@ def collect(engine: Engine) -> GcReport:
         with meta.read() as txn:
             live = live_layers(txn, engine)
             dead = [info.id for info in layers.all(txn) if info.id not in live]
+
+        def contract(txn: lmdb.Transaction) -> None:
+            # a layer dead then is unreachable for good; roots made since are live
+            engine.history.contract(txn, live | set(ref_roots(txn, engine)))
+
+        meta.write(contract)
         removed = 0
         for lid in dead:
 

@@ -15,7 +15,7 @@ database        key                                         value
 ``children``    parent layer, child layer                   empty
 ``branches``    name (utf-8, surrogateescape)               ``[id, top layer, created ns]``
 ``snapshots``   name                                        ``[layer, branch, created ns]``
-``bases``       branch id pair (smaller first)              layer (u64)
+``merges``      ``p`` layer, parent / ``c`` parent, layer   empty (the merge history)
 ``inodes``      layer, ino                                  inode record, or tombstone
 ``dirents``     layer, dir ino, name bytes                  ino (u64), or tombstone
 ``extents``     layer, ino, chunk index                     chunk key (17 bytes)
@@ -237,14 +237,36 @@ def decode_snapshot(raw: Raw) -> tuple[int, str, int]:
     return int(layer), str(branch), int(created)
 
 
-def pair_key(a: int, b: int) -> bytes:
-    """Key of the merge base of branch ids ``a`` and ``b`` (order does not matter)."""
-    return U64x2.pack(min(a, b), max(a, b))
+# -- the merge history -----------------------------------------------------------------------
+
+#: Key tags of the ``merges`` database: forward (layer -> merge parent) and reverse.
+MERGE_FORWARD, MERGE_REVERSE = b"p", b"c"
 
 
-def split_pair_key(key: Raw) -> tuple[int, int]:
-    """The two branch ids of a ``bases`` key, smaller first."""
-    a, b = U64x2.unpack(key)
+def merge_key(layer: int, parent: int) -> bytes:
+    """Key recording that state ``parent`` was merged into ``layer``."""
+    return MERGE_FORWARD + U64x2.pack(layer, parent)
+
+
+def merge_reverse_key(layer: int, parent: int) -> bytes:
+    """The reverse-index key of the same edge (found from ``parent``)."""
+    return MERGE_REVERSE + U64x2.pack(parent, layer)
+
+
+def merge_parents_prefix(layer: int) -> bytes:
+    """Prefix of the forward keys of ``layer`` (its merge parents)."""
+    return MERGE_FORWARD + U64.pack(layer)
+
+
+def merge_referrers_prefix(parent: int) -> bytes:
+    """Prefix of the reverse keys of ``parent`` (the layers it was merged into)."""
+    return MERGE_REVERSE + U64.pack(parent)
+
+
+def split_merge_key(key: Raw) -> tuple[int, int]:
+    """(first, second) layer of a ``merges`` key: (layer, parent) for a forward key,
+    (parent, layer) for a reverse one."""
+    a, b = U64x2.unpack(bytes(key[1:]))
     return int(a), int(b)
 
 

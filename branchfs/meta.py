@@ -54,7 +54,7 @@ DB_NAMES = (
     "children",  # parent layer + child layer -> "" (who sits on a layer)
     "branches",  # name -> {id, top}
     "snapshots",  # name -> {layer, branch}
-    "bases",  # branch id pair -> merge base layer
+    "merges",  # layer + merge parent -> "" (and the reverse): the merge history
     "inodes",  # layer + ino -> inode record ("" = deleted)
     "dirents",  # layer + dir ino + name -> ino ("" = deleted)
     "extents",  # layer + ino + chunk index -> chunk key
@@ -262,7 +262,7 @@ class Meta:
         self.children_db = self.dbs["children"]
         self.branches_db = self.dbs["branches"]
         self.snapshots_db = self.dbs["snapshots"]
-        self.bases_db = self.dbs["bases"]
+        self.merges_db = self.dbs["merges"]
         self.inodes_db = self.dbs["inodes"]
         self.dirents_db = self.dbs["dirents"]
         self.extents_db = self.dbs["extents"]

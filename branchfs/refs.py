@@ -1,4 +1,4 @@
-"""Branches and snapshots by name, and the merge bases between pairs of branches.
+"""Branches and snapshots by name.
 
 A branch record names the branch's writable top layer; a snapshot record names a frozen
 layer. Every operation here is O(1) in the size of the tree: it creates, freezes and
@@ -15,6 +15,7 @@ import lmdb
 
 from . import keys
 from .errors import BranchExists, BranchNotFound, InvalidName
+from .history import History
 from .layers import NO_LAYER, LayerIndex
 from .meta import Meta
 from .records import ROOT_INO, Inode
@@ -24,7 +25,7 @@ NAME_MAX_BYTES = 255
 
 @dataclass(frozen=True, slots=True)
 class BranchRecord:
-    """A branch: its stable id (for merge bases) and its current top layer."""
+    """A branch: its stable id and its current top layer."""
 
     name: str
     id: int
@@ -79,9 +80,10 @@ def check_ref_name(name: object, what: str = "branch") -> bytes:
 class Refs:
     """Create, look up and re-point branches and snapshots."""
 
-    def __init__(self, meta: Meta, layers: LayerIndex) -> None:
+    def __init__(self, meta: Meta, layers: LayerIndex, history: History) -> None:
         self.meta = meta
         self.layers = layers
+        self.history = history
 
     # -- branches ---------------------------------------------------------------------------
 
@@ -134,12 +136,17 @@ class Refs:
     def freeze_state(self, txn: lmdb.Transaction, name: str) -> int:
         """Freeze branch ``name``'s current tree and return the layer that now holds it.
 
-        If the top layer has changes it is frozen and the branch gets a fresh empty top
-        over it; if it is empty, its parent already is the current state.
+        If the top layer has changes (or merges recorded: it is a state of its own in the
+        merge history) it is frozen and the branch gets a fresh empty top over it; if it is
+        empty, its parent already is the current state.
         """
         rec = self.branch(txn, name)
         info = self.layers.info(txn, rec.top)
-        if info.parent != NO_LAYER and self.layers.is_empty(txn, rec.top):
+        if (
+            info.parent != NO_LAYER
+            and self.layers.is_empty(txn, rec.top)
+            and not self.history.merge_parents(txn, rec.top)
+        ):
             return info.parent
         self.layers.freeze(txn, rec.top)
         new_top = self.layers.create(txn, rec.top)
@@ -166,14 +173,12 @@ class Refs:
         top = self.layers.create(txn, layer)
         new = BranchRecord(name, rec.id, top, rec.created_ns)
         self._put_branch(txn, new)
-        self.drop_bases(txn, rec.id)
         return new
 
     def discard(self, txn: lmdb.Transaction, name: str) -> BranchRecord:
         """Remove branch ``name``; its layers become garbage for gc."""
         rec = self.branch(txn, name)
         txn.delete(check_ref_name(name), db=self.meta.branches_db)
-        self.drop_bases(txn, rec.id)
         return rec
 
     # -- snapshots --------------------------------------------------------------------------
@@ -212,39 +217,10 @@ class Refs:
         self.snapshot(txn, name)
         txn.delete(check_ref_name(name, "snapshot"), db=self.meta.snapshots_db)
 
-    # -- merge bases ------------------------------------------------------------------------
-
-    def base(self, txn: lmdb.Transaction, a: int, b: int) -> int | None:
-        """The recorded merge base layer of branches with ids ``a`` and ``b``, if any."""
-        raw = txn.get(keys.pair_key(a, b), db=self.meta.bases_db)
-        return None if raw is None else keys.read_u64(raw)
-
-    def set_base(self, txn: lmdb.Transaction, a: int, b: int, layer: int) -> None:
-        """Record ``layer`` as the state branches ``a`` and ``b`` last shared."""
-        txn.put(keys.pair_key(a, b), keys.u64(layer), db=self.meta.bases_db)
-
-    def bases(self, txn: lmdb.Transaction) -> list[tuple[int, int, int]]:
-        """Every recorded merge base: (branch id, branch id, layer)."""
-        out = []
-        for key, raw in txn.cursor(db=self.meta.bases_db):
-            a, b = keys.split_pair_key(key)
-            out.append((a, b, keys.read_u64(raw)))
-        return out
-
-    def drop_bases(self, txn: lmdb.Transaction, bid: int) -> None:
-        """Forget every merge base that involves branch id ``bid``."""
-        for a, b, _layer in self.bases(txn):
-            if bid in (a, b):
-                txn.delete(keys.pair_key(a, b), db=self.meta.bases_db)
-
-    def base_layers(self, txn: lmdb.Transaction) -> list[int]:
-        """Every layer named by a merge base (gc keeps them)."""
-        return [layer for _a, _b, layer in self.bases(txn)]
-
     # -- squashing ---------------------------------------------------------------------------
 
     def repoint(self, txn: lmdb.Transaction, old: int, new: int) -> None:
-        """Make every branch top, snapshot and merge base naming layer ``old`` name ``new``.
+        """Make every branch top and snapshot naming layer ``old`` name ``new``.
 
         gc's squash uses it once layer ``old``'s records live in ``new``.
         """
@@ -262,6 +238,3 @@ class Refs:
                     keys.encode_snapshot(new, snap.branch, snap.created_ns),
                     db=self.meta.snapshots_db,
                 )
-        for a, b_id, layer in self.bases(txn):
-            if layer == old:
-                self.set_base(txn, a, b_id, new)

@@ -360,6 +360,8 @@ def test_conflict_markers(pair) -> None:
 
 def test_markers_do_not_hide_other_conflicts(pair) -> None:
     main, theirs = conflicted(pair)
+    main.write_bytes("new.bin", b"ours\0")
+    theirs.write_bytes("new.bin", b"theirs\0")
     with pytest.raises(MergeConflict) as info:
         main.merge(theirs, conflict_markers=True)
     assert [c.kind for c in info.value.conflicts] == ["add/add"]

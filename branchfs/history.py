@@ -1,0 +1,260 @@
+"""The merge history: the graph of tree states over forks *and* merges, and merge bases.
+
+Every layer is a state of some tree; its parents are its parent layer (the state it was
+forked or continued from) and its *merge parents*: the frozen states of the sources merged
+into it. That is git's commit graph with layers for commits, so the merge base of two trees
+is their best common ancestors in it, as ``git merge-base --all`` computes them: the common
+ancestors that are no ancestor of another common ancestor.
+
+Stored in the ``merges`` database, in both directions so that gc can re-point edges
+without a scan:
+
+- ``b"p" + (layer, merge parent)`` -> empty: ``layer`` had ``merge parent`` merged into it;
+- ``b"c" + (merge parent, layer)`` -> empty: the reverse index.
+
+Cost: a merge records one edge (two puts). Finding the bases walks the ancestors of both
+sides: O(states in their history), never the tree; ancestor sets of frozen layers are
+cached per process and dropped when the ``topology`` token changes (gc rewrites edges).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import lmdb
+
+from . import keys
+from .layers import NO_LAYER, LayerIndex, scan_prefix
+from .meta import Meta
+
+
+class History:
+    """Record merge edges and answer ancestry questions over layers and merges."""
+
+    def __init__(self, meta: Meta, layers: LayerIndex) -> None:
+        self.meta = meta
+        self.layers = layers
+        self._token: bytes | None = None
+        self._ancestors: dict[int, frozenset[int]] = {}
+        self._parents: dict[int, tuple[int, ...]] = {}
+
+    # -- edges ------------------------------------------------------------------------------
+
+    def record(self, txn: lmdb.Transaction, layer: int, parent: int) -> None:
+        """Record that the frozen state ``parent`` was merged into (writable) ``layer``."""
+        if parent == layer:
+            return
+        db = self.meta.merges_db
+        txn.put(keys.merge_key(layer, parent), b"", db=db)
+        txn.put(keys.merge_reverse_key(layer, parent), b"", db=db)
+        self._parents.pop(layer, None)
+        self._ancestors.pop(layer, None)
+
+    def unrecord(self, txn: lmdb.Transaction, layer: int, parent: int) -> None:
+        """Remove the edge ``layer`` -> ``parent`` (both directions)."""
+        db = self.meta.merges_db
+        txn.delete(keys.merge_key(layer, parent), db=db)
+        txn.delete(keys.merge_reverse_key(layer, parent), db=db)
+        self._parents.pop(layer, None)
+        self._ancestors.pop(layer, None)
+
+    def merge_parents(self, txn: lmdb.Transaction, layer: int) -> list[int]:
+        """The states merged into ``layer``, by layer id."""
+        prefix = keys.merge_parents_prefix(layer)
+        db = self.meta.merges_db
+        return [keys.split_merge_key(k)[1] for k, _v in scan_prefix(txn, db, prefix)]
+
+    def referrers(self, txn: lmdb.Transaction, layer: int) -> list[int]:
+        """The layers that ``layer`` was merged into."""
+        prefix = keys.merge_referrers_prefix(layer)
+        db = self.meta.merges_db
+        return [keys.split_merge_key(k)[1] for k, _v in scan_prefix(txn, db, prefix)]
+
+    def edges(self, txn: lmdb.Transaction) -> list[tuple[int, int]]:
+        """Every (layer, merge parent) edge (fsck and gc)."""
+        db = self.meta.merges_db
+        return [keys.split_merge_key(k) for k, _v in scan_prefix(txn, db, keys.MERGE_FORWARD)]
+
+    # -- ancestry ---------------------------------------------------------------------------
+
+    def _check_token(self, txn: lmdb.Transaction) -> None:
+        raw = txn.get(keys.TOPOLOGY, db=self.meta.meta_db)
+        token = None if raw is None else bytes(raw)
+        if token != self._token:
+            self._token = token
+            self._ancestors.clear()
+            self._parents.clear()
+
+    def parents(self, txn: lmdb.Transaction, layer: int) -> tuple[int, ...]:
+        """Parent layer first (if any), then merge parents."""
+        cached = self._parents.get(layer)
+        if cached is not None:
+            return cached
+        info = self.layers.info(txn, layer)
+        out = ([info.parent] if info.parent != NO_LAYER else []) + self.merge_parents(txn, layer)
+        result = tuple(out)
+        if info.frozen:
+            self._parents[layer] = result
+        return result
+
+    def ancestors(self, txn: lmdb.Transaction, layer: int) -> frozenset[int]:
+        """``layer`` and every state it descends from, over forks and merges."""
+        self._check_token(txn)
+        cached = self._ancestors.get(layer)
+        if cached is not None:
+            return cached
+        seen: set[int] = {layer}
+        todo = list(self.parents(txn, layer))
+        while todo:
+            lid = todo.pop()
+            if lid in seen or not self.layers.exists(txn, lid):
+                continue
+            known = self._ancestors.get(lid)
+            if known is not None:
+                seen |= known
+                continue
+            seen.add(lid)
+            todo.extend(self.parents(txn, lid))
+        result = frozenset(seen)
+        if self.layers.info(txn, layer).frozen:
+            self._ancestors[layer] = result
+        return result
+
+    def merge_bases(self, txn: lmdb.Transaction, a: int, b: int) -> list[int]:
+        """The best common ancestors of states ``a`` and ``b`` (``git merge-base --all``),
+        sorted by layer id; empty if the two histories never met."""
+        return self.best(txn, self.ancestors(txn, a) & self.ancestors(txn, b))
+
+    def best(self, txn: lmdb.Transaction, common: Iterable[int]) -> list[int]:
+        """The members of an ancestor-closed set that no other member descends from.
+
+        Every ancestor of a member is a member, so a member is redundant exactly when one
+        of its direct children is a member too: one pass over the parents suffices.
+        """
+        members = set(common)
+        redundant: set[int] = set()
+        for lid in members:
+            redundant.update(self.parents(txn, lid))
+        return sorted(members - redundant)
+
+    def is_ancestor(self, txn: lmdb.Transaction, a: int, b: int) -> bool:
+        """Whether state ``a`` is ``b`` or one of its ancestors."""
+        return a in self.ancestors(txn, b)
+
+    # -- what gc keeps, and how it re-points edges -------------------------------------------
+
+    def kept_states(self, txn: lmdb.Transaction, roots: Iterable[int]) -> set[int]:
+        """The states a future merge may need as its base, given the live ``roots`` (branch
+        tops and snapshot layers): the best common ancestors of every pair of roots, and of
+        every pair of those (the bases a virtual base is built from), until nothing new.
+
+        Any future merge base that is an old state is among them: a future tree's old
+        ancestors are the ancestors of the roots it descends from, and the best elements
+        of a union of ancestor sets are best in one of the pairwise intersections. Every
+        other state may be squashed or dropped; its edges are then re-pointed (below).
+        """
+        known = list(dict.fromkeys(roots))
+        seen_pairs: set[tuple[int, int]] = set()
+        kept: set[int] = set()
+        grew = True
+        while grew:
+            grew = False
+            for i, a in enumerate(known):
+                for b in known[i + 1 :]:
+                    pair = (min(a, b), max(a, b))
+                    if pair in seen_pairs:
+                        continue
+                    seen_pairs.add(pair)
+                    for s in self.merge_bases(txn, a, b):
+                        if s not in kept:
+                            kept.add(s)
+                            if s not in known:
+                                known.append(s)
+                                grew = True
+        return kept
+
+    def contract(self, txn: lmdb.Transaction, live: set[int]) -> int:
+        """Before gc deletes every layer not in ``live``: drop their own edges, and point
+        each live layer's edge to a dead state at that state's nearest live ancestors
+        instead (so ancestry among live states is kept). Returns the edges rewritten."""
+        edges = self.edges(txn)
+        rewritten = 0
+        for layer, parent in edges:
+            if layer not in live:
+                self.unrecord(txn, layer, parent)
+                rewritten += 1
+            elif parent not in live:
+                self.unrecord(txn, layer, parent)
+                for q in self._nearest_live(txn, parent, live):
+                    self._record_unless_redundant(txn, layer, q)
+                rewritten += 1
+        if rewritten:
+            self.layers.bump_topology(txn)
+        return rewritten
+
+    def _nearest_live(self, txn: lmdb.Transaction, start: int, live: set[int]) -> set[int]:
+        out: set[int] = set()
+        seen: set[int] = set()
+        todo = [start]
+        while todo:
+            lid = todo.pop()
+            if lid in seen or not self.layers.exists(txn, lid):
+                continue
+            seen.add(lid)
+            if lid in live:
+                out.add(lid)
+                continue
+            info = self.layers.info(txn, lid)
+            if info.parent != NO_LAYER:
+                todo.append(info.parent)
+            todo.extend(self.merge_parents(txn, lid))
+        return out
+
+    def _record_unless_redundant(self, txn: lmdb.Transaction, layer: int, parent: int) -> None:
+        """Record ``layer`` -> ``parent`` unless ``parent`` already is an ancestor of
+        ``layer``'s parent layer (then the edge adds nothing)."""
+        if parent == layer:
+            return
+        info = self.layers.info(txn, layer)
+        if info.parent != NO_LAYER and parent in self.ancestors(txn, info.parent):
+            return
+        self.record(txn, layer, parent)
+
+    def squash(self, txn: lmdb.Transaction, p: int, c: int) -> None:
+        """gc moves child ``c``'s state into layer ``p`` (``p``'s own state goes away):
+        whoever merged ``p`` now names ``p``'s parents, whoever merged ``c`` names ``p``,
+        and ``p`` gets ``c``'s merge parents besides its own."""
+        info = self.layers.info(txn, p)
+        old_parents = ([info.parent] if info.parent != NO_LAYER else []) + self.merge_parents(
+            txn, p
+        )
+        for x in self.referrers(txn, p):
+            self.unrecord(txn, x, p)
+            for q in old_parents:
+                if q != x:
+                    self.record(txn, x, q)
+        for q in self.merge_parents(txn, c):
+            self.unrecord(txn, c, q)
+            if q != p:
+                self.record(txn, p, q)
+        for x in self.referrers(txn, c):
+            self.unrecord(txn, x, c)
+            if x != p:
+                self.record(txn, x, p)
+        self.layers.bump_topology(txn)
+
+    def drop(self, txn: lmdb.Transaction, lid: int) -> None:
+        """Layer ``lid`` is deleted while it has no layer children: its own edges go, and
+        whoever merged it names its parents instead."""
+        info = self.layers.info(txn, lid)
+        own = self.merge_parents(txn, lid)
+        parents = ([info.parent] if info.parent != NO_LAYER else []) + own
+        referrers = self.referrers(txn, lid)
+        for x in referrers:
+            self.unrecord(txn, x, lid)
+            for q in parents:
+                self._record_unless_redundant(txn, x, q)
+        for q in own:
+            self.unrecord(txn, lid, q)
+        if own or referrers:
+            self.layers.bump_topology(txn)

@@ -1,0 +1,301 @@
+"""Planning a merge per inode: the :class:`Plan` value and the field-by-field 3-way decisions.
+
+Only inodes recorded above the base on the source's side are visited (their records are
+compared with the base's; an inode whose record comes from the same layer in both trees is
+unchanged without reading it), so the cost follows the changes. For each one that really
+changed: the source's version where the target left it alone, otherwise a merge field by
+field — location (its links), permission bits and owner, each xattr, and the content
+(see :mod:`branchfs.merge.text`) — or a conflict. A per-path rule
+(:mod:`branchfs.merge.rules`) may decide an inode outright.
+
+The plan is a value: later phases (:mod:`branchfs.merge.namespace`) refine it and
+:mod:`branchfs.merge.apply` writes it; nothing here writes to the store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..diff import changed_inodes, content_equal, path_of
+from ..errors import Conflict
+from ..layers import View
+from ..records import ROOT_INO, Inode
+from ..tree import now_ns, read
+from .context import Sides, describe
+from .rules import EXCLUDE, LINE, OURS, THEIRS, UNION
+from .text import TEXT_MERGE_MAX, is_text, merge_added, merge_text, union
+
+#: ``InodePlan.content`` values other than merged bytes.
+KEEP_OURS, TAKE_THEIRS = "ours", "theirs"
+
+
+@dataclass
+class InodePlan:
+    """The merged state of one inode: its record (None: deleted) and where its bytes come
+    from: ``"ours"`` (unchanged), ``"theirs"`` (the source's chunks) or the merged bytes."""
+
+    rec: Inode | None
+    content: str | bytes = KEEP_OURS
+
+
+@dataclass
+class Plan:
+    """Everything a merge will do to the target, decided before anything is written.
+
+    - ``inodes``: the new state of each inode the merge changes in ours;
+    - ``doomed``: ours' inodes deleted together with their subtree (a strategy evicted them);
+    - ``alias``: their new directory -> ours' new directory at the same path (unified);
+    - ``kept_dirs``: directories the source deleted that stay, because ours put entries in;
+    - ``dropped``: their new inodes left out to resolve a conflict (their children follow);
+    - ``conflicts``: unresolved conflicts (resolved one way if a strategy is set);
+    - ``resolved``: conflicts written as markers into the files;
+    - ``uncertain``: every inode involved in a conflict, resolved or not (a virtual base
+      built by :mod:`branchfs.merge.base` cannot vouch for them).
+    """
+
+    inodes: dict[int, InodePlan] = field(default_factory=dict)
+    doomed: set[int] = field(default_factory=set)
+    alias: dict[int, int] = field(default_factory=dict)
+    kept_dirs: set[int] = field(default_factory=set)
+    dropped: set[int] = field(default_factory=set)
+    conflicts: list[Conflict] = field(default_factory=list)
+    resolved: list[Conflict] = field(default_factory=list)
+    uncertain: set[int] = field(default_factory=set)
+
+    def conflict(
+        self, sides: Sides, ino: int, kind: str, ours: str, theirs: str, view: View | None = None
+    ) -> None:
+        """Record a conflict of ``kind`` at ``ino``'s path (in ``view``, default theirs/ours)."""
+        self.uncertain.add(ino)
+        v = view or (sides.theirs if sides.theirs.inode(ino) is not None else sides.ours)
+        rec = v.inode(ino)
+        path = os.fsdecode(path_of(v, ino, rec)) if rec else sides.path(ino)
+        self.conflicts.append(Conflict(path, kind, ours, theirs))
+
+    def record(self, ino: int, ours: View) -> Inode | None:
+        """The record ``ino`` will have after the merge as planned so far."""
+        p = self.inodes.get(ino)
+        if p is not None:
+            return p.rec
+        return ours.inode(ino)
+
+    def links(self, ino: int, ours: View) -> list[tuple[int, bytes]]:
+        """The links ``ino`` will have after the merge as planned so far."""
+        rec = self.record(ino, ours)
+        return rec.links if rec is not None else []
+
+    def is_dir(self, ino: int, ours: View) -> bool:
+        """Whether ``ino`` will be a directory after the merge as planned so far."""
+        rec = self.record(ino, ours)
+        return ino not in self.doomed and rec is not None and rec.is_dir
+
+    def path(self, ino: int, ours: View) -> bytes:
+        """The path ``ino`` will have after the merge (its first link)."""
+        parts: list[bytes] = []
+        for _ in range(4096):
+            if ino == ROOT_INO:
+                break
+            links = self.links(ino, ours)
+            if not links:
+                parts.append(b"?")
+                break
+            parent, name = links[0]
+            parts.append(name)
+            ino = self.alias.get(parent, parent)
+        return b"/".join(reversed(parts))
+
+
+def _same_layer(a: View, b: View, ino: int) -> bool:
+    """Whether ``ino``'s visible record is the very same stored record in both trees."""
+    pa = a.inode_at(ino)[1]
+    pb = b.inode_at(ino)[1]
+    if pa < 0 or pb < 0:
+        return pa == pb
+    return a.chain[pa] == b.chain[pb]
+
+
+def plan_inodes(sides: Sides) -> Plan:
+    """Phase 1: decide each inode the source changed since the base."""
+    plan = Plan()
+    base, ours, theirs = sides.base, sides.ours, sides.theirs
+    for ino in sorted(changed_inodes(base, theirs) | sides.uncertain):
+        b, t = base.inode(ino), theirs.inode(ino)
+        if ino == ROOT_INO and b is None:
+            b = ours.inode(ino)
+        uncertain = ino in sides.uncertain
+        if not uncertain and sides.same_node(base, b, theirs, t, ino):
+            continue
+        o = ours.inode(ino)
+        if uncertain:
+            if sides.same_node(ours, o, theirs, t, ino):
+                continue
+            ours_touched = True
+        else:
+            ours_touched = not _same_layer(base, ours, ino) and not sides.same_node(
+                base, b, ours, o, ino
+            )
+        rule = sides.rules.rule_for(*_rule_path(sides, ino, o, t))
+        if rule == EXCLUDE:
+            continue
+        if not ours_touched:
+            plan.inodes[ino] = InodePlan(t, TAKE_THEIRS)
+        elif rule == OURS:
+            continue
+        elif rule == THEIRS:
+            if o is not None or t is not None:
+                plan.inodes[ino] = InodePlan(t, TAKE_THEIRS)
+        else:
+            _three_way(sides, plan, ino, b, o, t, rule, uncertain)
+    return plan
+
+
+def _rule_path(sides: Sides, ino: int, o: Inode | None, t: Inode | None) -> tuple[bytes, bool]:
+    """The path a rule is looked up for: theirs' (else ours', else the base's), and whether
+    it is a directory."""
+    for v, rec in ((sides.theirs, t), (sides.ours, o), (sides.base, sides.base.inode(ino))):
+        if rec is not None:
+            return path_of(v, ino, rec), rec.is_dir
+    return b"", False
+
+
+def _three_way(
+    sides: Sides,
+    plan: Plan,
+    ino: int,
+    b: Inode | None,
+    o: Inode | None,
+    t: Inode | None,
+    rule: str,
+    uncertain: bool,
+) -> None:
+    ours, theirs = sides.ours, sides.theirs
+    if o is None and t is None:
+        return
+    if o is None or t is None:
+        if o is None:
+            plan.conflict(sides, ino, "modify/delete", "deleted", "modified", theirs)
+        else:
+            plan.conflict(sides, ino, "modify/delete", "modified", "deleted", ours)
+        if sides.theirs_wins:
+            plan.inodes[ino] = InodePlan(t, TAKE_THEIRS)
+        return
+    # Both sides have an inode the base lacks: it reached them by different routes.
+    # Attributes then merge against ours; content is compared against nothing, so differing
+    # bytes are an add/add of content.
+    added_on_both = b is None
+    if b is None:
+        b = o
+    rec = ours.inode_for_write(ino)
+    assert rec is not None
+    theirs_wins = sides.theirs_wins
+    # location
+    lb, lo, lt = set(b.links), set(o.links), set(t.links)
+    if lo == lb and not uncertain:
+        rec.links = list(t.links)
+    elif lt not in (lb, lo) or (uncertain and lt != lo):
+        plan.conflict(
+            sides, ino, "rename/rename", describe(ours, ino, o), describe(theirs, ino, t), ours
+        )
+        if theirs_wins:
+            rec.links = list(t.links)
+    # permission bits and owner
+    for name in ("mode", "uid", "gid"):
+        vb, vo, vt = getattr(b, name), getattr(o, name), getattr(t, name)
+        if vo == vb and not uncertain:
+            setattr(rec, name, vt)
+        elif vt not in (vb, vo) or (uncertain and vt != vo):
+            plan.conflict(sides, ino, "mode", f"{name} {vo:#o}", f"{name} {vt:#o}", ours)
+            if theirs_wins:
+                setattr(rec, name, vt)
+    # extended attributes
+    for key in set(b.xattrs) | set(o.xattrs) | set(t.xattrs):
+        xb, xo, xt = b.xattrs.get(key), o.xattrs.get(key), t.xattrs.get(key)
+        if xo == xb and not uncertain:
+            if xt is None:
+                rec.xattrs.pop(key, None)
+            else:
+                rec.xattrs[key] = xt
+        elif xt not in (xb, xo) or (uncertain and xt != xo):
+            plan.conflict(sides, ino, "xattr", f"{key!r}={xo!r}", f"{key!r}={xt!r}", ours)
+            if theirs_wins:
+                if xt is None:
+                    rec.xattrs.pop(key, None)
+                else:
+                    rec.xattrs[key] = xt
+    # content
+    content: str | bytes = KEEP_OURS
+    if not o.is_dir:
+        if added_on_both or uncertain:
+            changed_o = changed_t = True
+        else:
+            changed_o = not content_equal(sides.base, b, ours, o, ino)
+            changed_t = not content_equal(sides.base, b, theirs, t, ino)
+        if changed_t and not changed_o:
+            content = TAKE_THEIRS
+        elif changed_t and changed_o and not content_equal(ours, o, theirs, t, ino):
+            base_rec = None if added_on_both else b
+            content = merge_content(sides, plan, ino, base_rec, o, t, rule, uncertain)
+    if content == TAKE_THEIRS:
+        rec.inline, rec.size = t.inline, t.size
+    if content == TAKE_THEIRS or isinstance(content, bytes):
+        rec.mtime_ns = max(o.mtime_ns, t.mtime_ns)
+    rec.ctime_ns = now_ns()
+    plan.inodes[ino] = InodePlan(rec, content)
+
+
+def merge_content(
+    sides: Sides,
+    plan: Plan,
+    ino: int,
+    b: Inode | None,
+    o: Inode,
+    t: Inode,
+    rule: str = LINE,
+    uncertain: bool = False,
+) -> str | bytes:
+    """The merged content of a file both sides changed, or a conflict recorded in ``plan``.
+
+    Returns merged bytes, or ``"ours"``/``"theirs"`` when a conflict is resolved (or left)
+    one way.
+    """
+    ours, theirs = sides.ours, sides.theirs
+    kind_o = "symlink" if o.is_link else "file"
+    path = os.fsdecode(path_of(ours, ino, o))
+    if o.is_reg and t.is_reg and max(b.size if b else 0, o.size, t.size) <= TEXT_MERGE_MAX:
+        bb = read(sides.base, ino, 0, b.size) if b is not None and b.is_reg else b""
+        ob = read(ours, ino, 0, o.size)
+        tb = read(theirs, ino, 0, t.size)
+        if is_text(bb, ob, tb):
+            if rule == UNION:
+                return union(bb, ob, tb)
+            ours_name, theirs_name = sides.names
+            if b is None:
+                result = merge_added(ob, tb, (ours_name, theirs_name))
+                kind = "add/add"
+            else:
+                result = merge_text(bb, ob, tb, (ours_name, "base", theirs_name))
+                kind = "content"
+            if result.clean and not uncertain:
+                return result.merged
+            plan.uncertain.add(ino)
+            why = "the merge bases disagree (criss-cross history)" if uncertain else "text"
+            conflict = Conflict(
+                path, kind, f"{why} changed ({o.size} bytes)", f"{why} changed ({t.size} bytes)"
+            )
+            if sides.markers:
+                plan.resolved.append(conflict)
+                if result.clean:  # uncertain base, clean merge: show both whole
+                    return merge_added(ob, tb, (ours_name, theirs_name)).merged
+                return result.merged
+            plan.conflicts.append(conflict)
+            return TAKE_THEIRS if sides.theirs_wins else KEEP_OURS
+    plan.conflict(
+        sides,
+        ino,
+        "content",
+        f"binary {kind_o} changed ({o.size} bytes)",
+        f"binary {kind_o} changed ({t.size} bytes)",
+        ours,
+    )
+    return TAKE_THEIRS if sides.theirs_wins else KEEP_OURS

@@ -1,0 +1,119 @@
+"""Merge rules per path: which paths merge line by line, take one side, union, or never merge.
+
+A tree may hold a ``.branchfs-merge`` file at its root, in the style of ``.gitattributes``:
+one ``PATTERN RULE`` per line, ``#`` comments, gitignore patterns (matched with the
+``pathspec`` library, as git matches ``.gitignore``; a pattern ending in ``/`` names a
+directory and everything in it), and, as in ``.gitattributes``, the last matching line
+wins::
+
+    # .branchfs-merge
+    scores/            exclude     # each attempt's own scratch: never merged
+    CHANGELOG.md       union
+    poetry.lock        theirs
+
+Rules (what happens to a path both sides changed, or that one side changed, for exclude):
+
+- ``line``    the default: 3-way line merge; clashing lines conflict;
+- ``ours``    keep the target's version when both sides changed it (no conflict);
+- ``theirs``  take the source's version when both sides changed it (no conflict);
+- ``union``   both sides' lines, without markers (git's ``merge=union``, for logs);
+- ``exclude`` never merged: the source's changes to the path are left out.
+
+Built-in defaults (:data:`DEFAULT_RULES`) come first, so a rule file overrides them: git's
+index and the files git rewrites when it only reads (``git status`` refreshes the index),
+its reflogs (union), Python bytecode, and test-runner and linter caches. They keep a git
+repository with a test suite from conflicting on tools' own files.
+
+The rule file is read from the target's tree when the merge starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pathspec
+
+from ..errors import BranchFSError
+
+LINE, OURS, THEIRS, UNION, EXCLUDE = "line", "ours", "theirs", "union", "exclude"
+RULES = (LINE, OURS, THEIRS, UNION, EXCLUDE)
+
+#: The rule file's path in a tree.
+RULES_FILE = ".branchfs-merge"
+
+#: Built-in rules, overridden by any later line of a tree's rule file. Why each one:
+DEFAULT_RULES: tuple[tuple[str, str], ...] = (
+    # The index caches the tree of HEAD plus stat data; `git status` rewrites it on a read.
+    # It must follow the commit the merge brings in: when both sides committed, the branch
+    # ref itself conflicts, which is the clash to show.
+    (".git/index", THEIRS),
+    (".git/COMMIT_EDITMSG", THEIRS),
+    (".git/ORIG_HEAD", THEIRS),
+    (".git/FETCH_HEAD", THEIRS),
+    (".git/objects/info/packs", THEIRS),
+    (".git/*.lock", EXCLUDE),
+    (".git/**/*.lock", EXCLUDE),
+    # Reflogs only ever get lines appended.
+    (".git/logs/**", UNION),
+    # Python bytecode: regenerated from the sources on import.
+    ("__pycache__/", EXCLUDE),
+    ("*.py[cod]", EXCLUDE),
+    # Test runners' and linters' caches.
+    (".pytest_cache/", EXCLUDE),
+    (".mypy_cache/", EXCLUDE),
+    (".ruff_cache/", EXCLUDE),
+    (".hypothesis/", EXCLUDE),
+)
+
+
+class RuleFileError(BranchFSError):
+    """A merge rule file has a line that is not ``PATTERN RULE``."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """An ordered list of (pattern, rule); the last pattern that matches a path decides."""
+
+    entries: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        spec = pathspec.GitIgnoreSpec.from_lines([p for p, _r in self.entries])
+        object.__setattr__(self, "_spec", spec)
+
+    @classmethod
+    def defaults(cls) -> Rules:
+        """The built-in rules only."""
+        return _DEFAULTS
+
+    @classmethod
+    def parse(cls, text: str, source: str = RULES_FILE) -> Rules:
+        """The built-in rules followed by the lines of a rule file; :class:`RuleFileError`
+        (naming the file and line) for a line that is not ``PATTERN RULE``."""
+        entries = list(DEFAULT_RULES)
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+            if not line:
+                continue
+            parts = line.rsplit(None, 1)
+            rule = parts[-1].removeprefix("merge=") if len(parts) == 2 else ""
+            if rule not in RULES or parts[0].startswith("!"):
+                raise RuleFileError(
+                    f"{source}, line {number}: {raw.strip()!r} is not 'PATTERN RULE'; a rule is "
+                    f"one of {', '.join(RULES)} (fix or delete the line and merge again)"
+                )
+            entries.append((parts[0], rule))
+        return cls(tuple(entries))
+
+    def rule_for(self, path: bytes | str, is_dir: bool = False) -> str:
+        """The rule of ``path`` (relative to the tree's root; ``is_dir`` for a directory)."""
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "surrogateescape")
+        if not path:
+            return LINE
+        if is_dir:
+            path += "/"
+        index = self._spec.check_file(path).index  # type: ignore[attr-defined]
+        return LINE if index is None else self.entries[index][1]
+
+
+_DEFAULTS = Rules(DEFAULT_RULES)
