@@ -118,7 +118,21 @@ class Conflict:
     theirs: Any
 
     def __str__(self) -> str:
-        return f"{self.kind} conflict at {self.path}: ours={self.ours!r}, theirs={self.theirs!r}"
+        what = _CONFLICT_WORDS.get(self.kind, "both sides changed it in ways that clash")
+        return f"{self.path}: {what} ({self.kind}; ours: {self.ours}; theirs: {self.theirs})"
+
+
+#: Each conflict kind in plain words (what clashed).
+_CONFLICT_WORDS = {
+    "content": "both sides changed the same lines differently",
+    "modify/delete": "one side changed it, the other deleted it",
+    "add/add": "both sides created it with different contents",
+    "type": "it is a different kind of file on each side (file, directory, symlink)",
+    "rename/rename": "both sides moved it, to different places",
+    "cycle": "the two sides' moves would put this directory inside itself",
+    "mode": "both sides changed its permission bits or owner differently",
+    "xattr": "both sides changed the same extended attribute differently",
+}
 
 
 class MountError(BranchFSError):
@@ -129,8 +143,11 @@ class MountError(BranchFSError):
 class MergeConflict(BranchFSError):
     """A merge found conflicts; the target was left exactly as it was.
 
-    ``conflicts`` lists every :class:`Conflict`. Resolve them by editing either branch and
-    merging again, or merge with ``strategy="ours"`` / ``"theirs"``.
+    ``conflicts`` lists every :class:`Conflict`. The message says, in plain words, what
+    clashed and the ways to resolve it: edit either branch and merge again, take one side
+    for every conflict (``strategy="ours"``/``"theirs"``, ``--strategy`` on the command
+    line), write conflict markers into text files (``conflict_markers=True``), or give the
+    paths a merge rule in the target's ``.branchfs-merge`` file.
     """
 
     def __init__(self, target: str, source: str, conflicts: list[Conflict]) -> None:
@@ -141,8 +158,12 @@ class MergeConflict(BranchFSError):
         more = f"\n  … and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
         super().__init__(
             f"merging {source!r} into {target!r} found {len(conflicts)} conflict(s); "
-            f"{target!r} is unchanged. Resolve them and merge again, or pass "
-            f"strategy='ours' or 'theirs':\n{lines}{more}"
+            f"{target!r} is unchanged:\n{lines}{more}\n"
+            f"To resolve: edit either branch and merge again; or keep one side for every "
+            f"conflict with strategy='ours' or 'theirs' (--strategy ours|theirs); or write "
+            f"conflict markers into text files with conflict_markers=True; or give these "
+            f"paths a rule (ours, theirs, union, exclude) in the .branchfs-merge file of "
+            f"{target!r}."
         )
 
 

@@ -24,7 +24,7 @@ from ..tree import read
 from .context import Sides, describe, ftype
 from .plan import KEEP_OURS, TAKE_THEIRS, InodePlan, Plan
 from .rules import EXCLUDE, OURS, THEIRS, UNION
-from .text import is_text, merge_added
+from .text import TEXT_MERGE_MAX, TextMerge, is_text, merge_added, merge_text
 
 
 def check(sides: Sides, plan: Plan) -> None:
@@ -147,6 +147,8 @@ class _Names:
                     del plan.inodes[ino]
                     return
             settled = self._settle_by_rule(ino, occupant, orec, trec, parent, name)
+            if settled is None and self._merge_replaced(ino, occupant, orec, trec, parent, name):
+                return
             if settled == "ours":
                 return
             if settled is None:
@@ -212,6 +214,52 @@ class _Names:
                 self.drop_name(ino)
                 return "ours"
         return None
+
+    def _merge_replaced(
+        self, ino: int, occupant: int, orec: Inode | None, trec: Inode, parent: int, name: bytes
+    ) -> bool:
+        """Both sides replaced the base's file at this name by a new one (programs that save
+        through a temporary file and a rename: git's refs, editors). By path that is a
+        change of the file on both sides: merge the text 3-way against the base's file.
+        True if settled (merged, or a ``content`` conflict recorded and resolved)."""
+        sides, plan = self.sides, self.plan
+        if orec is None or not (orec.is_reg and trec.is_reg):
+            return False
+        if not (self._is_new(ino) and self._is_new(occupant)):
+            return False
+        old = sides.base.dirent(parent, name)
+        brec = sides.base.inode(old) if old is not None else None
+        if old in (None, ino, occupant) or brec is None or not brec.is_reg:
+            return False
+        assert old is not None
+        bb = read(sides.base, old, 0, brec.size)
+        ob = read(self.ours, occupant, 0, orec.size)
+        tb = read(self.theirs, ino, 0, trec.size)
+        if not is_text(bb, ob, tb) or max(len(bb), len(ob), len(tb)) > TEXT_MERGE_MAX:
+            return False
+        result = merge_text(bb, ob, tb, (sides.names[0], "base", sides.names[1]))
+        rec = self.ours.inode_for_write(occupant)
+        assert rec is not None
+        if not result.clean:
+            path = os.fsdecode(path_of(self.theirs, ino, trec))
+            conflict = Conflict(
+                path,
+                "content",
+                f"text changed ({orec.size} bytes)",
+                f"text changed ({trec.size} bytes)",
+            )
+            plan.uncertain.update((ino, occupant))
+            if sides.markers:
+                plan.resolved.append(conflict)
+            else:
+                plan.conflicts.append(conflict)
+                if not sides.theirs_wins:
+                    self.drop_name(ino)
+                    return True
+                result = TextMerge(tb, True)
+        plan.inodes[occupant] = InodePlan(rec, result.merged)
+        self.drop_name(ino)
+        return True
 
     def _recreated_where_ours_deleted(
         self, ino: int, trec: Inode, parent: int, name: bytes

@@ -1,0 +1,172 @@
+"""Merge rules per path: ``.branchfs-merge`` and the built-in rules for git and tool caches.
+
+The last test is the workflow the rules exist for: a git project imported into a store,
+three forks, ``git status`` everywhere, each fork edits, runs pytest (leaving its caches)
+and commits, through real mounts; merging a fork into main is clean and leaves a git
+repository that git itself finds clean and sound; a second fork whose commit clashes with
+the first reports exactly that clash (the branch ref), in plain words.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import branchfs
+from branchfs.merge.rules import RULES_FILE, RuleFileError, Rules
+
+
+def _pair(store: branchfs.Store) -> tuple[branchfs.Branch, branchfs.Branch]:
+    main = store.create_branch("main")
+    main.makedirs(".git/logs")
+    main.write_bytes(".git/index", b"index 0")
+    main.write_bytes(".git/logs/HEAD", b"0 1 commit: base\n")
+    main.makedirs("pkg/__pycache__")
+    main.write_bytes("pkg/__pycache__/m.cpython-311.pyc", b"\0pyc base")
+    main.write_bytes("score.txt", b"0\n")
+    main.write_bytes("notes.txt", b"a\nb\nc\n")
+    return main, main.fork("run")
+
+
+def test_rule_lookup_last_match_wins() -> None:
+    rules = Rules.parse("*.txt ours\nnotes.txt theirs\n# comment\nscores/  exclude  # why\n")
+    assert rules.rule_for("a.txt") == "ours"
+    assert rules.rule_for("notes.txt") == "theirs"
+    assert rules.rule_for("scores/run1.json") == "exclude"
+    assert rules.rule_for("scores", is_dir=True) == "exclude"
+    assert rules.rule_for(".git/index") == "theirs"
+    assert rules.rule_for(".git/logs/refs/heads/main") == "union"
+    assert rules.rule_for("src/__pycache__/m.pyc") == "exclude"
+    assert rules.rule_for(".pytest_cache/v/cache/lastfailed") == "exclude"
+    assert rules.rule_for("src/app.py") == "line"
+    assert Rules.parse(".git/index line").rule_for(".git/index") == "line"
+
+
+@pytest.mark.parametrize("line", ["*.txt", "*.txt mine", "!x ours"])
+def test_a_bad_rule_line_names_the_file_and_line(line: str) -> None:
+    with pytest.raises(RuleFileError, match=r"\.branchfs-merge, line 2: .* is not 'PATTERN RULE'"):
+        Rules.parse(f"ok.txt ours\n{line}\n")
+
+
+def test_defaults_keep_tools_files_from_conflicting(store: branchfs.Store) -> None:
+    main, run = _pair(store)
+    for b, tag in ((main, b"main"), (run, b"run")):
+        b.write_bytes(".git/index", b"index " + tag)
+        b.write_bytes(".git/logs/HEAD", b"0 1 commit: base\n1 2 commit: " + tag + b"\n")
+        b.write_bytes("pkg/__pycache__/m.cpython-311.pyc", b"\0pyc " + tag)
+    run.makedirs(".pytest_cache/v")
+    run.write_bytes(".pytest_cache/v/lastfailed", b"{}")
+    result = main.merge(run)
+    assert result.conflicts == []
+    assert main.read_bytes(".git/index") == b"index run"
+    assert main.read_bytes(".git/logs/HEAD") == (
+        b"0 1 commit: base\n1 2 commit: main\n1 2 commit: run\n"
+    )
+    assert main.read_bytes("pkg/__pycache__/m.cpython-311.pyc") == b"\0pyc main"
+    assert not main.exists(".pytest_cache")
+
+
+def test_rule_file_of_the_target(store: branchfs.Store) -> None:
+    main, run = _pair(store)
+    main.write_bytes(RULES_FILE, b"score.txt exclude\nnotes.txt union\n")
+    run.write_bytes("score.txt", b"99\n")
+    main.write_bytes("notes.txt", b"a\nb\nc\nmain\n")
+    run.write_bytes("notes.txt", b"a\nb\nc\nrun\n")
+    main.merge(run)
+    assert main.read_bytes("score.txt") == b"0\n"
+    assert main.read_bytes("notes.txt") == b"a\nb\nc\nmain\nrun\n"
+
+
+def test_ours_and_theirs_rules_settle_add_add_and_content(store: branchfs.Store) -> None:
+    main, run = _pair(store)
+    main.write_bytes(RULES_FILE, b"*.lock theirs\nnotes.txt ours\n")
+    main.write_bytes("poetry.lock", b"main\n")
+    run.write_bytes("poetry.lock", b"run\n")
+    main.write_bytes("notes.txt", b"a\nB\nc\n")
+    run.write_bytes("notes.txt", b"a\nX\nc\n")
+    assert main.merge(run).conflicts == []
+    assert main.read_bytes("poetry.lock") == b"run\n"
+    assert main.read_bytes("notes.txt") == b"a\nB\nc\n"
+
+
+def test_conflict_message_says_how_to_resolve(store: branchfs.Store) -> None:
+    main, run = _pair(store)
+    main.write_bytes("notes.txt", b"a\nB\nc\n")
+    run.write_bytes("notes.txt", b"a\nX\nc\n")
+    with pytest.raises(branchfs.MergeConflict) as info:
+        main.merge(run)
+    text = str(info.value)
+    assert "notes.txt: both sides changed the same lines differently" in text
+    for hint in ("--strategy", "conflict_markers=True", ".branchfs-merge"):
+        assert hint in text
+
+
+# -- real git, real pytest, real mounts ------------------------------------------------------
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t")
+    env.update(GIT_COMMITTER_EMAIL="t@t", HOME=str(cwd), GIT_CONFIG_NOSYSTEM="1")
+    r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"git {' '.join(args)}: {r.stderr}"
+    return r.stdout
+
+
+def _work(store: branchfs.Store, name: str, mnt: Path, edit: tuple[str, str] | None) -> None:
+    """In a mount of branch ``name``: git status; optionally edit, run pytest, commit."""
+    mnt.mkdir(exist_ok=True)
+    with branchfs.mounted(store, mnt, branch=name) as path:
+        root = Path(path)
+        _git(root, "status", "--porcelain")
+        if edit is not None:
+            (root / edit[0]).write_text(edit[1])
+            r = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q"], cwd=root, capture_output=True, text=True
+            )
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert (root / ".pytest_cache").is_dir()
+            _git(root, "commit", "-qam", f"{name}: {edit[0]}")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_project_forks_work_and_merge_without_tool_conflicts(
+    store: branchfs.Store, tmp_path: Path
+) -> None:
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        pytest.skip("needs /dev/fuse and fusermount3 (Debian package fuse3)")
+    src = tmp_path / "project"
+    src.mkdir()
+    (src / "app.py").write_text("def f():\n    return 1\n")
+    (src / "util.py").write_text("def g():\n    return 2\n")
+    (src / "test_app.py").write_text("import app\n\n\ndef test_f():\n    assert app.f()\n")
+    (src / ".gitignore").write_text("__pycache__/\n.pytest_cache/\n")
+    _git(src, "init", "-q", "-b", "main")
+    _git(src, "add", "-A")
+    _git(src, "commit", "-qm", "initial")
+    main = store.create_branch("main")
+    main.import_dir(src)
+    for n in ("a", "b", "c"):
+        main.fork(n)
+    _work(store, "main", tmp_path / "m0", None)
+    _work(store, "a", tmp_path / "ma", ("app.py", "def f():\n    return 10\n"))
+    _work(store, "b", tmp_path / "mb", ("util.py", "def g():\n    return 20\n"))
+    _work(store, "c", tmp_path / "mc", None)
+
+    assert store.merge("main", "a").conflicts == []
+    out = tmp_path / "after"
+    store.branch("main").export_dir(out)
+    assert "a: app.py" in _git(out, "log", "--oneline")
+    assert _git(out, "status", "--porcelain") == ""
+    _git(out, "fsck", "--no-progress")
+
+    # b committed too, on the same branch: the one real clash is the branch ref
+    with pytest.raises(branchfs.MergeConflict) as info:
+        store.merge("main", "b")
+    assert [c.path for c in info.value.conflicts] == [".git/refs/heads/main"]
+    assert info.value.conflicts[0].kind == "content"
+    assert "both sides changed the same lines differently" in str(info.value)
