@@ -8,7 +8,7 @@ STAMP_APT := $(VENV)/.apt-done
 STAMP_PY := $(VENV)/.py-done
 STAMP_DOCS := $(VENV)/.docs-done
 
-.PHONY: all install demo test lint format docs bench bench-core bench-fuse bench-bestof bench-cli clean
+.PHONY: all install demo test test-merge-long lint format docs bench bench-core bench-fuse bench-bestof bench-cli clean
 
 all: test
 
@@ -46,6 +46,10 @@ demo: install
 test: install
 	@$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc = 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
+
+# merges against git as the oracle: a long random profile (make test runs a fixed seed)
+test-merge-long: install
+	BRANCHFS_MERGE_LONG=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_merge_git.py
 
 lint: install
 	$(BIN)/ruff check .

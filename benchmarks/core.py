@@ -68,7 +68,11 @@ OPS = (
     "merge",
     "diff_nogc",
     "merge_nogc",
+    "diff_hist",
+    "merge_hist",
 )
+#: The merge history built before the "_hist" series: merges among long-lived branches.
+HISTORY_MERGES, HISTORY_BRANCHES = 50, 4
 SECTION = "In-process API"
 
 
@@ -247,6 +251,38 @@ def bench_tree(scratch: Path, n: int, samples: int, merges: int) -> dict[str, An
             with store.meta.read() as txn:
                 top = store.refs.branch(txn, "main").top
                 out["chain" + key] = len(store.layers.chain(txn, top))
+        # A history of merges in every direction among long-lived branches (each merge
+        # after 10 changes on its source, gc now and then), then the same cycles on top.
+        names = ["main"] + [f"h{k}" for k in range(1, HISTORY_BRANCHES)]
+        for name in names[1:]:
+            store.fork("main", name)
+        for k in range(HISTORY_MERGES):
+            src = names[k % len(names)]
+            into = names[(k + 1 + k // len(names)) % len(names)]
+            if into == src:
+                into = names[(names.index(src) + 1) % len(names)]
+            for j in rng.sample(range(n), min(10, n)):
+                store.branch(src).write_bytes(file_path(j), f"history {k} {j}\n".encode())
+            store.merge(into, src, strategy="theirs")
+            if k % 10 == 9:
+                store.gc()
+        diffs, merged = [], []
+        for i in range(merges):
+            att = store.fork("main", "attempt")
+            for j in rng.sample(range(n), min(10, n)):
+                att.write_bytes(file_path(j), f"attempt hist{i} changed {j}\n".encode())
+            t0 = now()
+            changes = store.diff("main", "attempt")
+            diffs.append((now() - t0) / 1e9)
+            assert len(changes) == min(10, n), changes
+            t0 = now()
+            store.merge("main", "attempt")
+            merged.append((now() - t0) / 1e9)
+            store.discard("attempt")
+            store.gc()
+        out["diff_hist"], out["merge_hist"] = diffs, merged
+        with store.meta.read() as txn:
+            out["history_edges"] = len(store.engine.history.edges(txn))
     return out
 
 
@@ -423,6 +459,8 @@ def report(data: dict[str, Any]) -> str:
         "merge": "p50 ≤ 1 ms at 100k",
         "diff_nogc": "p50 ≤ 1 ms at 100k",
         "merge_nogc": "p50 ≤ 1 ms at 100k",
+        "diff_hist": "p50 ≤ 1 ms at 100k",
+        "merge_hist": "p50 ≤ 1 ms at 100k",
     }
     chains = [trees[str(s)]["chain_nogc"] for s in sizes]
     labels = {
@@ -432,6 +470,10 @@ def report(data: dict[str, Any]) -> str:
         "merge": "merge, 10 changes (gc between cycles)",
         "diff_nogc": f"diff, 10 changes (no gc: chain grows to {max(chains)})",
         "merge_nogc": f"merge, 10 changes (no gc: chain grows to {max(chains)})",
+        "diff_hist": f"diff, 10 changes ({HISTORY_MERGES} merges across "
+        f"{HISTORY_BRANCHES} branches before)",
+        "merge_hist": f"merge, 10 changes ({HISTORY_MERGES} merges across "
+        f"{HISTORY_BRANCHES} branches before)",
     }
     cols = ["operation", *(f"{int(s):,} files p50 / p99" for s in sizes), "100k/100", "target", ""]
     rows = []

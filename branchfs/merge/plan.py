@@ -106,36 +106,58 @@ class Plan:
         return b"/".join(reversed(parts))
 
 
-def _same_layer(a: View, b: View, ino: int) -> bool:
-    """Whether ``ino``'s visible record is the very same stored record in both trees."""
-    pa = a.inode_at(ino)[1]
-    pb = b.inode_at(ino)[1]
-    if pa < 0 or pb < 0:
-        return pa == pb
-    return a.chain[pa] == b.chain[pb]
+def _layer_of(v: View, pos: int) -> int:
+    """The layer a record found at chain position ``pos`` came from (-1: none)."""
+    return v.chain[pos] if pos >= 0 else -1
+
+
+class _Paths:
+    """Paths of inodes in one tree, with their directories' paths memoised (a merge names
+    each changed inode once, and they share parent directories)."""
+
+    def __init__(self, v: View) -> None:
+        self.v = v
+        self.dirs: dict[int, bytes] = {ROOT_INO: b""}
+
+    def of(self, ino: int, rec: Inode) -> bytes:
+        if not rec.links:
+            return path_of(self.v, ino, rec)
+        parent, name = rec.links[0]
+        head = self.dirs.get(parent)
+        if head is None:
+            head = path_of(self.v, parent)
+            self.dirs[parent] = head
+        return head + b"/" + name if head else name
 
 
 def plan_inodes(sides: Sides) -> Plan:
     """Phase 1: decide each inode the source changed since the base."""
     plan = Plan()
     base, ours, theirs = sides.base, sides.ours, sides.theirs
+    paths = {id(v): _Paths(v) for v in (base, ours, theirs)}
     for ino in sorted(changed_inodes(base, theirs) | sides.uncertain):
-        b, t = base.inode(ino), theirs.inode(ino)
+        b, pos_b = base.inode_at(ino)
+        t = theirs.inode(ino)
         if ino == ROOT_INO and b is None:
             b = ours.inode(ino)
         uncertain = ino in sides.uncertain
         if not uncertain and sides.same_node(base, b, theirs, t, ino):
             continue
-        o = ours.inode(ino)
+        o, pos_o = ours.inode_at(ino)
         if uncertain:
             if sides.same_node(ours, o, theirs, t, ino):
                 continue
             ours_touched = True
         else:
-            ours_touched = not _same_layer(base, ours, ino) and not sides.same_node(
-                base, b, ours, o, ino
-            )
-        rule = sides.rules.rule_for(*_rule_path(sides, ino, o, t))
+            # the very same stored record in both trees: unchanged without comparing
+            same = _layer_of(base, pos_b) == _layer_of(ours, pos_o)
+            ours_touched = not same and not sides.same_node(base, b, ours, o, ino)
+        rule_path = None
+        for v, rec in ((theirs, t), (ours, o), (base, b)):
+            if rec is not None:
+                rule_path = (paths[id(v)].of(ino, rec), rec.is_dir)
+                break
+        rule = sides.rules.rule_for(*rule_path) if rule_path is not None else LINE
         if rule == EXCLUDE:
             continue
         if not ours_touched:
@@ -148,15 +170,6 @@ def plan_inodes(sides: Sides) -> Plan:
         else:
             _three_way(sides, plan, ino, b, o, t, rule, uncertain)
     return plan
-
-
-def _rule_path(sides: Sides, ino: int, o: Inode | None, t: Inode | None) -> tuple[bytes, bool]:
-    """The path a rule is looked up for: theirs' (else ours', else the base's), and whether
-    it is a directory."""
-    for v, rec in ((sides.theirs, t), (sides.ours, o), (sides.base, sides.base.inode(ino))):
-        if rec is not None:
-            return path_of(v, ino, rec), rec.is_dir
-    return b"", False
 
 
 def _three_way(

@@ -29,6 +29,7 @@ The rule file is read from the target's tree when the merge starts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pathspec
@@ -79,6 +80,15 @@ class Rules:
     def __post_init__(self) -> None:
         spec = pathspec.GitIgnoreSpec.from_lines([p for p, _r in self.entries])
         object.__setattr__(self, "_spec", spec)
+        # One regular expression for "does any pattern match at all": most paths match
+        # none, and pathspec tries its patterns one by one (about 4 µs each).
+        parts = [
+            re.sub(r"\(\?P<\w+>", "(?:", p.regex.pattern)
+            for p in spec.patterns
+            if getattr(p, "regex", None) is not None
+        ]
+        any_match = re.compile("|".join(f"(?:{p})" for p in parts)) if parts else None
+        object.__setattr__(self, "_any", any_match)
 
     @classmethod
     def defaults(cls) -> Rules:
@@ -112,6 +122,9 @@ class Rules:
             return LINE
         if is_dir:
             path += "/"
+        any_match: re.Pattern[str] | None = self._any  # type: ignore[attr-defined]
+        if any_match is None or not any_match.match(path):
+            return LINE
         index = self._spec.check_file(path).index  # type: ignore[attr-defined]
         return LINE if index is None else self.entries[index][1]
 
