@@ -28,6 +28,40 @@ from .layers import NO_LAYER, LayerIndex, scan_prefix
 from .meta import Meta
 
 
+def _children_first(ids: list[int], kids: dict[int, list[int]]) -> list[int]:
+    """The layers ordered so that every layer comes after all its children (Kahn)."""
+    pending = {lid: len(set(kids[lid])) for lid in ids}
+    parents: dict[int, list[int]] = {lid: [] for lid in ids}
+    for lid in ids:
+        for c in set(kids[lid]):
+            parents[c].append(lid)
+    ready = [lid for lid in ids if pending[lid] == 0]
+    out: list[int] = []
+    while ready:
+        lid = ready.pop()
+        out.append(lid)
+        for p in parents[lid]:
+            pending[p] -= 1
+            if pending[p] == 0:
+                ready.append(p)
+    return out
+
+
+def _has_uncovered_pair(here: frozenset[int], sets: list[frozenset[int]]) -> bool:
+    """Whether two members of ``here`` are in no one of ``sets`` together."""
+    masks: set[int] = set()
+    for r in here:
+        mask = 0
+        for i, s in enumerate(sets):
+            if r in s:
+                mask |= 1 << i
+        masks.add(mask)
+    if 0 in masks:  # a root that is the state itself: paired with any other, uncovered
+        return True
+    ms = sorted(masks)
+    return any(a & b == 0 for i, a in enumerate(ms) for b in ms[i + 1 :])
+
+
 class History:
     """Record merge edges and answer ancestry questions over layers and merges."""
 
@@ -152,26 +186,41 @@ class History:
         ancestors are the ancestors of the roots it descends from, and the best elements
         of a union of ancestor sets are best in one of the pairwise intersections. Every
         other state may be squashed or dropped; its edges are then re-pointed (below).
+
+        One pass over the whole graph (gc is O(store) anyway), not one per pair: R(s), the
+        roots that descend from state s, is gathered children first; s is a best common
+        ancestor of two roots exactly when both are in R(s) and no child of s has both.
+        Repeated with the states found as roots too, until nothing new (usually twice).
+        Returns the states found that are not roots themselves.
         """
-        known = list(dict.fromkeys(roots))
-        seen_pairs: set[tuple[int, int]] = set()
-        kept: set[int] = set()
-        grew = True
-        while grew:
-            grew = False
-            for i, a in enumerate(known):
-                for b in known[i + 1 :]:
-                    pair = (min(a, b), max(a, b))
-                    if pair in seen_pairs:
-                        continue
-                    seen_pairs.add(pair)
-                    for s in self.merge_bases(txn, a, b):
-                        if s not in kept:
-                            kept.add(s)
-                            if s not in known:
-                                known.append(s)
-                                grew = True
-        return kept
+        ids = [info.id for info in self.layers.all(txn)]
+        present = set(ids)
+        kids: dict[int, list[int]] = {lid: [] for lid in ids}
+        for info in self.layers.all(txn):
+            if info.parent in present:
+                kids[info.parent].append(info.id)
+        for layer, parent in self.edges(txn):
+            if layer in present and parent in present:
+                kids[parent].append(layer)
+        order = _children_first(ids, kids)
+        marked = {r for r in roots if r in present}
+        found: set[int] = set()
+        while True:
+            below: dict[int, frozenset[int]] = {}
+            new: set[int] = set()
+            for lid in order:
+                children = kids[lid]
+                sets = [below[c] for c in children if c in below]
+                here = frozenset().union(*sets) | ({lid} if lid in marked else frozenset())
+                below[lid] = here
+                if lid in marked or len(sets) < 2 or len(here) < 2:
+                    continue
+                if _has_uncovered_pair(here, sets):
+                    new.add(lid)
+            if not new:
+                return found
+            found |= new
+            marked |= new
 
     def contract(self, txn: lmdb.Transaction, live: set[int]) -> int:
         """Before gc deletes every layer not in ``live``: drop their own edges, and point

@@ -199,3 +199,58 @@ def test_last_line_without_newline_gets_markers_on_their_own_lines(
         b"line1\n<<<<<<< main\nline 2 ours\n||||||| base\nline 2\n=======\n"
         b"line 2 theirs\n>>>>>>> run\n"
     )
+
+
+def _pairwise_kept(history: object, txn: object, roots: list[int]) -> set[int]:
+    """The definition of the states gc keeps: best common ancestors of every pair of
+    roots, and of every pair of those, until nothing new; roots themselves left out."""
+    known = list(dict.fromkeys(roots))
+    kept: set[int] = set()
+    grew = True
+    while grew:
+        grew = False
+        for i, a in enumerate(list(known)):
+            for b in known[i + 1 :]:
+                for s in history.merge_bases(txn, a, b):  # type: ignore[attr-defined]
+                    if s not in known:
+                        known.append(s)
+                        kept.add(s)
+                        grew = True
+    return kept
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kept_states_are_every_pairwise_best_common_ancestor(
+    store: branchfs.Store, seed: int
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    store.create_branch("main").write_bytes("f0", b"0\n")
+    names = ["main"]
+    for step in range(40):
+        op = rng.choice(["fork", "write", "merge", "merge", "snapshot", "discard"])
+        name = rng.choice(names)
+        if op == "fork" and len(names) < 5:
+            new = f"b{step}"
+            store.fork(name, new)
+            names.append(new)
+        elif op == "write":
+            store.branch(name).write_bytes(f"f{step}", f"{step}\n".encode())
+        elif op == "merge" and len(names) > 1:
+            other = rng.choice([n for n in names if n != name])
+            store.merge(name, other, strategy="theirs")
+        elif op == "snapshot":
+            store.snapshot(name, f"s{step}")
+        elif op == "discard" and name != "main":
+            store.discard(name)
+            names.remove(name)
+        if step % 13 == 12:
+            store.gc()
+    history = store.engine.history
+    with store.meta.read() as txn:
+        roots = [b.top for b in store.refs.branches(txn)]
+        roots += [s.layer for s in store.refs.snapshots(txn)]
+        assert history.kept_states(txn, roots) == _pairwise_kept(history, txn, roots)
+    store.gc()
+    assert store.fsck().ok
