@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import lmdb
 
 from ..diff import Change
-from ..engine import Engine
+from ..engine import Engine, RecordCache
 from ..errors import BranchFSError, Conflict, MergeConflict
 from ..layers import View
 from ..records import ROOT_INO
@@ -103,7 +103,7 @@ def merge(
             src_state = refs.snapshot(txn, source[1:]).layer
         else:
             src_state = refs.freeze_state(txn, source)
-        records: dict[tuple[int, int], bytes | None] = {}
+        records: RecordCache = {}
         ours = engine.layer_view(txn, tgt.top, True, records)
         theirs = engine.layer_view(txn, src_state, False, records)
         base = bases.choose(engine, txn, tgt.top, src_state, records)

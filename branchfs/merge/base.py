@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import lmdb
 
-from ..engine import Engine
+from ..engine import Engine, RecordCache
 from ..gc import delete_layer
 from .apply import apply
 from .context import Sides
@@ -43,7 +43,7 @@ def choose(
     txn: lmdb.Transaction,
     ours_state: int,
     theirs_state: int,
-    records: dict[tuple[int, int], bytes | None],
+    records: RecordCache,
 ) -> Base:
     """The base of merging state ``theirs_state`` into ``ours_state`` (layer ids)."""
     bases = engine.history.merge_bases(txn, ours_state, theirs_state)
@@ -54,7 +54,7 @@ def _build(
     engine: Engine,
     txn: lmdb.Transaction,
     bases: list[int],
-    records: dict[tuple[int, int], bytes | None],
+    records: RecordCache,
     depth: int,
 ) -> Base:
     layers, history = engine.layers, engine.history

@@ -82,11 +82,11 @@ class Rules:
         object.__setattr__(self, "_spec", spec)
         # One regular expression for "does any pattern match at all": most paths match
         # none, and pathspec tries its patterns one by one (about 4 µs each).
-        parts = [
-            re.sub(r"\(\?P<\w+>", "(?:", p.regex.pattern)
-            for p in spec.patterns
-            if getattr(p, "regex", None) is not None
-        ]
+        parts = []
+        for pat in spec.patterns:
+            regex = getattr(pat, "regex", None)
+            if regex is not None:
+                parts.append(re.sub(r"\(\?P<\w+>", "(?:", regex.pattern))
         any_match = re.compile("|".join(f"(?:{p})" for p in parts)) if parts else None
         object.__setattr__(self, "_any", any_match)
 
