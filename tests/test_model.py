@@ -6,8 +6,10 @@ share a node. Symlinks point at ``/nowhere/N`` (a name never created), so follow
 always ends in ENOENT and the model never has to resolve them. Errors are predicted with
 Linux's rules and compared by exception type and errno.
 
-Merges the model can predict (the two sides changed disjoint paths, no changed path under
-another, and no node touched on both sides) must give exactly the composed tree. Other
+Merges the model can predict (against the one best common ancestor in the model's own
+history of forks and merges, as git merge-base; the two sides changed disjoint paths, no
+changed path under another, and no node touched on both sides) must give exactly the
+composed tree. Other
 merges must either raise ``MergeConflict`` and leave the target as it was, or succeed, in
 which case the model adopts the merged tree (it cannot predict it, but later steps still
 check everything against it).
@@ -153,7 +155,11 @@ class BranchMachine(RuleBasedStateMachine):
         self.store.create_branch("main")
         self.trees: dict[str, Tree] = {"main": Tree()}
         self.snaps: dict[str, Tree] = {}
-        self.bases: dict[frozenset[str], Tree] = {}
+        # The model's own merge history, as git's commit graph: a node per frozen state
+        # (its tree and parents); a branch's working state has ``heads[name]`` as parents.
+        self.nodes: dict[int, tuple[Tree, frozenset[int]]] = {}
+        self.heads: dict[str, frozenset[int]] = {"main": frozenset()}
+        self.snap_nodes: dict[str, int] = {}
         self.links = itertools.count(1)
 
     def teardown(self) -> None:
@@ -424,9 +430,31 @@ class BranchMachine(RuleBasedStateMachine):
 
     # -- branch operations ------------------------------------------------------------------------
 
-    def _drop_bases(self, name: str) -> None:
-        for pair in [k for k in self.bases if name in k]:
-            del self.bases[pair]
+    def _freeze(self, name: str) -> int:
+        """A node for branch ``name``'s current state; the branch continues from it."""
+        node = len(self.nodes) + 1
+        self.nodes[node] = (self.trees[name].copy(), self.heads[name])
+        self.heads[name] = frozenset({node})
+        return node
+
+    def _ancestors(self, parents: frozenset[int]) -> set[int]:
+        out: set[int] = set()
+        todo = list(parents)
+        while todo:
+            n = todo.pop()
+            if n not in out:
+                out.add(n)
+                todo.extend(self.nodes[n][1])
+        return out
+
+    def _base(self, target: str, state: int) -> Tree | None:
+        """The tree of the one best common ancestor (git merge-base) of ``target``'s state
+        and node ``state``; None when there are several or none (not predicted)."""
+        common = self._ancestors(self.heads[target]) & self._ancestors(frozenset({state}))
+        best = common - {p for n in common for p in self.nodes[n][1]}
+        if len(best) != 1:
+            return None
+        return self.nodes[best.pop()][0]
 
     @rule(src=names, new=names)
     def fork(self, src: str, new: str) -> None:
@@ -439,7 +467,7 @@ class BranchMachine(RuleBasedStateMachine):
         kind, _ = self.both(lambda: self.store.fork(src, new) and None, model)
         if kind == "ok":
             self.trees[new] = self.trees[src].copy()
-            self.bases[frozenset((src, new))] = self.trees[src].copy()
+            self.heads[new] = frozenset({self._freeze(src)})
 
     @rule(src=names, snap=hs.sampled_from(SNAPSHOTS))
     def snapshot(self, src: str, snap: str) -> None:
@@ -452,6 +480,7 @@ class BranchMachine(RuleBasedStateMachine):
         kind, _ = self.both(lambda: self.store.snapshot(src, snap) and None, model)
         if kind == "ok":
             self.snaps[snap] = self.trees[src].copy()
+            self.snap_nodes[snap] = self._freeze(src)
 
     @rule(name=names, snap=hs.sampled_from(SNAPSHOTS))
     def reset(self, name: str, snap: str) -> None:
@@ -464,7 +493,7 @@ class BranchMachine(RuleBasedStateMachine):
         kind, _ = self.both(lambda: self.store.reset(name, snap), model)
         if kind == "ok":
             self.trees[name] = self.snaps[snap].copy()
-            self._drop_bases(name)
+            self.heads[name] = frozenset({self.snap_nodes[snap]})
 
     @rule(name=names)
     def discard(self, name: str) -> None:
@@ -475,7 +504,7 @@ class BranchMachine(RuleBasedStateMachine):
         kind, _ = self.both(lambda: self.store.discard(name), model)
         if kind == "ok":
             del self.trees[name]
-            self._drop_bases(name)
+            del self.heads[name]
 
     @precondition(lambda self: len(self.trees) >= 2)
     @rule(data=hs.data())
@@ -495,8 +524,8 @@ class BranchMachine(RuleBasedStateMachine):
         target = into
         if target == source or target not in self.trees or source not in self.trees:
             return
-        pair = frozenset((target, source))
-        base = self.bases.get(pair)
+        state = self._freeze(source)
+        base = self._base(target, state)
         ours, theirs = self.trees[target], self.trees[source]
         predicted: Tree | None = None
         if base is not None:
@@ -527,7 +556,7 @@ class BranchMachine(RuleBasedStateMachine):
             self.trees[target] = predicted
         else:
             self.trees[target] = adopt(self.store.branch(target))
-        self.bases[pair] = self.trees[source].copy()
+        self.heads[target] = self.heads[target] | {state}
         assert engine_tree(self.store.branch(source)) == theirs.describe()
 
     @rule()
