@@ -1,12 +1,13 @@
 """What a branch changed since it last shared a state with another branch (``status``).
 
 The base of branch B against branch U is the state the two last shared, by the same rule
-the merge uses: the state recorded by their last merge, else the deepest layer their
-chains share (the fork point). Without a U, :func:`status` compares B with the branch whose
-base with B is the newest in B's history — the branch it was forked from, or last merged
-with (when several share that state, the oldest of them: a branch is forked from an
-older one). The result is what ``merge B --into U`` would bring, and like ``diff`` its cost
-follows the changes: O(branches * chain depth) to find the base, then the records above it.
+the merge uses: their best common ancestor over every fork and merge
+(:meth:`branchfs.history.History.merge_bases`; of several, the newest). Without a U,
+:func:`status` compares B with the branch whose base with B is the newest in B's history —
+the branch it was forked from, or last merged with (when several share that state, the
+oldest of them: a branch is forked from an older one). The result is what ``merge B --into
+U`` would bring, and like ``diff`` its cost follows the changes: O(branches * states in the
+history) to find the base, then the records above it.
 """
 
 from __future__ import annotations
@@ -36,15 +37,11 @@ class Status:
 def _base_chain(store: Store, txn: lmdb.Transaction, b: View, b_id: int, u: str) -> tuple[int, ...]:
     """The chain of the state branches ``u`` and the branch of view ``b`` last shared."""
     rec = store.refs.branch(txn, u)
-    recorded = store.refs.base(txn, rec.id, b_id)
-    if recorded is not None and store.layers.exists(txn, recorded):
-        return store.layers.chain(txn, recorded)
-    uc = store.layers.chain(txn, rec.top)
-    shared = set(uc)
-    for i, layer in enumerate(b.chain):
-        if layer in shared:
-            return b.chain[i:]
-    return ()
+    bases = store.engine.history.merge_bases(txn, rec.top, b.chain[0])
+    if not bases:
+        return ()
+    # several (a criss-cross): the newest; merge itself builds a virtual base from all
+    return store.layers.chain(txn, bases[-1])
 
 
 def _age(b: View, base: tuple[int, ...]) -> int:
