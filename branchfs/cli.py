@@ -108,8 +108,11 @@ def _command(verb: Verb) -> click.Command:
         else:
             params.append(click.Option(decls, metavar=o.metavar, help=o.help))
     args_help = "".join(f"\n\n  {a.metavar}: {a.help}" for a in verb.args)
+    # A verb that runs a command takes the command's own options as words (after `--`).
+    rest = bool(verb.args) and verb.args[-1].rest
     return click.Command(
         verb.name,
+        context_settings={"ignore_unknown_options": True} if rest else None,
         callback=callback,
         params=params,
         help=f"{verb.summary}{args_help}\n\nExample:\n\n\b\n  {verb.example}",

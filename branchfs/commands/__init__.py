@@ -16,7 +16,7 @@ from typing import Any
 from .spec import CLI, CTL, EXIT_OK, CommandError, Context, Outcome, Values, Verb
 
 #: The modules that declare verbs, in the order ``help`` lists them.
-MODULES = ("mounting", "copying", "refs", "compare", "upkeep", "control")
+MODULES = ("mounting", "copying", "refs", "compare", "attempts", "upkeep", "control")
 
 _verbs: dict[str, Verb] | None = None
 

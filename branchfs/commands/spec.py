@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -54,15 +54,19 @@ class CommandError(Exception):
 class Arg:
     """A positional argument. An ``optional`` one is filled only when enough words are
     given, counting from the left (``snapshot [BRANCH] NAME``); left out, it is None and the
-    verb falls back to the current branch."""
+    verb falls back to the current branch. A ``rest`` argument, always the last, takes every
+    remaining word (a command to run: ``run BRANCH -- CMD …``) into :attr:`Values.rest`."""
 
     name: str
     help: str
     optional: bool = False
+    rest: bool = False
 
     @property
     def metavar(self) -> str:
-        """How usage lines show it: ``NAME`` or ``[NAME]``."""
+        """How usage lines show it: ``NAME``, ``[NAME]`` or ``-- NAME …``."""
+        if self.rest:
+            return f"-- {self.name.upper()} …"
         return f"[{self.name.upper()}]" if self.optional else self.name.upper()
 
 
@@ -93,6 +97,7 @@ class Values:
 
     args: dict[str, str | None] = field(default_factory=dict)
     opts: dict[str, Any] = field(default_factory=dict)
+    rest: list[str] = field(default_factory=list)
 
     def arg(self, name: str) -> str | None:
         """The positional argument ``name`` (None when an optional one was left out)."""
@@ -243,6 +248,16 @@ class Verb:
         Required arguments are filled first; optional ones take the extra words, from the
         left.
         """
+        if self.args and self.args[-1].rest:
+            head = len(self.args) - 1
+            if len(words) <= head:
+                want = " ".join(a.metavar for a in self.args)
+                raise CommandError(
+                    f"{self.name} takes {want}, got {len(words)} word(s); example: {self.example}"
+                )
+            values = replace(self, args=self.args[:head]).bind(words[:head], opts)
+            values.rest = list(words[head:])
+            return values
         required = sum(1 for a in self.args if not a.optional)
         if len(words) < required or len(words) > len(self.args):
             want = " ".join(a.metavar for a in self.args) or "no arguments"

@@ -1,0 +1,84 @@
+"""``branchfs run`` and ``branchfs best-of`` through real subprocesses and real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fusecheck import needs_fuse
+from leftovers import leftovers, trees_in_logs
+
+import branchfs
+
+pytestmark = needs_fuse
+
+
+def branchfs_cli(store: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "branchfs.cli", "--store", str(store), *args],
+        capture_output=True,
+        text=True,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def test_run_exit_status_is_the_commands(store_path: Path) -> None:
+    done = branchfs_cli(store_path, "run", "main", "--", "sh", "-c", "echo x > f; exit 5")
+    assert done.returncode == 5, done.stderr
+    with branchfs.Store.open(store_path) as store:
+        assert store.branch("main").read_text("f") == "x\n"
+    missing = branchfs_cli(store_path, "run", "nope", "--", "true")
+    assert missing.returncode == 2 and "nope" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_best_of_json_and_exit_status(store_path: Path) -> None:
+    done = branchfs_cli(
+        store_path, "best-of", "3", "--run", 'echo "$BRANCHFS_ATTEMPT" > n',
+        "--score", "cat n", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["ok"] is True and answer["winner"] == 3
+    assert [a["status"] for a in answer["attempts"]] == ["passed", "passed", "won"]
+    assert answer["attempts"][0]["changes"] == [{"kind": "added", "path": "n"}]
+    failing = branchfs_cli(store_path, "best-of", "2", "--run", "exit 1")
+    assert failing.returncode == 1
+    assert "no attempt passed; main is untouched" in failing.stdout
+    bad = branchfs_cli(store_path, "best-of", "two", "--run", "true")
+    assert bad.returncode == 2 and "whole number" in bad.stderr
+
+
+def test_sigint_to_best_of_leaves_nothing_behind(tmp_path: Path, store_path: Path) -> None:
+    with branchfs.Store.open(store_path) as store:
+        store.branch("main").write_text("a.txt", "base\n")
+    logs = tmp_path / "logs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "branchfs.cli", "--store", str(store_path), "best-of", "4",
+         "--run", "echo running; sleep 600", "--logs", str(logs)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len([p for p in logs.glob("attempt-*.log") if "running" in p.read_text()]) == 4:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"the attempts never all started: {proc.communicate()}")
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    trees = trees_in_logs(logs)
+    assert len(trees) == 4
+    assert leftovers(store_path, trees) == []
+    with branchfs.Store.open(store_path) as store:
+        assert store.branches() == ["main"]
+        assert store.branch("main").read_text("a.txt") == "base\n"
+        assert store.branch("main").listdir() == ["a.txt"]
