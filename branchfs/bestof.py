@@ -618,9 +618,32 @@ def _drive(state: _Run, jobs: int, keep: bool, logs: Path, started: float) -> Be
                     if not attempt.done:
                         state.set(attempt, "cancelled")
                     with contextlib.suppress(BranchFSError):
-                        s.discard(attempt.branch)
+                        _discard(s, attempt.branch)
             raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _discard(store: Store, branch: str) -> None:
+    """Discard an attempt's branch once its daemon is gone.
+
+    Every worker has unmounted its tree and waited for its daemon before this runs, but a
+    daemon's registration can outlive its unmount by a moment; a discard refused as busy
+    is therefore retried for up to 5 s, then forced (which unmounts cleanly itself). A
+    branch already gone is fine.
+    """
+    from .errors import BranchBusy, BranchNotFound
+
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            store.discard(branch, force=time.monotonic() > deadline)
+            return
+        except BranchNotFound:
+            return
+        except BranchBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _finish(state: _Run, keep: bool, logs: Path, started: float) -> BestOfResult:
@@ -642,7 +665,7 @@ def _finish(state: _Run, keep: bool, logs: Path, started: float) -> BestOfResult
         for attempt in state.attempts:
             if keep or (attempt is winner and merge is None):
                 continue
-            s.discard(attempt.branch)
+            _discard(s, attempt.branch)
     return BestOfResult(
         base, state.attempts, winner if merge is not None else None, merge,
         time.monotonic() - started, logs, keep, error,

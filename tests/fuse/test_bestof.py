@@ -129,6 +129,7 @@ def test_sigint_halfway_leaves_nothing_behind(tmp_path: Path, store_path: Path) 
         [sys.executable, "-c", _INTERRUPTED, str(store_path), str(logs)],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not inherited SIG_IGN
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:

@@ -54,6 +54,12 @@ def test_best_of_json_and_exit_status(store_path: Path) -> None:
     assert bad.returncode == 2 and "whole number" in bad.stderr
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT as a terminal's Ctrl-C gives it (a shell's background job, as
+    `make test` may be, starts with SIGINT ignored, and Python keeps that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_to_best_of_leaves_nothing_behind(tmp_path: Path, store_path: Path) -> None:
     with branchfs.Store.open(store_path) as store:
         store.branch("main").write_text("a.txt", "base\n")
@@ -62,6 +68,7 @@ def test_sigint_to_best_of_leaves_nothing_behind(tmp_path: Path, store_path: Pat
         [sys.executable, "-m", "branchfs.cli", "--store", str(store_path), "best-of", "4",
          "--run", "echo running; sleep 600", "--logs", str(logs)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
