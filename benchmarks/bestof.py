@@ -217,12 +217,46 @@ METHODS: dict[str, Callable[[Path, Path, int], dict[str, float]]] = {
 }
 
 
+def report(data: dict[str, Any]) -> None:
+    """Write the results JSON, print the table and rewrite the docs' best-of section."""
+    write_json("bestof", data)
+    results: list[dict[str, Any]] = data["results"]
+    info = data["machine"]
+    columns = ["method", "N", "files", "to first running", "to every running", "tail",
+               "wall", "slowest attempt", "overhead"]  # fmt: skip
+    rows = [
+        [r["method"], r["n"], f"{r['files']:,}", fmt_seconds(r["first_running"]),
+         fmt_seconds(r["all_running"]), fmt_seconds(r["tail"]), fmt_seconds(r["wall"]),
+         fmt_seconds(r["slowest_attempt"]), fmt_seconds(r["overhead"])]
+        for r in results
+    ]  # fmt: skip
+    print_table("best-of overhead", columns, rows)
+    body = (
+        f"Produced by `make bench-bestof` (`benchmarks/bestof.py`) on {data['date']}; raw "
+        "figures in `benchmarks/results/bestof.json`.\n\n"
+        f"Machine: {machine_line(info)}. Load average (1 min) at the start: "
+        f"{data['load'][0]:.1f}.\n\n"
+        "The command-line row includes the interpreter start of `branchfs` itself. "
+        "Each attempt writes its start time, changes one file, sleeps "
+        f"{HOLD:g} s and writes its end time. *To first / every running*: from the call to "
+        "the earliest / latest start. *Tail*: from the last attempt's end to the winner "
+        "merged and every other tree gone. *Overhead*: wall time minus the slowest attempt. "
+        "Goals (issue 16): ≤ 150 ms to the first attempt running, flat in tree size; wall "
+        "≤ slowest attempt + 0.5 s at N = 4.\n\n"
+        "![best-of overhead](img/bestof.png)\n\n" + markdown_table(columns, rows)
+    )
+    if data.get("note"):
+        body += f"\n{data['note']}\n"
+    replace_doc_section("best-of", body)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="N = 1 and 4 only")
     args = p.parse_args()
     ns = [1, 4] if args.quick else [1, 4, 16]
     started = time.time()
+    load = list(os.getloadavg()[:1])
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="branchfs-bench-bestof-") as tmp:
         root = Path(tmp)
@@ -248,34 +282,10 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": info,
         "hold_seconds": HOLD,
-        "load": list(os.getloadavg()[:1]),
+        "load": load,
         "results": results,
     }
-    write_json("bestof", data)
-    columns = ["method", "N", "files", "to first running", "to every running", "tail",
-               "wall", "slowest attempt", "overhead"]  # fmt: skip
-    rows = [
-        [r["method"], r["n"], f"{r['files']:,}", fmt_seconds(r["first_running"]),
-         fmt_seconds(r["all_running"]), fmt_seconds(r["tail"]), fmt_seconds(r["wall"]),
-         fmt_seconds(r["slowest_attempt"]), fmt_seconds(r["overhead"])]
-        for r in results
-    ]  # fmt: skip
-    print_table("best-of overhead", columns, rows)
-    body = (
-        f"Produced by `make bench-bestof` (`benchmarks/bestof.py`) on {data['date']}; raw "
-        "figures in `benchmarks/results/bestof.json`.\n\n"
-        f"Machine: {machine_line(info)}. Load average (1 min) at the start: "
-        f"{data['load'][0]:.1f}.\n\n"
-        "The command-line row includes the interpreter start of `branchfs` itself. "
-        "Each attempt writes its start time, changes one file, sleeps "
-        f"{HOLD:g} s and writes its end time. *To first / every running*: from the call to "
-        "the earliest / latest start. *Tail*: from the last attempt's end to the winner "
-        "merged and every other tree gone. *Overhead*: wall time minus the slowest attempt. "
-        "Goals (issue 16): ≤ 150 ms to the first attempt running, flat in tree size; wall "
-        "≤ slowest attempt + 0.5 s at N = 4.\n\n"
-        "![best-of overhead](img/bestof.png)\n\n" + markdown_table(columns, rows)
-    )
-    replace_doc_section("best-of", body)
+    report(data)
 
 
 if __name__ == "__main__":
