@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +120,17 @@ class Conflict:
 
     def __str__(self) -> str:
         what = _CONFLICT_WORDS.get(self.kind, "both sides changed it in ways that clash")
+        ref = _GIT_BRANCH_REF.search(self.path)
+        if ref is not None and self.kind in ("content", "add/add"):
+            what = (
+                f"both sides made a new git commit on branch {ref.group(1)!r}; merge the two "
+                "commits with git itself, or keep one side's history"
+            )
         return f"{self.path}: {what} ({self.kind}; ours: {self.ours}; theirs: {self.theirs})"
 
+
+#: A git branch ref inside a tree: both sides moving it means both sides committed.
+_GIT_BRANCH_REF = re.compile(r"(?:^|/)\.git/refs/heads/(.+)$")
 
 #: Each conflict kind in plain words (what clashed).
 _CONFLICT_WORDS = {
