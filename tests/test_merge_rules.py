@@ -169,4 +169,4 @@ def test_git_project_forks_work_and_merge_without_tool_conflicts(
         store.merge("main", "b")
     assert [c.path for c in info.value.conflicts] == [".git/refs/heads/main"]
     assert info.value.conflicts[0].kind == "content"
-    assert "both sides changed the same lines differently" in str(info.value)
+    assert "both sides made a new git commit on branch 'main'" in str(info.value)
