@@ -51,6 +51,12 @@ NAME_RULE = (
 )
 
 
+#: Names found valid, with their keys: a name is checked on every call of the API (a stat,
+#: a fork …), and the check is a pure function of the string. Bounded: cleared when full.
+_VALID: dict[str, bytes] = {}
+_VALID_MAX = 4096
+
+
 def check_ref_name(name: object, what: str = "branch") -> bytes:
     """Validate a branch or snapshot name and return its key; :class:`InvalidName` if bad.
 
@@ -59,6 +65,18 @@ def check_ref_name(name: object, what: str = "branch") -> bytes:
     ``MOUNT/.branchfs/branches/``, never an option, and never confused with ``@SNAPSHOT``,
     the notation for snapshots on the command line. Every message says the rule.
     """
+    if type(name) is str:
+        key = _VALID.get(name)
+        if key is not None:
+            return key
+    key = _check_ref_name(name, what)
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID[name] = key  # type: ignore[index]  # a str: anything else was refused
+    return key
+
+
+def _check_ref_name(name: object, what: str) -> bytes:
     if not isinstance(name, str):
         raise InvalidName(f"a {what} name must be a str, not {type(name).__name__}")
     if not name:
