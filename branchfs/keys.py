@@ -310,11 +310,31 @@ def encode_inode(rec: Inode, ino: int) -> bytes:
 def decode_inode(raw: Raw, ino: int) -> Inode:
     """Parse the record of ``ino`` written by :func:`encode_inode`; :class:`StoreCorrupt` if
     it is not one or fails its checksum."""
+    return inode_of(inode_fields(raw, ino))
+
+
+def inode_fields(raw: Raw, ino: int) -> list[Any]:
+    """The checked and unpacked fields of the record of ``ino``, for :func:`inode_of`.
+
+    :class:`StoreCorrupt` if the record fails its checksum or is not an inode record. The
+    list may be kept and given to :func:`inode_of` again (a view does, so that a record read
+    many times in one transaction is checked and unpacked once): it is never handed out.
+    """
     payload = raw[:-DIGEST_SIZE]  # unseal(raw, ino), inlined: this is every stat's path
     if _xxh3(payload, ino) & 0xFFFFFFFF != _from_bytes(raw[-DIGEST_SIZE:], "little"):
         raise _damaged()
     try:
         v = msgpack.unpackb(payload, raw=True, use_list=True, strict_map_key=False)
+    except Exception as exc:  # any decoding failure means the record is damaged
+        raise StoreCorrupt(f"an inode record cannot be decoded ({exc}); run fsck") from exc
+    if type(v) is not list or len(v) != 12:
+        raise StoreCorrupt("an inode record has the wrong shape; run fsck")
+    return v
+
+
+def inode_of(v: list[Any]) -> Inode:
+    """A new :class:`Inode` of fields from :func:`inode_fields` (nothing shared with them)."""
+    try:
         return Inode(
             v[0],
             v[1],
@@ -327,7 +347,7 @@ def decode_inode(raw: Raw, ino: int) -> Inode:
             [(p, n) for p, n in v[8]],
             v[9],
             v[10],
-            v[11],
+            dict(v[11]),
         )
     except Exception as exc:  # any decoding failure means the record is damaged
         raise StoreCorrupt(f"an inode record cannot be decoded ({exc}); run fsck") from exc

@@ -203,6 +203,7 @@ class View:
         "chunks",
         "dirents",
         "extents",
+        "fields",
         "inodes",
         "meta",
         "records",
@@ -222,6 +223,10 @@ class View:
         #: Raw inode records read in this transaction, by (layer, ino). Views of one
         #: transaction may share it (a merge walks three chains that share most layers).
         self.records = {} if records is None else records
+        #: Checked and unpacked inode records, by (layer, ino), with the raw record they
+        #: came from (a record is checked once a transaction, not once a read; a new raw
+        #: record under the key, once put, is checked again).
+        self.fields: dict[tuple[int, int], tuple[bytes | memoryview, list[Any]]] = {}
         self.meta = meta
         self.chunks = chunks
         self.txn = txn
@@ -283,7 +288,11 @@ class View:
             if raw is not None:
                 if raw == TOMBSTONE:
                     return None, pos
-                return keys.decode_inode(raw, ino), pos
+                hit = self.fields.get((layer, ino))
+                if hit is None or hit[0] is not raw:  # `is`: the cache holds its raw alive
+                    hit = (raw, keys.inode_fields(raw, ino))
+                    self.fields[(layer, ino)] = hit
+                return keys.inode_of(hit[1]), pos
         return None, -1
 
     def inode(self, ino: int) -> Inode | None:
