@@ -549,11 +549,16 @@ def setattr(
 # -- extended attributes -----------------------------------------------------------------------
 
 
-XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.posix_acl_")
+# POSIX ACLs (``system.posix_acl_access`` / ``_default``) are not supported: they must be
+# EOPNOTSUPP, as on a filesystem mounted without ACLs, so that tools copying permissions
+# (``sed -i``, ``cp -p``: gnulib's qcopy_acl) fall back to chmod. Stored as plain xattrs they
+# were kept but never applied to the mode bits, and the file stayed 0600.
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 
 
 def check_xattr_name(name: bytes) -> None:
-    """Linux's rules for an xattr name: a known namespace (EOPNOTSUPP) and a name after it."""
+    """Linux's rules for an xattr name: a known namespace (else EOPNOTSUPP, which includes
+    ``system.posix_acl_*``: no ACL support, see acl(5)) and a name after it."""
     if not name or len(name) > XATTR_NAME_MAX:
         raise os_error(errno.ERANGE)
     if not name.startswith(XATTR_NAMESPACES):

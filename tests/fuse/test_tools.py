@@ -7,6 +7,7 @@ native disk.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -171,3 +172,29 @@ CREATE INDEX t_n ON t (n);
     # A second process sees the committed data and the index (locks and, for WAL, the shm mmap).
     out = sh("sqlite3", "test.db", "SELECT count(*) FROM t INDEXED BY t_n WHERE n = 77;", cwd=d)
     assert out.strip() == "1"
+
+
+@pytest.mark.parametrize("tool", ["sed -i", "cp -p"])
+def test_tools_that_copy_permissions_keep_the_mode(mnt: Path, tmp_path: Path, tool: str) -> None:
+    """``sed -i`` and ``cp -p`` copy a file's permissions with ``fsetxattr(system.posix_acl_
+    access)`` and fall back to ``fchmod`` only on EOPNOTSUPP. The mount has no ACLs, so it
+    must refuse them: stored as plain xattrs they left the new file 0600 (compared with the
+    native disk)."""
+    results = []
+    for root in (tmp_path, mnt):
+        work = root / f"acl-{tool.split()[0]}"
+        work.mkdir()
+        (work / "run.sh").write_text("#!/bin/sh\necho hi\n")
+        os.chmod(work / "run.sh", 0o755)
+        if tool == "sed -i":
+            sh("sed", "-i", "s/hi/ho/", "run.sh", cwd=work)
+            target = work / "run.sh"
+        else:
+            sh("cp", "-p", "run.sh", "copy.sh", cwd=work)
+            target = work / "copy.sh"
+        results.append((oct(target.stat().st_mode & 0o7777), sh(str(target), cwd=work)))
+    assert results[1] == results[0]
+    assert results[0][0] == "0o755"
+    with pytest.raises(OSError) as exc:
+        os.setxattr(target, "system.posix_acl_access", b"\x02\0\0\0")
+    assert exc.value.errno == errno.EOPNOTSUPP
