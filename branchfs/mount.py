@@ -204,6 +204,7 @@ def daemon_command(
     may enter the mount; permissions are still checked by the kernel)."""
     return [
         sys.executable,
+        "-P",  # never import from the caller's directory (a folder named branchfs there)
         "-m",
         "branchfs_fuse",
         "--store",

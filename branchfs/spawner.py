@@ -83,7 +83,7 @@ class Spawner:
     def _ensure(self) -> subprocess.Popen[bytes]:
         if self._proc is None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "branchfs_fuse.zygote"],
+                [sys.executable, "-P", "-m", "branchfs_fuse.zygote"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

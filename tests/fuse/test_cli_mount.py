@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,31 @@ def test_umount_whatever_the_root_answers(world: Any, tmp_path: Path) -> None:
     mp3 = mnt("busy")
     one_line_error(bfs("mount", str(mp3), store=store), 2, "already a mountpoint")
     subprocess.run(["true"], check=True)
+
+
+def test_mount_from_a_directory_holding_a_folder_named_like_the_package(
+    tmp_path: Path, world: Any
+) -> None:
+    """The daemon never imports from the caller's directory: a clone of branchfs (or any
+    folder called ``branchfs``) there broke every mount with an ImportError."""
+    store, _ = world
+    cwd = tmp_path / "work"
+    (cwd / "branchfs").mkdir(parents=True)
+    (cwd / "branchfs_fuse").mkdir()
+    mp = tmp_path / "mp-cwd"
+    mp.mkdir()
+    script = Path(sys.executable).with_name("branchfs")  # as a user runs it, not ``-m``
+    if not script.exists():
+        pytest.skip(f"no console script {script} (branchfs is not installed in this venv)")
+    r = subprocess.run(
+        [str(script), "--store", str(store), "mount", str(mp)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        assert r.returncode == 0, r.stderr
+        assert (mp / "a.txt").read_bytes() == b"one\ntwo\n"
+    finally:
+        umount(mp)
