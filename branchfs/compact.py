@@ -148,6 +148,7 @@ def _replace(meta: Meta) -> None:
                     env.copy(tmp, compact=True, txn=reader)
                 finally:
                     reader.abort()
+                os.chmod(copy, 0o600)  # LMDB creates its copy 0644 (less the umask)
                 with open(copy, "rb") as fh:
                     os.fsync(fh.fileno())
                 _step("copied")

@@ -149,6 +149,7 @@ def test_gc_compact_and_fsck_from_the_command_line(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["ok"] and answer["compact"]["bytes_after"] < before / 4
+    assert oct(os.stat(path / "data.mdb").st_mode & 0o777) == "0o600"  # still private
     with branchfs.Store.open(path) as s:
         _check(s, keep)
     os.truncate(path / "data.mdb", os.path.getsize(path / "data.mdb") // 2)
