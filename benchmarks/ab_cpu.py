@@ -16,6 +16,10 @@ Each figure is the median over all rounds of the CPU µs of one operation:
 * ``fork_changed``: ``Store.fork`` of a branch with one file written since (untimed);
 * ``diff`` and ``merge``: of a fork in which 10 files were rewritten (gc between, untimed).
 
+``ratio`` compares the two overall medians; ``paired`` is the median over rounds of the
+ratio of the two sides' medians within one round, the figure least moved by load that
+comes and goes (CPU time still grows under contention: caches, shared cores).
+
 Usage::
 
     .venv/bin/python benchmarks/ab_cpu.py /path/to/baseline/checkout [--files 100000]
@@ -151,15 +155,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k}: imports {w.ready()}", flush=True)
     ops = args.ops.split(",")
     got: dict[str, dict[str, list[float]]] = {k: {op: [] for op in ops} for k in workers}
+    paired: dict[str, list[float]] = {op: [] for op in ops}
     for r in range(args.rounds):
         order = list(workers) if r % 2 == 0 else list(workers)[::-1]
         for op in ops:
+            medians = {}
             for k in order:
-                got[k][op] += workers[k].run(op, PER_ROUND[op])
+                run = workers[k].run(op, PER_ROUND[op])
+                got[k][op] += run
+                medians[k] = statistics.median(run)
+            paired[op].append(medians["current"] / medians["baseline"])
     for w in workers.values():
         w.close()
     print(f"CPU µs per operation, median (p25-p75), {args.files:,} files, {args.rounds} rounds")
-    print(f"{'operation':<14}{'baseline':>26}{'current':>26}{'ratio':>8}")
+    print("(paired: the median over rounds of current/baseline within a round, each side's")
+    print(" median of that round: the load of the moment hits both sides of a pair alike)")
+    print(f"{'operation':<14}{'baseline':>26}{'current':>26}{'ratio':>8}{'paired':>8}")
     for op in ops:
         cells = []
         for k in workers:
@@ -168,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append((statistics.median(v), q[0], q[2]))
         b, c = cells[0][0], cells[1][0]
         row = "".join(f"{m:>10.1f} ({lo:6.1f}-{hi:6.1f})" for m, lo, hi in cells)
-        print(f"{op:<14}{row}{c / b:>8.2f}")
+        print(f"{op:<14}{row}{c / b:>8.2f}{statistics.median(paired[op]):>8.2f}")
     return 0
 
 
