@@ -3,19 +3,37 @@
 Every test gets its own store, so tests never see each other's branches. ``os_errno``
 runs the same call against a real temp directory, so that tests compare branchfs's errors
 with what Linux itself raises instead of with hand-written expectations.
+
+Randomized tests draw the same examples on every ``make test`` (hypothesis profile ``ci``,
+loaded here unless ``HYPOTHESIS_PROFILE`` names another); ``make test-random`` draws new
+ones (see tests/randomized.py).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import randomized
+from hypothesis import settings
 from twin import outcome
 
 import branchfs
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("random", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say how the randomized tests draw, so that a failing run can be replayed."""
+    profile = settings.get_current_profile_name()
+    seed = "fixed seeds" if randomized.RUN_SEED is None else f"BRANCHFS_SEED={randomized.RUN_SEED}"
+    return [f"randomized tests: hypothesis profile {profile}, {seed}, x{randomized.SCALE:g}"]
 
 
 @pytest.fixture

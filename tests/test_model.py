@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis.strategies as hs
+import randomized
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from twin import outcome
@@ -594,7 +595,7 @@ def adopt(b: branchfs.Branch) -> Tree:
 
 
 BranchMachine.TestCase.settings = settings(
-    max_examples=500,
+    max_examples=randomized.examples(500),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

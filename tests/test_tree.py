@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import randomized
 from twin import Twin, outcome
 
 import branchfs
@@ -343,7 +344,7 @@ def _random_file_ops(rng: random.Random, n: int, span: int) -> list[tuple]:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_random_access_matches_a_real_file(branch: branchfs.Branch, real: Path, seed: int) -> None:
-    rng = random.Random(seed)
+    rng = random.Random(randomized.seed(seed))
     span = 4 * CHUNK_SIZE
     branch.write_bytes("f", b"")
     (real / "f").write_bytes(b"")
@@ -362,7 +363,7 @@ def test_fork_then_truncate_and_extend_reads_zeros(
     A truncation in a fork hides the parent's chunks past the cut even after the file
     grows again (the "cut" of records.py): extending must read zeros, never old bytes.
     """
-    rng = random.Random(1000 + seed)
+    rng = random.Random(randomized.seed(1000 + seed))
     span = 5 * CHUNK_SIZE
     data = rng.randbytes(rng.choice([100, INLINE_MAX, 3 * CHUNK_SIZE + 17]))
     branch.write_bytes("f", data)
