@@ -1,7 +1,8 @@
 """Fixtures for tests through a real FUSE mount: a fresh store mounted in a temp dir.
 
 Tests that need FUSE skip, with the reason, where /dev/fuse or fusermount3 is
-missing. The mount is torn down (flushed and unmounted) after each test that uses it.
+missing, and fail instead where the environment requires FUSE (tests/fuse/fusecheck.py).
+The mount is torn down (flushed and unmounted) after each test that uses it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fusecheck import fuse_missing
+from fusecheck import check_fuse
 
 import branchfs
 
@@ -26,12 +27,10 @@ def store_path(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def need_fuse() -> None:
-    """Skip the test, saying why, when FUSE cannot be used here."""
-    reason = fuse_missing()
-    if reason is not None:
-        pytest.skip(reason)
+    """Skip the test, saying why, when FUSE cannot be used here (fail it where required)."""
+    check_fuse()
 
 
 @dataclass
@@ -62,9 +61,7 @@ def mounted_store(tmp_path: Path, need_fuse: None) -> Iterator[Mounted]:
 @pytest.fixture(scope="module")
 def module_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
     """Branch ``main`` of a fresh store mounted for a whole module, and the store open here."""
-    reason = fuse_missing()
-    if reason is not None:
-        pytest.skip(reason)
+    check_fuse()
     base = tmp_path_factory.mktemp("mounted")
     store_path = base / "store.bfs"
     store = branchfs.Store.open(store_path, create=True)
