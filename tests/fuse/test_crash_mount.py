@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +40,8 @@ WRITER = textwrap.dedent(
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         for off in range(0, len(data), 65536):
             os.write(fd, data[off:off + 65536])
+            if off == len(data) // 2:
+                print(f"half {i}", flush=True)  # in the middle of this file's writes
         os.fsync(fd)
         os.close(fd)
         print(i, flush=True)  # acknowledged: fsync returned
@@ -106,13 +107,14 @@ def test_sigkill_during_heavy_writes_then_remount(tmp_path: Path, mp: Path) -> N
     )
     acked: list[int] = []
     assert writer.stdout is not None
-    for line in writer.stdout:
-        acked.append(int(line))
-        if len(acked) >= 24:
-            break
-    time.sleep(0.05)  # in the middle of the next file's writes
+    for line in writer.stdout:  # the kill waits for an event: half of file 24 is written
+        if line.startswith("half"):
+            if len(acked) >= 24:
+                break
+        else:
+            acked.append(int(line))
     os.kill(pid, signal.SIGKILL)
-    acked += [int(line) for line in writer.stdout]
+    acked += [int(line) for line in writer.stdout if not line.startswith("half")]
     writer.wait(timeout=60)
     assert writer.returncode != 0  # the writer saw the mount die
 
