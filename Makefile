@@ -8,7 +8,8 @@ STAMP_APT := $(VENV)/.apt-done
 STAMP_PY := $(VENV)/.py-done
 STAMP_DOCS := $(VENV)/.docs-done
 
-.PHONY: all install demo test test-merge-long lint format docs bench bench-core bench-fuse bench-bestof bench-cli clean
+.PHONY: all install demo test test-merge-long test-random mutate lint format docs bench bench-core \
+	bench-fuse bench-bestof bench-cli clean
 
 all: test
 
@@ -50,6 +51,21 @@ test: install
 # merges against git as the oracle: a long random profile (make test runs a fixed seed)
 test-merge-long: install
 	BRANCHFS_MERGE_LONG=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_merge_git.py
+
+# The randomized tests with a new seed each run and 5x their examples (make test uses fixed
+# seeds). A failure prints the seed: keep the failing case as a test (tests/randomized.py).
+RANDOM_TESTS := tests/test_model.py tests/fuse/test_posix_differential.py tests/test_crash.py \
+	tests/test_tree.py
+test-random: install
+	@seed=$${BRANCHFS_SEED:-$$RANDOM$$RANDOM}; \
+	echo "BRANCHFS_SEED=$$seed (replay: make test-random BRANCHFS_SEED=$$seed)"; \
+	HYPOTHESIS_PROFILE=random BRANCHFS_SEED=$$seed \
+	BRANCHFS_EXAMPLES_SCALE=$${BRANCHFS_EXAMPLES_SCALE:-5} \
+	$(BIN)/python -m pytest -q -p no:cacheprovider --hypothesis-seed=$$seed $(RANDOM_TESTS)
+
+# Plant each kept mutant (tools/mutants.py) and run its tests: the score and the survivors.
+mutate: install
+	$(BIN)/python tools/mutate.py
 
 lint: install
 	$(BIN)/ruff check .
