@@ -32,8 +32,8 @@ MUTANTS: list[Mutant] = [
     # -- the six blind spots of issue 21 -------------------------------------------------------
     Mutant(
         "ctl-no-flush",
-        "fuse/ops.py",
-        "        if cmd.needs_flush:\n            self.sync_all()\n",
+        "fuse/ctldir.py",
+        "        if cmd.needs_flush:\n            self.wb.flush_all()\n",
         "",
         "ctl commands run without flushing the write buffers first",
         CTL,
