@@ -1,9 +1,10 @@
 """Write-behind in the daemon, without a kernel: a full buffer commits while writes go on.
 
-The flush thread's commit is held back on purpose, so that every other request is sure
-to arrive while it is in flight. Each must wait for it and see the store with those
-writes in; a failed commit must reach the writer at its next write, flush or fsync, and
-the file must still be let go at its last close.
+The flush thread's commit is held back on purpose until the request under test waits for
+it (an event, not a delay), so that the request is sure to arrive while it is in flight.
+Each request must wait for it and see the store with those writes in; a failed commit must
+reach the writer at its next write, flush or fsync, and the file must still be let go at
+its last close.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ CTX = K.RequestContext(os.geteuid(), os.getegid(), os.getpid())
 
 
 class Gate:
-    """Holds the flush thread's commits until :meth:`open`; counts them."""
+    """Holds the flush thread's commit until a request waits for it."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, error: OSError | None = None) -> None:
         self.opened = threading.Event()
         self.started = threading.Event()
         self.error = error
+        self.awaited = False
         real_apply = writeback.apply_buffer
 
         def held(*args: Any) -> Any:
@@ -45,10 +47,23 @@ class Gate:
 
         monkeypatch.setattr(writeback, "apply_buffer", held)
 
-    def open_later(self, seconds: float = 0.2) -> None:
-        """Let the held commit go after ``seconds``, from another thread."""
+    def open_when_awaited(self, ops: Bridge) -> None:
+        """Let the held commit go at the moment a request asks for its result.
+
+        A request that did not wait for the commit in flight leaves ``awaited`` false (and
+        the commit held, which the flush thread reports after 10 s).
+        """
         assert self.started.wait(10), "no write-behind commit started"
-        threading.Timer(seconds, self.opened.set).start()
+        assert ops.wb.behind is not None, "no write-behind commit in flight"
+        future = ops.wb.behind[1]
+        real_result = future.result
+
+        def result(timeout: float | None = None) -> Any:
+            self.awaited = True
+            self.opened.set()
+            return real_result(timeout)
+
+        future.result = result  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -74,8 +89,9 @@ def test_requests_wait_for_the_commit_in_flight_and_see_its_writes(
     reader = ops.open(ino, os.O_RDONLY, CTX).fh
     assert ops.write(writer, 0, data) == len(data)  # returns with its commit still held
     assert ops.wb.behind is not None
-    gate.open_later()
+    gate.open_when_awaited(ops)
     assert ops.getattr(ino, CTX).st_size == len(data)
+    assert gate.awaited
     assert ops.wb.behind is None
     assert b"".join(ops.read(reader, len(data) - 10, 10)) == data[-10:]
     ops.replied()  # the session's part: the reply is written, the read's snapshot goes
@@ -92,8 +108,9 @@ def test_a_fork_waits_for_the_commit_in_flight(
     data = os.urandom(FLUSH_BYTES)
     fh = ops.open(ino, os.O_WRONLY, CTX).fh
     ops.write(fh, 0, data)
-    gate.open_later()
+    gate.open_when_awaited(ops)
     ops.mkdir(BRANCHES, b"forked", 0o755, CTX)
+    assert gate.awaited
     assert store.branch("forked").read_bytes("f") == data
     ops.release(fh)
 
@@ -105,8 +122,9 @@ def test_a_failed_commit_reaches_the_writer_and_the_file_is_still_let_go(
     gate = Gate(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
     fh = ops.open(ino, os.O_WRONLY, CTX).fh
     ops.write(fh, 0, bytes(FLUSH_BYTES))
-    gate.open_later(0.05)
+    gate.open_when_awaited(ops)
     ops.getattr(ino, CTX)  # waits for the commit, which fails
+    assert gate.awaited
     with pytest.raises(K.FUSEError) as info:
         ops.write(fh, FLUSH_BYTES, b"more")
     assert info.value.errno == errno.ENOSPC
@@ -124,8 +142,9 @@ def test_an_error_waits_for_the_descriptor_that_is_still_open(
     first = ops.open(ino, os.O_WRONLY, CTX).fh
     second = ops.open(ino, os.O_WRONLY, CTX).fh
     ops.write(first, 0, bytes(FLUSH_BYTES))
-    gate.open_later(0.05)
+    gate.open_when_awaited(ops)
     ops.getattr(ino, CTX)
+    assert gate.awaited
     gate.error = None
     ops.release(first)
     with pytest.raises(K.FUSEError) as info:
