@@ -417,7 +417,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "write-drops-no-capability",
-        "fuse/writeback.py",
+        "fuse/privs.py",
         '    if b"security.capability" in rec.xattrs:\n',
         "    if False:\n",
         "a write through the mount keeps security.capability (Linux clears it)",
