@@ -861,3 +861,28 @@ def test_metadata_change_after_truncate_and_extend_in_a_fork_keeps_the_bytes(
     assert branch.read_bytes("f") == old
     target.truncate("f", 200_000)  # extending again shows zeros, never the old chunk 3
     assert target.read_bytes("f") == new + bytes(50_000)
+
+
+@pytest.mark.parametrize("hops", [39, 40, 41])
+def test_symlink_chains_up_to_maxsymlinks_resolve(twin: Twin, hops: int) -> None:
+    """Linux follows at most 40 symlinks in one lookup (MAXSYMLINKS), then ELOOP."""
+    twin.ok("write", "end", b"reached")
+    target = "end"
+    for i in range(hops):
+        twin.ok("symlink", target, f"hop{i}")
+        target = f"hop{i}"
+    twin.do("read", target)  # 39 and 40 hops read the file, 41 is ELOOP on both sides
+    twin.do("write", f"{target}", b"through the chain")
+    twin.check_trees()
+
+
+def test_an_absolute_symlink_starts_at_the_branch_root(branch: branchfs.Branch) -> None:
+    """A symlink target starting with / is resolved from the root of the tree it is in,
+    never from the link's own directory (and never on the host)."""
+    branch.makedirs("d/sub")
+    branch.write_bytes("d/f", b"top-level d/f")
+    branch.write_bytes("d/sub/d", b"a decoy next to the link")
+    branch.symlink("/d/f", "d/sub/abs")
+    assert branch.read_bytes("d/sub/abs") == b"top-level d/f"
+    branch.symlink("/../../d/f", "d/sub/up")
+    assert branch.read_bytes("d/sub/up") == b"top-level d/f"
