@@ -208,7 +208,7 @@ MUTANTS: list[Mutant] = [
     # -- file contents, chunks and the cut -----------------------------------------------------
     Mutant(
         "hole-not-zero-filled",
-        "branchfs/tree.py",
+        "branchfs/content.py",
         "        if len(piece) < hi - lo:  # a hole",
         "        if False:  # a hole",
         "reading a hole or a short chunk returns fewer bytes instead of zeros",
@@ -216,7 +216,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "partial-chunk-write-drops-old-bytes",
-        "branchfs/tree.py",
+        "branchfs/content.py",
         "        if coff == 0 and n == CHUNK_SIZE:\n",
         "        if coff == 0:\n",
         "a write at the start of a chunk loses the bytes after it in that chunk",
@@ -224,15 +224,15 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "truncate-keep-off-by-one",
-        "branchfs/tree.py",
-        "            keep = (size + CHUNK_SIZE - 1) // CHUNK_SIZE\n",
-        "            keep = size // CHUNK_SIZE\n",
+        "branchfs/content.py",
+        "        keep = nchunks(size)\n",
+        "        keep = size // CHUNK_SIZE\n",
         "truncate drops the chunk at the new end of file",
         ENGINE,
     ),
     Mutant(
         "truncate-cut-max",
-        "branchfs/tree.py",
+        "branchfs/content.py",
         "rec.cut = keep if rec.cut is None else min(rec.cut, keep)",
         "rec.cut = keep if rec.cut is None else max(rec.cut, keep)",
         "a second, longer truncate in a layer forgets the first, shorter one",

@@ -142,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.id:28} {m.file:24} {m.description}")
         return 0
     if a.check:
-        stale = [(m, stale_reason(m, ROOT)) for m in chosen]
-        for m, why in stale:
+        reasons = [(m, stale_reason(m, ROOT)) for m in chosen]
+        for m, why in reasons:
             if why:
                 print(f"STALE     {m.id}: {why}")
-        return 1 if any(why for _m, why in stale) else 0
+        return 1 if any(why for _m, why in reasons) else 0
 
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="branchfs-mutate-") as tmp:
