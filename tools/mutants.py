@@ -125,8 +125,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "setgid-dir-not-inherited",
         "branchfs/tree.py",
-        "    if prec.mode & st.S_ISGID:\n        gid = prec.gid\n",
-        "    if False:\n        gid = prec.gid\n",
+        "    if prec.mode & st.S_ISGID:\n        gid = prec.gid\n        if st.S_ISDIR(mode):\n",
+        "    if False:\n        gid = prec.gid\n        if st.S_ISDIR(mode):\n",
         "a new entry in a set-group-ID directory keeps the caller's gid",
         ENGINE,
     ),
