@@ -33,7 +33,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ctl-no-flush",
         "fuse/ctldir.py",
-        "        if cmd.needs_flush:\n            self.wb.flush_all()\n",
+        "        if request.needs_flush:\n            self.wb.flush_all()\n",
         "",
         "ctl commands run without flushing the write buffers first",
         CTL,
@@ -426,9 +426,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ctl-merge-leaves-cache-stale",
         "fuse/ctldir.py",
-        '        if answer.get("ok") and self.main.name in cmd.changes(self.main.name):\n'
-        "            self.co.main_stale = True\n",
-        "",
+        "            for name in changed:\n                self.co.changed(TreeRef(name))\n",
+        "            pass\n",
         "a merge or reset through ctl leaves the mount's caches stale",
         CTL,
     ),
