@@ -40,10 +40,11 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "merge-drops-xattr-removal",
-        "branchfs/merge.py",
-        "            if xo == xb:\n                if xt is None:\n"
-        "                    rec.xattrs.pop(key, None)\n",
-        "            if xo == xb:\n                if xt is None:\n                    pass\n",
+        "branchfs/merge/plan.py",
+        "        if xo == xb and not uncertain:\n            if xt is None:\n"
+        "                rec.xattrs.pop(key, None)\n",
+        "        if xo == xb and not uncertain:\n            if xt is None:\n"
+        "                pass\n",
         "merge drops an xattr removal made only on the source side",
         MERGE,
     ),
@@ -291,41 +292,42 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "merge-ignores-source-chmod",
-        "branchfs/merge.py",
-        "            if vo == vb:\n                setattr(rec, name, vt)\n",
-        "            if vo == vb:\n                pass\n",
+        "branchfs/merge/plan.py",
+        "        if vo == vb and not uncertain:\n            setattr(rec, name, vt)\n",
+        "        if vo == vb and not uncertain:\n            pass\n",
         "a merge drops a mode or owner change made only on the source",
         MERGE,
     ),
     Mutant(
         "merge-ignores-source-content",
-        "branchfs/merge.py",
-        '            if changed_t and not changed_o:\n                content = "theirs"\n',
-        '            if changed_t and not changed_o:\n                content = "ours"\n',
+        "branchfs/merge/plan.py",
+        "        if changed_t and not changed_o:\n            content = TAKE_THEIRS\n",
+        "        if changed_t and not changed_o:\n            content = KEEP_OURS\n",
         "a merge keeps the target's bytes of a file only the source changed",
         MERGE,
     ),
     Mutant(
         "merge-text-conflict-unseen",
-        "branchfs/merge.py",
-        '                if not any(group[0] == "conflict" for group in m.merge_groups()):\n',
-        "                if True:\n",
+        "branchfs/merge/text.py",
+        "        _emit(out, list(g_theirs))\n        _marker(out, END, lt)\n"
+        '    return TextMerge(b"".join(out), conflicts == 0, conflicts)\n',
+        "        _emit(out, list(g_theirs))\n        _marker(out, END, lt)\n"
+        '    return TextMerge(b"".join(out), True, conflicts)\n',
         "a conflicting text merge is written with markers instead of raising MergeConflict",
         MERGE,
     ),
     Mutant(
         "merge-not-all-or-nothing",
-        "branchfs/merge.py",
-        "        if m.conflicts and strategy is None:\n            raise MergeConflict(",
+        "branchfs/merge/__init__.py",
+        "        if plan.conflicts and strategy is None:\n            raise MergeConflict(",
         "        if False:\n            raise MergeConflict(",
         "a merge with conflicts writes the rest instead of leaving the target as it was",
         MERGE,
     ),
     Mutant(
         "merge-base-not-moved",
-        "branchfs/merge.py",
-        "        if src_id is not None:\n"
-        "            refs.set_base(txn, tgt.id, src_id, src_state)\n",
+        "branchfs/merge/__init__.py",
+        "        engine.history.record(txn, tgt.top, src_state)\n",
         "",
         "a merge does not record its base: the next merge replays old changes",
         MERGE,
