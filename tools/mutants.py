@@ -255,7 +255,7 @@ MUTANTS: list[Mutant] = [
         "                below = False\n                break\n        if below:\n"
         "            self.txn.put(keys.inode_key(",
         "deleting an inode a lower layer holds leaves no tombstone: it comes back",
-        ENGINE,
+        (*ENGINE, *MERGE),
     ),
     Mutant(
         "chunk-digest-unchecked",
