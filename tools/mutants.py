@@ -399,7 +399,7 @@ MUTANTS: list[Mutant] = [
         "            rec = T.setattr(v, eng, **kw)\n            if buf is not None:\n"
         "                apply_buffer(v, eng, buf)\n",
         "a truncate through the mount is applied before the writes buffered before it",
-        ("tests/fuse/test_posix_differential.py", "tests/fuse/test_mount_basic.py"),
+        ("tests/fuse/test_write_behind.py", "tests/fuse/test_posix_differential.py"),
     ),
     Mutant(
         "write-buffer-joins-wrongly",
@@ -407,7 +407,7 @@ MUTANTS: list[Mutant] = [
         "            and (segs[-1][0] + len(last) == offset)\n",
         "            and (segs[-1][0] + len(last) <= offset)\n",
         "a small write after a gap is joined to the previous segment (the gap vanishes)",
-        ("tests/fuse/test_posix_differential.py", "tests/fuse/test_mount_basic.py"),
+        ("tests/fuse/test_write_behind.py", "tests/fuse/test_posix_differential.py"),
     ),
     Mutant(
         "write-behind-not-awaited",
