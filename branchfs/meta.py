@@ -5,6 +5,12 @@ one process); :func:`open_meta` hands out a shared, reference-counted :class:`Me
 Every write goes through :meth:`Meta.write`, which runs a function inside one write
 transaction, grows the map and retries on ``MapFullError``, and turns a full disk into
 ``OSError(ENOSPC)`` with nothing half-written (LMDB aborts the whole transaction).
+
+A thread may *batch* its writes (:meth:`Meta.batch_thread`; the mount daemon's request loop
+does): each :meth:`Meta.write` of that thread then runs in a nested transaction (all or
+nothing, as before) inside one open write transaction, committed by
+:meth:`Meta.commit_batch`. The thread's reads see the open batch. While a batch is open this
+process holds LMDB's single writer: the caller bounds how long (see ``fuse/groupcommit.py``).
 """
 
 from __future__ import annotations
@@ -142,6 +148,14 @@ class Meta:
         #: The id of the last snapshot seen without the compaction mark (see :meth:`_moved`).
         self._clean_id = -1
         self._next_reader_check = 0.0
+        #: Whether the last preallocation kept the full headroom: batches need it.
+        self._roomy = True
+        #: The thread whose writes are batched (0: none), its open batch, since when (ns),
+        #: and how many writes it holds.
+        self._batch_owner = 0
+        self._batch: lmdb.Transaction | None = None
+        self.batch_started_ns = 0
+        self.batch_writes = 0
         if not os.path.exists(self.data_file) and not create:
             if os.path.isdir(path):
                 raise NotAStore(
@@ -380,8 +394,13 @@ class Meta:
 
         With ``buffers`` values come back as memoryviews into the map, not copies; they
         are valid only inside the block. The snapshot keeps every page it can see from
-        being reused until the block ends, so blocks must stay short.
+        being reused until the block ends, so blocks must stay short. In the batching
+        thread with a batch open, the block gets the batch itself (values are then always
+        copies) and must not write.
         """
+        if self._batch is not None and self._batch_owner == threading.get_ident():
+            yield self._batch
+            return
         while True:
             self._enter()
             try:
@@ -405,7 +424,21 @@ class Meta:
 
         ``fn`` may run more than once (after the map is grown, or after following a
         compaction), so it must not change in-memory state that outlives a failed attempt.
+        In the batching thread the commit is that of the batch (:meth:`commit_batch`);
+        ``fn`` still runs all or nothing.
         """
+        if self._batch_owner == threading.get_ident():
+            if self._roomy:
+                try:
+                    return self._write_batched(fn)
+                except _Moved:
+                    pass  # a compaction is under way: the usual path follows it
+                except lmdb.MapFullError:
+                    self.commit_batch()  # what the batch holds is kept; this call starts anew
+                    with self.lock:
+                        self._grow()
+            else:  # a nearly full disk: each write commits alone and hears its own ENOSPC
+                self.commit_batch()
         with self.lock:
             while True:
                 self._enter()
@@ -520,6 +553,81 @@ class Meta:
                 self._reopening = False
                 self._txns.notify_all()
 
+    # -- batches (group commit) ---------------------------------------------------------
+
+    def batch_thread(self, ident: int) -> None:
+        """Batch the writes of thread ``ident`` from now on (0: nobody's).
+
+        Only that thread may call :meth:`commit_batch`: LMDB write transactions belong to
+        the thread that began them. Call with no batch open.
+        """
+        if self._batch is not None:
+            raise RuntimeError("a batch is open")
+        self._batch_owner = ident
+
+    @property
+    def batch_owner(self) -> int:
+        """The thread whose writes are batched (0: none)."""
+        return self._batch_owner
+
+    @property
+    def batch_open(self) -> bool:
+        """Whether the batching thread holds uncommitted writes (and LMDB's writer)."""
+        return self._batch is not None
+
+    def _write_batched(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """``fn`` in a nested transaction of the open batch (opened on the first write).
+
+        Raises ``_Moved`` if a compaction is under way (the caller writes the usual way,
+        which follows it). Holds :attr:`lock` and LMDB's writer from the batch's first
+        write to its commit; ``MapFullError`` leaves the batch as it was and propagates.
+        """
+        if self._batch is None:
+            self.lock.acquire()
+            self._enter()
+            try:
+                txn = self._begin(True)
+                if self._moved(txn):
+                    txn.abort()
+                    raise _Moved
+            except BaseException:
+                self._leave()
+                self.lock.release()
+                raise
+            self._batch = txn
+            self.batch_started_ns = time.perf_counter_ns()
+            self.batch_writes = 0
+        child = self.env.begin(write=True, parent=self._batch)
+        try:
+            result = fn(child)
+            child.commit()
+        except BaseException:
+            child.abort()
+            raise
+        self.batch_writes += 1
+        return result
+
+    def commit_batch(self) -> None:
+        """Commit the open batch (nothing if none) and let LMDB's writer go.
+
+        On failure (a full disk, EIO) the batch's writes are lost and ``OSError`` says why;
+        the caller reports it the way the kernel reports a failed writeback.
+        """
+        txn = self._batch
+        if txn is None:
+            return
+        self._batch = None
+        try:
+            txn.commit()
+        except lmdb.Error as exc:
+            txn.abort()
+            code = errno.ENOSPC if _is_enospc(exc, self.path) else errno.EIO
+            raise os_error(code, self.path) from exc
+        finally:
+            self._leave()
+            self.lock.release()
+        self._preallocate()
+
     def _preallocate(self) -> None:
         """Keep ``data.mdb`` allocated on disk from its start to HEADROOM past its end.
 
@@ -538,9 +646,13 @@ class Meta:
         start = self._allocated  # 0 at first: fills the holes a store already has
         if _fallocate(self._data_fd, _FALLOC_FL_KEEP_SIZE, start, want - start) == 0:
             self._allocated = want
+            self._roomy = True
         elif ctypes.get_errno() not in (errno.ENOSPC, errno.EINTR):
             self._allocated = 1 << 62  # the filesystem cannot (EOPNOTSUPP …): do not ask again
-        # ENOSPC: the disk is full; the headroom left is what deletions will use.
+        else:
+            # ENOSPC: the disk is full; the headroom left is what deletions will use, and
+            # writes are committed one by one again so that each hears its own ENOSPC.
+            self._roomy = False
 
     def _grow(self) -> None:
         current = self.env.info()["map_size"]
@@ -568,6 +680,10 @@ class Meta:
     def close(self) -> None:
         """Close the environment; callers go through :func:`release_meta`."""
         self._close_files()
+
+
+class _Moved(Exception):
+    """A compaction marked the environment while a batch was being opened."""
 
 
 _registry: dict[tuple[int, int], Meta] = {}

@@ -11,7 +11,10 @@ from outside a mount shows in the mount on the next syscall. A daemon opens its 
 The registry: every running daemon registers itself in ``STORE/mounts/`` (one small JSON file
 naming its pid, branch, mountpoint and an abstract unix socket). :func:`serving` answers "is
 branch B of store S mounted?". The protocol: one line ``{"changed": [names]}`` to the
-daemon's socket, answered ``ok`` (:func:`poke` sends, :func:`answer` receives).
+daemon's socket, answered ``ok`` (:func:`poke` sends, :func:`answer` receives). Before a
+call reads or changes a branch, a ``Store`` also asks the daemons serving it to *settle*
+(``{"settle": [names]}``, :func:`settle_mounts`): a daemon groups the calls it serves into
+batches (fuse/groupcommit.py) and answers once every call it served is committed.
 
 The mount daemon (``branchfs_fuse``) is this module's only consumer on the mount side;
 :mod:`branchfs.mount` (starting and stopping daemons) reads the registry.
@@ -173,11 +176,16 @@ def _drop_stale(reg: Registration) -> None:
 
 def poke(reg: Registration, names: tuple[str, ...]) -> bool:
     """Tell one daemon that ``names`` changed and wait for its acknowledgement."""
+    return _ask(reg, "changed", names)
+
+
+def _ask(reg: Registration, kind: str, names: tuple[str, ...]) -> bool:
+    """Send one notice (``changed`` or ``settle``) to a daemon and wait for its ``ok``."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(NOTIFY_TIMEOUT)
     try:
         s.connect(reg.socket.encode("latin-1"))
-        s.sendall(json.dumps({"changed": list(names)}).encode() + b"\n")
+        s.sendall(json.dumps({kind: list(names)}).encode() + b"\n")
         return recv_line(s).strip() == b"ok"
     except (ConnectionRefusedError, FileNotFoundError):
         _drop_stale(reg)
@@ -230,20 +238,35 @@ def notify_mounts(store_path: str, names: tuple[str, ...]) -> None:
     poke_all(targets(store_path, names), names)
 
 
-def answer(conn: socket.socket, on_change: Callable[[list[str]], None]) -> None:
+def settle_mounts(store_path: str, names: tuple[str, ...]) -> None:
+    """The default settler of a ``Store``: before a call on ``names``, the other processes'
+    daemons serving them commit every call they served, and answer. One stat of
+    ``STORE/mounts/`` when none does."""
+    for reg in targets(store_path, names):
+        _ask(reg, "settle", names)
+
+
+def answer(
+    conn: socket.socket,
+    on_change: Callable[[list[str]], None],
+    on_settle: Callable[[list[str]], None] = lambda _names: None,
+) -> None:
     """The daemon's side of one notice on ``conn``: read it, call ``on_change(names)``
-    (which drops the caches), then acknowledge with ``ok`` (``bad`` if it is not a notice)."""
+    (which drops the caches) or ``on_settle(names)`` (which waits until every call served
+    is committed), then acknowledge with ``ok`` (``bad`` if it is not a notice)."""
     data = recv_line(conn)
     if not data.endswith(b"\n"):
         return  # the writer went away before it finished
     try:
-        names = json.loads(data)["changed"]
+        message = json.loads(data)
+        kind = "settle" if "settle" in message else "changed"
+        names = message[kind]
         if not isinstance(names, list):
             raise TypeError(names)
     except (ValueError, KeyError, TypeError):
         conn.sendall(b"bad\n")
         return
-    on_change([str(n) for n in names])
+    (on_settle if kind == "settle" else on_change)([str(n) for n in names])
     conn.sendall(b"ok\n")
 
 

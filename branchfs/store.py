@@ -22,7 +22,7 @@ from .engine import Engine
 from .errors import BranchBusy, NotAStore, StoreCorrupt
 from .layers import View
 from .meta import Meta, open_meta, release_meta
-from .notices import Observer, notify_mounts
+from .notices import Observer, notify_mounts, settle_mounts
 from .paths import PathArg
 from .pathtree import DirEntry
 from .records import Inode
@@ -49,6 +49,11 @@ class Store:
         #: Told ``(store_path, branch_names)`` after a call changed those branches' trees
         #: (see :mod:`branchfs.notices`): by default the mount daemons serving them.
         self.observer: Observer = notify_mounts if observer is None else observer
+        #: Called ``(store_path, branch_names)`` before a call reads or changes those
+        #: branches, so that the mount daemons serving them first commit the calls they
+        #: grouped (DESIGN §1.3: another process's call sees every call to a mount that
+        #: returned before it); a daemon sets its own (fuse/coherence.py).
+        self.settler: Observer = settle_mounts
         self._meta: Meta | None = meta
         self.path = meta.path
         self.engine = Engine(meta)
@@ -119,6 +124,8 @@ class Store:
 
     def read_tree(self, name: str, fn: Callable[[View], T], *, snapshot: bool = False) -> T:
         """Run ``fn`` on a read-only view of branch (or snapshot) ``name``."""
+        if not snapshot:
+            self.settler(self.path, (name,))
         with self.meta.read() as txn:
             return fn(self.engine.view(txn, name, snapshot))
 
@@ -129,11 +136,14 @@ class Store:
         Nothing is copied out of the store, and nothing read may be used after the block:
         the mount reads file data this way and writes it to the kernel inside the block.
         """
+        if not snapshot:
+            self.settler(self.path, (name,))
         with self.meta.read(buffers=True) as txn:
             yield self.engine.view(txn, name, snapshot)
 
     def write_tree(self, name: str, fn: Callable[[View], T], *, snapshot: bool = False) -> T:
         """Run ``fn`` on a writable view of branch ``name`` in one atomic transaction."""
+        self.settler(self.path, (name,))
         result = self.meta.write(lambda txn: fn(self.engine.view(txn, name, snapshot)))
         self._changed(name)
         return result
@@ -174,6 +184,7 @@ class Store:
 
     def fork(self, source: str, new: str) -> Branch:
         """Make branch ``new`` an independent writable copy of ``source`` now: O(1)."""
+        self.settler(self.path, (source,))
         self.meta.write(lambda txn: self.refs.fork(txn, source, new))
         return Branch(self, new)
 
@@ -189,11 +200,13 @@ class Store:
 
     def snapshot(self, branch: str, name: str) -> Snapshot:
         """Freeze ``branch``'s current tree under the name ``name``: O(1)."""
+        self.settler(self.path, (branch,))
         self.meta.write(lambda txn: self.refs.take_snapshot(txn, branch, name))
         return Snapshot(self, name)
 
     def reset(self, branch: str, snapshot: str) -> None:
         """Make ``branch``'s tree snapshot ``snapshot`` again: O(1)."""
+        self.settler(self.path, (branch,))
 
         def op(txn: lmdb.Transaction) -> None:
             layer = self.refs.snapshot(txn, snapshot).layer
@@ -245,6 +258,7 @@ class Store:
         """What differs from branch (or snapshot) ``a`` to ``b``; cost follows the changes."""
         from .diff import diff_refs
 
+        self.settler(self.path, (a, b))
         with self.meta.read() as txn:
             return diff_refs(self.engine, txn, a, b)
 
@@ -259,6 +273,7 @@ class Store:
         """3-way merge ``source`` into ``target``; see :func:`branchfs.merge.merge`."""
         from .merge import merge
 
+        self.settler(self.path, (target, source))
         result = merge(
             self.engine, target, source, strategy=strategy, conflict_markers=conflict_markers
         )
