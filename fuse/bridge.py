@@ -102,6 +102,7 @@ class Bridge:
         self.inodes = InodeMap(self.main)
         self.holds = Holds()
         self.coherence = Coherence(store, self.main, self.inodes, self.stats, self.lock)
+        self.group = self.coherence.group
         self.wb = WriteBack(store, self.coherence, self.stats)
         self.tree = TreeNodes(store, self.main, self.inodes, self.holds, self.coherence, self.wb)
         self.ctl = ControlDir(store, self.main, self.coherence, self.wb, self.stats, mountpoint)
@@ -127,9 +128,48 @@ class Bridge:
         self.deferred.append(fn)
 
     def take_work(self) -> Work:
-        """What must happen before the current request's reply; called after each request."""
+        """What must happen before the current request's reply; called after each request.
+
+        Commits the batch when it is due (:mod:`.groupcommit`), or when another process has
+        waited for it a whole batch window on a busy mount.
+        """
+        group = self.group
+        if group.wanted and group.overdue():
+            self._settle_for_others()
+        elif group.due():
+            group.commit()
         work, self.deferred = self.deferred, []
         return work + self.coherence.take_work()
+
+    def _settle_for_others(self) -> None:
+        """Another process waits: every buffer to the store, commit, let it go."""
+        self.wb.flush_all()  # its API call sees every file closed before it
+        self.group.commit()
+        self.group.answer()
+
+    def idle(self) -> Work:
+        """No request for the poll window, or the batch is due: commit it.
+
+        Returns work for the worker thread (change notices), with no reply to send.
+        """
+        with self.lock:
+            if self.group.wanted:
+                self._settle_for_others()
+            else:
+                self.group.commit()
+            return self.take_work()
+
+    def _commit_for_sync(self) -> None:
+        """fsync, fsyncdir, syncfs: commit the batch, then sync the store before the reply.
+
+        A batch whose commit failed earlier is reported here, once, as the kernel reports
+        a failed writeback.
+        """
+        self.group.commit()
+        code = self.group.take_error()
+        if code:
+            raise K.FUSEError(code)
+        self.defer(self.store.sync)
 
     def replied(self) -> None:
         """The reply to the current request is written: let go of what it pointed into."""
@@ -416,7 +456,7 @@ class Bridge:
         h = self.handles.get(fh)
         if isinstance(h, FileHandle):
             self.tree.flush(h)
-        self.defer(self.store.sync)
+        self._commit_for_sync()
 
     # -- directories ----------------------------------------------------------------------------
 
@@ -506,13 +546,13 @@ class Bridge:
     @op
     def fsyncdir(self, fino: int, datasync: bool) -> None:
         """Make the store durable."""
-        self.defer(self.store.sync)
+        self._commit_for_sync()
 
     @op
     def syncfs(self) -> None:
         """sync(2) on the mount: every buffer to the store, the store to stable storage."""
         self.wb.flush_all()
-        self.defer(self.store.sync)
+        self._commit_for_sync()
 
     # -- extended attributes --------------------------------------------------------------------
 
@@ -561,4 +601,5 @@ class Bridge:
         if self.holds.orphans:
             self.tree.drop_orphans(list(self.holds.orphans))
             self.holds.orphans.clear()
+        self.group.stop()
         self.store.sync()

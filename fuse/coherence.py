@@ -13,9 +13,10 @@ view is one the kernel saw. This module owns the bookkeeping of both caches:
   another process) marks that tree stale, and :meth:`Coherence.take_work` turns that into
   kernel invalidations of the names and inodes of that view, run off the request loop;
 * change notices (:mod:`branchfs.notices`): the store reports the branches this daemon
-  changed to :attr:`Coherence.changes`, announced to other daemons after the request, and
-  :meth:`Coherence.serve_notifications` answers other processes' notices, in a thread of
-  its own.
+  changed to :attr:`Coherence.changes`, announced to other daemons once the batch holding
+  the change is committed, and :meth:`Coherence.serve_notifications` answers other
+  processes' notices, in a thread of its own: ``changed`` (drop caches) and ``settle``
+  (wait until every call served is committed, see :mod:`.groupcommit`).
 
 The request loop and the notice thread share state under the daemon's lock (``lock``);
 :attr:`Coherence.changes` is also filled by the flush thread, under its own small lock.
@@ -34,6 +35,7 @@ from branchfs import tree as T
 from branchfs.layers import View
 from branchfs.records import ROOT_INO, Inode
 
+from .groupcommit import GroupCommit
 from .inodes import InodeMap, Key, TreeRef
 from .stats import Stats
 
@@ -86,6 +88,8 @@ class Coherence:
         #: Called with every branch name in :attr:`viewed` when one is added (the daemon
         #: re-registers, so that notices of those branches reach it).
         self.on_view: Callable[[tuple[str, ...]], None] = lambda _names: None
+        #: The request loop's open batch of writes and when to commit it.
+        self.group = GroupCommit(store.meta)
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -112,7 +116,11 @@ class Coherence:
                 "snapshots are read-only; fork a branch from the snapshot to edit it"
             )
         if tree != self.main:
-            return self.store.write_tree(tree.name, fn)
+            # Other processes ask only the daemons serving a branch to settle: a write to
+            # another tree (under .branchfs/) is committed at once, with the batch before it.
+            other = self.store.write_tree(tree.name, fn)
+            self.group.commit()
+            return other
         views: list[View] = []
         kept: list[tuple[int, Inode | None]] = []
 
@@ -213,7 +221,9 @@ class Coherence:
         what it cached of the views of trees changed by another way.
         """
         work: Work = []
-        names = self.changes.take()
+        names: tuple[str, ...] = ()
+        if not self.store.meta.batch_open:  # other daemons hear of changes once committed
+            names = self.changes.take()
         if names:
             regs = notices.targets(self.store.path, names)
             if regs:
@@ -229,6 +239,28 @@ class Coherence:
 
             work.append(run)
         return work
+
+    def settle_others(self, path: str, names: tuple[str, ...]) -> None:
+        """``Store.settler`` inside the daemon: other daemons commit before we read.
+
+        The mounted branch itself is not asked about (that would cost a socket round trip
+        per request): two daemons serving one branch see each other's calls within the
+        batch window. Before asking, the loop commits its own batch, and
+        :attr:`.GroupCommit.calling_out` lets a daemon that asks us meanwhile go on.
+        """
+        others = tuple(n for n in names if n != self.main.name)
+        if not others or not notices.targets(path, others):
+            return
+        group = self.group
+        if threading.get_ident() != self.store.meta.batch_owner:
+            notices.settle_mounts(path, others)
+            return
+        group.commit()
+        group.calling_out = True
+        try:
+            notices.settle_mounts(path, others)
+        finally:
+            group.calling_out = False
 
     def forget_main(self) -> tuple[list[tuple[int, bytes]], list[int]]:
         """Drop the daemon's caches of the mounted view; what the kernel must drop too."""
@@ -265,9 +297,14 @@ class Coherence:
             try:
                 with conn:
                     conn.settimeout(notices.NOTIFY_TIMEOUT)
-                    notices.answer(conn, self._on_notice)
+                    notices.answer(conn, self._on_notice, self._on_settle)
             except Exception:  # a writer that went away must not stop the daemon
                 log.warning("a change notification failed", exc_info=True)
+
+    def _on_settle(self, names: list[str]) -> None:
+        """Another process's call on ``names`` sees every call this daemon served."""
+        if self.main.name in names:
+            self.group.wait_committed(notices.NOTIFY_TIMEOUT)
 
     def _on_notice(self, names: list[str]) -> None:
         """Another process changed ``names``: drop what the kernel caches of their views."""

@@ -268,11 +268,15 @@ class ControlDir:
         """
         new = name.decode("utf-8", "surrogateescape")
         self.wb.flush_all()
-        if parent == BRANCHES:
-            self.store.fork(self.main.name, new)
-            return TreeRef(new)
-        self.store.snapshot(self.main.name, new)
-        return TreeRef(new, True)
+        self.co.group.commit()
+        try:
+            if parent == BRANCHES:
+                self.store.fork(self.main.name, new)
+                return TreeRef(new)
+            self.store.snapshot(self.main.name, new)
+            return TreeRef(new, True)
+        finally:
+            self.co.group.commit()  # other processes see the new branch at once
 
     def unlink(self, parent: int, name: bytes) -> None:
         """``rm`` of a name under ``branches``/``snapshots``: EBUSY for a branch that is
@@ -287,12 +291,16 @@ class ControlDir:
     def rmdir(self, parent: int, name: bytes) -> None:
         """Discard a branch (EBUSY for one a daemon serves) or delete a snapshot."""
         ref = name.decode("utf-8", "surrogateescape")
-        if parent == BRANCHES:
-            if self.served_elsewhere([ref]):
-                raise K.FUSEError(errno.EBUSY)
-            self.store.discard(ref)
-        else:
-            self.store.delete_snapshot(ref)
+        self.co.group.commit()
+        try:
+            if parent == BRANCHES:
+                if self.served_elsewhere([ref]):
+                    raise K.FUSEError(errno.EBUSY)
+                self.store.discard(ref)
+            else:
+                self.store.delete_snapshot(ref)
+        finally:
+            self.co.group.commit()
 
     def open(self, fino: int, flags: int) -> tuple[CtlHandle | TextHandle, K.FileInfo]:
         """Open ``ctl`` (a fresh command state) or ``store`` (read-only: EACCES otherwise);
@@ -340,8 +348,12 @@ class ControlDir:
             return control.encode(request)
         if request.needs_flush:
             self.wb.flush_all()
+        self.co.group.commit()  # every command runs on a committed store, outside a batch
         self.co.records.clear()
-        answer, changed = control.run(request, self)
+        try:
+            answer, changed = control.run(request, self)
+        finally:
+            self.co.group.commit()
         if answer.get("ok"):
             for name in changed:
                 self.co.changed(TreeRef(name))
@@ -351,6 +363,10 @@ class ControlDir:
         """``ctl stats``: the requests that reached the daemon, by operation, and events."""
         answer: dict[str, Any] = {"requests": dict(self.stats.requests), **self.stats.events}
         answer["getxattr_names"] = {k.decode(): v for k, v in self.stats.xattr_names.items()}
+        names = K.OPCODE_NAMES
+        answer["loop_ns"] = {names.get(k, str(k)): v for k, v in self.stats.loop_ns.items()}
+        answer["cpu_ns"] = {names.get(k, str(k)): v for k, v in self.stats.cpu_ns.items()}
+        answer["batches"] = self.co.group.commits
         if reset:
-            self.stats.requests.clear()
+            self.stats.reset()
         return answer

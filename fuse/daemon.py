@@ -158,6 +158,8 @@ def _serve(
     threading.Thread(
         target=_tune_readahead, args=(ops.mountpoint, session), name="readahead", daemon=True
     ).start()
+    store.settler = ops.coherence.settle_others
+    ops.group.start()  # this thread serves requests: its writes are batched
     try:
         report.send("ok")
         session.serve()

@@ -75,6 +75,12 @@ UNANSWERED = {
     52: "statx",
 }
 
+#: Every opcode by its lower-case name (``ctl stats`` reports time spent per name).
+OPCODE_NAMES = {
+    **{v: k.lower() for k, v in list(globals().items()) if k.isupper() and type(v) is int},
+    **UNANSWERED,
+}
+
 NOTIFY_INVAL_INODE = 2
 NOTIFY_INVAL_ENTRY = 3
 

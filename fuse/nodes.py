@@ -345,6 +345,8 @@ class TreeNodes:
                 self.store.write_tree(tree.name, fn)
             except (BranchFSError, OSError):
                 log.warning("could not drop orphans of %s", tree.name, exc_info=True)
+            if tree != self.main:
+                self.co.group.commit()  # see Coherence.write
 
     def clean_orphans(self) -> int:
         """Delete inodes left unlinked-but-open by a daemon that died; returns how many."""
@@ -358,7 +360,12 @@ class TreeNodes:
     ) -> tuple[FileHandle, K.FileInfo]:
         """Open a file (O_TRUNC truncates here: the kernel sends it atomically).
 
-        A read-only open asks for no FLUSH at close: it has nothing to flush. A write-only
+        No open of the mounted view asks for FLUSH at close: buffered writes are committed
+        at RELEASE, which the closing process does not wait for. Close-to-open still holds:
+        this daemon's reads and stats see its buffers, and another process's API call asks
+        the daemon to settle first (:mod:`.groupcommit`), which serves the RELEASE the
+        kernel queued before. Views under ``.branchfs/`` keep FLUSH for written files:
+        other processes ask only the daemon that serves a branch. A write-only
         open bypasses the page cache: its pages would be dropped by the next ``stat`` anyway
         (auto-invalidation), and skipping them saves the writer a copy. The returned
         ``FileInfo`` has no ``fh`` yet: the bridge numbers handles.
@@ -383,7 +390,8 @@ class TreeNodes:
                 self.co.write(tree, trunc)
         self.holds.hold(key)
         write_only = flags & os.O_ACCMODE == os.O_WRONLY
-        info = K.FileInfo(keep_cache=True, noflush=not writing, direct_io=write_only)
+        main = fino < ALIAS_BASE
+        info = K.FileInfo(keep_cache=True, noflush=main or not writing, direct_io=write_only)
         return FileHandle(fino, key, bool(flags & os.O_APPEND)), info
 
     def _privileged(self, rec: Inode, kill_suidgid: bool) -> bool:
@@ -402,7 +410,8 @@ class TreeNodes:
         """The handle of a file just created (CREATE), held like any open file."""
         self.holds.hold(entry.key)
         write_only = flags & os.O_ACCMODE == os.O_WRONLY
-        info = K.FileInfo(keep_cache=True, direct_io=write_only)
+        main = entry.fino < ALIAS_BASE
+        info = K.FileInfo(keep_cache=True, noflush=main, direct_io=write_only)
         return FileHandle(entry.fino, entry.key, bool(flags & os.O_APPEND)), info
 
     def read(

@@ -122,6 +122,8 @@ class Session:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
+        group = self.ops.group
+        poller.register(group.wake_r, select.POLLIN)
         deadline = 0  # while polling: when to stop and sleep in poll(2)
         try:
             while True:
@@ -131,12 +133,25 @@ class Session:
                     now = clock()
                     if not deadline:
                         deadline = now + POLL_NS
+                    if group.wanted:  # another process waits for our batch
+                        self._background(self.ops.idle())
                     if now < deadline:
                         yield_cpu()  # a runnable process on this CPU goes first
                         continue
                     deadline = 0
-                    if any(rfd == self._stop_r for rfd, _ev in poller.poll()):
+                    # Sleep holding a batch (and LMDB's writer) only until it is due.
+                    wait = group.remaining_ms()
+                    if wait < 0:
+                        self._background(self.ops.idle())  # change notices, if any
+                    ready = [rfd for rfd, _ev in poller.poll(wait)]
+                    if not ready:
+                        self._background(self.ops.idle())
+                        continue
+                    if self._stop_r in ready:
                         return
+                    if group.wake_r in ready:
+                        with contextlib.suppress(OSError):
+                            os.read(group.wake_r, 64)
                     continue
                 except InterruptedError:
                     continue
@@ -167,6 +182,8 @@ class Session:
             return
         ctx = K.RequestContext(uid, gid, pid)
         body = view[K.IN_HEADER.size : n]
+        started = time.perf_counter_ns()
+        cpu = time.thread_time_ns()
         with self.lock:
             try:
                 answer = handler(unique, nodeid, ctx, body)
@@ -190,6 +207,14 @@ class Session:
                 self._reply(unique, answer)
         finally:
             self.ops.replied()
+            self.ops.stats.timed(
+                opcode, time.perf_counter_ns() - started, time.thread_time_ns() - cpu
+            )
+
+    def _background(self, work: Work) -> None:
+        """Run ``work`` in the worker thread, with no reply to send."""
+        if work:
+            self._work.put((work, 0, NO_REPLY))
 
     def _reply(self, unique: int, payload: bytes | list[bytes] | list[bytes | memoryview]) -> None:
         parts = payload if isinstance(payload, list) else [payload]
@@ -216,11 +241,15 @@ class Session:
             try:
                 for fn in work:
                     fn()
+                if not unique:
+                    continue  # background work (see _background): nobody waits for an answer
             except OSError as exc:
                 answer = K.FUSEError(exc.errno or errno.EIO)
             except Exception:
                 log.exception("deferred work failed")
                 answer = K.FUSEError(errno.EIO)
+            if not unique:
+                continue
             try:
                 if isinstance(answer, K.FUSEError):
                     self._reply_error(unique, answer.errno)

@@ -1,5 +1,6 @@
-"""What the daemon counts for ``stats`` on ``.branchfs/ctl``: requests by operation, and a
-few events (flushes, invalidations, the largest write, getxattr names)."""
+"""What the daemon counts for ``stats`` on ``.branchfs/ctl``: requests by operation, the
+loop's own time per request type (wall and CPU, ns), and a few events (flushes,
+invalidations, batches committed, the largest write, getxattr names)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 class Stats:
     """Counters shared by the parts of the mount; read and reset through ``ctl stats``."""
 
-    __slots__ = ("events", "requests", "xattr_names")
+    __slots__ = ("cpu_ns", "events", "loop_ns", "requests", "xattr_names")
 
     def __init__(self) -> None:
         #: Requests that reached the daemon, by operation name.
@@ -16,6 +17,21 @@ class Stats:
         self.events: dict[str, int] = {}
         #: ``getxattr`` requests by attribute name.
         self.xattr_names: dict[bytes, int] = {}
+        #: Nanoseconds the loop spent per opcode, from decoding a request to its written
+        #: reply: wall clock, and the loop thread's CPU time.
+        self.loop_ns: dict[int, int] = {}
+        self.cpu_ns: dict[int, int] = {}
+
+    def timed(self, opcode: int, wall_ns: int, cpu_ns: int) -> None:
+        """One request of ``opcode`` took ``wall_ns`` in the loop, ``cpu_ns`` of its CPU."""
+        self.loop_ns[opcode] = self.loop_ns.get(opcode, 0) + wall_ns
+        self.cpu_ns[opcode] = self.cpu_ns.get(opcode, 0) + cpu_ns
+
+    def reset(self) -> None:
+        """Zero the request counts and times (``stats --reset``)."""
+        self.requests.clear()
+        self.loop_ns.clear()
+        self.cpu_ns.clear()
 
     def request(self, name: str) -> None:
         """One more request named ``name``."""

@@ -11,7 +11,9 @@ way the kernel reports a writeback error.
 Locks, as in S3QL's block cache, each method says which it holds: the request loop calls
 everything here holding the daemon's lock (``Bridge.lock``). The flush thread takes no
 daemon lock: it only runs :func:`apply_buffer` in its own transaction, and touches no
-state of this module; the loop joins it in :meth:`WriteBack.settle`.
+state of this module; the loop joins it in :meth:`WriteBack.settle`. The loop commits its
+batch (:mod:`.groupcommit`) before it hands a buffer to the flush thread and before it
+waits for one, since the flush thread's transaction waits for LMDB's writer.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ class WriteBack:
         memory stays bounded.
         """
         self.settle()
+        self.coherence.group.commit()  # the flush thread's transaction must not wait for it
         buf = self.take(key, flushing=True)
         assert buf is not None  # the write that filled it is the caller
         tree, ino = key
@@ -138,6 +141,7 @@ class WriteBack:
         """
         if self.behind is None:
             return
+        self.coherence.group.commit()  # the flush thread's transaction may wait for our batch
         key, future = self.behind
         self.behind = None
         try:
