@@ -73,6 +73,9 @@ class GroupCommit:
         self.error = 0
         self.commits = 0
         self.enabled = MAX_NS > 0
+        #: ``idle`` (no loop yet), ``serving``, ``stopping`` (the loop ended, the daemon
+        #: flushes and commits), ``stopped``: whom :meth:`wait_committed` waits for.
+        self.state = "idle"
         #: Written to wake a loop that sleeps in poll(2) (see :meth:`wait_committed`).
         self.wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -80,13 +83,22 @@ class GroupCommit:
         """Batch the writes of the calling thread (the request loop's) from now on."""
         if self.enabled:
             self.meta.batch_thread(threading.get_ident())
+        self.state = "serving"
+
+    def loop_ended(self) -> None:
+        """The request loop returned: waiters now wait for :meth:`stop` instead."""
+        with self._cond:
+            self.state = "stopping"
+            self._cond.notify_all()
 
     def stop(self) -> None:
-        """Commit and stop batching (at unmount)."""
+        """Commit and stop batching (at unmount, after every buffer was written)."""
         self.commit()
         self.meta.batch_thread(0)
-        for fd in (self.wake_r, self._wake_w):
-            os.close(fd)
+        with self._cond:
+            self.state = "stopped"
+            self.wanted = False
+            self._cond.notify_all()
 
     def due(self) -> bool:
         """Whether the batch must be committed now: old or big enough (loop thread)."""
@@ -144,11 +156,15 @@ class GroupCommit:
         :data:`MAX_NS` on a busy mount. Returns False on timeout.
         """
         with self._cond:
-            if self.calling_out:
-                return True  # the loop committed before it called out, and waits on us
-            if not self.wanted:
-                self.wanted = True
-                self.wanted_ns = time.perf_counter_ns()
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"x")
-            return self._cond.wait_for(lambda: not self.wanted, timeout)
+            if self.state in ("idle", "stopped") or self.calling_out:
+                return True  # nothing served yet; all committed; or committed before calling out
+            if self.state == "serving":
+                if not self.wanted:
+                    self.wanted = True
+                    self.wanted_ns = time.perf_counter_ns()
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_w, b"x")
+            return self._cond.wait_for(
+                lambda: self.state == "stopped" or (self.state == "serving" and not self.wanted),
+                timeout,
+            )

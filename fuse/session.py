@@ -166,6 +166,7 @@ class Session:
                 if self.stopping:
                     return
         finally:
+            group.loop_ended()
             self._work.put(None)
             self._worker.join(timeout=30)
 
