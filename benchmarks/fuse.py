@@ -112,6 +112,7 @@ ROWS: dict[str, tuple[str, float]] = {
     "untar 10,000-file tarball": ("meta", 5.0),
     "git add -A && git commit": ("meta", 5.0),
     "pip install from a wheel dir": ("meta", 5.0),
+    "agent sequence (tar, git, venv -e, tests, rm)": ("meta", 5.0),
     "git status, cold cache": ("cold", 1.5),
     "git status, warm": ("warm", 1.5),
     "compileall, cold": ("cold", 1.5),
@@ -145,6 +146,20 @@ FILES: dict[str, int] = {
 #: The "pip install" row's packages: small, real, pure Python, with their dependencies
 #: (about 1,500 files with bytecode). Wheels are built once from the package index.
 PIP_PACKAGES = ("requests", "rich", "click")
+#: What the agent sequence installs into its venv besides its own project (editable).
+AGENT_PACKAGES = ("setuptools", "pytest")
+#: The agent sequence's project: networkx's sources under a minimal pyproject.toml.
+AGENT_PYPROJECT = b"""[build-system]
+requires = ["setuptools"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "nx-copy"
+version = "0"
+
+[tool.setuptools.packages.find]
+include = ["networkx*"]
+"""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -387,6 +402,7 @@ def prepare_inputs(profile: Profile, scratch: Path) -> Inputs:
         ]
         nx_tar = inputs / "networkx.tar"
         make_tar(nx_tar, nx_dir, sorted(nx_files), "networkx")
+        (inputs / "pyproject.toml").write_bytes(AGENT_PYPROJECT)
         nx_python = py
     return Inputs(
         tree_tar=tree_tar,
@@ -403,8 +419,9 @@ def prepare_inputs(profile: Profile, scratch: Path) -> Inputs:
 def build_wheels(out: Path) -> Path | None:
     """Wheels of :data:`PIP_PACKAGES` and their dependencies in ``out`` (None if pip cannot
     reach the package index), so that the timed installs need no network."""
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(out)]
     got = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(out), *PIP_PACKAGES],
+        [*cmd, *PIP_PACKAGES, *AGENT_PACKAGES],
         capture_output=True,
         text=True,
     )
@@ -510,7 +527,7 @@ class Results:
 
 
 #: Sections of the main table, by the name ``--only`` takes.
-SECTIONS = ("seq", "small", "git", "pip", "compile", "tests", "calls", "views")
+SECTIONS = ("seq", "small", "git", "pip", "agent", "compile", "tests", "calls", "views")
 
 
 def run_workloads(
@@ -558,6 +575,39 @@ def run_workloads(
         cmd += ["--no-index", "--find-links", str(inp.wheels), *PIP_PACKAGES]
         res.measure(t, "pip install from a wheel dir", lambda: timed_cmd(cmd, root))
         res.files["pip install from a wheel dir"] = sum(len(f) for _d, _s, f in os.walk(venv))
+
+    def agent() -> None:
+        # What an agent does to a fresh checkout: copy it in, commit it, make a venv with
+        # the project installed editable, run its tests, throw it all away.
+        if inp.nx_tar is None or inp.wheels is None:
+            res.notes.append("no networkx or no wheels: no agent-sequence row")
+            return
+        work = root / "agent"
+        work.mkdir()
+        venv, vpy = work / "venv", str(work / "venv" / "bin" / "python")
+        pip = [python, "-m", "pip", "--python", vpy, "install", "-q", "--no-index"]
+        pip += ["--find-links", str(inp.wheels)]
+        steps = [
+            ["sh", "-c", f"mkdir proj && tar -xf {inp.nx_tar} -C proj"],
+            ["cp", str(inp.nx_tar.parent / "pyproject.toml"), "proj/"],
+            ["sh", "-c", "cd proj && git init -q && git add -A && git commit -q -m import"],
+            [python, "-m", "venv", "--without-pip", str(venv)],
+            [*pip, *AGENT_PACKAGES],
+            [*pip, "--no-build-isolation", "-e", "proj"],
+            ["sh", "-c", f"cd proj && {vpy} -m pytest -q -x -p no:cacheprovider networkx/classes"],
+        ]
+        files: list[int] = []
+
+        def sequence() -> float:
+            start = time.perf_counter()
+            for cmd in steps:
+                run(cmd, cwd=work, env=GIT_ENV)
+            files.append(sum(len(f) for _d, _s, f in os.walk(work)))
+            run(["rm", "-rf", "proj", "venv"], cwd=work)
+            return time.perf_counter() - start
+
+        res.measure(t, "agent sequence (tar, git, venv -e, tests, rm)", sequence)
+        res.files["agent sequence (tar, git, venv -e, tests, rm)"] = files[0]
 
     def git() -> None:
         untar = ["tar", "-xf", str(inp.tree_tar)]
@@ -637,7 +687,7 @@ def run_workloads(
             warm = lambda p=path: median_of(lambda: timed_cmd(status, p, GIT_ENV), reps)  # noqa: E731
             res.measure(t, f"git status, warm, {where}", warm, runs=reps)
 
-    funcs = (seq, small, git, pip, compile_tree, test_suite, calls, views)
+    funcs = (seq, small, git, pip, agent, compile_tree, test_suite, calls, views)
     sections = dict(zip(SECTIONS, funcs, strict=True))
     for section in (sections[name] for name in SECTIONS if name in only):
         try:
