@@ -389,7 +389,7 @@ class Meta:
             self._clean_id = snapshot
         return moved
 
-    def read(self, *, buffers: bool = False) -> ReadTxn:
+    def read(self, *, buffers: bool = False) -> ReadTxn | _BatchRead:
         """A read-only snapshot of the whole store for the duration of a ``with`` block.
 
         With ``buffers`` values come back as memoryviews into the map, not copies; they
@@ -399,8 +399,7 @@ class Meta:
         copies) and must not write.
         """
         if self._batch is not None and self._batch_owner == threading.get_ident():
-            yield self._batch
-            return
+            return _BatchRead(self._batch)
         while True:
             self._enter()
             try:
@@ -587,7 +586,7 @@ class Meta:
             self._enter()
             try:
                 txn = self._begin(True)
-                if self._moved(txn):
+                if self._moved(txn, txn.id() - 1):
                     txn.abort()
                     raise _Moved
             except BaseException:
@@ -735,6 +734,22 @@ def release_meta(meta: Meta) -> None:
                 if value is meta:
                     del _registry[key]
             meta.close()
+
+
+class _BatchRead:
+    """The ``with`` block of :meth:`Meta.read` in the batching thread: the open batch, which
+    the block neither aborts nor commits."""
+
+    __slots__ = ("txn",)
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self.txn = txn
+
+    def __enter__(self) -> lmdb.Transaction:
+        return self.txn
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 class ReadTxn:
