@@ -22,9 +22,9 @@ from branchfs.mount import ctl, find_mount, mount_type
 pytestmark = needs_fuse
 
 
-def mount(store: Path, mp: Path, branch: str = "main") -> None:
+def mount(store: Path, mp: Path, branch: str = "main", *extra: str) -> None:
     mp.mkdir(exist_ok=True)
-    r = bfs("mount", str(mp), "--branch", branch, store=store)
+    r = bfs("mount", str(mp), "--branch", branch, *extra, store=store)
     assert r.code == 0, r
     assert mount_type(str(mp)) == "fuse.branchfs"
 
@@ -46,9 +46,9 @@ def world(tmp_path: Path) -> Any:
         s.branch("main").write_bytes("bin", b"\0\1")
     mps: list[Path] = []
 
-    def mnt(name: str, branch: str = "main") -> Path:
+    def mnt(name: str, branch: str = "main", *extra: str) -> Path:
         mp = tmp_path / name
-        mount(store, mp, branch)
+        mount(store, mp, branch, *extra)
         mps.append(mp)
         return mp
 
@@ -166,6 +166,7 @@ def test_umount_whatever_the_root_answers(world: Any, tmp_path: Path) -> None:
     assert mount_type(str(mp)) is None
     # A killed daemon leaves a dead mount: umount detaches it.
     mp2 = mnt("dead")
+    assert "allow_other" not in _options(mp2)  # private unless asked
     found = find_mount(str(mp2))
     assert found is not None
     os.kill(found[1].pid, signal.SIGKILL)
@@ -173,10 +174,11 @@ def test_umount_whatever_the_root_answers(world: Any, tmp_path: Path) -> None:
     assert (r.code, r.out.strip()) == (0, f"cleaned dead mount {mp2}"), r
     assert mount_type(str(mp2)) is None
     one_line_error(bfs("umount", str(mp2)), 2, "is not mounted")
-    # A busy mountpoint: mounting over it again is one line.
-    mp3 = mnt("busy")
+    # A busy mountpoint: mounting over it again is one line. --allow-other reaches the
+    # kernel's mount options.
+    mp3 = mnt("busy", "main", "--allow-other")
     one_line_error(bfs("mount", str(mp3), store=store), 2, "already a mountpoint")
-    subprocess.run(["true"], check=True)
+    assert "allow_other" in _options(mp3)
 
 
 def test_mount_from_a_directory_holding_a_folder_named_like_the_package(
@@ -205,3 +207,12 @@ def test_mount_from_a_directory_holding_a_folder_named_like_the_package(
         assert (mp / "a.txt").read_bytes() == b"one\ntwo\n"
     finally:
         umount(mp)
+
+
+def _options(mp: Path) -> str:
+    """The mount options of ``mp`` in /proc/self/mounts."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(mp):
+            return fields[3]
+    raise AssertionError(f"{mp} is not mounted")
