@@ -193,3 +193,47 @@ def test_json_errors_are_json_too(store: Path) -> None:
         "error": "BranchNotFound",
         "message": r.err.strip().removeprefix("branchfs: "),
     }
+
+
+def test_progress_bar_only_on_a_terminal_and_only_after_a_second(tmp_path: Path) -> None:
+    import pty
+    import time as _time
+
+    from branchfs.commands import meter
+
+    master, slave = pty.openpty()
+    try:
+        with open(slave, "w", closefd=False) as term:
+            real = meter.sys.stderr
+            meter.sys.stderr = term
+            try:
+                assert meter.wanted()
+                with meter.meter("import into main", 10) as step:
+                    step(3)
+                    early = _read(master)
+                    _time.sleep(meter.DELAY + 0.5)
+                    step(7)
+                    _time.sleep(0.3)
+                    late = _read(master)
+            finally:
+                meter.sys.stderr = real
+        assert early == ""  # nothing in the first second
+        assert "import into main" in late and "/10" in late
+    finally:
+        os.close(master)
+        os.close(slave)
+    with open(tmp_path / "not-a-tty", "w") as plain:
+        meter.sys.stderr, real = plain, meter.sys.stderr
+        try:
+            assert not meter.wanted()
+        finally:
+            meter.sys.stderr = real
+
+
+def _read(fd: int) -> str:
+    import select
+
+    out = b""
+    while select.select([fd], [], [], 0.05)[0]:
+        out += os.read(fd, 65536)
+    return out.decode(errors="replace")
