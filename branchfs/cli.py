@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import click
@@ -58,6 +60,13 @@ def _where(given: str | None) -> tuple[str | None, str | None]:
     return given or mounted_store, (found[1].branch if found else None)
 
 
+def _meter(label: str, total: int | None) -> AbstractContextManager[Callable[[int], object]]:
+    """The progress bar, imported only by the verbs that show one (rich is slow to load)."""
+    from .commands.meter import meter
+
+    return meter(label, total)
+
+
 def _fail(err: CommandError, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(error_json(err), default=str))
@@ -75,11 +84,8 @@ def _command(verb: Verb) -> click.Command:
         root = click.get_current_context().find_root()
         store_path, current = _where(root.params.get("store"))
         progress: Progress = no_progress
-        if not as_json:
-            from .commands.meter import meter, wanted
-
-            if wanted():
-                progress = meter
+        if not as_json and sys.stderr.isatty():
+            progress = _meter
         ctx = Context(CLI, store_path, current=current, progress=progress)
         try:
             values = verb.bind(words, kw)
