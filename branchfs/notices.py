@@ -71,9 +71,15 @@ class Registration:
 # -- registrations ------------------------------------------------------------------------------
 
 
+_dirs: dict[str, str] = {}
+
+
 def mounts_dir(store_path: str) -> str:
     """The directory holding the registrations of a store's daemons."""
-    return os.path.join(store_path, MOUNTS_DIR)
+    d = _dirs.get(store_path)
+    if d is None:
+        d = _dirs[store_path] = os.path.join(store_path, MOUNTS_DIR)
+    return d
 
 
 def register(
@@ -146,7 +152,7 @@ def registrations(store_path: str) -> list[Registration]:
     try:
         mtime = os.stat(d).st_mtime_ns
     except FileNotFoundError:
-        return []
+        return []  # never mounted
     cached = _cache.get(store_path)
     if cached is not None and cached[0] == mtime:
         return cached[1]
@@ -241,9 +247,15 @@ def notify_mounts(store_path: str, names: tuple[str, ...]) -> None:
 def settle_mounts(store_path: str, names: tuple[str, ...]) -> None:
     """The default settler of a ``Store``: before a call on ``names``, the other processes'
     daemons serving them commit every call they served, and answer. One stat of
-    ``STORE/mounts/`` when none does."""
-    for reg in targets(store_path, names):
-        _ask(reg, "settle", names)
+    ``STORE/mounts/`` when none does: this runs before every API call, so the common case
+    (nothing mounted) returns before anything else."""
+    regs = registrations(store_path)
+    if not regs:
+        return
+    me = os.getpid()
+    for reg in regs:
+        if reg.pid != me and (reg.branch in names or any(n in reg.views for n in names)):
+            _ask(reg, "settle", names)
 
 
 def answer(
