@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -426,20 +426,27 @@ def mounted(
         _stop(proc, mp)
 
 
-def _stop(proc: subprocess.Popen[bytes], mp: str) -> None:
+def unmount_while_alive(mountpoint: str, alive: Callable[[], bool]) -> bool:
+    """``fusermount3 -u MOUNTPOINT``, retried every 0.1 s for 5 s while the mount is busy and
+    ``alive()`` says its daemon still runs. False if it never went: the caller then tells
+    its daemon to stop (SIGTERM makes a daemon detach itself)."""
     for _attempt in range(50):
-        if proc.poll() is not None:
-            break
+        if not alive():
+            return True
         res = subprocess.run(
-            ["fusermount3", "-u", mp],
+            ["fusermount3", "-u", mountpoint],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             check=False,
         )
         if res.returncode == 0:
-            break
+            return True
         time.sleep(0.1)
-    else:
+    return False
+
+
+def _stop(proc: subprocess.Popen[bytes], mp: str) -> None:
+    if not unmount_while_alive(mp, lambda: proc.poll() is None):
         proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=60)

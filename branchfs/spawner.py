@@ -21,7 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import MountError
-from .mount import START_TIMEOUT, check_fuse, check_mountpoint, clean_stale, is_stale
+from .mount import (
+    START_TIMEOUT,
+    check_fuse,
+    check_mountpoint,
+    clean_stale,
+    is_stale,
+    unmount_while_alive,
+)
 from .notices import mounts_dir
 
 
@@ -174,19 +181,7 @@ def stop(daemon: Daemon, mountpoint: str, *, timeout: float = 60.0) -> None:
     A busy mount is retried for 5 s, then the daemon is told to stop (SIGTERM); a daemon
     that does not exit within ``timeout`` seconds is killed, and a dead mount detached.
     """
-    for _attempt in range(50):
-        if not daemon.alive():
-            break
-        res = subprocess.run(
-            ["fusermount3", "-u", mountpoint],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
-        if res.returncode == 0:
-            break
-        time.sleep(0.1)
-    else:
+    if not unmount_while_alive(mountpoint, daemon.alive):
         daemon.signal(signal.SIGTERM)
     if not daemon.wait(timeout):
         daemon.signal(signal.SIGKILL)
