@@ -412,7 +412,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "write-behind-not-awaited",
         "fuse/writeback.py",
-        "        if self.behind is None:\n            return\n        self.coherence.group.commit()",
+        "        if self.behind is None:\n            return\n"
+        "        self.coherence.group.commit()",
         "        if True:\n            return\n        self.coherence.group.commit()",
         "requests do not wait for the write-behind commit in flight",
         ("tests/fuse/test_write_behind.py",),
