@@ -12,9 +12,9 @@ the new one. The protocol, every step of which may be killed:
 1. Take ``gc.lock`` and ``compact.lock`` (``flock``, exclusive).
 2. Begin write transaction W1 (id T1). It holds LMDB's writer lock: nothing else commits.
 3. Copy the snapshot of the last commit (T1 - 1) to ``compact.tmp/data.mdb``, fsync it.
-4. Commit W1 with the mark :data:`~branchfs.meta.MOVED_KEY` in the ``meta`` database. Every
+4. Commit W1 with the mark :data:`~branchfs.following.MOVED_KEY` in the ``meta`` database. Every
    transaction of every process looks for the mark (one get); one that sees it waits on
-   ``compact.lock`` and then follows (see :meth:`Meta._follow_compaction`).
+   ``compact.lock`` and then follows (:meth:`branchfs.following.Follower.follow`).
 5. Commit W2 (id T2 = T1 + 1) with the mark again, so that both meta pages of the old file
    carry it: a reader picks the meta page by the parity of the last transaction id in
    ``lock.mdb``, which commits to the new file will keep advancing.
@@ -40,7 +40,8 @@ import struct
 from dataclasses import dataclass
 
 from .errors import StoreCorrupt, StoreLocked
-from .meta import COMPACT_LOCK, MOVED_KEY, Meta
+from .following import COMPACT_LOCK, MOVED_KEY
+from .meta import Meta
 
 #: Where the copy is made (inside the store: the rename must stay on one filesystem).
 TMP_DIR = "compact.tmp"
@@ -161,10 +162,10 @@ def _replace(meta: Meta) -> None:
             try:
                 _mark_again_and_rename(meta, copy, mark, t1)
             except BaseException:
-                if not meta.replaced():
-                    meta.clear_mark()  # we still hold compact.lock: the old file stays
+                if not meta.follower.replaced():
+                    meta.follower.clear_mark()  # we still hold compact.lock: the old file stays
                 raise
-        meta.reopen()
+        meta.follower.reopen()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -6,18 +6,16 @@ Every write goes through :meth:`Meta.write`, which runs a function inside one wr
 transaction, grows the map and retries on ``MapFullError``, and turns a full disk into
 ``OSError(ENOSPC)`` with nothing half-written (LMDB aborts the whole transaction).
 
-A thread may *batch* its writes (:meth:`Meta.batch_thread`; the mount daemon's request loop
-does): each :meth:`Meta.write` of that thread then runs in a nested transaction (all or
-nothing, as before) inside one open write transaction, committed by
-:meth:`Meta.commit_batch`. The thread's reads see the open batch. While a batch is open this
-process holds LMDB's single writer: the caller bounds how long (see ``fuse/groupcommit.py``).
+Two concerns live in modules of their own: group commit (one thread's writes batched into
+one transaction, :mod:`branchfs.batches`) and following a compaction
+(:mod:`branchfs.following`); :class:`Meta` holds one of each and calls them around its
+transactions.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import threading
 import time
@@ -27,16 +25,17 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 import lmdb
 
 from . import keys
+from .batches import Batches, BatchRead, Moved
 from .damage import DAMAGE_ERRORS, check_size, damaged, refuse_emptied, unreadable
 from .errors import (
     NotAStore,
     ReadersFull,
     StoreCorrupt,
-    StoreLocked,
     StoreNotFound,
     StoreVersionError,
     os_error,
 )
+from .following import Follower
 
 T = TypeVar("T")
 
@@ -97,7 +96,7 @@ def _is_enospc(exc: lmdb.Error, path: str | None = None) -> bool:
     return free * fs.f_frsize < FULL_DISK_BYTES
 
 
-#: Disk space kept allocated past the end of ``data.mdb`` (see :meth:`Meta._preallocate`).
+#: Disk space kept allocated past the end of ``data.mdb`` (see :meth:`Meta.preallocate`).
 HEADROOM_BYTES = 8 << 20
 _FALLOC_FL_KEEP_SIZE = 1
 # glibc's fallocate(), unlike posix_fallocate(), never falls back to writing zeros, which
@@ -114,12 +113,6 @@ except (OSError, AttributeError):  # not Linux: the store works, without preallo
 #: A process clears reader slots left by dead processes at most this often (and always
 #: when the table is full): a stale slot pins old pages for at most this long of writes.
 READER_CHECK_S = 1.0
-#: Key in the ``meta`` database of an environment that a compaction is replacing.
-MOVED_KEY = keys.COMPACTING
-#: Held exclusively (``flock``) while a compaction swaps ``data.mdb``.
-COMPACT_LOCK = "compact.lock"
-#: How long a process waits for its own other transactions before following a compaction.
-REOPEN_WAIT_S = 60.0
 
 
 class Meta:
@@ -130,7 +123,7 @@ class Meta:
     ``READER_CHECK_S`` and whenever the table is full), LMDB errors that mean damage become
     :class:`StoreCorrupt`, a truncated ``data.mdb`` is refused before it is mapped (a read
     past its end would be a SIGBUS), and an environment replaced by a compaction is re-opened
-    (see :mod:`branchfs.compact`).
+    (see :mod:`branchfs.compact` and :mod:`branchfs.following`).
     """
 
     def __init__(self, path: str, *, map_size: int, max_map_size: int, create: bool) -> None:
@@ -139,23 +132,13 @@ class Meta:
         self.refcount = 0
         self.lock = threading.RLock()
         self.data_file = os.path.join(path, "data.mdb")
-        #: Transactions of this process now open, and whether the environment is re-opening.
-        #: (One list item an open transaction: ``append`` and ``pop`` are atomic, so the
-        #: common case takes no lock; ``_txns`` is taken only while a re-open is under way.)
-        self._txns = threading.Condition(threading.Lock())
-        self._active: list[None] = []
-        self._reopening = False
-        #: The id of the last snapshot seen without the compaction mark (see :meth:`_moved`).
-        self._clean_id = -1
+        #: This process's open transactions; following a compaction.
+        self.follower = Follower(self)
+        #: The batching thread and its open batch (group commit).
+        self.batches = Batches(self)
         self._next_reader_check = 0.0
         #: Whether the last preallocation kept the full headroom: batches need it.
         self._roomy = True
-        #: The thread whose writes are batched (0: none), its open batch, since when (ns),
-        #: and how many writes it holds.
-        self._batch_owner = 0
-        self._batch: lmdb.Transaction | None = None
-        self.batch_started_ns = 0
-        self.batch_writes = 0
         if not os.path.exists(self.data_file) and not create:
             if os.path.isdir(path):
                 raise NotAStore(
@@ -201,8 +184,8 @@ class Meta:
         #: ``data.mdb`` is allocated on disk up to here (0: not known yet).
         self._allocated = 0
         self._next_reader_check = time.monotonic() + READER_CHECK_S
-        self._clean_id = -1
-        self._preallocate()
+        self.follower.clean_id = -1
+        self.preallocate()
 
     def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
         try:
@@ -239,6 +222,17 @@ class Meta:
     def _close_files(self) -> None:
         self.env.close()
         os.close(self._data_fd)
+
+    def data_fd(self) -> int:
+        """The descriptor of the ``data.mdb`` this process has mapped."""
+        return self._data_fd
+
+    def reopen_files(self) -> None:
+        """Close the environment and open ``data.mdb`` again, at the same map size (for
+        :class:`~branchfs.following.Follower`, which first waits for open transactions)."""
+        map_size = int(self.env.info()["map_size"])
+        self._close_files()
+        self._open(map_size, create=False)
 
     def _open_dbs(self, create: bool) -> None:
         with self.env.begin() as txn:
@@ -333,7 +327,11 @@ class Meta:
             "End the processes that hold many (or their long reads) and try again"
         )
 
-    def _begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
+    def begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
+        """A raw LMDB transaction: stale readers cleared, a grown map adopted, damage as
+        :class:`StoreCorrupt`; neither counted, batched nor checked for a compaction (for
+        :mod:`branchfs.following` and :mod:`branchfs.batches`; others use :meth:`read` and
+        :meth:`write`)."""
         now = time.monotonic()
         if now >= self._next_reader_check:
             self._next_reader_check = now + READER_CHECK_S
@@ -355,41 +353,7 @@ class Meta:
             except DAMAGE_ERRORS as exc:
                 raise damaged(self.path, exc) from exc
 
-    def _enter(self) -> None:
-        self._active.append(None)  # counted first, then checked: reopen() sees us or we it
-        if self._reopening:
-            self._leave()
-            with self._txns:
-                while self._reopening:
-                    self._txns.wait()
-            self._enter()
-
-    def _leave(self) -> None:
-        self._active.pop()
-        if self._reopening:
-            with self._txns:
-                self._txns.notify_all()
-
-    def _moved(self, txn: lmdb.Transaction, snapshot: int) -> bool:
-        """Whether a compaction is replacing (or replaced) this environment's file.
-
-        ``snapshot`` is the id of the commit ``txn`` sees. One get, skipped when the last
-        snapshot this process found unmarked is that same one: a commit id names one
-        content, and the mark is only ever committed by :mod:`branchfs.compact` in
-        transactions of its own (never through :meth:`write`), each under a new id.
-        """
-        if snapshot == self._clean_id:
-            return False
-        try:
-            moved = txn.get(MOVED_KEY, db=self.meta_db) is not None
-        except DAMAGE_ERRORS as exc:
-            txn.abort()
-            raise damaged(self.path, exc) from exc
-        if not moved:
-            self._clean_id = snapshot
-        return moved
-
-    def read(self, *, buffers: bool = False) -> ReadTxn | _BatchRead:
+    def read(self, *, buffers: bool = False) -> ReadTxn | BatchRead:
         """A read-only snapshot of the whole store for the duration of a ``with`` block.
 
         With ``buffers`` values come back as memoryviews into the map, not copies; they
@@ -398,25 +362,23 @@ class Meta:
         thread with a batch open, the block gets the batch itself (values are then always
         copies) and must not write.
         """
-        if self._batch is not None and self._batch_owner == threading.get_ident():
-            return _BatchRead(self._batch)
+        batches = self.batches
+        if batches.txn is not None and batches.owner == threading.get_ident():
+            return BatchRead(batches.txn)
+        follower = self.follower
         while True:
-            self._enter()
+            follower.enter()
             try:
-                txn = self._begin(False, buffers)
+                txn = self.begin(False, buffers)
+                moved = follower.moved(txn, txn.id())  # on damage it aborts txn
             except BaseException:
-                self._leave()
-                raise
-            try:
-                moved = self._moved(txn, txn.id())
-            except BaseException:
-                self._leave()
+                follower.leave()
                 raise
             if not moved:
                 return ReadTxn(self, txn)
             txn.abort()
-            self._leave()
-            self._follow_compaction()
+            follower.leave()
+            follower.follow()
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``fn(txn)`` in one write transaction and commit it; all or nothing.
@@ -426,11 +388,11 @@ class Meta:
         In the batching thread the commit is that of the batch (:meth:`commit_batch`);
         ``fn`` still runs all or nothing.
         """
-        if self._batch_owner == threading.get_ident():
+        if self.batches.owner == threading.get_ident():
             if self._roomy:
                 try:
-                    return self._write_batched(fn)
-                except _Moved:
+                    return self.batches.write(fn)
+                except Moved:
                     pass  # a compaction is under way: the usual path follows it
                 except lmdb.MapFullError:
                     self.commit_batch()  # what the batch holds is kept; this call starts anew
@@ -438,18 +400,19 @@ class Meta:
                         self._grow()
             else:  # a nearly full disk: each write commits alone and hears its own ENOSPC
                 self.commit_batch()
+        follower = self.follower
         with self.lock:
             while True:
-                self._enter()
+                follower.enter()
                 try:
-                    txn = self._begin(True)
+                    txn = self.begin(True)
                     try:
-                        if not self._moved(txn, txn.id() - 1):
+                        if not follower.moved(txn, txn.id() - 1):
                             result = fn(txn)
                             committed = txn.id()
                             txn.commit()
-                            self._clean_id = committed  # fn never writes the mark
-                            self._preallocate()
+                            follower.clean_id = committed  # fn never writes the mark
+                            self.preallocate()
                             return result
                         txn.abort()
                     except lmdb.MapFullError:
@@ -468,166 +431,46 @@ class Meta:
                         txn.abort()
                         raise
                 finally:
-                    self._leave()
-                self._follow_compaction()
+                    follower.leave()
+                follower.follow()
 
-    # -- following a compaction (see branchfs.compact) ---------------------------------------
-
-    def replaced(self) -> bool:
-        """Whether ``data.mdb`` is now another file than the one this process has open."""
-        try:
-            now = os.stat(self.data_file)
-        except FileNotFoundError:
-            return False
-        mine = os.fstat(self._data_fd)
-        return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
-
-    def _follow_compaction(self) -> None:
-        """This environment carries the compaction mark: wait for it, then follow it.
-
-        The compacting process holds ``compact.lock`` until ``data.mdb`` is replaced. Once
-        it is released either the file was replaced (re-open it) or the compaction died
-        before its rename, and the mark is a leftover to remove.
-        """
-        fd = os.open(os.path.join(self.path, COMPACT_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            if self.replaced():
-                self.reopen()
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # a new compaction started: the caller's next attempt waits for it
-            if self.replaced():
-                self.reopen()
-            else:
-                self.clear_mark()
-        finally:
-            os.close(fd)
-
-    def clear_mark(self) -> None:
-        """Remove a compaction mark (only with ``compact.lock`` held)."""
-        with self.lock:
-            txn = self._begin(True)
-            try:
-                if txn.get(MOVED_KEY, db=self.meta_db) is not None:
-                    txn.delete(MOVED_KEY, db=self.meta_db)
-                    txn.commit()
-                else:
-                    txn.abort()
-            except BaseException:
-                txn.abort()
-                raise
-
-    def reopen(self) -> None:
-        """Close the environment and open ``data.mdb`` again (it was replaced).
-
-        Waits (up to ``REOPEN_WAIT_S``) for this process's other transactions to end:
-        their memoryviews point into the old map.
-        """
-        with self._txns:
-            if self._reopening:
-                while self._reopening:
-                    self._txns.wait()
-                return
-            self._reopening = True
-            deadline = time.monotonic() + REOPEN_WAIT_S
-            while self._active:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._txns.wait(left):
-                    self._reopening = False
-                    self._txns.notify_all()
-                    raise StoreLocked(
-                        f"{self.path} was compacted, and this process still has a "
-                        "transaction open on the old file; end it (or restart the process)"
-                    )
-        try:
-            map_size = int(self.env.info()["map_size"])
-            self._close_files()
-            self._open(map_size, create=False)
-        finally:
-            with self._txns:
-                self._reopening = False
-                self._txns.notify_all()
-
-    # -- batches (group commit) ---------------------------------------------------------
+    # -- batches (group commit, see branchfs.batches) ------------------------------------
 
     def batch_thread(self, ident: int) -> None:
-        """Batch the writes of thread ``ident`` from now on (0: nobody's).
-
-        Only that thread may call :meth:`commit_batch`: LMDB write transactions belong to
-        the thread that began them. Call with no batch open.
-        """
-        if self._batch is not None:
-            raise RuntimeError("a batch is open")
-        self._batch_owner = ident
+        """Batch the writes of thread ``ident`` from now on (0: nobody's); see
+        :meth:`branchfs.batches.Batches.set_thread`."""
+        self.batches.set_thread(ident)
 
     @property
     def batch_owner(self) -> int:
         """The thread whose writes are batched (0: none)."""
-        return self._batch_owner
+        return self.batches.owner
 
     @property
     def batch_open(self) -> bool:
         """Whether the batching thread holds uncommitted writes (and LMDB's writer)."""
-        return self._batch is not None
+        return self.batches.txn is not None
 
-    def _write_batched(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """``fn`` in a nested transaction of the open batch (opened on the first write).
+    @property
+    def batch_started_ns(self) -> int:
+        """When the open batch took its first write (``perf_counter_ns``)."""
+        return self.batches.started_ns
 
-        Raises ``_Moved`` if a compaction is under way (the caller writes the usual way,
-        which follows it). Holds :attr:`lock` and LMDB's writer from the batch's first
-        write to its commit; ``MapFullError`` leaves the batch as it was and propagates.
-        """
-        if self._batch is None:
-            self.lock.acquire()
-            self._enter()
-            try:
-                txn = self._begin(True)
-                if self._moved(txn, txn.id() - 1):
-                    txn.abort()
-                    raise _Moved
-            except BaseException:
-                self._leave()
-                self.lock.release()
-                raise
-            self._batch = txn
-            self.batch_started_ns = time.perf_counter_ns()
-            self.batch_writes = 0
-        child = self.env.begin(write=True, parent=self._batch)
-        try:
-            result = fn(child)
-            child.commit()
-        except BaseException:
-            child.abort()
-            raise
-        self.batch_writes += 1
-        return result
+    @property
+    def batch_writes(self) -> int:
+        """How many writes the open batch holds."""
+        return self.batches.writes
 
     def commit_batch(self) -> None:
-        """Commit the open batch (nothing if none) and let LMDB's writer go.
+        """Commit the open batch (nothing if none); see
+        :meth:`branchfs.batches.Batches.commit` (``OSError`` on failure)."""
+        self.batches.commit()
 
-        On failure (a full disk, EIO) the batch's writes are lost and ``OSError`` says why;
-        the caller reports it the way the kernel reports a failed writeback.
-        """
-        txn = self._batch
-        if txn is None:
-            return
-        self._batch = None
-        try:
-            txn.commit()
-        except lmdb.Error as exc:
-            txn.abort()
-            code = errno.ENOSPC if _is_enospc(exc, self.path) else errno.EIO
-            raise os_error(code, self.path) from exc
-        finally:
-            self._leave()
-            self.lock.release()
-        self._preallocate()
+    def commit_error(self, exc: lmdb.Error) -> OSError:
+        """The ``OSError`` (ENOSPC or EIO, naming the store) that a failed commit means."""
+        return os_error(errno.ENOSPC if _is_enospc(exc, self.path) else errno.EIO, self.path)
 
-    def _preallocate(self) -> None:
+    def preallocate(self) -> None:
         """Keep ``data.mdb`` allocated on disk from its start to HEADROOM past its end.
 
         LMDB leaves holes in the file: a page that a transaction took and gave back before
@@ -673,16 +516,11 @@ class Meta:
         try:
             self.env.sync(True)
         except lmdb.Error as exc:
-            code = errno.ENOSPC if _is_enospc(exc, self.path) else errno.EIO
-            raise os_error(code, self.path) from exc
+            raise self.commit_error(exc) from exc
 
     def close(self) -> None:
         """Close the environment; callers go through :func:`release_meta`."""
         self._close_files()
-
-
-class _Moved(Exception):
-    """A compaction marked the environment while a batch was being opened."""
 
 
 _registry: dict[tuple[int, int], Meta] = {}
@@ -736,22 +574,6 @@ def release_meta(meta: Meta) -> None:
             meta.close()
 
 
-class _BatchRead:
-    """The ``with`` block of :meth:`Meta.read` in the batching thread: the open batch, which
-    the block neither aborts nor commits."""
-
-    __slots__ = ("txn",)
-
-    def __init__(self, txn: lmdb.Transaction) -> None:
-        self.txn = txn
-
-    def __enter__(self) -> lmdb.Transaction:
-        return self.txn
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 class ReadTxn:
     """The ``with`` block of :meth:`Meta.read`: yields the transaction, ends it on exit.
 
@@ -772,6 +594,6 @@ class ReadTxn:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         self.txn.abort()
-        self.meta._leave()
+        self.meta.follower.leave()
         if exc is not None and isinstance(exc, DAMAGE_ERRORS):
             raise damaged(self.meta.path, exc) from exc

@@ -1,0 +1,146 @@
+"""Group commit: one thread's writes batched into one open LMDB write transaction.
+
+A thread may *batch* its writes (``Meta.batch_thread``; the mount daemon's request loop
+does): each ``Meta.write`` of that thread then runs in a nested transaction (all or nothing,
+as before) inside one open write transaction, committed by :meth:`Batches.commit`. The
+thread's reads see the open batch (:class:`BatchRead`). While a batch is open this process
+holds LMDB's single writer: the caller bounds how long (see ``fuse/groupcommit.py``).
+
+This module owns the open batch and its bookkeeping; :class:`branchfs.meta.Meta` decides
+when a write goes into it (not on a nearly full disk, where each write must hear its own
+ENOSPC).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import lmdb
+
+from .following import Follower
+
+T = TypeVar("T")
+
+
+class Environment(Protocol):
+    """What :class:`Batches` needs of the environment it batches into (a ``Meta``)."""
+
+    path: str
+    lock: threading.RLock
+    env: lmdb.Environment
+    follower: Follower
+
+    def begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
+        """A raw LMDB transaction (no following, no batching)."""
+        ...
+
+    def preallocate(self) -> None:
+        """Keep disk space allocated past the end of ``data.mdb`` after a commit."""
+        ...
+
+    def commit_error(self, exc: lmdb.Error) -> OSError:
+        """The ``OSError`` (ENOSPC or EIO) that a failed commit means."""
+        ...
+
+
+class Moved(Exception):
+    """A compaction marked the environment while a batch was being opened."""
+
+
+class Batches:
+    """The batching thread, its open batch, since when (ns) and how many writes it holds."""
+
+    __slots__ = ("meta", "owner", "started_ns", "txn", "writes")
+
+    def __init__(self, meta: Environment) -> None:
+        self.meta = meta
+        #: The thread whose writes are batched (0: none).
+        self.owner = 0
+        #: The open batch (None: none open).
+        self.txn: lmdb.Transaction | None = None
+        self.started_ns = 0
+        self.writes = 0
+
+    def set_thread(self, ident: int) -> None:
+        """Batch the writes of thread ``ident`` from now on (0: nobody's).
+
+        Only that thread may call :meth:`commit`: LMDB write transactions belong to the
+        thread that began them. Call with no batch open (``RuntimeError`` otherwise).
+        """
+        if self.txn is not None:
+            raise RuntimeError("a batch is open")
+        self.owner = ident
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """``fn`` in a nested transaction of the open batch (opened on the first write).
+
+        Raises :class:`Moved` if a compaction is under way (the caller writes the usual way,
+        which follows it). Holds the environment's lock and LMDB's writer from the batch's
+        first write to its commit; ``MapFullError`` leaves the batch as it was and
+        propagates.
+        """
+        meta = self.meta
+        if self.txn is None:
+            meta.lock.acquire()
+            meta.follower.enter()
+            try:
+                txn = meta.begin(True)
+                if meta.follower.moved(txn, txn.id() - 1):
+                    txn.abort()
+                    raise Moved
+            except BaseException:
+                meta.follower.leave()
+                meta.lock.release()
+                raise
+            self.txn = txn
+            self.started_ns = time.perf_counter_ns()
+            self.writes = 0
+        child = meta.env.begin(write=True, parent=self.txn)
+        try:
+            result = fn(child)
+            child.commit()
+        except BaseException:
+            child.abort()
+            raise
+        self.writes += 1
+        return result
+
+    def commit(self) -> None:
+        """Commit the open batch (nothing if none) and let LMDB's writer go.
+
+        On failure (a full disk, EIO) the batch's writes are lost and ``OSError`` says why;
+        the caller reports it the way the kernel reports a failed writeback.
+        """
+        txn = self.txn
+        if txn is None:
+            return
+        meta = self.meta
+        self.txn = None
+        try:
+            txn.commit()
+        except lmdb.Error as exc:
+            txn.abort()
+            raise meta.commit_error(exc) from exc
+        finally:
+            meta.follower.leave()
+            meta.lock.release()
+        meta.preallocate()
+
+
+class BatchRead:
+    """The ``with`` block of ``Meta.read`` in the batching thread: the open batch, which
+    the block neither aborts nor commits."""
+
+    __slots__ = ("txn",)
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self.txn = txn
+
+    def __enter__(self) -> lmdb.Transaction:
+        return self.txn
+
+    def __exit__(self, *exc: object) -> None:
+        return None
