@@ -150,6 +150,26 @@ class MountError(BranchFSError):
     daemon's ``fusermount3`` refusal included)."""
 
 
+class BranchMounted(MountError):
+    """A branch that a daemon already serves cannot be mounted a second time.
+
+    One file is one file whatever path reaches it (locks exclude only within one kernel
+    identity), so a branch has at most one mount: use ``mountpoint`` (where it is mounted
+    now, served by process ``pid``), or unmount it first.
+    """
+
+    def __init__(self, branch: str, mountpoint: str, pid: int) -> None:
+        super().__init__(
+            f"branch {branch!r} is already mounted at {mountpoint} (daemon pid {pid}); use "
+            f"that mount, or unmount it first (`branchfs umount {mountpoint}`): a second mount "
+            "would be a second copy of every file to the kernel, whose locks would not "
+            "exclude each other"
+        )
+        self.branch = branch
+        self.mountpoint = mountpoint
+        self.pid = pid
+
+
 class MergeConflict(BranchFSError):
     """A merge found conflicts; the target was left exactly as it was.
 

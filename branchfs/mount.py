@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from .errors import MountError
+from .errors import BranchMounted, MountError
 from .jsontypes import JSONObject
-from .notices import Registration, find_registration, mounts_dir
+from .notices import Registration, find_registration, mounts_dir, serving
 
 
 class HasPath(Protocol):
@@ -116,6 +116,19 @@ def release(reg: Registration, branch: str) -> None:
 
 
 # -- starting and stopping daemons -------------------------------------------------------------
+
+
+def check_not_mounted(store_path: str, branch: str) -> None:
+    """Raise :class:`BranchMounted` if a live daemon already serves ``branch``.
+
+    A branch has one mount: two daemons would show each file as two kernel inodes, and the
+    kernel keeps ``flock``, POSIX and OFD locks per inode, so locks taken through one mount
+    would not exclude those taken through the other (SQLite writers on the two would lose
+    rows). Reach a mounted branch through its mount, or as ``.branchfs/branches/NAME``
+    of any other mount (a symlink to it).
+    """
+    for reg in serving(store_path, branch, fresh=True):
+        raise BranchMounted(branch, reg.mountpoint, reg.pid)
 
 
 def check_fuse() -> None:
@@ -225,7 +238,8 @@ def start_daemon(
     extra_args: list[str] | tuple[str, ...] = (),
     allow_other: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a detached daemon and return once the mount answers; MountError if it fails.
+    """Start a detached daemon and return once the mount answers; MountError if it fails,
+    :class:`BranchMounted` (a MountError) if another daemon already serves ``branch``.
 
     ``allow_other``: users other than the daemon's may enter the mount (FUSE's
     ``allow_other``; a non-root user needs ``user_allow_other`` in /etc/fuse.conf).
@@ -235,6 +249,7 @@ def start_daemon(
     store_path = os.path.abspath(store_path)
     if not os.path.isdir(store_path):
         raise MountError(f"no branchfs store at {store_path}")
+    check_not_mounted(store_path, branch)  # the daemon checks again, under the claim lock
     log_dir = mounts_dir(store_path)
     os.makedirs(log_dir, mode=0o700, exist_ok=True)
     log_path = os.path.join(log_dir, "daemon.log")

@@ -10,7 +10,8 @@ from outside a mount shows in the mount on the next syscall. A daemon opens its 
 
 The registry: every running daemon registers itself in ``STORE/mounts/`` (one small JSON file
 naming its pid, branch, mountpoint and an abstract unix socket). :func:`serving` answers "is
-branch B of store S mounted?". The protocol: one line ``{"changed": [names]}`` to the
+branch B of store S mounted?"; :func:`claiming` serializes mounting, so that a branch has
+at most one daemon. The protocol: one line ``{"changed": [names]}`` to the
 daemon's socket, answered ``ok`` (:func:`poke` sends, :func:`answer` receives). Before a
 call reads or changes a branch, a ``Store`` also asks the daemons serving it to *settle*
 (``{"settle": [names]}``, :func:`settle_mounts`): a daemon groups the calls it serves into
@@ -28,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 #: ``observer(store_path, branch_names)``: told after a call changed those branches.
@@ -171,6 +172,28 @@ def find_registration(store_path: str, mountpoint: str) -> Registration | None:
     return None
 
 
+#: The lock file that serializes "is this branch mounted? then mount and register it".
+CLAIM_LOCK = "claim.lock"
+
+
+@contextlib.contextmanager
+def claiming(store_path: str) -> Iterator[None]:
+    """Hold the store's mount claim for the block: a daemon checks that nobody serves its
+    branch, mounts and registers under it, so two daemons started at once for one branch
+    cannot both succeed (an ``flock`` on ``STORE/mounts/claim.lock``, released if the
+    daemon dies)."""
+    import fcntl
+
+    d = mounts_dir(store_path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(d, CLAIM_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _drop_stale(reg: Registration) -> None:
     if not reg.alive():
         with contextlib.suppress(OSError):
@@ -223,13 +246,15 @@ def targets(store_path: str, names: tuple[str, ...]) -> list[Registration]:
     ]
 
 
-def serving(store_path: str, branch: str) -> list[Registration]:
+def serving(store_path: str, branch: str, *, fresh: bool = False) -> list[Registration]:
     """The live daemons that serve branch ``branch`` of the store at ``store_path``.
 
     A registration whose process is gone is left out (and never blocks anything): this is
-    the question "is this branch mounted right now?".
+    the question "is this branch mounted right now?". ``fresh``: read the registry again
+    rather than trust the listing cached by its mtime (the claim check of a new daemon).
     """
-    return [r for r in registrations(store_path) if r.branch == branch and r.alive()]
+    regs = _read_registrations(mounts_dir(store_path)) if fresh else registrations(store_path)
+    return [r for r in regs if r.branch == branch and r.alive()]
 
 
 def poke_all(regs: list[Registration], names: tuple[str, ...]) -> None:

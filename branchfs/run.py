@@ -3,7 +3,10 @@
 A run mounts the branch at a fresh private directory (one daemon of its own, see
 :mod:`branchfs.mount`), runs the command with that tree as its working directory, then
 kills what the command left behind, unmounts (which flushes every write into the store)
-and removes the directory. The command's exit status is the run's.
+and removes the directory. A branch that is mounted already is run in that mount instead
+(a second daemon would be a second kernel identity of every file, whose locks would not
+exclude the first's); the run then ends by waiting until its daemon committed every call.
+The command's exit status is the run's.
 
 With ``at=PATH`` the command sees the tree *at PATH*, and only the command does: it runs in
 a private mount namespace (``unshare(2)`` with ``CLONE_NEWNS``, propagation private, see
@@ -31,8 +34,9 @@ from pathlib import Path
 from typing import IO, TypeAlias
 
 from .engine import check_branch
-from .errors import BranchFSError, MountError
-from .mount import StoreRef, check_fuse, mounted
+from .errors import BranchFSError, BranchMounted, MountError
+from .mount import StoreRef, check_fuse, mount_type, mounted
+from .notices import serving, settle_mounts
 from .spawner import Spawner, mounted_by
 
 #: A command: an argv list (run as is) or a string (run by ``/bin/sh -c``).
@@ -202,10 +206,21 @@ def private_tree(
     """Mount ``branch`` at a fresh private temp directory for the block (one daemon).
 
     The daemon is started as a process of its own, or forked by ``spawner``'s zygote. On
-    exit flushes, unmounts (waiting for the daemon) and removes the directory. Raises
+    exit flushes, unmounts (waiting for the daemon) and removes the directory. A branch
+    that is mounted already is not mounted again: the block gets that mount, and its end
+    waits until the daemon committed every call it served. Raises
     :class:`~branchfs.mount.MountError` if the mount cannot be made.
     """
     check_fuse()
+    existing = mounted_already(store_path, branch)
+    if existing is not None:
+        # One branch, one mount: a second daemon would be a second kernel identity of every
+        # file, and locks taken through it would not exclude those taken through this one.
+        try:
+            yield Path(existing)
+        finally:
+            settle_mounts(store_path, (branch,))  # the command's writes are in the store
+        return
     mp = tempfile.mkdtemp(prefix=prefix)
     try:
         cm = mounted(store_path, mp, branch) if spawner is None else mounted_by(
@@ -216,6 +231,19 @@ def private_tree(
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(mp)
+
+
+def mounted_already(store_path: str, branch: str) -> str | None:
+    """Where ``branch`` is mounted now and visible to this process, or None if it is not
+    mounted. Raises :class:`~branchfs.mount.BranchMounted` if a daemon serves it at a
+    mountpoint this process cannot see (another mount namespace)."""
+    regs = serving(store_path, branch, fresh=True)
+    for reg in regs:
+        if (mount_type(reg.mountpoint) or "").endswith("branchfs"):
+            return reg.mountpoint
+    for reg in regs:
+        raise BranchMounted(branch, reg.mountpoint + " (in another mount namespace)", reg.pid)
+    return None
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:

@@ -142,8 +142,8 @@ class ControlDir:
         """Branches among ``names`` that lead to a mount: symlink node by branch name.
 
         The mounted branch leads to this mount's root. Another branch leads to the mount of
-        another live daemon serving it, if that mountpoint is visible here (a daemon in a
-        private mount namespace, ``branchfs run --at``, is not).
+        another live daemon serving it, if that mountpoint is visible here (one in another
+        mount namespace is not). A branch has at most one daemon (``BranchMounted``).
         """
         found = {n: SELF_LINK for n in names if n == self.main.name}
         others = [n for n in names if n != self.main.name]

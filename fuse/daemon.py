@@ -120,22 +120,31 @@ def _serve(
         return 2
     ops = Bridge(store, branch, os.path.abspath(mountpoint))
     ops.coherence.changes = changes
-    if not notices.serving(store.path, branch):  # no other daemon may hold these orphans
-        n = ops.clean_orphans()
-        if n:
-            log.warning("deleted %d unlinked files left open by a daemon that died", n)
-    try:
-        fd = K.mount(ops.mountpoint, options)
-    except (K.MountError, OSError) as exc:
-        report.send(f"the kernel refused the mount ({exc}); is {mountpoint} usable?")
-        return 2
-    session = Session(fd, ops)
-    ops.coherence.invalidator = session.invalidate
     sock_name = f"\0branchfs-{os.getpid()}-{os.urandom(4).hex()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock_name.encode("latin-1"))
     listener.listen(64)
-    reg_path = notices.register(store.path, branch, ops.mountpoint, sock_name)
+    # One branch, one daemon (see mount_mod.check_not_mounted): check, mount and register
+    # under the store's claim, so that two daemons started at once cannot both serve it.
+    with notices.claiming(store.path):
+        try:
+            mount_mod.check_not_mounted(store.path, branch)
+        except BranchFSError as exc:
+            listener.close()
+            report.send(str(exc))
+            return 2
+        n = ops.clean_orphans()  # no other daemon serves the branch: nobody holds these
+        if n:
+            log.warning("deleted %d unlinked files left open by a daemon that died", n)
+        try:
+            fd = K.mount(ops.mountpoint, options)
+        except (K.MountError, OSError) as exc:
+            listener.close()
+            report.send(f"the kernel refused the mount ({exc}); is {mountpoint} usable?")
+            return 2
+        reg_path = notices.register(store.path, branch, ops.mountpoint, sock_name)
+    session = Session(fd, ops)
+    ops.coherence.invalidator = session.invalidate
 
     def on_view(views: tuple[str, ...]) -> None:
         # Notices of the branches the kernel has views of must reach this daemon too.

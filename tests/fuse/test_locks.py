@@ -15,14 +15,18 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from clirun import bfs, one_line_error
 from fusecheck import needs_fuse
 
 import branchfs
+from branchfs.errors import BranchMounted
+from branchfs.mount import daemon_command, unmount
 
 if TYPE_CHECKING:
     from conftest import Mounted
@@ -175,3 +179,97 @@ def test_locks_exclude_across_daemons_serving_the_same_branch(
     assert attempts(module_mount.path / "y", via_other / "y") == expected
     # And the first mount leads to the second daemon's mount for the branch it serves.
     assert os.readlink(module_mount.path / ".branchfs" / "branches" / "other") == str(second_daemon)
+
+
+def flock_pairs(paths: list[Path]) -> dict[tuple[int, int], int]:
+    """``flock -n`` (util-linux) through each path while ``flock`` holds each other path:
+    the exit status of every ordered pair (1: refused, as on the native disk)."""
+    out = {}
+    for i, held in enumerate(paths):
+        holder = subprocess.Popen(
+            ["flock", str(held), "sh", "-c", "echo held; read _"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            for j, other in enumerate(paths):
+                if i != j:
+                    out[i, j] = subprocess.run(["flock", "-n", str(other), "true"]).returncode
+        finally:
+            holder.communicate("")
+    return out
+
+
+def test_flock_command_and_sqlite_writers_across_two_daemons(
+    module_mount: Mounted, second_daemon: Path, native: tuple[Path, Path]
+) -> None:
+    (native[0] / "lockme").write_bytes(b"")
+    native_paths = [native[0] / "lockme", native[1] / "lockme"]
+    assert set(flock_pairs(native_paths).values()) == {1}
+    mnt = module_mount.path
+    (mnt / "lockme").write_bytes(b"")
+    paths = [
+        mnt / "lockme",
+        mnt / ".branchfs" / "branches" / "main" / "lockme",
+        second_daemon / ".branchfs" / "branches" / "main" / "lockme",
+    ]
+    assert set(flock_pairs(paths).values()) == {1}
+    first, second = tmp_dir(mnt, "sq"), second_daemon / ".branchfs" / "branches" / "main" / "sq"
+    assert four_writers(first, second) == (1200, "ok", ["", "", "", ""])
+
+
+def tmp_dir(root: Path, name: str) -> Path:
+    """A new directory ``name`` under ``root``."""
+    (root / name).mkdir()
+    return root / name
+
+
+def test_a_second_mount_of_a_mounted_branch_is_refused(
+    module_mount: Mounted, tmp_path: Path
+) -> None:
+    (tmp_path / "again").mkdir()
+    with (
+        pytest.raises(BranchMounted, match=f"already mounted at {module_mount.path} ") as info,
+        branchfs.mounted(module_mount.store_path, tmp_path / "again", "main"),
+    ):
+        pass
+    assert info.value.mountpoint == str(module_mount.path)
+    assert not os.path.ismount(tmp_path / "again")
+    cli = bfs("mount", str(tmp_path / "again"), "--branch", "main", store=module_mount.store_path)
+    one_line_error(cli, cli.code, f"already mounted at {module_mount.path}", "branchfs umount")
+    assert cli.code != 0
+
+
+def test_two_daemons_started_at_once_for_one_branch_one_wins(
+    module_mount: Mounted, tmp_path: Path
+) -> None:
+    """The check in the daemon, under the claim lock: both pass the caller's check."""
+    store = module_mount.store
+    store.fork("main", "race")
+    procs = []
+    for n in range(2):
+        (tmp_path / f"r{n}").mkdir()
+        cmd = daemon_command(str(module_mount.store_path), str(tmp_path / f"r{n}"), "race")
+        procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+            time.sleep(0.02)
+        loser = next(p for p in procs if p.poll() is not None)
+        assert loser.returncode == 2
+        assert loser.stderr is not None and "already mounted at" in loser.stderr.read()
+        winner = next(p for p in procs if p is not loser)
+        assert winner.poll() is None
+        mp = next(str(tmp_path / f"r{n}") for n in range(2) if procs[n] is winner)
+        while not os.path.isdir(os.path.join(mp, ".branchfs")):
+            assert winner.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        for n, p in enumerate(procs):
+            if p.poll() is None:
+                unmount(str(tmp_path / f"r{n}"))
+            p.wait(timeout=60)
+            if p.stderr is not None:
+                p.stderr.close()

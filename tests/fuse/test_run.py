@@ -6,12 +6,16 @@ import os
 import subprocess
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fusecheck import needs_fuse
 
 import branchfs
 from branchfs.run import run
+
+if TYPE_CHECKING:
+    from conftest import Mounted
 
 pytestmark = needs_fuse
 
@@ -76,3 +80,35 @@ def test_two_runs_at_the_same_path_each_see_their_own_tree(
         assert store.branch("a1").read_text("a1.txt") == "a1\n"
         assert not store.branch("a1").exists("a2.txt")
         assert not store.branch("main").exists("a1.txt")
+
+
+@pytest.mark.parametrize("at", [False, True], ids=["own-dir", "at-path"])
+def test_run_of_a_mounted_branch_uses_that_mount(
+    mounted_store: Mounted, tmp_path: Path, at: bool
+) -> None:
+    """One branch, one kernel identity: the command sees the mount's own inodes (so a lock
+    held through the mount excludes it) and its writes are in the store when run returns."""
+    mnt = mounted_store.path
+    (mnt / "x").write_bytes(b"data")
+    seen = os.stat(mnt / "x")
+    holder = subprocess.Popen(
+        ["flock", str(mnt / "x"), "sh", "-c", "echo held; read _"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        res = run(
+            mounted_store.store_path,
+            "main",
+            'flock -n x true; echo "$?"; stat -c %d:%i x; echo out > out.txt',
+            at=tmp_path / "work" if at else None,
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        holder.communicate("")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().split() == ["1", f"{seen.st_dev}:{seen.st_ino}"]
+    assert mounted_store.store.branch("main").read_text("out.txt") == "out\n"
