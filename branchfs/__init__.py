@@ -15,70 +15,87 @@ the winner back with a real 3-way merge and discard the rest::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from .branch import Branch, Snapshot
-from .errors import (
-    BranchBusy,
-    BranchExists,
-    BranchFSError,
-    BranchNotFound,
-    Conflict,
-    InvalidName,
-    MergeConflict,
-    NotAStore,
-    ReadersFull,
-    ReadOnlyError,
-    StoreCorrupt,
-    StoreLocked,
-    StoreNotFound,
-    StoreVersionError,
-)
-from .pathtree import DirEntry
-from .store import Store
-
+# Every public name loads on first use (PEP 562), so that `import branchfs` — and with it
+# every submodule, `branchfs.cli` included — costs next to nothing: the command line
+# imports only what its verb needs. Type checkers see the names through the imports below.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .bestof import Attempt, BestOfResult, Trial, best_of
+    from .branch import Branch, Snapshot
     from .diff import Change
+    from .errors import (
+        BranchBusy,
+        BranchExists,
+        BranchFSError,
+        BranchNotFound,
+        Conflict,
+        InvalidName,
+        MergeConflict,
+        NotAStore,
+        ReadersFull,
+        ReadOnlyError,
+        StoreCorrupt,
+        StoreLocked,
+        StoreNotFound,
+        StoreVersionError,
+    )
     from .fsck import FsckReport
     from .gc import GcReport
     from .merge import MergeResult
     from .mount import ctl, mounted
+    from .pathtree import DirEntry
+    from .store import Store
 
 __version__ = "0.1.0"
 
+#: Where each public name is defined: the submodule imported when the name is first used.
+_HOMES = {
+    "Attempt": "bestof",
+    "BestOfResult": "bestof",
+    "Trial": "bestof",
+    "best_of": "bestof",
+    "Branch": "branch",
+    "Snapshot": "branch",
+    "Change": "diff",
+    "BranchBusy": "errors",
+    "BranchExists": "errors",
+    "BranchFSError": "errors",
+    "BranchNotFound": "errors",
+    "Conflict": "errors",
+    "InvalidName": "errors",
+    "MergeConflict": "errors",
+    "NotAStore": "errors",
+    "ReadersFull": "errors",
+    "ReadOnlyError": "errors",
+    "StoreCorrupt": "errors",
+    "StoreLocked": "errors",
+    "StoreNotFound": "errors",
+    "StoreVersionError": "errors",
+    "FsckReport": "fsck",
+    "GcReport": "gc",
+    "MergeResult": "merge",
+    "ctl": "mount",
+    "mounted": "mount",
+    "DirEntry": "pathtree",
+    "Store": "store",
+}
 
-def __getattr__(name: str) -> Any:
-    # Heavier modules load on first use, so `import branchfs` stays quick for the CLI.
-    if name == "Change":
-        from .diff import Change
 
-        return Change
-    if name == "MergeResult":
-        from .merge import MergeResult
+def __getattr__(name: str) -> object:
+    """A public name, importing its submodule on first use (PEP 562)."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'branchfs' has no attribute {name!r}")
+    from importlib import import_module
 
-        return MergeResult
-    if name == "FsckReport":
-        from .fsck import FsckReport
+    value = getattr(import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later uses are plain attribute reads
+    return value
 
-        return FsckReport
-    if name == "GcReport":
-        from .gc import GcReport
 
-        return GcReport
-    if name == "mounted":
-        from .mount import mounted
-
-        return mounted
-    if name == "ctl":
-        from .mount import ctl
-
-        return ctl
-    if name in ("best_of", "BestOfResult", "Attempt", "Trial"):
-        from . import bestof
-
-        return getattr(bestof, name)
-    raise AttributeError(f"module 'branchfs' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    """The module's names, the lazy public ones included (what ``dir(branchfs)`` shows)."""
+    return sorted({*globals(), *_HOMES})
 
 
 __all__ = [
