@@ -174,4 +174,6 @@ for _verb in verbs(CLI):
 
 
 if __name__ == "__main__":
-    main()
+    from .entry import guarded
+
+    guarded(main)

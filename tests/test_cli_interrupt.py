@@ -1,0 +1,67 @@
+"""Ctrl-C at any moment of a ``branchfs`` command: exit status 130, one line, no traceback.
+
+The command runs as a user's shell runs it (the console script, a new interpreter) under
+``python -X importtime``, which writes a line to stderr as each import finishes: the test
+sends SIGINT the moment a chosen module has loaded, so the signal lands during the
+start-up imports that follow it, every run, whatever the machine's load. The command is
+an ``import`` of a few thousand files, long enough that it cannot finish first.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clirun import bfs
+
+#: SIGINT is sent when this module's import finishes (the last one: inside the verb).
+STAGES = ("branchfs.entry", "click", "branchfs.commands.spec", "branchfs.cli", "branchfs.store")
+
+
+def _command(*args: str) -> list[str]:
+    script = Path(sys.executable).with_name("branchfs")
+    entry = [str(script)] if script.exists() else ["-m", "branchfs"]
+    return [sys.executable, "-X", "importtime", *entry, *args]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    for i in range(3000):
+        d = src / f"d{i % 30}"
+        d.mkdir(exist_ok=True)
+        (d / f"f{i}.txt").write_text(f"{i}\n" * 50)
+    return src
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_ctrl_c_while_starting_exits_130_in_one_line(
+    stage: str, source: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "s.bfs"
+    assert bfs("init", str(store)).code == 0
+    proc = subprocess.Popen(
+        _command("--store", str(store), "import", str(source)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen: list[str] = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("import time") and line.split("|")[-1].strip() == stage:
+            proc.send_signal(signal.SIGINT)
+            break
+    else:
+        pytest.fail(f"{stage} was never imported:\n{''.join(seen)}")
+    out, err = proc.communicate(timeout=120)
+    said = [s for s in (*seen, *err.splitlines()) if s.strip() and not s.startswith("import time")]
+    assert proc.returncode == 130, (proc.returncode, said, out)
+    assert said == ["branchfs: interrupted"], said
+    # Nothing was half-done: the store checks clean, whatever the copy had reached.
+    check = bfs("fsck", "--json", store=store)
+    assert check.code == 0 and check.json["ok"], check
