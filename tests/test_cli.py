@@ -129,6 +129,34 @@ def test_conflict_is_exit_1_in_plain_words(store: Path) -> None:
     assert ok.code == 0 and ok.json["conflicts"][0]["path"] == "README"
 
 
+def test_merge_with_markers_exits_1_naming_the_files(store: Path) -> None:
+    with branchfs.Store.open(store) as s:
+        s.fork("main", "b")
+        s.branch("main").write_bytes("README", b"ours\n")
+        s.branch("b").write_bytes("README", b"theirs\n")
+        s.branch("b").write_bytes("src/app.py", b"print(2)\n")
+    r = bfs("merge", "b", "--into", "main", "--markers", store=store)
+    assert r.code == 1, r
+    assert "Traceback" not in r.err
+    last = r.out.strip().splitlines()[-1]
+    assert last.startswith("1 file(s) hold conflict markers (README)"), r.out
+    assert "CONFLICT README:" in r.out
+    with branchfs.Store.open(store) as s:  # written, markers and all, with the clean change
+        text = s.branch("main").read_bytes("README")
+        assert text.startswith(b"<<<<<<< main\nours\n") and b">>>>>>> b\n" in text
+        assert s.branch("main").read_bytes("src/app.py") == b"print(2)\n"
+        s.fork("main", "c")
+        s.branch("c").write_bytes("README", b"fixed\n")
+    j = bfs("merge", "c", "--into", "main", "--markers", "--json", store=store)
+    assert j.code == 0 and j.json["ok"] is True and j.json["markers"] == [], j
+    with branchfs.Store.open(store) as s:
+        s.fork("main", "d")
+        s.branch("main").write_bytes("README", b"ours again\n")
+        s.branch("d").write_bytes("README", b"theirs again\n")
+    j = bfs("merge", "d", "--into", "main", "--markers", "--json", store=store)
+    assert j.code == 1 and j.json["ok"] is False and j.json["markers"] == ["README"], j
+
+
 def test_fsck_failure_is_exit_1(store: Path) -> None:
     # Damage a chunk: flip bytes of a stored value in place, through LMDB itself.
     import lmdb

@@ -356,6 +356,7 @@ def test_conflict_markers(pair) -> None:
     text = main.read_bytes("a.txt")
     assert b"<<<<<<< main\nOURS\n||||||| base\n2\n=======\nTHEIRS\n>>>>>>> theirs\n" in text
     assert [c.kind for c in result.conflicts] == ["content"]
+    assert result.markers == ["a.txt"]
 
 
 def test_markers_do_not_hide_other_conflicts(pair) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .spec import Arg, Context, Opt, Outcome, Values, Verb
+from .spec import EXIT_FAILED, Arg, Context, Opt, Outcome, Values, Verb
 from .trees import NOTATION, branch_name, tree_ref
 
 PATCH = Opt(
@@ -90,17 +90,27 @@ def _merge(ctx: Context, v: Values) -> Outcome:
         "source": source,
         "changes": [c.to_json() for c in result.changes],
         "conflicts": [conflict_json(c) for c in result.conflicts],
+        "markers": result.markers,
     }
     n = len(result.changes)
     lines = [f"merged {source} into {target}: {n} change{'s' if n != 1 else ''}"]
     lines += [f"  {c}" for c in result.changes[:50]]
     if n > 50:
         lines.append(f"  … and {n - 50} more (--json lists them all)")
-    if result.conflicts:
-        how = f"by --strategy {v.opt('strategy')}" if v.opt("strategy") else "with conflict markers"
-        lines.append(f"{len(result.conflicts)} conflict(s) resolved {how}:")
-        lines += [f"  {explain(c)}" for c in result.conflicts]
-    return Outcome(data, "\n".join(lines))
+    marked = set(result.markers)
+    by_strategy = [c for c in result.conflicts if c.path not in marked]
+    if by_strategy:
+        lines.append(f"{len(by_strategy)} conflict(s) resolved by --strategy {v.opt('strategy')}:")
+        lines += [f"  {explain(c)}" for c in by_strategy]
+    if not result.markers:
+        return Outcome(data, "\n".join(lines))
+    # As `git merge` does: the merge is written, but conflicts are left for a person.
+    lines += [f"CONFLICT {explain(c)}" for c in result.conflicts if c.path in marked]
+    lines.append(
+        f"{len(result.markers)} file(s) hold conflict markers ({', '.join(result.markers)}): "
+        "edit them to keep what you want and remove the <<<<<<< ======= >>>>>>> lines"
+    )
+    return Outcome(data, "\n".join(lines), EXIT_FAILED)
 
 
 def _merge_changes(ctx: Context, v: Values) -> set[str]:
@@ -154,7 +164,8 @@ VERBS = (
             Opt(
                 "markers",
                 "Write diff3-style conflict markers into text files both sides changed, "
-                "instead of refusing.",
+                "instead of refusing; the merge is then written, but exits 1 naming the "
+                "files that hold markers, for you to resolve.",
                 flag=True,
             ),
         ),

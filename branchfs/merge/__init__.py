@@ -45,10 +45,13 @@ __all__ = ["STRATEGIES", "MergeResult", "merge"]
 @dataclass
 class MergeResult:
     """What a merge did: the changes applied to the target, and the conflicts it resolved
-    (by ``strategy`` or with conflict markers; empty for a clean merge)."""
+    (by ``strategy`` or with conflict markers; empty for a clean merge). ``markers`` are
+    the paths of the files it wrote conflict markers into: conflicts left for a person to
+    resolve, as ``git merge`` leaves them."""
 
     changes: list[Change]
     conflicts: list[Conflict] = field(default_factory=list)
+    markers: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -124,6 +127,7 @@ def merge(
         changes = apply(sides, plan)
         bases.discard(engine, txn, base)
         engine.history.record(txn, tgt.top, src_state)
-        return MergeResult(changes, plan.conflicts + plan.resolved)
+        markers = sorted({c.path for c in plan.resolved})
+        return MergeResult(changes, plan.conflicts + plan.resolved, markers)
 
     return meta.write(op)
