@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,17 @@ def bfs(*args: str, store: Path | None = None, cwd: Path | None = None, env: Any
     return Ran(p.returncode, p.stdout, p.stderr)
 
 
+#: Names of the Python API that a command-line or ctl message must not show (it names flags
+#: and verbs instead): keyword arguments, calls, the engine's function names.
+API_NAMES = re.compile(r"\b\w+=(True|False|None)\b|\b\w+\(\)|\bStore\.|\b(ex|im)port_dir\b")
+
+
+def no_api_names(message: str) -> None:
+    """Assert that ``message`` names no Python API (see :data:`API_NAMES`)."""
+    found = API_NAMES.search(message)
+    assert found is None, (found.group(0), message)
+
+
 def one_line_error(r: Ran, code: int, *words: str) -> str:
     """Assert a failure with exit status ``code`` and a one-line message holding ``words``."""
     assert r.code == code, r
@@ -48,4 +60,5 @@ def one_line_error(r: Ran, code: int, *words: str) -> str:
     assert lines[0].startswith("branchfs: "), r.err
     for w in words:
         assert w in lines[0], (w, lines[0])
+    no_api_names(lines[0])
     return lines[0]

@@ -187,7 +187,10 @@ MISTAKES = [
     (("merge", "main", "--into", "main", "--strategy", "mine"), ("Invalid value",)),
     (("fork", "main"), ("fork takes SOURCE NEW",)),
     (("frobnicate",), ("No such command",)),
-    (("import", "/nonexistent/dir"), ("not a directory",)),
+    (
+        ("import", "/nonexistent/dir"),
+        ("cannot import /nonexistent/dir: no such file or directory",),
+    ),
     (("discard", "@v1"), ("is a snapshot",)),
     (("diff", "main", "v1"), ("there is a snapshot 'v1': write it @v1",)),
     (("fork", "@main", "y"), ("there is a branch 'main'",)),
@@ -200,6 +203,21 @@ def test_mistakes_are_one_line_exit_2(store: Path) -> None:
         one_line_error(bfs(*args, store=store), 2, *words)
 
 
+def test_copying_errors_name_the_commands(store: Path, project: Path, tmp_path: Path) -> None:
+    # A file is not a directory; a missing path is missing (not "not a directory").
+    one_line_error(bfs("import", str(project / "README"), store=store), 2, "is not a directory")
+    r = bfs("import", str(tmp_path / "nope"), "--json", store=store)
+    assert r.json["error"] == "FileNotFoundError" and r.json["errno"] == 2, r
+    assert "no such file or directory" in r.json["message"]
+    # export's refusals name the command, not the Python function behind it.
+    line = one_line_error(bfs("export", "main", str(project), store=store), 2, "not empty")
+    assert "`branchfs export`" in line
+    line = one_line_error(
+        bfs("export", "main", str(project / "README"), store=store), 2, "this is a file"
+    )
+    assert "`branchfs export`" in line
+
+
 def test_missing_store_and_non_store(tmp_path: Path) -> None:
     one_line_error(bfs("branches", cwd=tmp_path), 2, "which store?", "--store")
     one_line_error(
@@ -209,6 +227,9 @@ def test_missing_store_and_non_store(tmp_path: Path) -> None:
     plain.mkdir()
     (plain / "file").write_text("x")
     one_line_error(bfs("--store", str(plain), "branches"), 2, str(plain))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(bfs("--store", str(empty), "branches"), 2, "not a branchfs store", "init")
     one_line_error(bfs("init", str(plain)), 2, "not empty")
     one_line_error(bfs("umount", str(tmp_path)), 2, "is not mounted")
 

@@ -94,13 +94,16 @@ def _usage_line(verb: Verb) -> str:
 
 
 def execute(verb: Verb, ctx: Context, values: Values) -> Outcome:
-    """Run ``verb``; any failure comes back as a :class:`CommandError` (see :mod:`.answers`)."""
-    from .answers import failure
+    """Run ``verb``; any failure comes back as a :class:`CommandError` (see :mod:`.answers`)
+    whose message names what ``ctx.front`` offers (flags and verbs, not Python names)."""
+    from .answers import failure, for_front
 
     try:
         return verb.run(ctx, values)
     except (Exception, KeyboardInterrupt) as exc:
-        raise failure(exc) from None
+        err = failure(exc)
+        err.message = for_front(err.message, ctx.front)
+        raise err from None
 
 
 __all__ = [

@@ -5,6 +5,9 @@
 a one-line message that says what was wrong and what to do, an exit status (1 for a
 conflict or a failed check, 2 for a usage error or bad input) and the ``error`` kind of
 the JSON answer. :func:`explain_conflicts` words a merge conflict in plain language.
+:func:`for_front` words a message for the front end that shows it: the engine's messages
+are written for Python callers (``force=True``, ``export_dir``), and a user of the command
+line or of ``ctl`` is told the flags and verbs they type instead.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .spec import EXIT_FAILED, EXIT_USAGE, CommandError
+from .spec import CTL, EXIT_FAILED, EXIT_USAGE, CommandError
 
 #: Engine errors that mean "the store refused or failed", not "you typed something wrong".
 _FAILED = ("StoreCorrupt", "StoreLocked")
@@ -49,6 +52,47 @@ def failure(exc: BaseException) -> CommandError:
     if isinstance(exc, KeyboardInterrupt):
         return CommandError("interrupted", 130, "interrupted")
     raise exc
+
+
+#: The engine's words for Python callers, and what a user of the command line types instead.
+_API_WORDS = (
+    (re.compile(r" or Store\.open\(path, create=True\)"), ""),
+    (re.compile(r"`branchfs init PATH`"), "`branchfs init DIRECTORY`"),
+    (
+        re.compile(r"list them with store\.(branches|snapshots)\(\) or (`branchfs \w+`)"),
+        r"\2 lists them",
+    ),
+    (re.compile(r" \(force=True\)"), ""),
+    (re.compile(r"\bforce=True\b"), "--force"),
+    (re.compile(r"\bconflict_markers=True\b"), "--markers"),
+    (
+        re.compile(r"strategy='ours' or 'theirs' \(--strategy ours\|theirs\)"),
+        "--strategy ours|theirs",
+    ),
+    (re.compile(r"\bexport_dir\b"), "`branchfs export`"),
+    (re.compile(r"\bimport_dir\b"), "`branchfs import`"),
+)
+
+#: A shell command naming a verb: on ``ctl`` it is written as the ctl line.
+_SHELL_VERB = re.compile(r"`branchfs (?P<verb>[a-z-]+)")
+
+
+def for_front(message: str, front: str) -> str:
+    """``message`` in the words of ``front``: command-line flags and ``branchfs`` commands
+    instead of the Python API's names; on ``ctl``, ``branchfs VERB`` written as the ctl
+    verb it also is (a command-line-only verb, ``umount`` or ``init``, stays a shell
+    command)."""
+    for pattern, words in _API_WORDS:
+        message = pattern.sub(words, message)
+    if front == CTL:
+        from . import all_verbs
+
+        def ctl_verb(m: re.Match[str]) -> str:
+            verb = all_verbs().get(m.group("verb"))
+            return f"`{m.group('verb')}" if verb is not None and CTL in verb.fronts else m.group(0)
+
+        message = _SHELL_VERB.sub(ctl_verb, message)
+    return message
 
 
 def error_json(err: CommandError) -> dict[str, Any]:

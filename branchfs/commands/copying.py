@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 
 from .spec import CLI, Arg, CommandError, Context, Opt, Outcome, Values, Verb, no_progress
@@ -30,8 +32,20 @@ def _count(path: str, limit: int = 2_000_000) -> int:
 def _import(ctx: Context, v: Values) -> Outcome:
     store = ctx.store()
     source = str(v.arg("dir"))
-    if not os.path.isdir(source):
-        raise CommandError(f"{source} is not a directory; import copies a directory's contents")
+    try:
+        is_dir = stat.S_ISDIR(os.stat(source).st_mode)
+    except OSError as exc:  # missing, or not reachable: say which (stat(2)'s errno)
+        raise CommandError(
+            f"cannot import {source}: {(exc.strerror or str(exc)).lower()}",
+            kind=type(exc).__name__,
+            extra={"errno": exc.errno},
+        ) from None
+    if not is_dir:
+        raise CommandError(
+            f"{source} is not a directory; import copies a directory's contents",
+            kind="NotADirectoryError",
+            extra={"errno": errno.ENOTDIR},
+        )
     branch = branch_name(store, v.opt("branch") or ctx.current or "main")
     dest = v.opt("to") or ""
     t0 = time.monotonic()

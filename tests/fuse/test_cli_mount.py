@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clirun import bfs, one_line_error
+from clirun import bfs, no_api_names, one_line_error
 from fusecheck import needs_fuse
 
 import branchfs
@@ -95,10 +95,17 @@ def test_ctl_and_cli_answer_the_same_json(world: Any) -> None:
     with branchfs.Store.open(store) as s:
         assert s.snapshot_tree("s1").read_bytes("a.txt") == b"one\ntwo\nthree\n"
     # Errors: the same kind and message on both.
-    for line in ("fork nope x", "diff main v9", "fork main bad name", "merge"):
+    # Errors: the same kind and message on both, except that a hint naming a command is
+    # worded for each (`branchfs branches` in a shell, `branches` on ctl).
+    for line in ("fork nope x", "diff main v9", "fork main bad name", "merge", "fork @v9 x"):
         a = ctl(mp, line)
         b = bfs(*line.split(), "--json", cwd=mp)
-        assert a["ok"] is False and b.json == a, line
+        assert a["ok"] is False and b.json["ok"] is False, line
+        no_api_names(a["message"])
+        assert "`branchfs " not in a["message"], a
+        ctl_words = b.json["message"].replace("`branchfs branches`", "`branches`")
+        ctl_words = ctl_words.replace("`branchfs snapshots`", "`snapshots`")
+        assert {**b.json, "message": ctl_words} == a, line
     helped = ctl(mp, "help")
     names = {c["name"] for c in helped["commands"]}
     assert {"merge", "fork", "diff", "status", "discard", "help", "stats"} <= names
@@ -118,6 +125,8 @@ def test_discard_of_a_mounted_branch_is_refused_then_forced(world: Any) -> None:
     assert "--force" in line
     answer = ctl(main_mp, "discard work")
     assert answer["ok"] is False and answer["error"] == "BranchBusy"
+    assert "--force" in answer["message"]
+    no_api_names(answer["message"])
     assert answer["mountpoints"] == [str(work_mp)]
     # Under another mount, a branch served elsewhere is a symlink to its mountpoint
     # (one file, one kernel identity): rmdir cannot remove it either.
