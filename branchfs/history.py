@@ -27,6 +27,10 @@ from . import keys
 from .layers import NO_LAYER, LayerIndex, scan_prefix
 from .meta import Meta
 
+#: Steps of a line of single-parent states that :meth:`History.merge_bases` follows from
+#: the source before it falls back to intersecting both ancestor sets.
+LINE_MAX = 64
+
 
 def _children_first(ids: list[int], kids: dict[int, list[int]]) -> list[int]:
     """The layers ordered so that every layer comes after all its children (Kahn)."""
@@ -156,8 +160,26 @@ class History:
 
     def merge_bases(self, txn: lmdb.Transaction, a: int, b: int) -> list[int]:
         """The best common ancestors of states ``a`` and ``b`` (``git merge-base --all``),
-        sorted by layer id; empty if the two histories never met."""
-        return self.best(txn, self.ancestors(txn, a) & self.ancestors(txn, b))
+        sorted by layer id; empty if the two histories never met.
+
+        The common case, a fork merged back (``b``'s own states lead by single parents to
+        a state ``a`` has), is answered without ``b``'s ancestor set: if ``b = y0 -> y1 ->
+        … -> yk`` where each ``yi`` (i < k) has exactly one parent and is not an ancestor
+        of ``a`` while ``yk`` is, then the common ancestors are exactly ``yk``'s ancestors
+        (the ``yi`` are not common; ``a``'s ancestor set is closed), so ``yk`` is the only
+        best one. Otherwise (a merge parent on the way, no such state within
+        :data:`LINE_MAX` steps) the general intersection answers.
+        """
+        mine = self.ancestors(txn, a)
+        y = b
+        for _ in range(LINE_MAX):
+            if y in mine:
+                return [y]
+            up = self.parents(txn, y)
+            if len(up) != 1 or not self.layers.exists(txn, up[0]):
+                break
+            y = up[0]
+        return self.best(txn, mine & self.ancestors(txn, b))
 
     def best(self, txn: lmdb.Transaction, common: Iterable[int]) -> list[int]:
         """The members of an ancestor-closed set that no other member descends from.
