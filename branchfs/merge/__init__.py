@@ -32,7 +32,7 @@ from ..records import ROOT_INO
 from ..tree import read
 from . import base as bases
 from .apply import apply
-from .context import Sides
+from .context import Sides, share_decoded
 from .namespace import check
 from .plan import plan_inodes
 from .rules import RULES_FILE, Rules
@@ -110,8 +110,10 @@ def merge(
         ours = engine.layer_view(txn, tgt.top, True, records)
         theirs = engine.layer_view(txn, src_state, False, records)
         base = bases.choose(engine, txn, tgt.top, src_state, records)
+        base_view = engine.chain_view(txn, base.chain, False, records)
+        share_decoded(ours, theirs, base_view)
         sides = Sides(
-            base=engine.chain_view(txn, base.chain, False, records),
+            base=base_view,
             ours=ours,
             theirs=theirs,
             strategy=strategy,

@@ -29,7 +29,8 @@ def apply(sides: Sides, plan: Plan) -> list[Change]:
     for ino in sorted(plan.doomed):
         _delete_subtree(ours, ino)
     for ino, ip in plan.inodes.items():
-        o = ours.inode(ino)
+        # the links before the merge (a doomed subtree's names are gone: the check skips them)
+        o = sides.ours_rec(ino)
         old = set(o.links) if o is not None else set()
         new = set(ip.rec.links) if ip.rec is not None else set()
         for p, n in old - new:
@@ -40,7 +41,9 @@ def apply(sides: Sides, plan: Plan) -> list[Change]:
             if ours.inode(ino) is not None:
                 ours.delete_inode(ino)
         else:
-            _write_record(sides, ino, ip.rec, ip.content)
+            # a doomed subtree's deletion may have changed ours' records: read them again
+            current = ours.inode_at(ino) if plan.doomed else sides.ours_at(ino)
+            _write_record(sides, ino, ip.rec, ip.content, current)
     touched_dirs: set[int] = set()
     for ino, ip in plan.inodes.items():
         if ip.rec is None:
@@ -63,19 +66,19 @@ def planned_changes(sides: Sides, plan: Plan) -> list[Change]:
     ours = sides.ours
     out: list[tuple[bytes, str, bytes | None]] = []
     for ino in plan.doomed:
-        if ours.inode(ino) is not None:
+        if sides.ours_rec(ino) is not None:
             out.append((path_of(ours, ino), "deleted", None))
     for ino, ip in plan.inodes.items():
-        before, after = ours.inode(ino), ip.rec
+        before, after = sides.ours_rec(ino), ip.rec
         if before is None and after is None:
             continue
         if before is None:
-            out.append((plan.path(ino, ours), "added", None))
+            out.append((plan.path(ino, sides), "added", None))
             continue
         if after is None:
             out.append((path_of(ours, ino, before), "deleted", None))
             continue
-        where = plan.path(ino, ours)
+        where = plan.path(ino, sides)
         if set(before.links) != set(after.links):
             out.append((where, "renamed", path_of(ours, ino, before)))
         if ftype(before) != ftype(after):
@@ -117,9 +120,17 @@ def _delete_subtree(ours: View, ino: int) -> None:
     ours.delete_inode(ino)
 
 
-def _write_record(sides: Sides, ino: int, rec: Inode, content: str | bytes) -> None:
+def _write_record(
+    sides: Sides,
+    ino: int,
+    rec: Inode,
+    content: str | bytes,
+    at: tuple[Inode | None, int],
+) -> None:
+    """Write ``rec`` for ``ino`` with its bytes from ``content``; ``at`` is ours' record
+    of ``ino`` now and its chain position (:meth:`View.inode_at`)."""
     ours = sides.ours
-    current, pos = ours.inode_at(ino)
+    current, pos = at
     top_cut = current.cut if current is not None and pos == 0 else None
     rec = rec.copy()
     if content == KEEP_OURS:

@@ -20,7 +20,7 @@ import lmdb
 from ..engine import Engine, RecordCache
 from ..gc import delete_layer
 from .apply import apply
-from .context import Sides
+from .context import Sides, share_decoded
 from .namespace import check
 from .plan import plan_inodes
 from .rules import Rules
@@ -68,10 +68,16 @@ def _build(
         inner_bases = history.merge_bases(txn, temp, other) if depth < MAX_DEPTH else []
         inner = _build(engine, txn, inner_bases, records, depth + 1)
         out.temporary = inner.temporary + out.temporary
+        views = (
+            engine.chain_view(txn, inner.chain, False, records),
+            engine.layer_view(txn, temp, True, records),
+            engine.layer_view(txn, other, False, records),
+        )
+        share_decoded(*views)
         sides = Sides(
-            base=engine.chain_view(txn, inner.chain, False, records),
-            ours=engine.layer_view(txn, temp, True, records),
-            theirs=engine.layer_view(txn, other, False, records),
+            base=views[0],
+            ours=views[1],
+            theirs=views[2],
             markers=True,
             names=("base", "base"),
             rules=Rules(),

@@ -19,6 +19,15 @@ from ..records import Inode
 from .rules import Rules
 
 
+def share_decoded(*views: View) -> None:
+    """Let views of one transaction share their checked and unpacked inode records
+    (``View.fields``), as they share the raw ones: the three trees of a merge share most
+    layers, so a record below the fork is checked and unpacked once, not once a tree."""
+    shared = views[0].fields
+    for v in views[1:]:
+        v.fields = shared
+
+
 def ftype(rec: Inode) -> int:
     """The file type bits of a record (``S_IFREG``, ``S_IFDIR`` …)."""
     return st.S_IFMT(rec.mode)
@@ -53,6 +62,23 @@ class Sides:
     names: tuple[str, str] = ("ours", "theirs")
     rules: Rules = field(default_factory=Rules.defaults)
     uncertain: frozenset[int] = frozenset()
+    _ours_before: dict[int, tuple[Inode | None, int]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def ours_at(self, ino: int) -> tuple[Inode | None, int]:
+        """Ours' record of ``ino`` as it was before the merge, and the chain position it
+        came from (as :meth:`View.inode_at`), read once per merge: the planning, the
+        namespace check and the path-level changes all ask for it. Shared: never edit the
+        record (``copy()`` it, or use ``ours.inode_for_write``)."""
+        hit = self._ours_before.get(ino)
+        if hit is None:
+            hit = self._ours_before[ino] = self.ours.inode_at(ino)
+        return hit
+
+    def ours_rec(self, ino: int) -> Inode | None:
+        """Ours' record of ``ino`` before the merge (:meth:`ours_at`; never edit it)."""
+        return self.ours_at(ino)[0]
 
     @property
     def theirs_wins(self) -> bool:

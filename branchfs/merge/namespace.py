@@ -42,7 +42,7 @@ def _check_deleted_dirs(sides: Sides, plan: Plan) -> None:
     while changed:
         changed = False
         for ino, ip in list(plan.inodes.items()):
-            o = ours.inode(ino)
+            o = sides.ours_rec(ino)
             if ip.rec is not None or o is None or not o.is_dir:
                 continue
             leftover = []
@@ -87,16 +87,16 @@ class _Names:
         self.claimed: dict[tuple[int, bytes], int] = {}
 
     def run(self) -> None:
-        plan, ours = self.plan, self.ours
+        plan, sides = self.plan, self.sides
         additions: list[tuple[int, int, bytes]] = []
         for ino, ip in plan.inodes.items():
-            o = ours.inode(ino)
+            o = sides.ours_rec(ino)
             old = set(o.links) if o is not None else set()
             new = set(ip.rec.links) if ip.rec is not None else set()
             self.removed.update(old - new)
             additions += [(ino, p, n) for p, n in new - old]
         for child in plan.doomed:
-            rec = ours.inode(child)
+            rec = sides.ours_rec(child)
             if rec is not None:
                 self.removed.update(rec.links)
         depth = {ino: path_of(self.theirs, ino).count(b"/") for ino, _p, _n in additions}
@@ -114,7 +114,7 @@ class _Names:
             # its new parent directory was itself left out: part of that conflict
             self.drop_name(ino)
             return
-        if parent != ROOT_INO and not plan.is_dir(parent, self.ours):
+        if parent != ROOT_INO and not plan.is_dir(parent, sides):
             if not quiet:
                 plan.conflict(
                     sides,
@@ -135,7 +135,7 @@ class _Names:
         if occupant is None and self._recreated_where_ours_deleted(ino, ip.rec, parent, name):
             return
         if occupant is not None and occupant != ino:
-            orec = plan.record(occupant, self.ours)
+            orec = plan.record(occupant, self.sides)
             trec = ip.rec
             if orec is not None and self._is_new(ino) and self._is_new(occupant):
                 if orec.is_dir and trec.is_dir:
@@ -318,7 +318,7 @@ class _Names:
         """Resolve towards ours: theirs' inode does not get this name."""
         plan = self.plan
         ip = plan.inodes[ino]
-        o = self.ours.inode(ino)
+        o = self.sides.ours_rec(ino)
         if o is None:
             del plan.inodes[ino]  # new on their side only: not added at all
             plan.dropped.add(ino)
@@ -330,7 +330,7 @@ class _Names:
     def evict(self, occupant: int, parent: int, name: bytes) -> None:
         """Resolve towards theirs: ours' inode loses the name (deleted if it was its last)."""
         plan = self.plan
-        rec = plan.record(occupant, self.ours)
+        rec = plan.record(occupant, self.sides)
         self.removed.add((parent, name))
         if rec is None:
             return
@@ -372,7 +372,7 @@ def _check_cycles(sides: Sides, plan: Plan) -> None:
         seen = {ino}
         cur = ino
         while cur != ROOT_INO:
-            links = plan.links(cur, ours)
+            links = plan.links(cur, sides)
             if not links:
                 break
             cur = plan.alias.get(links[0][0], links[0][0])

@@ -73,30 +73,31 @@ class Plan:
         path = os.fsdecode(path_of(v, ino, rec)) if rec else sides.path(ino)
         self.conflicts.append(Conflict(path, kind, ours, theirs))
 
-    def record(self, ino: int, ours: View) -> Inode | None:
-        """The record ``ino`` will have after the merge as planned so far."""
+    def record(self, ino: int, sides: Sides) -> Inode | None:
+        """The record ``ino`` will have after the merge as planned so far (shared: never
+        edit it in place)."""
         p = self.inodes.get(ino)
         if p is not None:
             return p.rec
-        return ours.inode(ino)
+        return sides.ours_rec(ino)
 
-    def links(self, ino: int, ours: View) -> list[tuple[int, bytes]]:
+    def links(self, ino: int, sides: Sides) -> list[tuple[int, bytes]]:
         """The links ``ino`` will have after the merge as planned so far."""
-        rec = self.record(ino, ours)
+        rec = self.record(ino, sides)
         return rec.links if rec is not None else []
 
-    def is_dir(self, ino: int, ours: View) -> bool:
+    def is_dir(self, ino: int, sides: Sides) -> bool:
         """Whether ``ino`` will be a directory after the merge as planned so far."""
-        rec = self.record(ino, ours)
+        rec = self.record(ino, sides)
         return ino not in self.doomed and rec is not None and rec.is_dir
 
-    def path(self, ino: int, ours: View) -> bytes:
+    def path(self, ino: int, sides: Sides) -> bytes:
         """The path ``ino`` will have after the merge (its first link)."""
         parts: list[bytes] = []
         for _ in range(4096):
             if ino == ROOT_INO:
                 break
-            links = self.links(ino, ours)
+            links = self.links(ino, sides)
             if not links:
                 parts.append(b"?")
                 break
@@ -139,11 +140,11 @@ def plan_inodes(sides: Sides) -> Plan:
         b, pos_b = base.inode_at(ino)
         t = theirs.inode(ino)
         if ino == ROOT_INO and b is None:
-            b = ours.inode(ino)
+            b = sides.ours_rec(ino)
         uncertain = ino in sides.uncertain
         if not uncertain and sides.same_node(base, b, theirs, t, ino):
             continue
-        o, pos_o = ours.inode_at(ino)
+        o, pos_o = sides.ours_at(ino)
         if uncertain:
             if sides.same_node(ours, o, theirs, t, ino):
                 continue
