@@ -563,6 +563,17 @@ def open_meta(
         return meta
 
 
+def open_stores() -> list[str]:
+    """The directories of the stores whose environment this process has open.
+
+    A process that forks must have none open if the child is to open a store: LMDB forbids
+    using an environment across ``fork()`` (lmdb.h), and py-lmdb refuses to open one its
+    parent had open ("already open in this process").
+    """
+    with _registry_lock:
+        return [meta.path for meta in _registry.values()]
+
+
 def release_meta(meta: Meta) -> None:
     """Drop one reference; the environment closes with the last one."""
     with _registry_lock:

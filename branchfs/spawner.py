@@ -1,17 +1,26 @@
 """Many mounts, one interpreter start: mount daemons forked from a zygote process.
 
-:class:`Spawner` starts ``python -m branchfs_fuse.zygote`` once (see that module), asks it
-for one daemon per mount and waits for each to answer, like
-:func:`branchfs.mount.start_daemon` does for a daemon of its own. best-of uses it so that
-N attempts' mounts cost one interpreter start and N forks. A daemon forked this way is
-not this process's child: :class:`Daemon` follows it by pid.
+:class:`Spawner` starts a zygote (see :mod:`branchfs_fuse.zygote`) once, asks it for one
+daemon per mount and waits for each to answer, like :func:`branchfs.mount.start_daemon`
+does for a daemon of its own. best-of uses it so that N attempts' mounts cost one zygote
+and N forks. A daemon forked this way is not this process's child: :class:`Daemon`
+follows it by pid, and waits for its exit on a pidfd (pidfd_open(2)), not by polling.
+
+The zygote is a fork of this process when this process runs a single thread and has no
+store open (the command line before it opens the store): it then shares the interpreter
+and the modules already imported, and imports only the daemon's own while its parent goes
+on. Otherwise (other threads may hold locks a fork would copy; LMDB forbids using an
+environment across a fork, see :func:`branchfs.meta.open_stores`) the zygote is a new
+``python -m branchfs_fuse.zygote``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -19,8 +28,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
+from . import trace
 from .errors import MountError
+from .meta import open_stores
 from .mount import (
     START_TIMEOUT,
     check_fuse,
@@ -32,6 +44,45 @@ from .mount import (
 from .notices import mounts_dir
 
 
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for process ``pid`` to exit; whether it did.
+
+    Works for any process, not only a child: it polls a pidfd (Linux 5.3+), which becomes
+    readable when the process exits; where pidfds are missing it polls ``/proc``. A
+    child is not reaped here.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except (OSError, AttributeError):
+        return _poll_exit(pid, timeout)
+    try:
+        ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
+        return bool(ready) or not _alive(pid)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _poll_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
+
+
 class Daemon:
     """A mount daemon followed by pid (it is the zygote's child, not ours)."""
 
@@ -40,27 +91,70 @@ class Daemon:
 
     def alive(self) -> bool:
         """Whether the process still runs (a zombie does not count)."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as fh:
-                return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except (OSError, IndexError):
-            return False
+        return _alive(self.pid)
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for it to exit; whether it did."""
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while self.alive():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        return True
+        return wait_exit(self.pid, timeout)
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` if it still runs."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
+
+
+class _Zygote:
+    """The zygote process: its pid, the pipe its requests go into and the one it answers on."""
+
+    def __init__(self, pid: int, requests: IO[bytes], answers: IO[bytes]) -> None:
+        self.pid = pid
+        self.requests = requests
+        self.answers = answers
+
+    @classmethod
+    def forked(cls) -> _Zygote:
+        """Fork this (single-threaded) process into a zygote."""
+        req_r, req_w = os.pipe()
+        ans_r, ans_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's coverage is not collected
+            code = 1
+            try:
+                os.setsid()  # a terminal's Ctrl-C is for our caller to handle
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(req_r, 0)
+                os.dup2(ans_w, 1)
+                os.dup2(null, 2)
+                os.closerange(3, 65536)
+                # The daemon's package, by name: the engine does not depend on it otherwise.
+                code = importlib.import_module("branchfs_fuse.zygote").serve()
+            finally:
+                os._exit(code)
+        os.close(req_r)
+        os.close(ans_w)
+        return cls(pid, os.fdopen(req_w, "wb"), os.fdopen(ans_r, "rb"))
+
+    @classmethod
+    def started(cls) -> _Zygote:
+        """Start ``python -m branchfs_fuse.zygote`` (for a process with several threads)."""
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "branchfs_fuse.zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C is for our caller to handle
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.returncode = 0  # reaped below by pid; keep Popen from reaping it later
+        return cls(proc.pid, proc.stdin, proc.stdout)
+
+    def reap(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the zygote's exit, then kill it; reap it."""
+        if not wait_exit(self.pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
 
 
 class Spawner:
@@ -71,7 +165,7 @@ class Spawner:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._zygote: _Zygote | None = None
         self._next = 0
         self._waiting: dict[int, tuple[threading.Event, list[dict[str, object]]]] = {}
         self._reader: threading.Thread | None = None
@@ -83,28 +177,27 @@ class Spawner:
         self.close()
 
     def warm(self) -> None:
-        """Start the zygote now (it imports the daemon meanwhile)."""
+        """Start the zygote now (it imports the daemon meanwhile).
+
+        Call it before starting threads of your own: a single-threaded process forks it.
+        """
         with self._lock:
             self._ensure()
 
-    def _ensure(self) -> subprocess.Popen[bytes]:
-        if self._proc is None:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "branchfs_fuse.zygote"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # a terminal's Ctrl-C is for our caller to handle
-            )
+    def _ensure(self) -> _Zygote:
+        if self._zygote is None:
+            single = threading.active_count() == 1 and not open_stores()
+            self._zygote = _Zygote.forked() if single else _Zygote.started()
             self._reader = threading.Thread(
-                target=self._read, args=(self._proc,), name="branchfs-zygote", daemon=True
-            )
+                target=self._read, args=(self._zygote.answers,), name="branchfs-zygote",
+                daemon=True,
+            )  # fmt: skip
             self._reader.start()
-        return self._proc
+            trace.mark("zygote started", forked=int(single))
+        return self._zygote
 
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+    def _read(self, answers: IO[bytes]) -> None:
+        for line in answers:
             try:
                 answer = json.loads(line)
             except ValueError:
@@ -134,19 +227,19 @@ class Spawner:
         event = threading.Event()
         box: list[dict[str, object]] = []
         with self._lock:
-            proc = self._ensure()
+            zygote = self._ensure()
             self._next += 1
             rid = self._next
             self._waiting[rid] = (event, box)
             request = {"id": rid, "store": store_path, "branch": branch, "mountpoint": mp}
             request["log"] = log
-            assert proc.stdin is not None
             try:
-                proc.stdin.write(json.dumps(request).encode() + b"\n")
-                proc.stdin.flush()
+                zygote.requests.write(json.dumps(request).encode() + b"\n")
+                zygote.requests.flush()
             except OSError as exc:
                 self._waiting.pop(rid, None)
                 raise MountError(f"the daemon starter is gone ({exc})") from None
+        trace.mark("mount requested")
         if not event.wait(timeout) or not box:
             raise MountError(f"mounting {branch!r} at {mp} failed: no answer from the daemon")
         answer = box[0]
@@ -158,21 +251,18 @@ class Spawner:
         return daemon
 
     def close(self) -> None:
-        """Let the zygote exit (its daemons keep serving) and wait for it."""
+        """Let the zygote exit (its daemons keep serving) and reap it. Idempotent."""
         with self._lock:
-            proc, self._proc = self._proc, None
-        if proc is None:
+            zygote, self._zygote = self._zygote, None
+        if zygote is None:
             return
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(OSError):
+            zygote.requests.close()
+        zygote.reap(30)
         if self._reader is not None:
             self._reader.join(timeout=5)
+        with contextlib.suppress(OSError):
+            zygote.answers.close()
 
 
 def stop(daemon: Daemon, mountpoint: str, *, timeout: float = 60.0) -> None:

@@ -32,6 +32,8 @@ import sys
 import traceback
 from typing import Any
 
+from branchfs import trace
+
 from .daemon import run
 
 
@@ -50,6 +52,7 @@ def _child(req: dict[str, Any], ready_w: int) -> int:
             os.close(fd)
     os.closerange(3, ready_w)
     os.closerange(ready_w + 1, 65536)
+    trace.mark("daemon forked")
     return run(str(req["store"]), str(req["mountpoint"]), str(req["branch"]), ready_fd=ready_w)
 
 
@@ -65,6 +68,7 @@ def _spawn(req: dict[str, Any]) -> tuple[int, int]:
         except BaseException:
             traceback.print_exc()
         finally:
+            trace.mark("daemon exit")
             os._exit(code)
     os.close(ready_w)
     return ready_r, pid
@@ -76,6 +80,7 @@ def _answer(obj: dict[str, Any]) -> None:
 
 def serve() -> int:
     """Answer requests until EOF on stdin and no daemon is still starting."""
+    trace.mark("zygote ready")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     pending: dict[int, tuple[int, int]] = {}  # ready pipe -> (request id, pid)
@@ -106,6 +111,7 @@ def serve() -> int:
                 data = os.read(fd, 4096)
                 os.close(fd)
                 rid, pid = pending.pop(fd)
+                trace.mark("daemon ready", daemon=pid)
                 message = data.decode(errors="replace").strip() or "the daemon exited"
                 _answer({"id": rid, "pid": pid, "ready": message})
     for pid in forked:
@@ -126,4 +132,5 @@ def _stop_orphan(pid: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(serve())
+    sys.stderr.flush()
+    os._exit(serve())  # no interpreter teardown: its parent waits for this exit

@@ -147,6 +147,9 @@ def summary(result: BestOfResult) -> str:
 
 
 def _best_of(ctx: Context, v: Values) -> Outcome:
+    from .. import trace
+
+    trace.mark("cli parsed")
     from ..bestof import best_of
 
     raw_n = str(v.arg("n"))
@@ -160,15 +163,23 @@ def _best_of(ctx: Context, v: Values) -> Outcome:
             "best-of needs --run CMD, the command each attempt runs; example: "
             "branchfs best-of 4 --run 'make fix' --score 'pytest -q'"
         )
-    store = ctx.store()
-    base = branch_name(store, v.opt("from") or ctx.current or "main")
     timeout = _number(v, "timeout", float, "seconds")
     jobs = _number(v, "jobs", int, "a whole number of attempts")
+    from ..spawner import Spawner
+
+    # Started before the store is opened and before the live table's thread, the zygote is
+    # a fork of this process: it imports the mount daemon while best-of opens the store and
+    # forks the attempts.
+    spawner = Spawner()
+    if n > 0:
+        spawner.warm()
     table = None
-    if ctx.front == CLI and not v.opt("json") and sys.stderr.isatty() and n > 0:
-        table = LiveTable(n)
-        table.live.start()
     try:
+        store = ctx.store()
+        base = branch_name(store, v.opt("from") or ctx.current or "main")
+        if ctx.front == CLI and not v.opt("json") and sys.stderr.isatty() and n > 0:
+            table = LiveTable(n)
+            table.live.start()
         result = best_of(
             store,
             n,
@@ -181,8 +192,10 @@ def _best_of(ctx: Context, v: Values) -> Outcome:
             keep=bool(v.opt("keep")),
             log_dir=v.opt("logs"),
             on_update=table.update if table is not None else None,
+            spawner=spawner,
         )
     finally:
+        spawner.close()
         if table is not None:
             table.live.stop()
     return Outcome(result.to_json(), summary(result), 0 if result.ok else EXIT_FAILED)
