@@ -19,6 +19,16 @@ to the earliest/latest start marker; "tail" is from the latest end marker to the
 everything is merged and cleaned up; "overhead" is the wall time minus the slowest attempt.
 Attempts start as soon as their tree is ready, as with ``--jobs N``.
 
+The ``branchfs best-of`` rows also report where the time goes, phase by phase, from the
+timestamps every process of the run writes with ``BRANCHFS_TRACE`` (:mod:`branchfs.trace`):
+for each phase the wall time since the call and the CPU time (user + system) its process
+had used by then. CPU time is the figure to compare on a shared machine: it does not
+count the time a process waited for a core.
+
+Each run starts from a copy of a store made once per tree size (so a row does not pay for
+importing the tree), and the package's bytecode is compiled first, as ``pip install``
+does (a run with ``PYTHONDONTWRITEBYTECODE`` would compile every module each time).
+
 Writes benchmarks/results/bestof.json and the "best-of" section of docs/benchmarks.md (the
 docs build draws its plot, docs/hooks/plots.py). Run it alone: the machine is shared and
 attempts compete for its cores.
@@ -27,7 +37,9 @@ attempts compete for its cores.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -102,20 +114,85 @@ def figures(t0: float, t1: float, starts: list[float], ends: list[float]) -> dic
     }
 
 
-def run_branchfs(work: Path, repo: Path, n: int) -> dict[str, float]:
-    store_path = work / "store.bfs"
-    with branchfs.Store.open(store_path, create=True) as store:
-        store.create_branch("main").import_dir(repo)
+#: Stores made once per tree size (files -> store directory), copied for each run.
+STORES: dict[Path, Path] = {}
+
+
+def store_copy(work: Path, repo: Path) -> Path:
+    """A fresh copy of a store whose main branch holds ``repo`` (imported once)."""
+    made = STORES.get(repo)
+    if made is None:
+        made = repo.parent / f"{repo.name}.bfs"
+        with branchfs.Store.open(made, create=True) as store:
+            store.create_branch("main").import_dir(repo)
+        STORES[repo] = made
+    copy = work / "store.bfs"
+    subprocess.run(["cp", "-a", str(made), str(copy)], check=True)
+    return copy
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The phase marks of one run (see :mod:`branchfs.trace`), in time order."""
+    if not path.exists():
+        return []
+    marks = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(marks, key=lambda m: m["wall"])
+
+
+#: The phases reported: (key, label, mark, which one: "first" or "last" of that mark).
+PHASES = (
+    ("parsed", "interpreter start, imports, arguments parsed", "cli parsed", "first"),
+    ("zygote_forked", "zygote forked", "zygote started", "first"),
+    ("store_open", "store open", "store open", "first"),
+    ("forked", "N branches forked", "forked", "first"),
+    ("zygote_ready", "zygote has imported the daemon", "zygote ready", "first"),
+    ("daemon_ready", "first daemon mounted (kernel mount made)", "daemon ready", "first"),
+    ("mounted", "first attempt's tree mounted (best-of told)", "mounted", "first"),
+    ("spawned", "first command started (Popen returned)", "spawned", "first"),
+    ("exited", "last command's exit seen", "command exited", "last"),
+    ("unmounted", "last tree unmounted, its daemon gone", "unmounted", "last"),
+    ("merged", "winner merged", "merged", "last"),
+    ("discarded", "other attempts discarded", "discarded", "last"),
+    ("done", "best-of returned", "best-of done", "last"),
+)
+
+
+def phases(marks: list[dict[str, Any]], t0: float) -> dict[str, dict[str, float]]:
+    """Each phase's wall time since ``t0`` and its process's CPU time then (seconds)."""
+    out: dict[str, dict[str, float]] = {}
+    for key, _label, what, which in PHASES:
+        found = [m for m in marks if m["what"] == what]
+        if found:
+            m = found[0] if which == "first" else found[-1]
+            out[key] = {"wall": round(m["wall"] - t0, 4), "cpu": round(m["cpu"], 4)}
+    daemons = [m["cpu"] for m in marks if m["what"] == "daemon exit"]
+    if daemons:
+        out["daemon_cpu"] = {"wall": 0.0, "cpu": round(max(daemons), 4)}
+    zygote = [m["cpu"] for m in marks if m["what"] in ("zygote ready", "daemon ready")]
+    if zygote:
+        out["zygote_cpu"] = {"wall": 0.0, "cpu": round(max(zygote), 4)}
+    return out
+
+
+def run_branchfs(work: Path, repo: Path, n: int) -> dict[str, Any]:
+    store_path = store_copy(work, repo)
     markers = work / "markers"
     markers.mkdir()
-    with branchfs.Store.open(store_path) as store:
+    trace_file = work / "trace.jsonl"
+    os.environ["BRANCHFS_TRACE"] = str(trace_file)
+    try:
+        # Given the store's path, best-of opens it after forking its zygote from this
+        # single-threaded process (an open store would make it start a new interpreter).
         t0 = time.time()
-        result = best_of(store, n, attempt_script(markers), jobs=n)
+        result = best_of(store_path, n, attempt_script(markers), jobs=n)
         t1 = time.time()
         assert result.ok, result.to_json()
+    finally:
+        del os.environ["BRANCHFS_TRACE"]
+    with branchfs.Store.open(store_path) as store:
         assert store.branches() == ["main"]
     starts, ends = read_markers(markers, n)
-    return figures(t0, t1, starts, ends)
+    return {**figures(t0, t1, starts, ends), "phases": phases(read_trace(trace_file), t0)}
 
 
 def cli_available() -> bool:
@@ -128,21 +205,29 @@ def cli_available() -> bool:
     return done.returncode == 0
 
 
-def run_branchfs_cli(work: Path, repo: Path, n: int) -> dict[str, float]:
+def run_branchfs_cli(work: Path, repo: Path, n: int) -> dict[str, Any]:
     """The same through ``branchfs best-of`` (an interpreter start and the CLI included)."""
-    store_path = work / "store.bfs"
-    with branchfs.Store.open(store_path, create=True) as store:
-        store.create_branch("main").import_dir(repo)
+    store_path = store_copy(work, repo)
     markers = work / "markers"
     markers.mkdir()
+    trace_file = work / "trace.jsonl"
     cmd = [sys.executable, "-m", "branchfs.cli", "--store", str(store_path), "best-of", str(n),
            "--run", attempt_script(markers), "--json"]  # fmt: skip
+    env = dict(os.environ, BRANCHFS_TRACE=str(trace_file))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
-    done = subprocess.run(cmd, capture_output=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, check=False, env=env)
     t1 = time.time()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert done.returncode == 0, done.stderr
     starts, ends = read_markers(markers, n)
-    return figures(t0, t1, starts, ends)
+    fig: dict[str, Any] = figures(t0, t1, starts, ends)
+    fig["phases"] = phases(read_trace(trace_file), t0)
+    # The command line and its zygote (both reaped by now; the daemons are not counted).
+    fig["cpu"] = round(
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 4
+    )  # fmt: skip
+    return fig
 
 
 def _run_all(
@@ -164,7 +249,7 @@ def _run_all(
     return t0, trees, procs
 
 
-def run_git(work: Path, repo: Path, n: int) -> dict[str, float]:
+def run_git(work: Path, repo: Path, n: int) -> dict[str, Any]:
     clone = work / "repo"
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
     markers = work / "markers"
@@ -190,7 +275,7 @@ def run_git(work: Path, repo: Path, n: int) -> dict[str, float]:
     return figures(t0, t1, starts, ends)
 
 
-def run_cp(work: Path, repo: Path, n: int) -> dict[str, float]:
+def run_cp(work: Path, repo: Path, n: int) -> dict[str, Any]:
     base = work / "base"
     subprocess.run(["cp", "-a", str(repo), str(base)], check=True)
     markers = work / "markers"
@@ -210,7 +295,7 @@ def run_cp(work: Path, repo: Path, n: int) -> dict[str, float]:
     return figures(t0, t1, starts, ends)
 
 
-METHODS: dict[str, Callable[[Path, Path, int], dict[str, float]]] = {
+METHODS: dict[str, Callable[[Path, Path, int], dict[str, Any]]] = {
     "branchfs best-of": run_branchfs,
     "git worktree add + remove": run_git,
     "cp -a + rm -rf": run_cp,
@@ -245,9 +330,55 @@ def report(data: dict[str, Any]) -> None:
         "≤ slowest attempt + 0.5 s at N = 4.\n\n"
         "![best-of overhead](img/bestof.png)\n\n" + markdown_table(columns, rows)
     )
+    traced = [r for r in results if r.get("phases") and r["n"] == 4 and r["files"] == 10000]
+    if traced:
+        pcolumns = ["phase", *(f"{r['method']}: wall / CPU" for r in traced)]
+        prows = phase_rows(traced)
+        print_table("where the time goes (N = 4, 10,000 files)", pcolumns, prows)
+        body += (
+            "\n### Where the time goes (N = 4, 10,000 files)\n\n"
+            "Each phase's wall time since the call, and the CPU time (user + system) that "
+            "the process it happened in had used by then: the command line (or the calling "
+            "process), the zygote (its CPU counts from its fork) or a daemon. On a shared "
+            "machine compare the CPU column; wall time includes waiting for a core. "
+            "*CPU, whole run*: the command line and its zygote together, from the kernel's "
+            "accounting of reaped children.\n\n" + markdown_table(pcolumns, prows)
+        )
     if data.get("note"):
         body += f"\n{data['note']}\n"
     replace_doc_section("best-of", body)
+
+
+def phase_rows(traced: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per phase: for each run, ``wall / CPU`` (a blank where it has no such mark)."""
+    labels = [(key, label) for key, label, _what, _which in PHASES]
+    labels.insert(labels.index(("exited", "last command's exit seen")),
+                  ("first_running", "first command running (its own clock)"))  # fmt: skip
+    rows = []
+    for key, label in labels:
+        cells = [label]
+        for r in traced:
+            if key == "first_running":
+                cells.append(f"{fmt_seconds(r['first_running'])} / -")
+                continue
+            ph = r["phases"].get(key)
+            cells.append("" if ph is None else f"{fmt_seconds(ph['wall'])} / "
+                         f"{fmt_seconds(ph['cpu'])}")  # fmt: skip
+        rows.append(cells)
+    extra: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("process exit", lambda r: f"{fmt_seconds(r['wall'])} / -"),
+        ("zygote CPU (from its fork)", lambda r: _cpu(r, "zygote_cpu")),
+        ("one daemon's CPU (the busiest)", lambda r: _cpu(r, "daemon_cpu")),
+        ("CPU, whole run", lambda r: fmt_seconds(r["cpu"]) if "cpu" in r else ""),
+    ]
+    for label, cell in extra:
+        rows.append([label, *(cell(r) for r in traced)])
+    return rows
+
+
+def _cpu(r: dict[str, Any], key: str) -> str:
+    ph = r["phases"].get(key)
+    return "" if ph is None else fmt_seconds(ph["cpu"])
 
 
 def main() -> None:
@@ -257,6 +388,11 @@ def main() -> None:
     ns = [1, 4] if args.quick else [1, 4, 16]
     started = time.time()
     load = list(os.getloadavg()[:1])
+    here = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(here / "branchfs"), str(here / "fuse")],
+        check=True,
+    )
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="branchfs-bench-bestof-") as tmp:
         root = Path(tmp)
@@ -273,7 +409,7 @@ def main() -> None:
             results.append({"method": method, "n": n, "files": files, **fig})
             print(
                 f"{method:28} N={n:<3} files={files:<6} "
-                + " ".join(f"{k}={fmt_seconds(v)}" for k, v in fig.items()),
+                + " ".join(f"{k}={fmt_seconds(v)}" for k, v in fig.items() if k != "phases"),
                 flush=True,
             )
             shutil.rmtree(work, ignore_errors=True)

@@ -87,11 +87,22 @@ def describe(command: Command) -> str:
 
 
 _userns_checked: bool | None = None
+_userns_said = ""  # what the refused probe printed on stderr
 _userns_lock = threading.Lock()
 
 
-def _userns_refusal() -> str:
-    """Why this kernel refuses unprivileged user namespaces, and what to enable."""
+def _userns_refusal(said: str) -> str:
+    """Why this kernel refuses unprivileged user namespaces, and what to enable.
+
+    ``said`` is what ``unshare(1)`` printed: ENOSPC ("No space left on device") is a
+    user-namespace limit reached, here or in an enclosing namespace (user_namespaces(7)).
+    """
+    if "No space left" in said:
+        return (
+            "the limit on user namespaces is reached (user.max_user_namespaces, here or in "
+            "an enclosing namespace): raise it with `sudo sysctl -w user.max_user_namespaces="
+            "15000`"
+        )
     knobs = {
         "/proc/sys/kernel/unprivileged_userns_clone": ("0", "kernel.unprivileged_userns_clone=1"),
         "/proc/sys/user/max_user_namespaces": ("0", "user.max_user_namespaces=15000"),
@@ -118,7 +129,7 @@ def check_namespaces() -> None:
 
     A non-root caller is probed once per process with ``unshare --user --map-root-user``.
     """
-    global _userns_checked
+    global _userns_checked, _userns_said
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         raise NamespaceError(
             "running at a fixed path needs util-linux's unshare and mount; install the "
@@ -132,15 +143,16 @@ def check_namespaces() -> None:
                 ["unshare", "--user", "--map-root-user", "--mount", "true"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 check=False,
             )
             _userns_checked = probe.returncode == 0
+            _userns_said = probe.stderr.decode(errors="replace")
     if not _userns_checked:
+        why = _userns_refusal(_userns_said)
         raise NamespaceError(
             "running at a fixed path (--at) needs a private mount namespace; as a non-root "
-            f"user that takes a user namespace, and {_userns_refusal()}; or run as root, or "
-            "run without --at"
+            f"user that takes a user namespace, and {why}; or run as root, or run without --at"
         )
 
 
