@@ -32,7 +32,6 @@ from typing import IO
 
 from . import trace
 from .errors import MountError
-from .meta import open_stores
 from .mount import (
     START_TIMEOUT,
     check_fuse,
@@ -101,6 +100,13 @@ class Daemon:
         """Send ``sig`` if it still runs."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
+
+
+def _open_stores() -> list[str]:
+    """The stores this process has open (none if it never imported the engine's LMDB layer:
+    this module does not import it, so that the command line can fork its zygote first)."""
+    meta = sys.modules.get("branchfs.meta")
+    return [] if meta is None else list(meta.open_stores())
 
 
 class _Zygote:
@@ -186,7 +192,7 @@ class Spawner:
 
     def _ensure(self) -> _Zygote:
         if self._zygote is None:
-            single = threading.active_count() == 1 and not open_stores()
+            single = threading.active_count() == 1 and not _open_stores()
             self._zygote = _Zygote.forked() if single else _Zygote.started()
             self._reader = threading.Thread(
                 target=self._read, args=(self._zygote.answers,), name="branchfs-zygote",

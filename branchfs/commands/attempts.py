@@ -150,8 +150,6 @@ def _best_of(ctx: Context, v: Values) -> Outcome:
     from .. import trace
 
     trace.mark("cli parsed")
-    from ..bestof import best_of
-
     raw_n = str(v.arg("n"))
     try:
         n = int(raw_n)
@@ -167,14 +165,17 @@ def _best_of(ctx: Context, v: Values) -> Outcome:
     jobs = _number(v, "jobs", int, "a whole number of attempts")
     from ..spawner import Spawner
 
-    # Started before the store is opened and before the live table's thread, the zygote is
-    # a fork of this process: it imports the mount daemon while best-of opens the store and
-    # forks the attempts.
+    # Started before the engine is imported, the store opened and the live table's thread
+    # started, the zygote is a fork of this process: it imports the engine and the mount
+    # daemon on the other core while this process imports best-of and the engine, opens
+    # the store and forks the attempts.
     spawner = Spawner()
     if n > 0:
         spawner.warm()
     table = None
     try:
+        from ..bestof import best_of
+
         store = ctx.store()
         base = branch_name(store, v.opt("from") or ctx.current or "main")
         if ctx.front == CLI and not v.opt("json") and sys.stderr.isatty() and n > 0:
