@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -198,6 +199,44 @@ def _drop_stale(reg: Registration) -> None:
     if not reg.alive():
         with contextlib.suppress(OSError):
             os.unlink(reg.path)
+
+
+def branchfs_mountpoints(mountinfo: bytes) -> set[str]:
+    """The mountpoints of ``fuse.branchfs`` mounts in a ``/proc/PID/mountinfo`` text (proc(5):
+    field 5 is the mount point, with space, tab, newline and backslash written ``\\ooo``;
+    the filesystem type follows the `` - `` separator)."""
+    out = set()
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(b" - ")
+        if right.split(b" ", 1)[0] == b"fuse.branchfs":
+            raw = left.split(b" ")[4]
+            if b"\\" in raw:
+                raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw)
+            out.add(os.fsdecode(raw))
+    return out
+
+
+def mount_root(reg: Registration) -> str | None:
+    """The path by which this process reaches the mount that ``reg``'s daemon serves.
+
+    Its mountpoint when the daemon shares this process's mount namespace; else
+    ``/proc/PID/root`` + its mountpoint (proc(5): path lookups under a process's root follow
+    the mounts of its namespace), so one branch keeps one kernel identity even when its
+    daemon runs in another namespace. None when no branchfs mount is at that mountpoint in
+    the daemon's namespace (it is starting or stopping), or the daemon's ``/proc`` entries
+    cannot be read (another user's daemon, unless this process is root). Reads only
+    ``/proc``, never the mount itself (a daemon asking must not wait on another daemon).
+    """
+    proc = f"/proc/{reg.pid}"
+    try:
+        same = os.readlink(f"{proc}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        with open(f"{proc}/mountinfo", "rb") as fh:
+            mountinfo = fh.read()
+    except OSError:
+        return None
+    if reg.mountpoint not in branchfs_mountpoints(mountinfo):
+        return None
+    return reg.mountpoint if same else proc + "/root" + reg.mountpoint
 
 
 # -- change notification -------------------------------------------------------------------------

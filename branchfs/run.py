@@ -35,8 +35,8 @@ from typing import IO, TypeAlias
 
 from .engine import check_branch
 from .errors import BranchFSError, BranchMounted, MountError
-from .mount import StoreRef, check_fuse, mount_type, mounted
-from .notices import serving, settle_mounts
+from .mount import StoreRef, check_fuse, mounted
+from .notices import mount_root, serving, settle_mounts
 from .spawner import Spawner, mounted_by
 
 #: A command: an argv list (run as is) or a string (run by ``/bin/sh -c``).
@@ -245,16 +245,21 @@ def private_tree(
             os.rmdir(mp)
 
 
-def mounted_already(store_path: str, branch: str) -> str | None:
-    """Where ``branch`` is mounted now and visible to this process, or None if it is not
+def mounted_already(store_path: str, branch: str, *, to_bind: bool = False) -> str | None:
+    """Where this process reaches the mount of ``branch`` now (its mountpoint, or through
+    ``/proc/PID/root`` for a daemon in another mount namespace), or None if it is not
     mounted. Raises :class:`~branchfs.mount.BranchMounted` if a daemon serves it at a
-    mountpoint this process cannot see (another mount namespace)."""
-    regs = serving(store_path, branch, fresh=True)
-    for reg in regs:
-        if (mount_type(reg.mountpoint) or "").endswith("branchfs"):
-            return reg.mountpoint
-    for reg in regs:
-        raise BranchMounted(branch, reg.mountpoint + " (in another mount namespace)", reg.pid)
+    mount this process cannot reach (another user's daemon, or one stopping), or, with
+    ``to_bind``, one in another mount namespace (``mount --bind`` cannot take a mount from
+    another namespace, mount_namespaces(7))."""
+    for reg in serving(store_path, branch, fresh=True):
+        root = mount_root(reg)
+        if root is None or not os.access(root, os.X_OK):
+            raise BranchMounted(branch, f"{reg.mountpoint} (not reachable from here)", reg.pid)
+        if to_bind and root != reg.mountpoint:
+            where = f"{reg.mountpoint} in another mount namespace (run it without --at)"
+            raise BranchMounted(branch, where, reg.pid)
+        return root
     return None
 
 
@@ -304,6 +309,7 @@ def run(
     target = resolve_at(at) if at is not None else None
     if target is not None:
         check_namespaces()
+        mounted_already(store_path, branch, to_bind=True)  # BranchMounted if it cannot be bound
     if capture_output:
         if stdout is not None or stderr is not None:
             raise ValueError("stdout and stderr may not be used with capture_output")

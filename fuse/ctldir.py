@@ -13,8 +13,9 @@ Not listed in the mounted root, reachable by name (like ZFS's ``.zfs``)::
 One file is one file whatever path reaches it (DESIGN §1.3), so a branch is never shown
 through two kernel identities where one will do: ``branches/<mounted branch>`` is a symlink
 to ``../..`` (the mount root), and ``branches/B`` for a branch that another daemon serves
-at a mountpoint visible here is a symlink to that mountpoint. Locks (``flock``, POSIX,
-OFD), which the kernel keeps per inode, then exclude across those paths.
+is a symlink to that daemon's mount (through ``/proc/PID/root`` if it runs in another
+mount namespace). Locks (``flock``, POSIX, OFD), which the kernel keeps per inode, then
+exclude across those paths.
 
 The command language of ``ctl`` is :mod:`.control`'s; this module owns the nodes, their
 attributes, and the per-descriptor state of ``ctl`` and ``store``.
@@ -56,41 +57,6 @@ TIMEOUT = 600.0
 LISTING_TIMEOUT = 1.0
 #: Where ``branches/<mounted branch>`` leads: the mount root, seen from ``branches``.
 SELF_TARGET = b"../.."
-
-
-def mounted_here() -> set[str]:
-    """Mountpoints of branchfs mounts visible in this process's mount namespace.
-
-    Read from ``/proc/self/mountinfo`` (proc(5)), never by a syscall on another mount,
-    which could wait on a daemon that waits on this one.
-    """
-    out = set()
-    try:
-        with open("/proc/self/mountinfo", "rb") as fh:
-            for line in fh:
-                left, _, right = line.partition(b" - ")
-                if right.split(b" ", 1)[0] == b"fuse.branchfs":
-                    raw = left.split(b" ")[4]
-                    out.add(os.fsdecode(_unescape(raw)))
-    except OSError:
-        pass
-    return out
-
-
-def _unescape(raw: bytes) -> bytes:
-    """A mountinfo path: space, tab, newline and backslash are written as ``\\ooo``."""
-    if b"\\" not in raw:
-        return raw
-    out = bytearray()
-    i = 0
-    while i < len(raw):
-        if raw[i : i + 1] == b"\\" and raw[i + 1 : i + 4].isdigit():
-            out.append(int(raw[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out += raw[i : i + 1]
-            i += 1
-    return bytes(out)
 
 
 class TextHandle:
@@ -142,18 +108,19 @@ class ControlDir:
         """Branches among ``names`` that lead to a mount: symlink node by branch name.
 
         The mounted branch leads to this mount's root. Another branch leads to the mount of
-        another live daemon serving it, if that mountpoint is visible here (one in another
-        mount namespace is not). A branch has at most one daemon (``BranchMounted``).
+        the live daemon serving it (a branch has at most one, ``BranchMounted``): its
+        mountpoint, or ``/proc/PID/root/MOUNTPOINT`` for a daemon in another mount namespace
+        (:func:`branchfs.notices.mount_root`). A daemon whose ``/proc`` this one cannot read
+        (another user's) is not followed: the branch is shown here.
         """
         found = {n: SELF_LINK for n in names if n == self.main.name}
         others = [n for n in names if n != self.main.name]
         regs = notices.targets(self.store.path, tuple(others))
-        regs = [r for r in regs if r.branch in others and r.alive()]
-        if regs:
-            visible = mounted_here()
-            for r in sorted(regs, key=lambda r: r.pid):
-                if r.branch not in found and r.mountpoint in visible:
-                    found[r.branch] = self._link(os.fsencode(r.mountpoint))
+        for r in sorted(regs, key=lambda r: r.pid):
+            if r.branch in others and r.branch not in found and r.alive():
+                root = notices.mount_root(r)
+                if root is not None:
+                    found[r.branch] = self._link(os.fsencode(root))
         return found
 
     def readlink(self, fino: int) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -25,8 +26,10 @@ from clirun import bfs, one_line_error
 from fusecheck import needs_fuse
 
 import branchfs
+from branchfs import notices
 from branchfs.errors import BranchMounted
 from branchfs.mount import daemon_command, unmount
+from branchfs.run import run
 
 if TYPE_CHECKING:
     from conftest import Mounted
@@ -273,3 +276,46 @@ def test_two_daemons_started_at_once_for_one_branch_one_wins(
             p.wait(timeout=60)
             if p.stderr is not None:
                 p.stderr.close()
+
+
+@pytest.fixture
+def hidden_daemon(module_mount: Mounted, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A daemon serving branch ``hidden`` in a private mount namespace of its own (its mount
+    is not visible here): its pid and mountpoint."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a private mount namespace needs root and util-linux's unshare")
+    store = module_mount.store
+    if "hidden" not in store.branches():
+        store.fork("main", "hidden")
+    mp = tmp_path / "hidden"
+    mp.mkdir()
+    cmd = daemon_command(str(module_mount.store_path), str(mp), "hidden")
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", *cmd])
+    try:
+        deadline = time.monotonic() + 30
+        while not any(notices.mount_root(r) for r in notices.serving(str(store.path), "hidden")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert not os.path.ismount(mp)
+        yield proc.pid, mp
+    finally:
+        proc.terminate()  # the daemon detaches its mount in its namespace and exits
+        proc.wait(timeout=60)
+
+
+def test_a_branch_served_in_another_mount_namespace_is_reached_through_proc(
+    module_mount: Mounted, hidden_daemon: tuple[int, Path], tmp_path: Path
+) -> None:
+    pid, mp = hidden_daemon
+    root = f"/proc/{pid}/root{mp}"
+    entry = module_mount.path / ".branchfs" / "branches" / "hidden"
+    assert os.readlink(entry) == root
+    (entry / "lockme").write_bytes(b"")
+    paths = [Path(root) / "lockme", entry / "lockme"]
+    assert set(flock_pairs(paths).values()) == {1}
+    # A run of the branch uses that mount too; one at --at PATH cannot bind it from here.
+    res = run(module_mount.store_path, "hidden", "stat -c %d:%i lockme", capture_output=True)
+    seen = os.stat(entry / "lockme")
+    assert res.stdout.decode().split() == [f"{seen.st_dev}:{seen.st_ino}"], res
+    with pytest.raises(BranchMounted, match=r"in another mount namespace \(run it without --at\)"):
+        run(module_mount.store_path, "hidden", "true", at=tmp_path / "at")
