@@ -3,10 +3,10 @@
 Reusable by any test (tests/test_merge_git.py uses it; tests/test_model.py may too):
 
 - :class:`GitTwin` plays one history on both sides, step by step: ``fork``, ``write``,
-  ``remove``, ``rename``, ``chmod`` and ``merge`` name branchfs branches and git branches
-  alike (a git commit per step, ``git merge`` with the default strategy);
-  :meth:`GitTwin.merge` returns both outcomes and keeps the two histories in step when only
-  one side conflicted;
+  ``rewrite`` (through a temporary file renamed over it), ``remove``, ``rename``,
+  ``chmod`` and ``merge`` name branchfs branches and git branches alike (a git commit per
+  step, ``git merge`` with the default strategy); :meth:`GitTwin.merge` returns both
+  outcomes and keeps the two histories in step when only one side conflicted;
 - :func:`merge_file` runs ``git merge-file -p`` on three byte strings (the reference for
   conflict markers).
 
@@ -152,6 +152,20 @@ class GitTwin:
         full.parent.mkdir(parents=True, exist_ok=True)
         full.write_bytes(data)
         self._commit(f"write {path}")
+
+    def rewrite(self, name: str, path: str, data: bytes) -> None:
+        """Replace a file's bytes as ``sed -i``, most editors and many tools do: write a
+        temporary file beside it, then rename it over the file (a new inode at the path;
+        git sees only the path's new bytes), and commit."""
+        b = self.store.branch(name)
+        tmp = f"{path}.sed-tmp"
+        b.write_bytes(tmp, data)
+        b.chmod(tmp, b.lstat(path).st_mode & 0o7777)
+        b.replace(tmp, path)
+        self._checkout(name)
+        full = self.repo / path
+        full.write_bytes(data)
+        self._commit(f"rewrite {path}")
 
     def remove(self, name: str, path: str) -> None:
         """Delete a file and commit."""

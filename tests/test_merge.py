@@ -359,6 +359,43 @@ def test_conflict_markers(pair) -> None:
     assert result.markers == ["a.txt"]
 
 
+def sed_i(b: Branch, path: str, data: bytes) -> None:
+    """Save ``data`` as ``sed -i`` and most editors do: a temporary file renamed over the
+    path, which gives the path a new inode."""
+    b.write_bytes(f"{path}.tmp", data)
+    b.replace(f"{path}.tmp", path)
+
+
+@pytest.mark.parametrize("strategy", [None, "ours", "theirs", "markers"])
+def test_rewrite_against_rename_and_edit(pair, strategy: str | None) -> None:
+    """Ours renames a.txt and edits line 2; theirs rewrites line 2 through a temporary
+    file: by path (as git sees it) one file changed on both sides, merged into ours' inode
+    at ours' name (tests/test_merge_git.py checks the clean cases against git itself)."""
+    main, theirs = pair(base_files)
+    main.rename("a.txt", "moved.txt")
+    main.write_bytes("moved.txt", b"1\nOURS\n3\n4\n5\n6\n7\n")
+    ino = main.stat("moved.txt").st_ino
+    sed_i(theirs, "a.txt", b"1\nTHEIRS\n3\n4\n5\n6\n7\n")
+    if strategy is None:
+        with pytest.raises(MergeConflict) as info:
+            main.merge(theirs)
+        assert [(c.path, c.kind) for c in info.value.conflicts] == [("moved.txt", "content")]
+        assert main.read_bytes("moved.txt") == b"1\nOURS\n3\n4\n5\n6\n7\n"
+        return
+    if strategy == "markers":
+        result = main.merge(theirs, conflict_markers=True)
+        want = b"<<<<<<< main\nOURS\n||||||| base\n2\n=======\nTHEIRS\n>>>>>>> theirs\n"
+        assert want in main.read_bytes("moved.txt")
+    else:
+        result = main.merge(theirs, strategy=strategy)
+        side = b"OURS" if strategy == "ours" else b"THEIRS"
+        assert main.read_bytes("moved.txt") == b"1\n" + side + b"\n3\n4\n5\n6\n7\n"
+    assert [c.kind for c in result.conflicts] == ["content"]
+    assert not main.exists("a.txt")
+    assert main.stat("moved.txt").st_ino == ino
+    assert store_ok(main.store)
+
+
 def test_markers_do_not_hide_other_conflicts(pair) -> None:
     main, theirs = conflicted(pair)
     main.write_bytes("new.bin", b"ours\0")

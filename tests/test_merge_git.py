@@ -1,6 +1,7 @@
 """git as the oracle: random histories over four branches, merged in both branchfs and git.
 
-A hypothesis state machine forks, writes, edits, deletes, renames and chmods files on up to
+A hypothesis state machine forks, writes, edits (in place, or as ``sed -i`` does: a
+temporary file renamed over the path), deletes, renames and chmods files on up to
 four branches and merges them in any direction, in a branchfs store and, step by step, in
 a real git repository (tests/gitoracle.py: a branch per branch, a commit per step, ``git
 merge`` with the default strategy). After every merge:
@@ -103,6 +104,19 @@ class GitOracleMachine(RuleBasedStateMachine):
         note(f"{name}: edit {path} line {line} = {token}")
         self.twin.write(name, path, b"".join(lines))
 
+    @rule(data=hs.data(), line=hs.integers(0, 4), token=hs.sampled_from(TOKENS))
+    def sed(self, data: hs.DataObject, line: int, token: str) -> None:
+        """An edit saved as ``sed -i`` saves it: a temporary file renamed over the path."""
+        name = data.draw(hs.sampled_from(self.branches), label="branch")
+        files = self._files(name)
+        if not files:
+            return
+        path = data.draw(hs.sampled_from(files), label="path")
+        lines = self.store.branch(name).read_bytes(path).splitlines(keepends=True)
+        lines[line] = f"{token}{line}\n".encode()
+        note(f"{name}: sed -i {path} line {line} = {token}")
+        self.twin.rewrite(name, path, b"".join(lines))
+
     @rule(data=hs.data())
     def remove(self, data: hs.DataObject) -> None:
         name = data.draw(hs.sampled_from(self.branches), label="branch")
@@ -173,10 +187,13 @@ def _oracle_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 TestGitOracle = GitOracleMachine.TestCase
 
 
-def replay(twin: GitTwin, steps: str) -> None:
+def replay(twin: GitTwin, steps: str, *, strict: bool = False) -> None:
     """Play a history written one step a line (``fork SRC NEW``, ``create B PATH VARIANT``,
-    ``edit B PATH LINE TOKEN``, ``remove B PATH``, ``rename B SRC DST``, ``chmod B PATH
-    0|1``, ``merge SOURCE INTO``) and check every merge as the state machine does."""
+    ``edit B PATH LINE TOKEN``, ``sed B PATH LINE TOKEN`` (the same edit saved as ``sed -i``
+    saves it: a temporary file renamed over the path), ``remove B PATH``, ``rename B SRC
+    DST``, ``chmod B PATH 0|1``, ``merge SOURCE INTO``) and check every merge as the state
+    machine does; ``strict``: branchfs must also merge cleanly wherever git does (not only
+    to the same tree when both do)."""
     twin.write("main", "a", b"".join(content("a", 0)))
     twin.write("main", "d/x", b"".join(content("d/x", 0)))
     for line in steps.strip().splitlines():
@@ -185,10 +202,11 @@ def replay(twin: GitTwin, steps: str) -> None:
             twin.fork(args[0], args[1])
         elif op == "create":
             twin.write(args[0], args[1], b"".join(content(args[1], int(args[2]))))
-        elif op == "edit":
+        elif op in ("edit", "sed"):
             lines = twin.store.branch(args[0]).read_bytes(args[1]).splitlines(keepends=True)
             lines[int(args[2])] = f"{args[3]}{args[2]}\n".encode()
-            twin.write(args[0], args[1], b"".join(lines))
+            write = twin.write if op == "edit" else twin.rewrite
+            write(args[0], args[1], b"".join(lines))
         elif op == "remove":
             twin.remove(args[0], args[1])
         elif op == "rename":
@@ -198,6 +216,8 @@ def replay(twin: GitTwin, steps: str) -> None:
         else:
             assert op == "merge", line
             out = twin.merge(args[1], args[0])
+            if strict:
+                assert out.bfs_clean == out.git_clean, f"{line}: {out.conflicts or 'clean'}"
             if out.git_clean and out.bfs_clean:
                 assert out.bfs_tree == out.git_tree, f"{line}: different trees"
             elif not out.git_clean:
@@ -237,6 +257,81 @@ FAILED_HISTORIES = {
         merge b2 b3
     """,
 }
+
+
+#: Files saved through a temporary file renamed over them (``sed -i``, editors, agents'
+#: file-writing tools): a new inode at the path. git matches by path, so this is an edit.
+REWRITE_HISTORIES = {
+    # one side renames the file, the other rewrites it in place: git takes the edit to
+    # the new name
+    "rename_vs_rewrite": """
+        fork main b1
+        rename main a e
+        sed b1 a 1 A
+        merge b1 main
+        merge main b1
+        sed b1 e 2 B
+        edit main e 3 C
+        merge b1 main
+    """,
+    "rewrite_vs_rename": """
+        fork main b1
+        sed main a 1 A
+        rename b1 a e
+        merge b1 main
+    """,
+    # no rename: one side rewrites the file, the other edits it elsewhere: a line merge
+    "edit_vs_rewrite": """
+        fork main b1
+        edit main a 0 A
+        sed b1 a 3 B
+        merge b1 main
+    """,
+    "rewrite_vs_edit": """
+        fork main b1
+        sed main a 0 A
+        edit b1 a 3 B
+        merge b1 main
+    """,
+    # the same line edited on both sides, one of them through a rewrite: a conflict
+    "edit_vs_rewrite_same_line": """
+        fork main b1
+        edit main a 1 A
+        sed b1 a 1 B
+        merge b1 main
+        fork main b2
+        sed main d/x 1 A
+        edit b2 d/x 1 B
+        merge b2 main
+    """,
+    # both rewrite different lines; then both rewrite the same line (a conflict in git)
+    "rewrite_vs_rewrite": """
+        fork main b1
+        sed main a 0 A
+        sed b1 a 3 B
+        merge b1 main
+        fork main b2
+        sed main d/x 2 A
+        sed b2 d/x 2 B
+        merge b2 main
+    """,
+    # a rewrite on one side, the file deleted on the other: a modify/delete conflict in git
+    "rewrite_vs_remove": """
+        fork main b1
+        sed main a 2 A
+        remove b1 a
+        merge b1 main
+        fork main b2
+        remove main d/x
+        sed b2 d/x 2 B
+        merge b2 main
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(REWRITE_HISTORIES))
+def test_rewrite_history(name: str, store: branchfs.Store, tmp_path: Path) -> None:
+    replay(GitTwin(store, tmp_path / "repo"), REWRITE_HISTORIES[name], strict=True)
 
 
 @pytest.mark.parametrize("name", sorted(FAILED_HISTORIES))

@@ -6,7 +6,10 @@ unchanged without reading it), so the cost follows the changes. For each one tha
 changed: the source's version where the target left it alone, otherwise a merge field by
 field — location (its links), permission bits and owner, each xattr, and the content
 (see :mod:`branchfs.merge.text`) — or a conflict. A per-path rule
-(:mod:`branchfs.merge.rules`) may decide an inode outright.
+(:mod:`branchfs.merge.rules`) may decide an inode outright. A file one side saved through
+a temporary file renamed over it (a new inode at its path, :func:`successor`) is, by path
+as git sees it, the same file changed: it is merged with the other side's changes to the
+old inode (:func:`rewritten`).
 
 The plan is a value: later phases (:mod:`branchfs.merge.namespace`) refine it and
 :mod:`branchfs.merge.apply` writes it; nothing here writes to the store.
@@ -136,6 +139,7 @@ def plan_inodes(sides: Sides) -> Plan:
     plan = Plan()
     base, ours, theirs = sides.base, sides.ours, sides.theirs
     paths = {id(v): _Paths(v) for v in (base, ours, theirs)}
+    continued: set[int] = set()
     for ino in sorted(changed_inodes(base, theirs) | sides.uncertain):
         b, pos_b = base.inode_at(ino)
         t = theirs.inode(ino)
@@ -168,9 +172,93 @@ def plan_inodes(sides: Sides) -> Plan:
         elif rule == THEIRS:
             if o is not None or t is not None:
                 plan.inodes[ino] = InodePlan(t, TAKE_THEIRS)
+        elif not uncertain and (o is None or t is None) and b is not None and b.is_reg:
+            replaced = rewritten(sides, plan, ino, b, o, t, rule)
+            if replaced is None:
+                _three_way(sides, plan, ino, b, o, t, rule, uncertain)
+            else:
+                continued.add(replaced)
         else:
             _three_way(sides, plan, ino, b, o, t, rule, uncertain)
+    for ino in continued:  # their new inode was merged into ours' file: not added
+        plan.inodes.pop(ino, None)
     return plan
+
+
+def successor(sides: Sides, v: View, ino: int, b: Inode) -> int | None:
+    """The new regular file that took base file ``ino``'s only name in tree ``v`` (a file
+    saved through a temporary file renamed over it: ``sed -i``, most editors, many tools'
+    file writers), or None.
+
+    By path, as git sees it (git tracks paths and bytes, not inodes), that is the same
+    file changed, not one file deleted and another added.
+    """
+    if len(b.links) != 1:
+        return None
+    parent, name = b.links[0]
+    new = v.dirent(parent, name)
+    if new is None or new == ino or sides.base.inode(new) is not None:
+        return None
+    rec = v.inode(new)
+    return new if rec is not None and rec.is_reg else None
+
+
+def rewritten(
+    sides: Sides, plan: Plan, ino: int, b: Inode, o: Inode | None, t: Inode | None, rule: str
+) -> int | None:
+    """Plan base file ``ino`` that one side deleted while a new file took its name there
+    (:func:`successor`), and the other side changed: merged as one file changed on both
+    sides, into ours' inode (ours' ``ino``, or ours' successor). Ours rewrote it and theirs
+    deleted it: a modify/delete conflict, as git reports it, unless ours' bytes and mode
+    are the base's (then the deletion stands).
+
+    Returns their successor (its plan is dropped: merged into ours'), ``-1`` when settled
+    otherwise, or None when this is no such case (the caller plans ``ino`` as usual).
+    """
+    base, ours, theirs = sides.base, sides.ours, sides.theirs
+    if o is not None:  # theirs rewrote it
+        new = successor(sides, theirs, ino, b)
+        t = theirs.inode(new) if new is not None else None
+        if new is None or t is None:
+            return None
+        keep, src_o, src_t, other = ino, ino, new, new
+    else:
+        new = successor(sides, ours, ino, b)
+        o = sides.ours_rec(new) if new is not None else None
+        if new is None or o is None:
+            return None
+        if t is None:  # ours rewrote it, theirs deleted it
+            parent, name = b.links[0]
+            if theirs.dirent(parent, name) is not None:
+                return None  # both rewrote it: the namespace check merges the two
+            same = o.mode == b.mode and read(ours, new, 0, o.size) == read(base, ino, 0, b.size)
+            if not same:
+                plan.conflict(sides, new, "modify/delete", "modified", "deleted", ours)
+            if same or sides.theirs_wins:
+                plan.inodes[new] = InodePlan(None, TAKE_THEIRS)
+            return -1
+        keep, src_o, src_t, other = new, new, ino, -1
+    if not (o.is_reg and t.is_reg):
+        return None
+    rec = ours.inode_for_write(keep)
+    assert rec is not None
+    _merge_attrs(sides, plan, keep, b, o, t, rec, False)
+    bb = read(base, ino, 0, b.size)
+    ob = read(ours, src_o, 0, o.size)
+    tb = read(theirs, src_t, 0, t.size)
+    content: str | bytes = KEEP_OURS
+    if tb not in (bb, ob):
+        if ob == bb:
+            content = tb
+        else:
+            content = merge_content(sides, plan, keep, b, o, t, rule, data=(bb, ob, tb))
+            if content == TAKE_THEIRS:
+                content = tb
+    if isinstance(content, bytes):
+        rec.mtime_ns = max(o.mtime_ns, t.mtime_ns)
+    rec.ctime_ns = now_ns()
+    plan.inodes[keep] = InodePlan(rec, content)
+    return other
 
 
 def _three_way(
@@ -202,6 +290,41 @@ def _three_way(
         b = o
     rec = ours.inode_for_write(ino)
     assert rec is not None
+    _merge_attrs(sides, plan, ino, b, o, t, rec, uncertain)
+    # content
+    content: str | bytes = KEEP_OURS
+    if not o.is_dir:
+        if added_on_both or uncertain:
+            changed_o = changed_t = True
+        else:
+            changed_o = not content_equal(sides.base, b, ours, o, ino)
+            changed_t = not content_equal(sides.base, b, theirs, t, ino)
+        if changed_t and not changed_o:
+            content = TAKE_THEIRS
+        elif changed_t and changed_o and not content_equal(ours, o, theirs, t, ino):
+            base_rec = None if added_on_both else b
+            content = merge_content(sides, plan, ino, base_rec, o, t, rule, uncertain)
+    if content == TAKE_THEIRS:
+        rec.inline, rec.size = t.inline, t.size
+    if content == TAKE_THEIRS or isinstance(content, bytes):
+        rec.mtime_ns = max(o.mtime_ns, t.mtime_ns)
+    rec.ctime_ns = now_ns()
+    plan.inodes[ino] = InodePlan(rec, content)
+
+
+def _merge_attrs(
+    sides: Sides,
+    plan: Plan,
+    ino: int,
+    b: Inode,
+    o: Inode,
+    t: Inode,
+    rec: Inode,
+    uncertain: bool,
+) -> None:
+    """Merge location (links), permission bits, owner and xattrs of ``b``/``o``/``t`` into
+    ``rec`` (ours' record of ``ino``, being edited), recording conflicts in ``plan``."""
+    ours, theirs = sides.ours, sides.theirs
     theirs_wins = sides.theirs_wins
     # location
     lb, lo, lt = set(b.links), set(o.links), set(t.links)
@@ -237,25 +360,6 @@ def _three_way(
                     rec.xattrs.pop(key, None)
                 else:
                     rec.xattrs[key] = xt
-    # content
-    content: str | bytes = KEEP_OURS
-    if not o.is_dir:
-        if added_on_both or uncertain:
-            changed_o = changed_t = True
-        else:
-            changed_o = not content_equal(sides.base, b, ours, o, ino)
-            changed_t = not content_equal(sides.base, b, theirs, t, ino)
-        if changed_t and not changed_o:
-            content = TAKE_THEIRS
-        elif changed_t and changed_o and not content_equal(ours, o, theirs, t, ino):
-            base_rec = None if added_on_both else b
-            content = merge_content(sides, plan, ino, base_rec, o, t, rule, uncertain)
-    if content == TAKE_THEIRS:
-        rec.inline, rec.size = t.inline, t.size
-    if content == TAKE_THEIRS or isinstance(content, bytes):
-        rec.mtime_ns = max(o.mtime_ns, t.mtime_ns)
-    rec.ctime_ns = now_ns()
-    plan.inodes[ino] = InodePlan(rec, content)
 
 
 def merge_content(
@@ -267,19 +371,24 @@ def merge_content(
     t: Inode,
     rule: str = LINE,
     uncertain: bool = False,
+    data: tuple[bytes, bytes, bytes] | None = None,
 ) -> str | bytes:
     """The merged content of a file both sides changed, or a conflict recorded in ``plan``.
 
     Returns merged bytes, or ``"ours"``/``"theirs"`` when a conflict is resolved (or left)
-    one way.
+    one way. ``data``: the (base, ours, theirs) bytes, already read (else they are read
+    from the three trees at ``ino``).
     """
     ours, theirs = sides.ours, sides.theirs
     kind_o = "symlink" if o.is_link else "file"
     path = os.fsdecode(path_of(ours, ino, o))
     if o.is_reg and t.is_reg and max(b.size if b else 0, o.size, t.size) <= TEXT_MERGE_MAX:
-        bb = read(sides.base, ino, 0, b.size) if b is not None and b.is_reg else b""
-        ob = read(ours, ino, 0, o.size)
-        tb = read(theirs, ino, 0, t.size)
+        if data is not None:
+            bb, ob, tb = data
+        else:
+            bb = read(sides.base, ino, 0, b.size) if b is not None and b.is_reg else b""
+            ob = read(ours, ino, 0, o.size)
+            tb = read(theirs, ino, 0, t.size)
         if is_text(bb, ob, tb):
             if rule == UNION:
                 return union(bb, ob, tb)
