@@ -12,12 +12,12 @@ import contextlib
 import errno
 import stat as st
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from . import content
 from .errors import ReadOnlyError, os_error
 from .layers import View
-from .records import ROOT_INO, Inode
+from .records import INLINE_MAX, ROOT_INO, Inode
 
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
@@ -468,6 +468,34 @@ def write(v: View, ino: int, offset: int, data: bytes | memoryview) -> Inode:
     content.write(v, ino, rec, offset, data)
     t = now_ns()
     rec.mtime_ns = rec.ctime_ns = t
+    v.put_inode(ino, rec)
+    return rec
+
+
+def write_inline(
+    v: View, ino: int, segments: Sequence[tuple[int, bytes | bytearray]], mtime_ns: int
+) -> Inode | None:
+    """Several writes into a small regular file, and its mtime and ctime set to
+    ``mtime_ns``: what :func:`write` of each ``(offset, data)`` then :func:`setattr` of the
+    times leave, with the record read and put once. Only for data that stays inline in
+    the record (the file was inline and ends within :data:`INLINE_MAX` bytes): returns
+    None, having changed nothing, otherwise. Errors as :func:`write`."""
+    writable(v)
+    rec = for_write(v, ino)
+    if rec.is_dir:
+        raise os_error(errno.EISDIR)
+    if not rec.is_reg:
+        raise os_error(errno.EINVAL)
+    if rec.inline is None:
+        return None
+    for offset, data in segments:
+        if offset < 0:
+            raise os_error(errno.EINVAL)
+        if offset + len(data) > INLINE_MAX:
+            return None
+    for offset, data in segments:
+        content.write(v, ino, rec, offset, data if isinstance(data, bytes) else memoryview(data))
+    rec.mtime_ns = rec.ctime_ns = mtime_ns
     v.put_inode(ino, rec)
     return rec
 

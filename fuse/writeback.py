@@ -40,6 +40,15 @@ log = logging.getLogger("branchfs.fuse")
 
 def apply_buffer(v: View, ino: int, buf: WriteBuffer) -> Inode:
     """Write a buffer's segments into ``ino`` and give it the buffer's mtime; its record."""
+    if not buf.kill_suidgid:
+        # A small file (the common case of tar, git, pip): one read and one put of the
+        # record, unless security.capability must go (then the general path below).
+        rec = T.write_inline(v, ino, buf.segments, buf.mtime_ns)
+        if rec is not None:
+            if not (buf.drop_privs and b"security.capability" in rec.xattrs):
+                return rec
+            drop_privs(v, ino, False)
+            return T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
     for offset, data in buf.segments:
         T.write(v, ino, offset, data if isinstance(data, bytes) else memoryview(data))
     if buf.drop_privs:
