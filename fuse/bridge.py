@@ -448,6 +448,7 @@ class Bridge:
                 isinstance(o, FileHandle) and o.key == key for o in self.handles.values()
             ):
                 self.wb.forget_error(key)  # nobody is left to be told
+            self.holds.close(key)
             self._unhold([(key, 1)])
 
     @op

@@ -56,11 +56,30 @@ class Holds:
 
     def __init__(self) -> None:
         self.counts: dict[Key, int] = {}
+        #: Open files by key (each also counts as a hold).
+        self.opens: dict[Key, int] = {}
         self.orphans: set[Key] = set()
 
     def hold(self, key: Key, n: int = 1) -> None:
         """The kernel took ``n`` more references on ``key`` (a lookup, or an open file)."""
         self.counts[key] = self.counts.get(key, 0) + n
+
+    def open(self, key: Key) -> None:
+        """A file handle of ``key`` was handed out: one more hold, and one more open."""
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.opens[key] = self.opens.get(key, 0) + 1
+
+    def close(self, key: Key) -> None:
+        """A file handle of ``key`` was released (its hold goes through :meth:`unhold`)."""
+        left = self.opens.get(key, 0) - 1
+        if left > 0:
+            self.opens[key] = left
+        else:
+            self.opens.pop(key, None)
+
+    def is_open(self, key: Key) -> bool:
+        """Whether a file handle of ``key`` is open."""
+        return key in self.opens
 
     def held(self, key: Key) -> bool:
         """Whether anything of the kernel still refers to ``key``."""

@@ -54,6 +54,30 @@ def test_an_unlinked_open_file_lives_until_its_release(fs: Driver, store: branch
     assert not fs.bridge.holds.orphans
 
 
+def test_an_unlinked_file_nobody_has_open_goes_at_the_unlink(
+    fs: Driver, store: branchfs.Store
+) -> None:
+    fh = fs.create("gone")
+    fs.write(fh, 0, b"data")
+    fs.close(fh)
+    fs.mkdir("dir")
+    ino = fs.lookup("gone")  # the kernel holds a lookup reference, no open file
+    dino = fs.lookup("dir")
+    fs.unlink("gone")
+    fs.rmdir("dir")
+    # The file's record went with its name; the directory, still held, stays an orphan
+    # (it may be a working directory) until the kernel forgets it.
+    assert store.read_tree("main", lambda v: v.inode(ino)) is None
+    assert store.read_tree("main", lambda v: v.inode(dino)) is not None
+    with pytest.raises(K.FUSEError) as err:
+        fs.bridge.getattr(ino, CTX)
+    assert err.value.errno == errno.ENOENT
+    fs.forget_all()
+    assert store.read_tree("main", lambda v: v.inode(dino)) is None
+    assert not fs.bridge.holds.orphans and not fs.bridge.holds.counts
+    assert store.fsck().ok
+
+
 def test_views_under_branchfs_get_numbers_that_go_with_the_last_forget(
     fs: Driver, store: branchfs.Store
 ) -> None:
