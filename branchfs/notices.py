@@ -360,6 +360,11 @@ class Pending:
         with self._lock:
             self._names.update(names)
 
+    def waiting(self) -> bool:
+        """Whether a change waits to be taken (no lock: a name added meanwhile waits for
+        the next call)."""
+        return bool(self._names)
+
     def take(self) -> tuple[str, ...]:
         """The branches changed since the last call, and forget them."""
         with self._lock:

@@ -114,6 +114,8 @@ class Bridge:
         self.coherence.on_forget.append(self.listings.clear)
         #: What the current reply points into (a read's store snapshot); see :meth:`replied`.
         self.reply_resources = contextlib.ExitStack()
+        #: Whether :attr:`reply_resources` holds anything (a read's snapshot).
+        self._holding = False
         #: Blocking work a request queued; the session runs it before replying.
         self.deferred: Work = []
 
@@ -138,8 +140,11 @@ class Bridge:
             self._settle_for_others()
         elif group.due():
             group.commit()
+        co = self.coherence
+        if not self.deferred and not co.busy():
+            return []  # the common case, without asking the coherence module for lists
         work, self.deferred = self.deferred, []
-        return work + self.coherence.take_work()
+        return work + co.take_work()
 
     def _settle_for_others(self) -> None:
         """Another process waits: every buffer to the store, commit, let it go."""
@@ -173,7 +178,9 @@ class Bridge:
 
     def replied(self) -> None:
         """The reply to the current request is written: let go of what it pointed into."""
-        self.reply_resources.close()
+        if self._holding:
+            self._holding = False
+            self.reply_resources.close()
 
     def _entry(self, parent: int, name: bytes, entry: Entry) -> K.EntryAttributes:
         """Attributes for a reply that gives the kernel a new reference on ``entry``."""
@@ -399,6 +406,7 @@ class Bridge:
         """
         h = self.handles[fh]
         if isinstance(h, FileHandle):
+            self._holding = True
             return self.tree.read(h, off, size, self.reply_resources)
         return self.ctl.read(h, off, size)
 

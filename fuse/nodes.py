@@ -139,15 +139,35 @@ class TreeNodes:
         """``name`` in ``parent``: its tree, and the entry or None when there is no such
         name (a negative entry the kernel may cache)."""
         tree, peng = self.key(parent)
+        if name == b"." or name == b"..":
 
-        def fn(v: View) -> tuple[int, Inode | None]:
-            ino = T.lookup(v, peng, name)
-            return ino, v.inode(ino)
+            def special(v: View) -> tuple[int, Inode | None]:
+                ino = T.lookup(v, peng, name)
+                return ino, v.inode(ino)
 
-        try:
+            try:
+                ino, rec = self.co.read(tree, special)
+            except FileNotFoundError:
+                return tree, None
+        else:
+            # T.lookup without its exception for a name that is not there (most lookups
+            # of tar, git and pip): the parent's record is checked only then.
+            def fn(v: View) -> tuple[int, Inode | None]:
+                ino = v.dirent(peng, name)
+                if ino is None:
+                    prec = v.inode(peng)
+                    if prec is None:
+                        return -1, None  # the parent is gone: a negative entry as well
+                    if not prec.is_dir:
+                        raise K.FUSEError(errno.ENOTDIR)
+                    return 0, None
+                return ino, v.inode(ino)
+
             ino, rec = self.co.read(tree, fn)
-        except FileNotFoundError:
-            return tree, None
+            if ino <= 0:
+                if not ino and len(name) > T.NAME_MAX:
+                    raise K.FUSEError(errno.ENAMETOOLONG)
+                return tree, None
         if rec is None:
             raise K.FUSEError(errno.ENOENT)
         self.co.cache_record((tree, ino), rec)

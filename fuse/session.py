@@ -39,6 +39,10 @@ POLL_NS = int(float(os.environ.get("BRANCHFS_POLL_US", "200")) * 1000)
 #: clock_gettime system calls per request, about 2 µs, so only when asked for.
 CPU_TIMES = os.environ.get("BRANCHFS_CPU_TIMES") == "1"
 
+#: ``struct fuse_out_header`` (16 bytes), packed.
+_OUT_HEADER_PACK = K.OUT_HEADER.pack
+assert K.OUT_HEADER.size == 16
+
 #: A handler's answer when the request takes no reply (forget).
 NO_REPLY = object()
 
@@ -224,10 +228,14 @@ class Session:
             self._work.put((work, 0, NO_REPLY))
 
     def _reply(self, unique: int, payload: bytes | list[bytes] | list[bytes | memoryview]) -> None:
-        parts = payload if isinstance(payload, list) else [payload]
-        size = K.OUT_HEADER.size + sum(len(p) for p in parts)
         try:
-            os.writev(self.fd, [K.OUT_HEADER.pack(size, 0, unique), *parts])
+            if not isinstance(payload, list):  # most replies: one small buffer, one write
+                os.write(self.fd, _OUT_HEADER_PACK(16 + len(payload), 0, unique) + payload)
+                return
+            size = 16
+            for part in payload:
+                size += len(part)
+            os.writev(self.fd, [_OUT_HEADER_PACK(size, 0, unique), *payload])
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENODEV):  # interrupted, or unmounted
                 raise
