@@ -75,6 +75,10 @@ Raw = bytes | memoryview
 DIGEST_SIZE = 4
 _xxh3 = xxhash.xxh3_64_intdigest
 _from_bytes = int.from_bytes
+_U32 = struct.Struct("<I")
+#: ``_digest_at(raw, offset)``: the stored digest (a 1-tuple), read in place (no slice).
+_digest_at = _U32.unpack_from
+_pack_digest = _U32.pack
 _MASK64 = (1 << 64) - 1
 
 
@@ -87,7 +91,7 @@ def seal(payload: bytes, seed: int = 0) -> bytes:
     that a damaged key made appear under another key fails its check as surely as a damaged
     value. See :func:`inode_seed`, :func:`dirent_seed`, :func:`extent_seed`.
     """
-    return payload + (_xxh3(payload, seed) & 0xFFFFFFFF).to_bytes(4, "little")
+    return payload + _pack_digest(_xxh3(payload, seed) & 0xFFFFFFFF)
 
 
 def unseal(raw: Raw, seed: int = 0) -> Raw:
@@ -96,10 +100,11 @@ def unseal(raw: Raw, seed: int = 0) -> Raw:
     :class:`StoreCorrupt` if its digest does not match: the record was damaged on disk.
     (On every read path: kept to a few operations, about 0.3 µs.)
     """
-    payload = raw[:-DIGEST_SIZE]
-    if _xxh3(payload, seed) & 0xFFFFFFFF != _from_bytes(raw[-DIGEST_SIZE:], "little") or (
-        len(raw) < DIGEST_SIZE
-    ):
+    end = len(raw) - DIGEST_SIZE
+    if end < 0:
+        raise _damaged()
+    payload = raw[:end]
+    if _xxh3(payload, seed) & 0xFFFFFFFF != _digest_at(raw, end)[0]:
         raise _damaged()
     return payload
 
@@ -347,8 +352,11 @@ def inode_fields(raw: Raw, ino: int) -> list[Any]:
     list may be kept and given to :func:`inode_of` again (a view does, so that a record read
     many times in one transaction is checked and unpacked once): it is never handed out.
     """
-    payload = raw[:-DIGEST_SIZE]  # unseal(raw, ino), inlined: this is every stat's path
-    if _xxh3(payload, ino) & 0xFFFFFFFF != _from_bytes(raw[-DIGEST_SIZE:], "little"):
+    end = len(raw) - DIGEST_SIZE  # unseal(raw, ino), inlined: this is every stat's path
+    if end < 0:
+        raise _damaged()
+    payload = raw[:end]
+    if _xxh3(payload, ino) & 0xFFFFFFFF != _digest_at(raw, end)[0]:
         raise _damaged()
     try:
         v = msgpack.unpackb(payload, raw=True, use_list=True, strict_map_key=False)
@@ -412,10 +420,11 @@ def decode_dirent(raw: Raw, parent: int, name: bytes) -> int:
     """The inode entry ``name`` of ``parent`` names; 0 for a tombstone."""
     if not raw:
         return 0
-    payload = raw[:-DIGEST_SIZE]  # unseal(raw, dirent_seed(parent, name)), inlined
-    if _xxh3(payload, _xxh3(name, parent)) & 0xFFFFFFFF != _from_bytes(
-        raw[-DIGEST_SIZE:], "little"
-    ):
+    end = len(raw) - DIGEST_SIZE  # unseal(raw, dirent_seed(parent, name)), inlined
+    if end < 0:
+        raise _damaged()
+    payload = raw[:end]
+    if _xxh3(payload, _xxh3(name, parent)) & 0xFFFFFFFF != _digest_at(raw, end)[0]:
         raise _damaged()
     return _from_bytes(payload, "big")
 

@@ -280,20 +280,35 @@ class View:
                 out.append(ino)
         return out
 
-    def inode_at(self, ino: int) -> tuple[Inode | None, int]:
-        """The visible record of ``ino`` and the chain position it came from (-1: none)."""
-        raw_inode = self.raw_inode
+    def _fields(self, ino: int) -> tuple[list[Any] | None, int]:
+        """The checked fields of the visible record of ``ino`` (:func:`keys.inode_fields`,
+        never handed out) and the chain position it came from (None, -1: none)."""
+        records, fields = self.records, self.fields
         for pos, layer in enumerate(self.chain):
-            raw = raw_inode(layer, ino)
+            key = (layer, ino)
+            if key in records:
+                raw = records[key]
+            else:
+                raw = records[key] = self.txn.get(keys.inode_key(layer, ino), db=self.inodes)
             if raw is not None:
                 if raw == TOMBSTONE:
                     return None, pos
-                hit = self.fields.get((layer, ino))
+                hit = fields.get(key)
                 if hit is None or hit[0] is not raw:  # `is`: the cache holds its raw alive
-                    hit = (raw, keys.inode_fields(raw, ino))
-                    self.fields[(layer, ino)] = hit
-                return keys.inode_of(hit[1]), pos
+                    hit = fields[key] = (raw, keys.inode_fields(raw, ino))
+                return hit[1], pos
         return None, -1
+
+    def inode_at(self, ino: int) -> tuple[Inode | None, int]:
+        """The visible record of ``ino`` and the chain position it came from (-1: none)."""
+        v, pos = self._fields(ino)
+        return (None if v is None else keys.inode_of(v)), pos
+
+    def mode(self, ino: int) -> int | None:
+        """The mode (type and permission bits) of ``ino``, or None if it does not exist in
+        this tree: a path walk's question, answered without building an :class:`Inode`."""
+        v = self._fields(ino)[0]
+        return None if v is None else int(v[0])
 
     def inode(self, ino: int) -> Inode | None:
         """The visible record of ``ino``, or None if it does not exist in this tree."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat as st
 from typing import Union
 
 from . import tree
@@ -48,17 +49,18 @@ def _walk(v: View, start: int, comps: list[bytes], follow_last: bool, budget: li
         ino = tree.lookup(v, parent, name)
         if last and not follow_last:
             return ino
-        rec = v.inode(ino)
-        if rec is not None and rec.is_link:
+        mode = v.mode(ino)
+        if mode is not None and st.S_ISLNK(mode):
             budget[0] -= 1
             if budget[0] < 0:
                 raise os_error(errno.ELOOP)
+            rec = tree.get(v, ino)
             target = rec.inline or b""
             base = ROOT_INO if target.startswith(b"/") else parent
             ino = _walk(v, base, parts(target), True, budget)
             if not last:
-                tree.get_dir(v, ino)
-        elif not last and (rec is None or not rec.is_dir):
+                tree.check_dir(v, ino)
+        elif not last and (mode is None or not st.S_ISDIR(mode)):
             raise os_error(errno.ENOTDIR)
     return ino
 
@@ -73,7 +75,7 @@ def resolve(v: View, path: PathArg, follow_symlinks: bool = True) -> int:
     follow = follow_symlinks or raw.endswith(b"/")
     ino = _walk(v, ROOT_INO, parts(raw), follow, [MAXSYMLINKS])
     if raw.endswith(b"/") and ino != ROOT_INO:
-        tree.get_dir(v, ino)
+        tree.check_dir(v, ino)
     return ino
 
 
@@ -94,7 +96,7 @@ def resolve_parent(v: View, path: PathArg, start: int = ROOT_INO) -> tuple[int, 
     if not comps:
         return start, b""
     parent = _walk(v, start, comps[:-1], True, [MAXSYMLINKS])
-    tree.get_dir(v, parent)
+    tree.check_dir(v, parent)
     return parent, comps[-1]
 
 

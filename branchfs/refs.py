@@ -173,13 +173,15 @@ class Refs:
 
     def fork(self, txn: lmdb.Transaction, source: str, new: str) -> BranchRecord:
         """Make branch ``new`` an independent copy of ``source`` as it is now: O(1)."""
-        self._require_free(txn, new)
-        state = self.freeze_state(txn, source)
-        return self.branch_from_layer(txn, new, state)
+        self._require_free(txn, new)  # first: BranchExists before BranchNotFound
+        return self._new_branch(txn, new, self.freeze_state(txn, source))
 
     def branch_from_layer(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
         """A new branch whose tree is frozen layer ``layer``."""
         self._require_free(txn, name)
+        return self._new_branch(txn, name, layer)
+
+    def _new_branch(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
         top = self.layers.create(txn, layer)
         rec = BranchRecord(name, self.meta.next_id(txn, keys.NEXT_BRANCH), top, time.time_ns())
         self._put_branch(txn, rec)

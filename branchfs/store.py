@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, TypeVar
 import lmdb
 
 from .branch import Branch, Snapshot
+from .diff import diff_refs
 from .engine import Engine
 from .errors import BranchBusy, NotAStore, StoreCorrupt
+from .gc import tidy_after_discard
 from .layers import View
 from .meta import Meta, open_meta, release_meta
-from .notices import Observer, notify_mounts, settle_mounts
+from .notices import Observer, notify_mounts, serving, settle_mounts
 from .paths import PathArg
 from .pathtree import DirEntry
 from .records import Inode
@@ -224,12 +226,10 @@ class Store:
         ``force``, which first flushes and cleanly unmounts each of them (waiting for the
         daemon to exit), so nothing the mount acknowledged is lost.
         """
-        from .gc import tidy_after_discard
-        from .mount import release
-        from .notices import serving
-
         regs = serving(self.path, branch)
         if regs:
+            from .mount import release  # most processes never see a mount
+
             where = ", ".join(r.mountpoint for r in regs)
             if not force:
                 raise BranchBusy(
@@ -256,8 +256,6 @@ class Store:
 
     def diff(self, a: str, b: str) -> list[Change]:
         """What differs from branch (or snapshot) ``a`` to ``b``; cost follows the changes."""
-        from .diff import diff_refs
-
         self.settler(self.path, (a, b))
         with self.meta.read() as txn:
             return diff_refs(self.engine, txn, a, b)

@@ -58,6 +58,16 @@ def get(v: View, ino: int) -> Inode:
     return rec
 
 
+def check_dir(v: View, ino: int) -> None:
+    """ENOENT unless ``ino`` exists, ENOTDIR unless it is a directory (:func:`get_dir`
+    without building the record)."""
+    mode = v.mode(ino)
+    if mode is None:
+        raise os_error(errno.ENOENT)
+    if not st.S_ISDIR(mode):
+        raise os_error(errno.ENOTDIR)
+
+
 def get_dir(v: View, ino: int) -> Inode:
     """The record of directory ``ino``: ENOENT if gone, ENOTDIR if not a directory."""
     rec = get(v, ino)
@@ -90,13 +100,13 @@ def remove_tree(v: View, ino: int) -> None:
 def lookup(v: View, parent: int, name: bytes) -> int:
     """The inode that ``name`` names in directory ``parent``; ENOENT if none."""
     if name == b".":
-        get_dir(v, parent)
+        check_dir(v, parent)
         return parent
     if name == b"..":
         return parent_of(v, parent)
     ino = v.dirent(parent, name)
     if ino is None:
-        get_dir(v, parent)
+        check_dir(v, parent)
         if len(name) > NAME_MAX:
             raise os_error(errno.ENAMETOOLONG)
         raise os_error(errno.ENOENT)
