@@ -76,12 +76,50 @@ def guarded(run: Callable[[], object]) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run()
+    except SystemExit as done:
+        exit_without_teardown(done.code)
+        raise
     except KeyboardInterrupt:
         interrupted()
     finally:
         # The command has answered: a Ctrl-C while the interpreter shuts down ends it
         # at once instead of printing a traceback from whatever code it interrupted.
         _quick_exit_on_ctrl_c()
+
+
+def exit_without_teardown(code: object) -> None:
+    """End the process now with status ``code`` (an int or None), skipping the
+    interpreter's teardown, if nothing needs it; else return.
+
+    The teardown frees every module and object one by one: after a command that imported
+    the engine, ~15 ms of CPU (a sixth of ``branchfs fork``) that change nothing outside the
+    process. Skipped only when nothing is registered with ``atexit`` (``logging``, a
+    ``weakref.finalize``, a temporary directory register there), no thread but daemon
+    threads is running, and stdout and stderr flush (else the normal exit reports the
+    error). A store the command opened is closed by then (``Context.close``), and what an
+    LMDB transaction committed is in the kernel's page cache whatever ends the process: the
+    store's promise holds even under SIGKILL (DESIGN §1).
+    """
+    if code is None:
+        code = 0
+    if not isinstance(code, int):
+        return
+    threading = sys.modules.get("threading")
+    if threading is not None and any(
+        not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+    ):
+        return
+    import atexit
+
+    callbacks = getattr(atexit, "_ncallbacks", None)  # CPython's count of registrations
+    if callbacks is None or callbacks() > 0:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
 
 
 def _command_line() -> None:
