@@ -24,14 +24,19 @@ The mount daemon (``branchfs_fuse``) is this module's only consumer on the mount
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+# json and socket are imported by the functions that talk to a daemon or read a record:
+# every API call runs the settler, and the common case (nothing mounted) needs neither,
+# so a short command such as `branchfs fork` does not load them (~3 ms).
+if TYPE_CHECKING:
+    import socket
 
 #: ``observer(store_path, branch_names)``: told after a call changed those branches.
 Observer = Callable[[str, tuple[str, ...]], None]
@@ -106,6 +111,8 @@ def register(
         "socket": sock_name,
         "views": list(views),
     }
+    import json
+
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         json.dump(data, fh)
     os.replace(tmp, path)
@@ -119,6 +126,8 @@ def _read_registrations(d: str) -> list[Registration]:
         names = os.listdir(d)
     except FileNotFoundError:
         return []
+    import json
+
     for name in names:
         if not name.endswith(".json"):
             continue
@@ -249,6 +258,9 @@ def poke(reg: Registration, names: tuple[str, ...]) -> bool:
 
 def _ask(reg: Registration, kind: str, names: tuple[str, ...]) -> bool:
     """Send one notice (``changed`` or ``settle``) to a daemon and wait for its ``ok``."""
+    import json
+    import socket
+
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(NOTIFY_TIMEOUT)
     try:
@@ -330,6 +342,8 @@ def answer(
     """The daemon's side of one notice on ``conn``: read it, call ``on_change(names)``
     (which drops the caches) or ``on_settle(names)`` (which waits until every call served
     is committed), then acknowledge with ``ok`` (``bad`` if it is not a notice)."""
+    import json
+
     data = recv_line(conn)
     if not data.endswith(b"\n"):
         return  # the writer went away before it finished
