@@ -131,6 +131,34 @@ def _command(verb: Verb) -> click.Command:
     )
 
 
+#: What click (8.2+) raises for a group run without a command.
+_NO_ARGS: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError", click.UsageError)
+
+
+def _help_command(group: click.Group) -> click.Command:
+    """``branchfs help [COMMAND]``: what ``--help`` prints, for the group or one verb."""
+
+    def show(words: tuple[str, ...]) -> None:
+        ctx = click.get_current_context()
+        root = ctx.find_root()
+        if not words:
+            click.echo(root.get_help())
+            return
+        cmd = group.get_command(root, words[0])
+        if cmd is None or words[0] == "help":
+            raise click.UsageError(f"no command {words[0]!r}", root)
+        with click.Context(cmd, info_name=words[0], parent=root) as sub:
+            click.echo(cmd.get_help(sub))
+
+    return click.Command(
+        "help",
+        callback=show,
+        params=[click.Argument(["words"], nargs=-1, metavar="[COMMAND]")],
+        help="Show the help of COMMAND (or of branchfs).\n\nExample:\n\n\b\n  branchfs help merge",
+        hidden=True,
+    )
+
+
 class _Group(click.Group):
     """The verbs in the command layer's order, each click command built when it is first
     asked for (a command runs one verb: building all twenty cost ~2 ms of every start),
@@ -140,6 +168,8 @@ class _Group(click.Group):
         return [verb.name for verb in verbs(CLI)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "help":  # as ctl answers `help`, and as a new user types it
+            return _help_command(self)
         if cmd_name not in self.commands:
             verb = next((v for v in verbs(CLI) if v.name == cmd_name), None)
             if verb is None:
@@ -152,6 +182,9 @@ class _Group(click.Group):
         kwargs["standalone_mode"] = False
         try:
             return super().main(*args, **kwargs)
+        except _NO_ARGS as exc:  # `branchfs` alone: the help, as the usage error it is
+            click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message(), err=True)
+            sys.exit(EXIT_USAGE)
         except click.UsageError as exc:
             sub = exc.ctx.command_path if exc.ctx else "branchfs"
             click.echo(f"branchfs: {exc.format_message()} (see `{sub} --help`)", err=True)
@@ -168,8 +201,8 @@ class _Group(click.Group):
     cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="A tree is a branch NAME or a snapshot @NAME. Exit status: 0 done, 1 a conflict "
-    "or a failed check, 2 a usage error or bad input. `branchfs COMMAND --help` shows an "
-    "example of each.",
+    "or a failed check, 2 a usage error or bad input. `branchfs COMMAND --help` (or "
+    "`branchfs help COMMAND`) shows an example of each.",
 )
 @click.option(
     "--store",

@@ -106,6 +106,28 @@ def test_human_output_and_help_examples(store: Path) -> None:
         assert f" {verb}" in h.out.split("Example:")[1], h
 
 
+def test_grammar_as_a_new_user_meets_it(store: Path, tmp_path: Path) -> None:
+    # `branchfs` alone: the help, on stderr, as a usage error; `branchfs help VERB` as ctl's
+    # `help` and as people type it.
+    bare = bfs()
+    assert bare.code == 2 and bare.err.startswith("Usage: branchfs") and "Commands:" in bare.err
+    assert "Traceback" not in bare.err and bare.out == ""
+    helped = bfs("help", "merge")
+    assert helped.code == 0 and helped.out.startswith("Usage: branchfs merge ")
+    assert "branchfs merge attempt-1 --into main" in helped.out.split("Example:")[1]
+    assert bfs("help").out == bfs("--help").out
+    one_line_error(bfs("help", "nope"), 2, "no command 'nope'", "branchfs --help")
+    # One word for [BRANCH] SNAPSHOT outside a mount: say how it was read.
+    bfs("snapshot", "main", "v1", store=store)
+    for args, taken in ((("reset", "main"), "SNAPSHOT"), (("snapshot", "v2"), "NAME")):
+        one_line_error(bfs(*args, store=store), 2, f"was taken as the {taken}", "example")
+    # Data answers --json on every verb that prints data, init included.
+    made = bfs("init", str(tmp_path / "new.bfs"), "--json")
+    assert made.code == 0 and made.json["ok"] and made.json["branches"] == ["main"], made
+    checked = bfs("fsck", "--json", store=store).json
+    assert checked["seconds"] == round(checked["seconds"], 3)
+
+
 def test_conflict_is_exit_1_in_plain_words(store: Path) -> None:
     with branchfs.Store.open(store) as s:
         s.fork("main", "b")

@@ -82,7 +82,6 @@ VERBS = (
         _init,
         (Arg("path", "the store directory to create"),),
         fronts=frozenset({CLI}),
-        data=False,
         needs_store=False,
     ),
     Verb(
@@ -112,7 +111,6 @@ VERBS = (
             ),
         ),
         fronts=frozenset({CLI}),
-        data=False,
         needs_store=False,
     ),
     Verb(
@@ -123,7 +121,6 @@ VERBS = (
         _umount,
         (Arg("mountpoint", "where the branch is mounted"),),
         fronts=frozenset({CLI}),
-        data=False,
         needs_store=False,
     ),
 )

@@ -86,9 +86,26 @@ def _discard(ctx: Context, v: Values) -> Outcome:
     return Outcome({"branch": name, "unmounted": list(unmounted)}, text)
 
 
+def _both_named(ctx: Context, v: Values, verb: str, second: str, example: str) -> str:
+    """The BRANCH of ``verb [BRANCH] SECOND``: given, or the mounted one; if neither, a
+    usage error that says the one word given was taken as ``second``."""
+    given = v.arg("branch")
+    if given or ctx.current:
+        return ctx.branch_or_current(given)
+    from .spec import CommandError
+
+    raise CommandError(
+        f"{verb} takes BRANCH {second}, and {v.arg(second.lower())!r} was taken as the "
+        f"{second}: name the branch too (it may be left out only inside a mount of it); "
+        f"example: {example}"
+    )
+
+
 def _snapshot(ctx: Context, v: Values) -> Outcome:
     store = ctx.store()
-    branch = branch_name(store, ctx.branch_or_current(v.arg("branch")))
+    branch = branch_name(
+        store, _both_named(ctx, v, "snapshot", "NAME", "branchfs snapshot main before-refactor")
+    )
     name = str(v.arg("name"))
     store.snapshot(branch, name)
     return Outcome(
@@ -99,7 +116,9 @@ def _snapshot(ctx: Context, v: Values) -> Outcome:
 
 def _reset(ctx: Context, v: Values) -> Outcome:
     store = ctx.store()
-    branch = branch_name(store, ctx.branch_or_current(v.arg("branch")))
+    branch = branch_name(
+        store, _both_named(ctx, v, "reset", "SNAPSHOT", "branchfs reset main @before-refactor")
+    )
     snap = snapshot_name(store, str(v.arg("snapshot")))
     store.reset(branch, snap)
     return Outcome({"branch": branch, "snapshot": snap}, f"{branch} is {SNAPSHOT}{snap} again")

@@ -28,6 +28,7 @@ def _gc(ctx: Context, v: Values) -> Outcome:
     with ctx.progress("gc", None):
         report = store.gc()
     data: dict[str, object] = dict(report.to_json())
+    data["seconds"] = round(report.seconds, 3)
     text = (
         f"gc freed {_size(report.bytes_freed)} ({report.chunks_freed} chunks, "
         f"{report.layers_removed} layers removed, {report.layers_squashed} squashed) "
@@ -36,7 +37,7 @@ def _gc(ctx: Context, v: Values) -> Outcome:
     if v.opt("compact"):
         with ctx.progress("compact", None):
             compacted = store.compact()
-        data["compact"] = compacted.to_json()
+        data["compact"] = {**compacted.to_json(), "seconds": round(compacted.seconds, 3)}
         text += (
             f"\ncompacted data.mdb from {_size(compacted.bytes_before)} to "
             f"{_size(compacted.bytes_after)} in {compacted.seconds:.2f} s"
@@ -53,6 +54,7 @@ def _fsck(ctx: Context, _v: Values) -> Outcome:
     with ctx.progress("fsck", None):
         report = store.fsck()
     data = {k: v for k, v in report.to_json().items() if k != "ok"}
+    data["seconds"] = round(report.seconds, 3)
     head = (
         f"checked {report.trees} trees, {report.layers} layers, {report.inodes} inode records, "
         f"{report.chunks} chunks ({_size(report.bytes_checked)}) in {report.seconds:.2f} s"
