@@ -17,6 +17,7 @@ environment across a fork, see :func:`branchfs.meta.open_stores`) the zygote is 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -109,6 +110,10 @@ def _open_stores() -> list[str]:
     return [] if meta is None else list(meta.open_stores())
 
 
+#: In a forked zygote, the parent's stream objects (see ``_Zygote.forked``).
+_KEPT: list[object] = []
+
+
 class _Zygote:
     """The zygote process: its pid, the pipe its requests go into and the one it answers on."""
 
@@ -132,6 +137,15 @@ class _Zygote:
                 os.dup2(ans_w, 1)
                 os.dup2(null, 2)
                 os.closerange(3, 65536)
+                # New stream objects: the parent's may hold output it has not flushed yet,
+                # which must reach neither the answer pipe nor a log. The old ones are kept
+                # (never finalized, so never flushed) until os._exit.
+                _KEPT.append((sys.stdout, sys.stderr))
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                # What was inherited is never collected: the garbage collector would write to
+                # every object's pages and copy them (gc.freeze's documented use, for a fork).
+                gc.freeze()
                 # The daemon's package, by name: the engine does not depend on it otherwise.
                 code = importlib.import_module("branchfs_fuse.zygote").serve()
             finally:
