@@ -164,11 +164,12 @@ def _best_of(ctx: Context, v: Values) -> Outcome:
     timeout = _number(v, "timeout", float, "seconds")
     jobs = _number(v, "jobs", int, "a whole number of attempts")
     from ..spawner import Spawner
+    from ..store import Store  # noqa: F401  (the engine, imported here: the zygote inherits it)
 
-    # Started before the engine is imported, the store opened and the live table's thread
-    # started, the zygote is a fork of this process: it imports the engine and the mount
-    # daemon on the other core while this process imports best-of and the engine, opens
-    # the store and forks the attempts.
+    # Forked once the engine is imported, and before the store is opened and the live
+    # table's thread started, the zygote is a copy of this process: it imports the mount
+    # daemon on the other core while this process imports best-of, opens the store and
+    # forks the attempts (the two take about as long).
     spawner = Spawner()
     if n > 0:
         spawner.warm()
