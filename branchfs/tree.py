@@ -483,13 +483,18 @@ def write(v: View, ino: int, offset: int, data: bytes | memoryview) -> Inode:
 
 
 def write_inline(
-    v: View, ino: int, segments: Sequence[tuple[int, bytes | bytearray]], mtime_ns: int
+    v: View,
+    ino: int,
+    segments: Sequence[tuple[int, bytes | bytearray]],
+    mtime_ns: int,
+    attrs: Inode | None = None,
 ) -> Inode | None:
     """Several writes into a small regular file, and its mtime and ctime set to
     ``mtime_ns``: what :func:`write` of each ``(offset, data)`` then :func:`setattr` of the
-    times leave, with the record read and put once. Only for data that stays inline in
-    the record (the file was inline and ends within :data:`INLINE_MAX` bytes): returns
-    None, having changed nothing, otherwise. Errors as :func:`write`."""
+    times leave, with the record read and put once; then, given ``attrs``, the mode, owner
+    and times of ``attrs``. Only for data that stays inline in the record (the file was
+    inline and ends within :data:`INLINE_MAX` bytes): returns None, having changed
+    nothing, otherwise. Errors as :func:`write`."""
     writable(v)
     rec = for_write(v, ino)
     if rec.is_dir:
@@ -506,6 +511,9 @@ def write_inline(
     for offset, data in segments:
         content.write(v, ino, rec, offset, data if isinstance(data, bytes) else memoryview(data))
     rec.mtime_ns = rec.ctime_ns = mtime_ns
+    if attrs is not None:
+        rec.mode, rec.uid, rec.gid = attrs.mode, attrs.uid, attrs.gid
+        rec.atime_ns, rec.mtime_ns, rec.ctime_ns = attrs.atime_ns, attrs.mtime_ns, attrs.ctime_ns
     v.put_inode(ino, rec)
     return rec
 
@@ -565,6 +573,25 @@ def setattr(
     rec = for_write(v, ino)
     if size is not None:
         rec = truncate(v, ino, size, rec)
+    set_attrs(
+        rec, mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns, ctime_ns=ctime_ns
+    )
+    v.put_inode(ino, rec)
+    return rec
+
+
+def set_attrs(
+    rec: Inode,
+    *,
+    mode: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    atime_ns: int | None = None,
+    mtime_ns: int | None = None,
+    ctime_ns: int | None = None,
+) -> None:
+    """What :func:`setattr` does to a record besides its size, on ``rec`` in memory (the
+    mount folds a file's SETATTRs into its write buffer with it)."""
     if mode is not None:
         rec.mode = st.S_IFMT(rec.mode) | st.S_IMODE(mode)
     if uid is not None and uid != -1:
@@ -580,8 +607,6 @@ def setattr(
     if mtime_ns is not None:
         rec.mtime_ns = mtime_ns
     rec.ctime_ns = ctime_ns if ctime_ns is not None else now_ns()
-    v.put_inode(ino, rec)
-    return rec
 
 
 # -- extended attributes -----------------------------------------------------------------------

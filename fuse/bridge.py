@@ -50,7 +50,7 @@ from .inodes import (
 )
 from .nodes import CONTROL_NAME, TIMEOUT, Entry, FileHandle, TreeNodes
 from .stats import Stats
-from .writeback import WriteBack
+from .writeback import SEALED_SAFE, WriteBack
 
 log = logging.getLogger("branchfs.fuse")
 P = ParamSpec("P")
@@ -73,6 +73,8 @@ def op(fn: Callable[Concatenate[Bridge, P], R]) -> Callable[Concatenate[Bridge, 
         self.stats.request(name)
         if self.wb.behind is not None and name != "write":
             self.wb.settle()  # everything but a write sees the store with every write in it
+        if self.wb.sealed and name not in SEALED_SAFE:
+            self.wb.flush_sealed()
         try:
             return fn(self, *args, **kwargs)
         except K.FUSEError:
@@ -104,6 +106,7 @@ class Bridge:
         self.coherence = Coherence(store, self.main, self.inodes, self.stats, self.lock)
         self.group = self.coherence.group
         self.wb = WriteBack(store, self.coherence, self.stats)
+        self.group.before_commit = self.wb.flush_sealed
         self.tree = TreeNodes(store, self.main, self.inodes, self.holds, self.coherence, self.wb)
         self.ctl = ControlDir(store, self.main, self.coherence, self.wb, self.stats, mountpoint)
         self.handles: dict[int, Handle] = {}

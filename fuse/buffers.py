@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from branchfs.records import Inode
+
 #: A buffer this large is written to the store at once.
 FLUSH_BYTES = 8 << 20
 #: All buffers together may hold this much before every one is flushed.
@@ -21,7 +23,7 @@ WHOLE_PIECE = 64 << 10
 class WriteBuffer:
     """Pending writes of one inode."""
 
-    __slots__ = ("drop_privs", "end", "kill_suidgid", "mtime_ns", "nbytes", "segments")
+    __slots__ = ("attrs", "drop_privs", "end", "kill_suidgid", "mtime_ns", "nbytes", "segments")
 
     def __init__(self) -> None:
         self.segments: list[tuple[int, bytes | bytearray]] = []
@@ -32,6 +34,10 @@ class WriteBuffer:
         self.drop_privs = False
         #: … and set-user/group-ID bits: a writer without CAP_FSETID wrote.
         self.kill_suidgid = False
+        #: The file's record as the SETATTRs folded into this buffer leave it (after its
+        #: data): mode, owner and times are applied from it with the data. A buffer with
+        #: attributes takes no more writes (see :meth:`.writeback.WriteBack.fold`).
+        self.attrs: Inode | None = None
 
     def add(self, offset: int, data: bytes) -> None:
         """Record ``data`` written at ``offset``."""

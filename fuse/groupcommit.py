@@ -47,6 +47,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from branchfs.meta import Meta
 
@@ -76,6 +77,10 @@ class GroupCommit:
         #: ``idle`` (no loop yet), ``serving``, ``stopping`` (the loop ended, the daemon
         #: flushes and commits), ``stopped``: whom :meth:`wait_committed` waits for.
         self.state = "idle"
+        #: Run by :meth:`commit` first, into the batch: the mount applies the SETATTRs it
+        #: folded into write buffers (:meth:`.writeback.WriteBack.fold`), so that every
+        #: commit holds every call that returned before it. Must not raise.
+        self.before_commit: Callable[[], None] = lambda: None
         #: Written to wake a loop that sleeps in poll(2) (see :meth:`wait_committed`).
         self.wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -126,6 +131,7 @@ class GroupCommit:
         """Commit the open batch, if any (loop thread). Never raises: see :attr:`error`."""
         meta = self.meta
         if meta.batch_open:
+            self.before_commit()
             try:
                 meta.commit_batch()
                 self.commits += 1

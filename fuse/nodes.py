@@ -117,8 +117,14 @@ class TreeNodes:
         ctime = rec.ctime_ns
         buf = self.wb.buffers.get(key)
         if buf is not None:
-            size = max(size, buf.end)
-            mtime = ctime = max(mtime, buf.mtime_ns)
+            final = buf.attrs
+            if final is not None:  # folded SETATTRs: the record as the flush will leave it
+                a.st_mode, a.st_uid, a.st_gid = final.mode, final.uid, final.gid
+                size, mtime, ctime = final.size, final.mtime_ns, final.ctime_ns
+                rec = final
+            else:
+                size = max(size, buf.end)
+                mtime = ctime = max(mtime, buf.mtime_ns)
         a.st_size = size
         a.st_blksize = BLKSIZE
         a.st_blocks = (size + 511) // 512
@@ -196,8 +202,14 @@ class TreeNodes:
         key = self.key(fino)
         tree, eng = key
         kw = fields.changes()
-        buf = self.wb.take(key, flushing=True)
         chowned = fields.uid is not None or fields.gid is not None
+        if key in self.wb.buffers and fino < ALIAS_BASE:
+            folded = self.wb.fold(key, self.co.record(key), kw, self.kill_privs and chowned)
+            if folded is not None:
+                return self.attrs(fino, key, folded)
+            if key in self.wb.sealed:
+                self.wb.flush(key)  # the checks below read the record as it now is
+        buf = self.wb.take(key, flushing=True)
         kill = self.kill_privs and (fields.size is not None or chowned)
         kill_suidgid = fields.kill_suidgid and fields.mode is None
         member = not kill_suidgid or self._member(key, ctx)
@@ -473,6 +485,8 @@ class TreeNodes:
         if key[0].snapshot:
             raise K.FUSEError(errno.EROFS)
         self.wb.raise_error(key)
+        if key in self.wb.sealed:
+            self.wb.flush(key)  # attributes were folded after these data: they go first
         if kill_suidgid and self.kill_privs and not self.wb.kills_suidgid(key):
             self._clear_setid(h, ctx)
         if h.append:

@@ -32,28 +32,74 @@ from .buffers import FLUSH_BYTES, TOTAL_BYTES, WriteBuffer
 from .coherence import Coherence
 from .errors import errno_of
 from .inodes import Key
-from .privs import drop_privs
+from .privs import SETID, drop_privs
 from .stats import Stats
 
 log = logging.getLogger("branchfs.fuse")
 
 
+#: Requests that may run while write buffers hold folded SETATTRs
+#: (:meth:`WriteBack.fold`): they change no file's record and see a file's
+#: attributes only through ``TreeNodes.attrs`` (or apply its buffer first: read, write,
+#: setattr, flush, release, fsync). Any other request flushes those buffers first.
+SEALED_SAFE = frozenset(
+    (
+        "lookup",
+        "getattr",
+        "setattr",
+        "getxattr",
+        "listxattr",
+        "access",
+        "read",
+        "write",
+        "flush",
+        "release",
+        "fsync",
+        "create",
+        "mkdir",
+        "mknod",
+        "symlink",
+        "readdir",
+        "readlink",
+        "statfs",
+    )
+)
+
+
 def apply_buffer(v: View, ino: int, buf: WriteBuffer) -> Inode:
-    """Write a buffer's segments into ``ino`` and give it the buffer's mtime; its record."""
+    """Write a buffer's segments into ``ino`` and give it the buffer's mtime, then the
+    attributes folded into it (:meth:`WriteBack.fold`); its record."""
+    final = buf.attrs
     if not buf.kill_suidgid:
         # A small file (the common case of tar, git, pip): one read and one put of the
         # record, unless security.capability must go (then the general path below).
-        rec = T.write_inline(v, ino, buf.segments, buf.mtime_ns)
+        rec = T.write_inline(v, ino, buf.segments, buf.mtime_ns, final)
         if rec is not None:
             if not (buf.drop_privs and b"security.capability" in rec.xattrs):
                 return rec
             drop_privs(v, ino, False)
-            return T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+            rec = T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+            return rec if final is None else _set_final(v, ino, final)
     for offset, data in buf.segments:
         T.write(v, ino, offset, data if isinstance(data, bytes) else memoryview(data))
     if buf.drop_privs:
         drop_privs(v, ino, buf.kill_suidgid)
-    return T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+    rec = T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+    return rec if final is None else _set_final(v, ino, final)
+
+
+def _set_final(v: View, ino: int, final: Inode) -> Inode:
+    """Give ``ino`` the mode, owner and times of the record ``final`` (folded SETATTRs)."""
+    return T.setattr(
+        v,
+        ino,
+        mode=final.mode,
+        uid=final.uid,
+        gid=final.gid,
+        atime_ns=final.atime_ns,
+        mtime_ns=final.mtime_ns,
+        ctime_ns=final.ctime_ns,
+    )
 
 
 class WriteBack:
@@ -72,6 +118,8 @@ class WriteBack:
         self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="branchfs-flush")
         #: Errors of write-behind commits, reported by the next write, flush or fsync.
         self.write_errors: dict[Key, int] = {}
+        #: Buffers holding folded SETATTRs (:meth:`fold`).
+        self.sealed: set[Key] = set()
 
     def add(self, key: Key, off: int, data: bytes, *, drop_privs: bool, kill_suidgid: bool) -> None:
         """Buffer ``data`` written at byte ``off`` of ``key``; a full buffer goes to the store.
@@ -106,6 +154,7 @@ class WriteBack:
         buf = self.buffers.pop(key, None)
         if buf is not None:
             self.buffered -= buf.nbytes
+            self.sealed.discard(key)
             if flushing:
                 self.stats.event("flushes")
         return buf
@@ -124,6 +173,58 @@ class WriteBack:
         tree, ino = key
         rec = self.coherence.write(tree, lambda v: apply_buffer(v, ino, buf))
         self.coherence.cache_record(key, rec)  # the getattr after a close needs no transaction
+
+    def fold(
+        self, key: Key, rec: Inode, changes: dict[str, int], chown_kills: bool
+    ) -> Inode | None:
+        """Fold a SETATTR of ``key`` (mode, owner, times: no size) into its write buffer,
+        to be applied with its data at the next flush, in the same transaction: tar sets
+        owner, mode and times of every file it writes, three SETATTRs between its last
+        write and its close. Holds the lock.
+
+        ``rec``: the file's record in the store (before the buffer); ``changes``: the
+        :func:`branchfs.tree.setattr` keywords; ``chown_kills``: a chown must clear
+        privileges (KILLPRIV_V2). Returns the record as the SETATTR leaves it, for the
+        reply, or None when the change cannot be folded (no buffer; privileges to clear;
+        a buffer that clears set-ID bits at its commit; no batch open): then the caller
+        applies buffer and change as before. A folded buffer takes no more writes; it is
+        applied before the batch commits (``GroupCommit.before_commit``: a crash keeps a
+        prefix of the calls, within the batch's bound) and before any request that could
+        see the store's record of the file (:data:`SEALED_SAFE`).
+        """
+        buf = self.buffers.get(key)
+        if buf is None or "size" in changes or not self.store.meta.batch_open:
+            return None  # with no batch open nothing would commit it within the bound
+        base = buf.attrs
+        if base is None:
+            if buf.drop_privs and b"security.capability" in rec.xattrs:
+                return None
+            if buf.kill_suidgid and rec.mode & SETID:
+                return None
+            base = rec.copy()
+            base.size = max(rec.size, buf.end)
+            base.mtime_ns = base.ctime_ns = buf.mtime_ns  # as apply_buffer leaves them
+        new = base.copy()
+        T.set_attrs(new, **changes)
+        if (
+            chown_kills
+            and new.is_reg
+            and (new.mode & SETID or b"security.capability" in new.xattrs)
+        ):
+            return None  # drop_privs would change the record: the usual way
+        buf.attrs = new
+        self.sealed.add(key)
+        return new
+
+    def flush_sealed(self) -> None:
+        """Apply every buffer holding folded SETATTRs: before a request that could read the
+        store's record of one of those files, and before the batch commits. Holds the lock.
+        Never raises: a buffer that fails is logged and dropped, like one at release."""
+        for key in list(self.sealed):
+            try:
+                self.flush(key)
+            except (BranchFSError, OSError) as exc:
+                log.warning("data and attributes of %s before its close are lost: %s", key, exc)
 
     def flush_behind(self, key: Key) -> None:
         """Hand ``key``'s full buffer to the flush thread; the write that filled it returns.

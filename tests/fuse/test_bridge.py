@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from branchfs_fuse import groupcommit
 from branchfs_fuse import kernel as K
 from branchfs_fuse.inodes import ALIAS_BASE, FIRST_DYNAMIC
 from fsdriver import CTX, Driver
 
 import branchfs
+from branchfs import tree as T
 
 
 @pytest.fixture
@@ -76,6 +78,94 @@ def test_an_unlinked_file_nobody_has_open_goes_at_the_unlink(
     assert store.read_tree("main", lambda v: v.inode(dino)) is None
     assert not fs.bridge.holds.orphans and not fs.bridge.holds.counts
     assert store.fsck().ok
+
+
+@pytest.fixture
+def batching(fs: Driver, monkeypatch: pytest.MonkeyPatch) -> Driver:
+    """The driver's thread batches its writes as the daemon's loop does, in batches that
+    only end when committed on purpose (so that a loaded machine cannot end one early)."""
+    monkeypatch.setattr(groupcommit, "MAX_NS", 3600 * 10**9)
+    fs.bridge.group.start()
+    return fs
+
+
+def test_setattrs_after_writes_fold_into_the_buffer_and_reach_the_store_with_its_data(
+    batching: Driver, store: branchfs.Store
+) -> None:
+    """tar's chown, chmod and utimens between its last write and its close."""
+    fs = batching
+    fh = fs.create("t", mode=0o644, flags=os.O_WRONLY)
+    fs.write(fh, 0, b"data")
+    ino = fs.lookup("t")
+    t = 1_700_000_000_123_456_789
+    uid, gid = os.geteuid(), os.getegid()
+    for fields in (
+        K.SetattrFields(uid=uid, gid=gid, fh=fh),
+        K.SetattrFields(mode=0o4750, fh=fh),
+        K.SetattrFields(atime_ns=t, mtime_ns=t, fh=fh),
+    ):
+        attrs = fs.bridge.setattr(ino, fields, CTX)
+        fs._settle()
+    assert (attrs.st_mode, attrs.st_size, attrs.st_mtime_ns) == (0o104750, 4, t)
+    assert fs.bridge.wb.sealed  # not in the store yet: applied with the data
+    assert store.branch("main").stat("t").st_mode == 0o100644
+    seen = fs.getattr("t")
+    assert (seen.st_mode, seen.st_size, seen.st_atime_ns, seen.st_mtime_ns) == (
+        0o104750,
+        4,
+        t,
+        t,
+    )
+    fs.close(fh)
+    assert not fs.bridge.wb.sealed
+    st_ = store.branch("main").stat("t")
+    assert (st_.st_mode, st_.st_size, st_.st_atime_ns, st_.st_mtime_ns) == (0o104750, 4, t, t)
+    assert st_.st_ctime_ns == attrs.st_ctime_ns  # the last SETATTR's, as answered
+    assert store.branch("main").read_bytes("t") == b"data"
+
+
+def test_a_request_that_changes_a_file_applies_its_folded_setattrs_first(
+    batching: Driver, store: branchfs.Store
+) -> None:
+    fs = batching
+    fh = fs.create("u", flags=os.O_WRONLY)
+    fs.write(fh, 0, b"x")
+    ino = fs.lookup("u")
+    fs.bridge.setattr(ino, K.SetattrFields(mode=0o600, fh=fh), CTX)
+    fs._settle()
+    assert fs.bridge.wb.sealed
+    fs.bridge.link(ino, 1, b"v", CTX)  # not a request a folded buffer may wait through
+    fs._settle()
+    assert not fs.bridge.wb.sealed
+    assert store.branch("main").stat("v").st_mode == 0o100600
+    assert fs.getattr("v").st_nlink == 2
+    # A write after a fold applies the fold first: the later data then carries the mtime.
+    fs.bridge.setattr(ino, K.SetattrFields(mtime_ns=5, atime_ns=5, fh=fh), CTX)
+    fs._settle()
+    fs.write(fh, 1, b"y")
+    assert store.branch("main").stat("u").st_mtime_ns == 5
+    fs.close(fh)
+    st_ = store.branch("main").stat("u")
+    assert st_.st_mtime_ns > 5 and store.branch("main").read_bytes("u") == b"xy"
+
+
+def test_a_batch_commits_with_the_setattrs_folded_before_it(
+    batching: Driver, store: branchfs.Store
+) -> None:
+    """DESIGN §1.3: what a commit makes durable is a prefix of the calls that returned."""
+    fs = batching
+    fh = fs.create("w", flags=os.O_WRONLY)
+    fs.write(fh, 0, b"x")
+    ino = fs.lookup("w")
+    fs.bridge.setattr(ino, K.SetattrFields(mode=0o640, fh=fh), CTX)
+    fs._settle()
+    fs.mkdir("later")  # a call after the chmod, in the same batch
+    assert fs.bridge.wb.sealed
+    fs.bridge.group.commit()
+    assert not fs.bridge.wb.sealed
+    with branchfs.Store.open(store.path) as other:  # what another process (or a crash) sees
+        assert other.read_tree("main", lambda v: v.inode(T.lookup(v, 1, b"w"))).mode == 0o100640
+    fs.close(fh)
 
 
 def test_views_under_branchfs_get_numbers_that_go_with_the_last_forget(
