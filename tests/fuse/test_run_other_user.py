@@ -9,9 +9,9 @@ nested below), one nested namespace is made for the caller and the probe's would
 second.
 
 The second user runs this checkout's ``branchfs`` through a tiny virtualenv made in a
-directory it owns under /tmp: the system's ``python3`` (the same minor version), with the
-project's own virtualenv added as a site directory (pytest's and this virtualenv's
-interpreters live under /root, which the second user cannot enter).
+directory it owns under /tmp: the system's ``python3`` (the same minor version) with
+copies of the package and of its runtime dependencies (the checkout, pytest's and this
+virtualenv's interpreter may all be unreadable to the second user).
 
 A user mounts FUSE through the setuid ``fusermount3``, which opens ``/dev/fuse`` with the
 user's own rights: a distribution's udev makes it 0666, a container often leaves it 0600.
@@ -22,7 +22,9 @@ root, for that run alone) in which a 0666 node of the same device is bind-mounte
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import branchfs_fuse
 import pytest
 from fusecheck import needs_fuse
 from leftovers import leftovers
@@ -45,8 +48,33 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 AS_OTHER = ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups"]
 
 
+def _runtime_dists() -> set[str]:
+    """branchfs's runtime distributions and theirs (no extras), by normalized name."""
+    seen: set[str] = set()
+    todo = ["branchfs"]
+    while todo:
+        name = todo.pop()
+        for req in importlib.metadata.requires(name) or []:
+            if "extra ==" in req:
+                continue
+            dep = re.split(r"[^A-Za-z0-9_.-]", req, maxsplit=1)[0].lower().replace("_", "-")
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def _link(src: str, dst: str) -> None:
+    """A hard link (files stay read-only to others), else a copy (another filesystem)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _mini_venv(root: Path) -> Path:
-    """A virtualenv at ``root`` on the system's python that sees this checkout's packages."""
+    """A virtualenv at ``root`` on the system's python holding copies of this checkout's
+    packages and of their runtime dependencies (the checkout may be unreadable to others)."""
     minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
     (root / "bin").mkdir(parents=True)
     (root / "bin" / "python3").symlink_to(SYSTEM_PYTHON)
@@ -55,8 +83,24 @@ def _mini_venv(root: Path) -> Path:
     )
     site = root / "lib" / minor / "site-packages"
     site.mkdir(parents=True)
-    ours = sysconfig.get_paths()["purelib"]  # this virtualenv's: branchfs and its deps
-    (site / "branchfs-checkout.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    for pkg in (branchfs, branchfs_fuse):
+        source = Path(str(pkg.__file__)).parent
+        shutil.copytree(source, site / pkg.__name__, copy_function=_link)
+    ours = Path(sysconfig.get_paths()["purelib"])  # this virtualenv's site-packages
+    wanted = _runtime_dists()
+    tops = {
+        top
+        for top, dists in importlib.metadata.packages_distributions().items()
+        if any(d.lower().replace("_", "-") in wanted for d in dists)
+    }
+    for top in tops:
+        if (ours / top).is_dir():
+            shutil.copytree(ours / top, site / top, copy_function=_link)
+        for single in [*ours.glob(f"{top}.py"), *ours.glob(f"{top}.*.so")]:
+            _link(str(single), str(site / single.name))
+    for sub in [site, *site.rglob("*")]:
+        if sub.is_dir():  # the user may write __pycache__ (as a pip install would have)
+            os.chown(sub, UID, GID)
     return root / "bin" / "python3"
 
 
@@ -80,9 +124,10 @@ def other_home() -> Iterator[tuple[Path, Path]]:
         )  # fmt: skip
         if probe.returncode != 0 or probe.stdout.strip() != str(sys.version_info[:2]):
             pytest.skip(
-                "the second user cannot run this checkout's branchfs with "
-                f"{SYSTEM_PYTHON} (is the checkout readable by uid {UID}, and is "
-                f"{SYSTEM_PYTHON} Python {sys.version_info.major}.{sys.version_info.minor}?): "
+                "the second user cannot run a copy of this checkout's branchfs with "
+                f"{SYSTEM_PYTHON} (is it Python "
+                f"{sys.version_info.major}.{sys.version_info.minor}, as the copied C "
+                "extensions need?): "
                 + (probe.stderr.strip().splitlines() or [probe.stdout.strip()])[-1]
             )
         yield home, python
