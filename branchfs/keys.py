@@ -219,6 +219,10 @@ def encode_layer(parent: int, frozen: bool) -> bytes:
 _LAYERS: dict[bytes, tuple[int, bool]] = {}
 _BRANCHES: dict[bytes, tuple[int, int, int]] = {}
 _DECODED_MAX = 4096
+#: Inode records already checked and unpacked, by their stored bytes, with the inode they
+#: were checked for (the digest is seeded by it): a directory's record is read by every
+#: path through it. Same bytes, same inode: same verdict, same fields (never handed out).
+_INODES: dict[bytes, tuple[int, list[Any]]] = {}
 
 
 def decode_layer(raw: Raw) -> tuple[int, bool]:
@@ -373,6 +377,10 @@ def inode_fields(raw: Raw, ino: int) -> list[Any]:
     list may be kept and given to :func:`inode_of` again (a view does, so that a record read
     many times in one transaction is checked and unpacked once): it is never handed out.
     """
+    if type(raw) is bytes:
+        hit = _INODES.get(raw)
+        if hit is not None and hit[0] == ino:
+            return hit[1]
     end = len(raw) - DIGEST_SIZE  # unseal(raw, ino), inlined: this is every stat's path
     if end < 0:
         raise _damaged()
@@ -385,6 +393,10 @@ def inode_fields(raw: Raw, ino: int) -> list[Any]:
         raise StoreCorrupt(f"an inode record cannot be decoded ({exc}); run fsck") from exc
     if type(v) is not list or len(v) != 12:
         raise StoreCorrupt("an inode record has the wrong shape; run fsck")
+    if type(raw) is bytes:
+        if len(_INODES) >= _DECODED_MAX:
+            _INODES.clear()
+        _INODES[raw] = (ino, v)
     return v
 
 
@@ -441,8 +453,8 @@ def decode_dirent(raw: Raw, parent: int, name: bytes) -> int:
     """The inode entry ``name`` of ``parent`` names; 0 for a tombstone."""
     if not raw:
         return 0
-    # unseal(raw, dirent_seed(parent, name)), inlined: two of these in every stat
-    if len(raw) != 12 or _xxh3(raw[:8], _xxh3(name, parent)) & 0xFFFFFFFF != _digest_at(raw, 8)[0]:
+    seed = _xxh3(name, parent)  # unseal(raw, dirent_seed(...)), inlined: 2 in every stat
+    if len(raw) != 12 or _xxh3(raw[:8], seed) & 0xFFFFFFFF != _digest_at(raw, 8)[0]:
         raise _damaged()
     ino: int = _u64_at(raw)[0]
     return ino

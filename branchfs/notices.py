@@ -154,16 +154,19 @@ _cache: dict[str, tuple[int, list[Registration]]] = {}
 
 
 def registrations(store_path: str) -> list[Registration]:
-    """The daemons registered on a store (a stat of the directory when nothing changed).
+    """The daemons registered on a store (a stat of the directory when nothing changed, an
+    ``access`` when it does not exist).
 
     The listing is cached by the directory's mtime, but only once that mtime is more than a
     second old: a registration made in the same clock tick as the listing is never missed.
     """
     d = mounts_dir(store_path)
+    if not os.access(d, os.F_OK):  # never mounted: the common case, 2 µs cheaper than a
+        return []  # stat that raises FileNotFoundError (this runs twice in every API write)
     try:
         mtime = os.stat(d).st_mtime_ns
     except FileNotFoundError:
-        return []  # never mounted
+        return []
     cached = _cache.get(store_path)
     if cached is not None and cached[0] == mtime:
         return cached[1]
