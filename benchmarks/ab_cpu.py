@@ -14,6 +14,7 @@ Each figure is the median over all rounds of the CPU µs of one operation:
 * ``create``: ``Branch.write_bytes`` of a new empty file;
 * ``fork``: ``Store.fork`` of a branch unchanged since its last freeze (discard untimed);
 * ``fork_changed``: ``Store.fork`` of a branch with one file written since (untimed);
+* ``discard``: ``Store.discard`` of a fork just made (fork untimed);
 * ``diff`` and ``merge``: of a fork in which 10 files were rewritten (gc between, untimed).
 
 ``ratio`` compares the two overall medians; ``paired`` is the median over rounds of the
@@ -40,9 +41,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-OPS = ("stat", "create", "fork", "fork_changed", "diff", "merge")
+OPS = ("stat", "create", "fork", "fork_changed", "discard", "diff", "merge")
 #: Operations of one round, per operation (diff and merge: cycles).
-PER_ROUND = {"stat": 200, "create": 100, "fork": 50, "fork_changed": 20, "diff": 3, "merge": 3}
+PER_ROUND = {
+    "stat": 200,
+    "create": 100,
+    "fork": 50,
+    "fork_changed": 20,
+    "discard": 50,
+    "diff": 3,
+    "merge": 3,
+}
 
 WORKER = r"""
 import gc, json, random, sys, tempfile, shutil, time
@@ -85,6 +94,9 @@ for line in sys.stdin:
         elif op == "fork":
             out.append(timed(lambda: store.fork("main", f"f{n}")))
             store.discard(f"f{n}")
+        elif op == "discard":
+            store.fork("main", f"d{n}")
+            out.append(timed(lambda: store.discard(f"d{n}")))
         elif op == "fork_changed":
             work.write_bytes(core.file_path(rng.randrange(files)), b"changed %d" % n)
             out.append(timed(lambda: store.fork("work", f"w{n}")))
