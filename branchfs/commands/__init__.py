@@ -96,11 +96,11 @@ def _usage_line(verb: Verb) -> str:
 def execute(verb: Verb, ctx: Context, values: Values) -> Outcome:
     """Run ``verb``; any failure comes back as a :class:`CommandError` (see :mod:`.answers`)
     whose message names what ``ctx.front`` offers (flags and verbs, not Python names)."""
-    from .answers import failure, for_front
-
     try:
         return verb.run(ctx, values)
     except (Exception, KeyboardInterrupt) as exc:
+        from .answers import failure, for_front  # only a failure needs it
+
         err = failure(exc)
         err.message = for_front(err.message, ctx.front)
         raise err from None
