@@ -75,7 +75,9 @@ def guarded(run: Callable[[], object]) -> None:
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        run()
+        answered = run()
+        # click answers --help or --version by returning their exit status (0).
+        exit_without_teardown(answered if isinstance(answered, int) else 0)
     except SystemExit as done:
         exit_without_teardown(done.code)
         raise
@@ -122,10 +124,10 @@ def exit_without_teardown(code: object) -> None:
     os._exit(code)
 
 
-def _command_line() -> None:
+def _command_line() -> object:
     from .cli import main as cli
 
-    cli()
+    return cli()
 
 
 def main() -> None:
