@@ -254,3 +254,53 @@ def test_kept_states_are_every_pairwise_best_common_ancestor(
         assert history.kept_states(txn, roots) == _pairwise_kept(history, txn, roots)
     store.gc()
     assert store.fsck().ok
+
+
+@pytest.mark.parametrize("seed", [4, 6])
+def test_merge_bases_are_the_best_common_ancestors_by_definition(
+    store: branchfs.Store, seed: int
+) -> None:
+    """``merge_bases`` (with its shortcut for a fork merged back) against the definition,
+    computed here from the layers' parents and the merge edges alone: the common
+    ancestors that are no ancestor of another common ancestor, for every pair of states
+    of a random history of forks, writes, merges both ways (criss-crosses), discards and gc."""
+    import random
+
+    rng = random.Random(seed)
+    store.create_branch("main").write_bytes("f0", b"0\n")
+    names = ["main"]
+    for step in range(60):
+        op = rng.choice(["fork", "write", "merge", "merge", "merge", "discard"])
+        name = rng.choice(names)
+        if op == "fork" and len(names) < 5:
+            new = f"b{step}"
+            store.fork(name, new)
+            names.append(new)
+        elif op == "write":
+            store.branch(name).write_bytes(f"f{step}", f"{step}\n".encode())
+        elif op == "merge" and len(names) > 1:
+            other = rng.choice([n for n in names if n != name])
+            store.merge(name, other, strategy="theirs")
+        elif op == "discard" and name != "main":
+            store.discard(name)
+            names.remove(name)
+        if step % 20 == 19:
+            store.gc()
+    layers, history = store.engine.layers, store.engine.history
+    with store.meta.read() as txn:
+        ids = [info.id for info in layers.all(txn)]
+        up = {lid: [layers.info(txn, lid).parent, *history.merge_parents(txn, lid)] for lid in ids}
+        anc: dict[int, set[int]] = {}
+        for lid in ids:
+            seen, todo = set(), [lid]
+            while todo:
+                x = todo.pop()
+                if x in up and x not in seen:
+                    seen.add(x)
+                    todo.extend(up[x])
+            anc[lid] = seen
+        for a in ids:
+            for b in ids:
+                common = anc[a] & anc[b]
+                want = sorted(c for c in common if not any(c in anc[d] - {d} for d in common))
+                assert history.merge_bases(txn, a, b) == want, (a, b)
