@@ -12,9 +12,11 @@ without a scan:
 - ``b"p" + (layer, merge parent)`` -> empty: ``layer`` had ``merge parent`` merged into it;
 - ``b"c" + (merge parent, layer)`` -> empty: the reverse index.
 
-Cost: a merge records one edge (two puts). Finding the bases walks the ancestors of both
-sides: O(states in their history), never the tree; ancestor sets of frozen layers are
-cached per process and dropped when the ``topology`` token changes (gc rewrites edges).
+Cost: a merge records one edge (two puts). Finding the bases walks the ancestors of the
+target: O(states in its history), never the tree; the source's side is walked only past a
+merge parent (a fork merged back is answered from its line of single-parent states, see
+:meth:`History.merge_bases`). Ancestor sets of frozen layers are cached per process and
+dropped when the ``topology`` token changes (gc and discard rewrite edges).
 """
 
 from __future__ import annotations
