@@ -117,10 +117,17 @@ def _layer_of(v: View, pos: int) -> int:
 
 class _Paths:
     """Paths of inodes in one tree, with their directories' paths memoised (a merge names
-    each changed inode once, and they share parent directories)."""
+    each changed inode once, and they share parent directories).
 
-    def __init__(self, v: View) -> None:
+    ``same``: a view whose record of every inode not in ``changed`` is this tree's too (the
+    base, for the source: ``changed`` is the source's change set); directories are read
+    there, through layers the target's view reads anyway, not through the source's own.
+    """
+
+    def __init__(self, v: View, same: View | None = None, changed: set[int] | None = None) -> None:
         self.v = v
+        self.same = same
+        self.changed = changed if changed is not None else set()
         self.dirs: dict[int, bytes] = {ROOT_INO: b""}
 
     def of(self, ino: int, rec: Inode) -> bytes:
@@ -129,18 +136,36 @@ class _Paths:
         parent, name = rec.links[0]
         head = self.dirs.get(parent)
         if head is None:
-            head = path_of(self.v, parent)
-            self.dirs[parent] = head
+            head = self._dir(parent)
         return head + b"/" + name if head else name
+
+    def _dir(self, d: int) -> bytes:
+        up: list[tuple[int, bytes]] = []
+        cur = d
+        while cur not in self.dirs:
+            same = self.same is not None and cur not in self.changed
+            rec = (self.same if same and self.same is not None else self.v).inode(cur)
+            if rec is None or not rec.links or len(up) > 4096:
+                head = self.dirs[d] = path_of(self.v, d)  # unnamed, or a loop: its errors
+                return head
+            up.append((cur, rec.links[0][1]))
+            cur = rec.links[0][0]
+        head = self.dirs[cur]
+        for ino, name in reversed(up):
+            head = head + b"/" + name if head else name
+            self.dirs[ino] = head
+        return head
 
 
 def plan_inodes(sides: Sides) -> Plan:
     """Phase 1: decide each inode the source changed since the base."""
     plan = Plan()
     base, ours, theirs = sides.base, sides.ours, sides.theirs
-    paths = {id(v): _Paths(v) for v in (base, ours, theirs)}
+    changed = changed_inodes(base, theirs)
+    paths = {id(base): _Paths(base), id(ours): _Paths(ours)}
+    paths[id(theirs)] = _Paths(theirs, base, changed)
     continued: set[int] = set()
-    for ino in sorted(changed_inodes(base, theirs) | sides.uncertain):
+    for ino in sorted(changed | sides.uncertain):
         b, pos_b = base.inode_at(ino)
         t = theirs.inode(ino)
         if ino == ROOT_INO and b is None:
