@@ -127,15 +127,19 @@ class History:
 
     def parents(self, txn: lmdb.Transaction, layer: int) -> tuple[int, ...]:
         """Parent layer first (if any), then merge parents."""
+        return self._node(txn, layer)[0]
+
+    def _node(self, txn: lmdb.Transaction, layer: int) -> tuple[tuple[int, ...], bool]:
+        """(parents, frozen) of ``layer``; a frozen layer's parents are cached."""
         cached = self._parents.get(layer)
         if cached is not None:
-            return cached
+            return cached, True
         info = self.layers.info(txn, layer)
         out = ([info.parent] if info.parent != NO_LAYER else []) + self.merge_parents(txn, layer)
         result = tuple(out)
         if info.frozen:
             self._parents[layer] = result
-        return result
+        return result, info.frozen
 
     def ancestors(self, txn: lmdb.Transaction, layer: int) -> frozenset[int]:
         """``layer`` and every state it descends from, over forks and merges."""
@@ -144,19 +148,23 @@ class History:
         if cached is not None:
             return cached
         seen: set[int] = {layer}
-        todo = list(self.parents(txn, layer))
+        up, frozen = self._node(txn, layer)
+        todo = list(up)
         while todo:
             lid = todo.pop()
-            if lid in seen or not self.layers.exists(txn, lid):
+            if lid in seen:
                 continue
             known = self._ancestors.get(lid)
             if known is not None:
                 seen |= known
                 continue
+            # parents cached: the layer is known (the cache goes with any edge change)
+            if lid not in self._parents and not self.layers.exists(txn, lid):
+                continue
             seen.add(lid)
             todo.extend(self.parents(txn, lid))
         result = frozenset(seen)
-        if self.layers.info(txn, layer).frozen:
+        if frozen:
             self._ancestors[layer] = result
         return result
 
@@ -178,7 +186,9 @@ class History:
             if y in mine:
                 return [y]
             up = self.parents(txn, y)
-            if len(up) != 1 or not self.layers.exists(txn, up[0]):
+            if len(up) != 1:
+                break
+            if up[0] not in self._parents and not self.layers.exists(txn, up[0]):
                 break
             y = up[0]
         return self.best(txn, mine & self.ancestors(txn, b))
