@@ -139,6 +139,8 @@ class Bridge:
         waited for it a whole batch window on a busy mount.
         """
         group = self.group
+        if self.wb.sealed and not group.meta.batch_open and self.wb.sealed_overdue():
+            self.wb.flush_sealed()  # folded SETATTRs with no batch to carry them: open one
         if group.wanted and group.overdue():
             self._settle_for_others()
         elif group.due():
@@ -161,6 +163,8 @@ class Bridge:
         Returns work for the worker thread (change notices), with no reply to send.
         """
         with self.lock:
+            if self.wb.sealed:
+                self.wb.flush_sealed()  # into a batch, committed now: nothing left in memory
             if self.group.wanted:
                 self._settle_for_others()
             else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from branchfs import BranchFSError, Store
@@ -27,6 +28,7 @@ from branchfs import tree as T
 from branchfs.layers import View
 from branchfs.records import Inode
 
+from . import groupcommit
 from . import kernel as K
 from .buffers import FLUSH_BYTES, TOTAL_BYTES, WriteBuffer
 from .coherence import Coherence
@@ -118,8 +120,9 @@ class WriteBack:
         self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="branchfs-flush")
         #: Errors of write-behind commits, reported by the next write, flush or fsync.
         self.write_errors: dict[Key, int] = {}
-        #: Buffers holding folded SETATTRs (:meth:`fold`).
+        #: Buffers holding folded SETATTRs (:meth:`fold`), and since when (ns) some have.
         self.sealed: set[Key] = set()
+        self.sealed_ns = 0
 
     def add(self, key: Key, off: int, data: bytes, *, drop_privs: bool, kill_suidgid: bool) -> None:
         """Buffer ``data`` written at byte ``off`` of ``key``; a full buffer goes to the store.
@@ -186,15 +189,16 @@ class WriteBack:
         :func:`branchfs.tree.setattr` keywords; ``chown_kills``: a chown must clear
         privileges (KILLPRIV_V2). Returns the record as the SETATTR leaves it, for the
         reply, or None when the change cannot be folded (no buffer; privileges to clear;
-        a buffer that clears set-ID bits at its commit; no batch open): then the caller
-        applies buffer and change as before. A folded buffer takes no more writes; it is
-        applied before the batch commits (``GroupCommit.before_commit``: a crash keeps a
-        prefix of the calls, within the batch's bound) and before any request that could
-        see the store's record of the file (:data:`SEALED_SAFE`).
+        a buffer that clears set-ID bits at its commit): then the caller applies buffer
+        and change as before. A folded buffer takes no more writes; it is applied before
+        the batch commits (``GroupCommit.before_commit``: a crash keeps a prefix of the
+        calls), when the loop goes idle, after a batch window with no batch open to carry
+        it (:meth:`sealed_overdue`), and before any request that could see the store's
+        record of the file (:data:`SEALED_SAFE`).
         """
         buf = self.buffers.get(key)
-        if buf is None or "size" in changes or not self.store.meta.batch_open:
-            return None  # with no batch open nothing would commit it within the bound
+        if buf is None or "size" in changes:
+            return None
         base = buf.attrs
         if base is None:
             if buf.drop_privs and b"security.capability" in rec.xattrs:
@@ -213,8 +217,15 @@ class WriteBack:
         ):
             return None  # drop_privs would change the record: the usual way
         buf.attrs = new
+        if not self.sealed:
+            self.sealed_ns = time.perf_counter_ns()
         self.sealed.add(key)
         return new
+
+    def sealed_overdue(self) -> bool:
+        """Whether folded SETATTRs have waited a whole batch window with no batch open to
+        carry them (:meth:`.bridge.Bridge.take_work` then applies them, opening one)."""
+        return bool(self.sealed) and time.perf_counter_ns() - self.sealed_ns >= groupcommit.MAX_NS
 
     def flush_sealed(self) -> None:
         """Apply every buffer holding folded SETATTRs: before a request that could read the

@@ -168,6 +168,31 @@ def test_a_batch_commits_with_the_setattrs_folded_before_it(
     fs.close(fh)
 
 
+def test_folded_setattrs_with_no_batch_to_carry_them_reach_the_store_within_a_window(
+    fs: Driver, store: branchfs.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No batch is open (reads only since the last commit): the loop's idle moment, or the
+    next request a batch window later, applies them."""
+    fh = fs.create("x", flags=os.O_WRONLY)
+    fs.write(fh, 0, b"x")
+    ino = fs.lookup("x")
+    fs.bridge.setattr(ino, K.SetattrFields(mode=0o600, fh=fh), CTX)
+    fs._settle()
+    assert fs.bridge.wb.sealed
+    fs.bridge.idle()
+    assert not fs.bridge.wb.sealed
+    assert store.branch("main").stat("x").st_mode == 0o100600
+    fs.write(fh, 1, b"y")
+    fs.bridge.setattr(ino, K.SetattrFields(mode=0o640, fh=fh), CTX)
+    fs._settle()
+    assert fs.bridge.wb.sealed
+    monkeypatch.setattr(groupcommit, "MAX_NS", 0)  # the window has passed
+    fs.getattr("x")  # any request
+    assert not fs.bridge.wb.sealed
+    assert store.branch("main").stat("x").st_mode == 0o100640
+    fs.close(fh)
+
+
 def test_views_under_branchfs_get_numbers_that_go_with_the_last_forget(
     fs: Driver, store: branchfs.Store
 ) -> None:
