@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import lmdb
 
-from . import keys
+from . import keys, readers
 from .batches import Batches, BatchRead, Moved
 from .damage import DAMAGE_ERRORS, check_size, damaged, refuse_emptied, unreadable
 from .errors import (
@@ -189,27 +189,17 @@ class Meta:
 
     def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
         try:
-            return lmdb.open(
-                self.path,
-                map_size=map_size,
-                subdir=True,
-                create=create,
-                mode=0o600,
-                max_dbs=len(DB_NAMES) + 2,
-                sync=False,
-                metasync=False,
-                readahead=True,  # chunks are read sequentially: 6.6x faster cold reads
-                max_readers=MAX_READERS,
-                lock=True,
-            )
+            try:
+                return self._lmdb_open(map_size, create)
+            except lmdb.ReadersFullError:
+                # python-lmdb reads inside lmdb.open: free the dead's slots without it (this
+                # failed open holds no lock on lock.mdb any more), then try once more
+                if not readers.clear_dead(self.path, MAX_READERS):
+                    raise
+                return self._lmdb_open(map_size, create)
         except lmdb.ReadersFullError as exc:
-            raise ReadersFull(
-                f"all {MAX_READERS} reader slots of {self.path} are taken, so it cannot be "
-                "opened. Slots of dead processes are cleared by every process that has the "
-                "store open (within a second) and at the next open after that; if this "
-                "persists, live processes hold them: `lsof "
-                f"{self.path}/lock.mdb` lists them"
-            ) from exc
+            listed = readers.table(self.path, MAX_READERS)
+            raise readers.full(self.path, listed, MAX_READERS) from exc
         except lmdb.InvalidError as exc:
             raise unreadable(self.path, self.data_file, exc) from exc
         except DAMAGE_ERRORS as exc:
@@ -218,6 +208,21 @@ class Meta:
             if _is_enospc(exc):
                 raise os_error(errno.ENOSPC, self.path) from exc
             raise NotAStore(f"{self.path} cannot be opened as a branchfs store: {exc}") from exc
+
+    def _lmdb_open(self, map_size: int, create: bool) -> lmdb.Environment:
+        return lmdb.open(
+            self.path,
+            map_size=map_size,
+            subdir=True,
+            create=create,
+            mode=0o600,
+            max_dbs=len(DB_NAMES) + 2,
+            sync=False,
+            metasync=False,
+            readahead=True,  # chunks are read sequentially: 6.6x faster cold reads
+            max_readers=MAX_READERS,
+            lock=True,
+        )
 
     def _close_files(self) -> None:
         self.env.close()
@@ -313,19 +318,7 @@ class Meta:
             return 0
 
     def _readers_full(self) -> ReadersFull:
-        holders: dict[str, int] = {}
-        for line in self.env.readers().splitlines()[1:]:
-            fields = line.split()
-            if fields:
-                holders[fields[0]] = holders.get(fields[0], 0) + 1
-        listed = ", ".join(
-            f"pid {pid} ({n})" for pid, n in sorted(holders.items(), key=lambda kv: -kv[1])[:8]
-        )
-        return ReadersFull(
-            f"all {sum(holders.values())} reader slots of {self.path} "
-            f"are held by live processes ({listed}); each open read transaction holds one. "
-            "End the processes that hold many (or their long reads) and try again"
-        )
+        return readers.full(self.path, self.env.readers(), MAX_READERS)
 
     def begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
         """A raw LMDB transaction: stale readers cleared, a grown map adopted, damage as

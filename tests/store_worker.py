@@ -11,6 +11,8 @@ answer is one line on stdout, ``ok ...`` or ``err TYPE: message``):
   (all N at once); answers how many got in;
 - ``raw-readers N`` — the same with plain ``lmdb.open`` children that never clear stale
   reader slots themselves (a process that is not branchfs, or one killed before it could);
+- ``hold-readers N`` — the same, but the children stay alive inside their read transactions
+  (plain ``lmdb.open`` ones) until ``release``, which SIGKILLs them; answers how many got in;
 - ``compact`` — compact the store (with ``pause STEP`` first, stop before that step and
   answer ``paused STEP`` instead, to be killed there);
 - ``exit``.
@@ -18,6 +20,7 @@ answer is one line on stdout, ``ok ...`` or ``err TYPE: message``):
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -30,8 +33,12 @@ import branchfs
 from branchfs import compact as compact_mod
 from branchfs.meta import DB_NAMES, MAX_READERS
 
+_PR_SET_PDEATHSIG = 1
+
 
 def _child(path: str, raw: bool, w: int) -> None:
+    # die with the worker, whichever way it ends (a held reader must not outlive the test)
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
         if raw:
             env = lmdb.open(path, max_readers=MAX_READERS, max_dbs=len(DB_NAMES) + 2)
@@ -51,7 +58,9 @@ def _child(path: str, raw: bool, w: int) -> None:
         time.sleep(60)
 
 
-def readers(path: str, n: int, raw: bool) -> int:
+def readers(path: str, n: int, raw: bool, *, hold: list[int] | None = None) -> int:
+    """Fork ``n`` reader children; SIGKILL them inside their reads, or (``hold``) append
+    their pids to ``hold`` and leave them reading."""
     r, w = os.pipe()
     pids = []
     for _ in range(n):
@@ -68,17 +77,25 @@ def readers(path: str, n: int, raw: bool) -> int:
             break
         inside += b == b"r"
     os.close(r)
+    if hold is not None:
+        hold.extend(pids)
+    else:
+        kill(pids)
+    return inside
+
+
+def kill(pids: list[int]) -> None:
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     for pid in pids:
         os.waitpid(pid, 0)
-    return inside
 
 
 def main() -> None:
     path = sys.argv[1]
     store: branchfs.Store | None = None
     pause: str | None = None
+    held: list[int] = []
     for line in sys.stdin:
         cmd, *args = line.split()
         try:
@@ -94,6 +111,12 @@ def main() -> None:
                 answer = "ok"
             elif cmd in ("readers", "raw-readers"):
                 answer = f"ok {readers(path, int(args[0]), cmd == 'raw-readers')}"
+            elif cmd == "hold-readers":
+                answer = f"ok {readers(path, int(args[0]), True, hold=held)}"
+            elif cmd == "release":
+                kill(held)
+                held.clear()
+                answer = "ok"
             elif cmd == "pause":
                 pause = args[0]
                 answer = "ok"
@@ -110,6 +133,7 @@ def main() -> None:
                 report = store.compact()
                 answer = f"ok {report.bytes_before} {report.bytes_after}"
             elif cmd == "exit":
+                kill(held)
                 return
             else:
                 answer = f"err ValueError: unknown command {cmd}"
