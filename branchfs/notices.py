@@ -102,7 +102,7 @@ def register(
     change ``views``: the record is replaced atomically."""
     d = mounts_dir(store_path)
     os.makedirs(d, mode=0o700, exist_ok=True)
-    path = os.path.join(d, f"{os.getpid()}.json")
+    path = registration_file(store_path)
     tmp = path + ".tmp"
     data = {
         "pid": os.getpid(),
@@ -118,6 +118,11 @@ def register(
     os.replace(tmp, path)
     _cache.pop(store_path, None)
     return path
+
+
+def registration_file(store_path: str) -> str:
+    """The file :func:`register` writes for this process."""
+    return os.path.join(mounts_dir(store_path), f"{os.getpid()}.json")
 
 
 def _read_registrations(d: str) -> list[Registration]:

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 import lmdb
 
+from . import notices
 from .branch import Branch, Snapshot
 from .engine import Engine
 from .errors import BranchBusy, NotAStore, StoreCorrupt
 from .layers import View
 from .meta import Meta, open_meta, release_meta
-from .notices import Observer, notify_mounts, serving, settle_mounts
+from .notices import Observer, notify_mounts, settle_mounts
 from .paths import PathArg
 from .pathtree import DirEntry
 from .records import Inode
@@ -222,10 +223,29 @@ class Store:
         A branch that a mount daemon serves is not discarded from under it: that raises
         :class:`~branchfs.errors.BranchBusy` (``EBUSY``) naming the mountpoints, unless
         ``force``, which first flushes and cleanly unmounts each of them (waiting for the
-        daemon to exit), so nothing the mount acknowledged is lost.
+        daemon to exit), so nothing the mount acknowledged is lost. The mount registry is
+        read inside the write transaction that deletes the branch, and daemons register
+        inside one that checks the branch exists (:meth:`register_mount`): LMDB's single
+        writer orders the two, so a mount starting meanwhile either keeps the branch
+        (``BranchBusy``) or fails to start (the branch is gone), never serves a deleted one.
         """
-        regs = serving(self.path, branch)
-        if regs:
+
+        # Imported here, not with the module: a process that never discards (every
+        # `branchfs fork` …) would pay ~1 ms to import gc, against ~1 us per discard here.
+        from .gc import tidy_after_discard
+
+        def op(txn: lmdb.Transaction) -> list[notices.Registration]:
+            regs = notices.serving(self.path, branch)
+            if not regs:
+                rec = self.refs.discard(txn, branch)
+                tidy_after_discard(txn, self.engine, rec.top)
+            return regs
+
+        for _attempt in range(3):  # forced: a mount may start again after we unmounted
+            regs = self.meta.write(op)
+            if not regs:
+                self._changed(branch)
+                return
             from .mount import release  # most processes never see a mount
 
             where = ", ".join(r.mountpoint for r in regs)
@@ -238,17 +258,27 @@ class Store:
                 )
             for reg in regs:
                 release(reg, branch)
+        raise BranchBusy(
+            f"branch {branch!r} was mounted again each time it was unmounted (now at "
+            f"{where}); stop what mounts it, then discard it",
+            [r.mountpoint for r in regs],
+        )
 
-        # Imported here, not with the module: a process that never discards (every
-        # `branchfs fork` …) would pay ~1 ms to import gc, against ~1 us per discard here.
-        from .gc import tidy_after_discard
+    def register_mount(self, branch: str, register: Callable[[], T]) -> T:
+        """Run ``register`` (a daemon recording that it serves ``branch``, see
+        :func:`branchfs.notices.register`) inside a write transaction that first checks that
+        ``branch`` exists; returns what it returns.
 
-        def op(txn: lmdb.Transaction) -> None:
-            rec = self.refs.discard(txn, branch)
-            tidy_after_discard(txn, self.engine, rec.top)
+        :class:`~branchfs.errors.BranchNotFound` if the branch is gone (a :meth:`discard`
+        won the race: see there). ``register`` may run more than once; it must be
+        idempotent (rewriting the same registration is).
+        """
 
-        self.meta.write(op)
-        self._changed(branch)
+        def op(txn: lmdb.Transaction) -> T:
+            self.refs.branch(txn, branch)
+            return register()
+
+        return self.meta.write(op)
 
     def delete_snapshot(self, name: str) -> None:
         """Remove snapshot ``name``; its space comes back at the next :meth:`gc`."""

@@ -142,7 +142,21 @@ def _serve(
             listener.close()
             report.send(f"the kernel refused the mount ({exc}); is {mountpoint} usable?")
             return 2
-        reg_path = notices.register(store.path, branch, ops.mountpoint, sock_name)
+        try:  # ordered with a discard of the branch (see Store.discard)
+            reg_path = store.register_mount(
+                branch, lambda: notices.register(store.path, branch, ops.mountpoint, sock_name)
+            )
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(notices.registration_file(store.path))  # written, not committed
+            listener.close()
+            mount_mod.detach(ops.mountpoint)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            if not isinstance(exc, (BranchFSError, OSError)):
+                raise
+            report.send(str(exc))
+            return 2
     session = Session(fd, ops)
     ops.coherence.invalidator = session.invalidate
 
