@@ -17,6 +17,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import stat as st
 
 from . import paths, tree
@@ -234,6 +235,42 @@ def _open_dest(dest: bytes) -> int:
     return fd
 
 
+def _staging_dir(target: bytes) -> bytes | None:
+    """A new hidden sibling of ``target`` to export into and rename onto it at the end, so
+    that an interrupted export leaves nothing at ``target``; ``None``: export in place.
+
+    In place when ``target`` is not a new or empty directory (the usual errors follow), is
+    a symlink or a mountpoint (a rename would replace it, or cannot), or when its parent
+    does not let us make the sibling.
+    """
+    path = target.rstrip(b"/") or b"/"
+    try:
+        s = os.lstat(path)
+    except FileNotFoundError:
+        s = None
+    except OSError:
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    if s is not None:
+        if not st.S_ISDIR(s.st_mode) or path == b"/":
+            return None
+        try:
+            if os.stat(parent).st_dev != s.st_dev or os.listdir(path):
+                return None
+        except OSError:
+            return None
+    tmp = os.path.join(
+        parent,
+        b".%s.export-%d-%s" % (os.path.basename(path), os.getpid(), os.urandom(4).hex().encode()),
+    )
+    try:
+        os.makedirs(parent, exist_ok=True)
+        os.mkdir(tmp, 0o700)
+    except OSError:
+        return None
+    return tmp
+
+
 def export_dir(
     branch: BoundTree, dest: paths.PathArg, source: paths.PathArg = "", progress: Progress = None
 ) -> int:
@@ -243,13 +280,36 @@ def export_dir(
     ``FileExistsError``. It receives the attributes of ``source``. Owners are restored
     only when running as root; xattrs the destination refuses are skipped with a log note.
     Returns the number of non-directory entries written, hard links included.
+
+    All or nothing where it can be: the tree is written into a hidden sibling
+    ``.NAME.export-PID-XXXXXXXX`` and renamed onto ``dest`` at the end, so an export that
+    fails or is interrupted (Ctrl-C) leaves ``dest`` as it was; one killed outright
+    (SIGKILL) leaves only that hidden sibling, to delete. Where no sibling can be made
+    (an unwritable parent) or ``dest`` is a symlink or a mountpoint, the export writes in
+    place, and an interrupted one leaves ``dest`` partly filled: empty it and export again.
     """
     target = os.fsencode(dest)
-    root_fd = _open_dest(target)
+    tmp = _staging_dir(target)
+    root_fd = _open_dest(target if tmp is None else tmp)
     try:
-        return branch.read_view(
+        files = branch.read_view(
             lambda v: _Exporter(v, root_fd, target.rstrip(b"/") or b"/", progress).run(source)
         )
+        if tmp is not None:
+            try:
+                os.rename(tmp, target.rstrip(b"/"))
+            except OSError as exc:  # dest appeared meanwhile, not empty (or not a directory)
+                raise FileExistsError(
+                    errno.EEXIST,
+                    "export_dir writes only into a new or empty directory, and one that is "
+                    f"not appeared there during the export ({exc.strerror})",
+                    os.fsdecode(target),
+                ) from None
+        return files
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         os.close(root_fd)
 
