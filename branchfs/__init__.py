@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .diff import Change
     from .errors import (
         BranchBusy,
+        BranchChanged,
         BranchExists,
         BranchFSError,
         BranchNotFound,
@@ -58,6 +59,7 @@ _HOMES = {
     "Snapshot": "branch",
     "Change": "diff",
     "BranchBusy": "errors",
+    "BranchChanged": "errors",
     "BranchExists": "errors",
     "BranchFSError": "errors",
     "BranchNotFound": "errors",
@@ -103,6 +105,7 @@ __all__ = [
     "BestOfResult",
     "Branch",
     "BranchBusy",
+    "BranchChanged",
     "BranchExists",
     "BranchFSError",
     "BranchNotFound",

@@ -14,6 +14,7 @@ import errno
 import io
 import os
 import stat as st
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from . import paths, tree
@@ -68,6 +69,10 @@ class StoreAPI(TreeHost, Protocol):
 
     def discard(self, branch: str, *, force: bool = False) -> None:
         """Remove ``branch`` (``BranchBusy`` while a mount serves it, unless ``force``)."""
+        ...
+
+    def staged(self, branch: str) -> AbstractContextManager[Branch]:
+        """A hidden copy of ``branch`` to build in, published as ``branch`` at the end."""
         ...
 
     def diff(self, a: str, b: str) -> list[Change]:
@@ -443,11 +448,17 @@ class Branch(PathTree):
         """Copy the real directory ``source`` into ``dest`` of this branch; returns files copied.
 
         Modes, owners, times, symlinks (copied, never followed), hard links and xattrs are
-        kept.
+        kept. All or nothing: the copy is built in a hidden layer and published with one
+        ref update at the end (:meth:`Store.staged`), so an import that fails or is
+        interrupted changes nothing visible (gc reclaims what it wrote);
+        :class:`~branchfs.errors.BranchChanged` if the branch changed meanwhile.
         """
         from .transfer import import_dir
 
-        return import_dir(self, source, dest, progress=progress)
+        if self._snapshot:
+            return import_dir(self, source, dest, progress=progress)  # EROFS, as any write
+        with self.store.staged(self.name) as hidden:
+            return import_dir(hidden, source, dest, progress=progress)
 
     def export_dir(self, dest: PathArg, source: PathArg = "", *, progress: Progress = None) -> int:
         """Copy ``source`` of this branch into the real directory ``dest``; returns files copied."""

@@ -93,6 +93,11 @@ class BranchBusy(BranchFSError, OSError):
         return self.message
 
 
+class BranchChanged(BranchFSError):
+    """A branch changed while a hidden build for it ran (an import), so nothing was
+    published; the build is dropped. Run it again, or build into a fork and merge that."""
+
+
 class ReadOnlyError(BranchFSError, OSError):
     """A write was attempted on a snapshot; snapshots are read-only (``EROFS``)."""
 

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import lmdb
 
+from . import staging
 from .engine import Engine
 from .errors import StoreLocked
 from .layers import NO_LAYER
@@ -53,9 +54,10 @@ class GcReport:
 
 
 def ref_roots(txn: lmdb.Transaction, engine: Engine) -> list[int]:
-    """The layers branches and snapshots name."""
+    """The layers branches and snapshots name, and staging layers (:mod:`branchfs.staging`)."""
     refs = engine.refs
-    return [b.top for b in refs.branches(txn)] + [s.layer for s in refs.snapshots(txn)]
+    roots = [b.top for b in refs.branches(txn)] + [s.layer for s in refs.snapshots(txn)]
+    return roots + sorted(staging.layers(txn, engine))
 
 
 def kept_states(txn: lmdb.Transaction, engine: Engine) -> set[int]:
@@ -107,8 +109,9 @@ def _squash_candidate(txn: lmdb.Transaction, engine: Engine) -> tuple[int, int] 
     """A (parent, child) pair where the frozen parent is used by that child only."""
     layers = engine.layers
     pinned = set(ref_roots(txn, engine)) | kept_states(txn, engine)
+    building = staging.layers(txn, engine)  # written by their owners: never squashed
     for parent, kids in _children(txn, engine).items():
-        if parent == NO_LAYER or len(kids) != 1 or parent in pinned:
+        if parent == NO_LAYER or len(kids) != 1 or parent in pinned or kids[0] in building:
             continue
         if layers.exists(txn, parent):
             return parent, kids[0]
@@ -212,6 +215,8 @@ def tidy_after_discard(txn: lmdb.Transaction, engine: Engine, top: int) -> None:
     if history.referrers(txn, lid):
         return
     kids = layers.children(txn, lid, limit=2)
+    if len(kids) == 1 and kids[0] in staging.layers(txn, engine):
+        return  # a staging layer is written by its owner: never squashed
     if len(kids) == 1 and not layers.size_exceeds(txn, kids[0], TIDY_LIMIT):
         _finish_squash(txn, engine, lid, kids[0])
 
@@ -230,6 +235,7 @@ def collect(engine: Engine) -> GcReport:
                 f"another gc is running on {meta.path}; wait for it to finish and run gc again"
             ) from None
         freed = [0, 0]  # chunks, bytes
+        staging.reap(engine)  # the staging layers of dead owners become garbage below
         with meta.read() as txn:
             live = live_layers(txn, engine)
             dead = [info.id for info in layers.all(txn) if info.id not in live]

@@ -65,6 +65,9 @@ NEXT_BRANCH = b"next_branch"
 COUNTERS = (NEXT_INO, NEXT_LAYER, NEXT_BRANCH)
 #: Present while a compaction is replacing the environment's file (``branchfs.compact``).
 COMPACTING = b"compacting"
+#: Prefix of the records of staging layers (``STAGING`` + u64 layer -> sealed owner token;
+#: ``branchfs.staging``).
+STAGING = b"staging/"
 
 Raw = bytes | memoryview
 

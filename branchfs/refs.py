@@ -195,6 +195,14 @@ class Refs:
         self._put_branch(txn, new)
         return new
 
+    def replace_top(self, txn: lmdb.Transaction, name: str, top: int) -> BranchRecord:
+        """Make layer ``top`` branch ``name``'s top (publishing a staging layer, see
+        :mod:`branchfs.staging`; the caller checked that this loses nothing)."""
+        rec = self.branch(txn, name)
+        new = BranchRecord(name, rec.id, top, rec.created_ns)
+        self._put_branch(txn, new)
+        return new
+
     def discard(self, txn: lmdb.Transaction, name: str) -> BranchRecord:
         """Remove branch ``name``; its layers become garbage for gc."""
         rec = self.branch(txn, name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import lmdb
 
@@ -30,6 +30,7 @@ from .records import Inode
 from .refs import Refs
 
 if TYPE_CHECKING:
+    from .branch import StoreAPI
     from .compact import CompactReport
     from .diff import Change
     from .fsck import FsckReport
@@ -148,6 +149,31 @@ class Store:
         result = self.meta.write(lambda txn: fn(self.engine.view(txn, name, snapshot)))
         self._changed(name)
         return result
+
+    @contextmanager
+    def staged(self, branch: str) -> Iterator[Branch]:
+        """A hidden copy of ``branch`` to build in, published as ``branch`` when the block
+        ends (one ref update), dropped if it raises; see :mod:`branchfs.staging`.
+
+        The yielded tree is written in as many transactions as the builder likes; nothing
+        shows in ``branch`` (or its mounts) until the end. :class:`BranchChanged` at the end
+        (nothing published) if ``branch`` was written to, reset, merged into or discarded
+        meanwhile.
+        """
+        from .staging import Stage
+
+        stage = Stage(
+            self.engine,
+            branch,
+            lambda names: self.settler(self.path, names),
+            lambda names: self._changed(*names),
+        )
+        try:
+            yield Branch(cast("StoreAPI", stage), branch)
+        except BaseException:
+            stage.abandon()
+            raise
+        stage.publish()
 
     def _changed(self, *names: str) -> None:
         """Tell the observer that ``names``' trees changed (by default: a stat if no mount)."""

@@ -12,9 +12,10 @@ an export write outside its destination.
 
 Speed: import reads each file with one large ``os.read`` (or by data extent for sparse
 files) and commits a few hundred files or a few MiB per LMDB write transaction, building the
-inode records directly instead of one :class:`~branchfs.Branch` call per file. An import is
-therefore not one atomic transaction: a crash in the middle leaves the files committed so
-far, each batch whole. Export runs in one read transaction, so it writes one consistent
+inode records directly instead of one :class:`~branchfs.Branch` call per file. The tree it
+is given is a hidden staging layer (:meth:`branchfs.Branch.import_dir` opens it with
+:meth:`branchfs.Store.staged`), published with one ref update at the end: an interrupted
+import leaves nothing visible. Export runs in one read transaction, so it writes one consistent
 state of the tree even while other writers change the branch.
 """
 

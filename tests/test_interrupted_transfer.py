@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import branchfs
+from branchfs import staging
 
 #: Files in the tree that is copied (enough for a copy to take well over the polling step).
 FILES = 2000
@@ -91,3 +92,85 @@ def test_an_interrupted_export_leaves_no_half_filled_directory(
         assert s.branch("main").export_dir(out) == FILES
     for rel, data in list(files.items())[::97]:
         assert (out / rel).read_bytes() == data
+
+
+def _staged_layers(s: branchfs.Store) -> dict[int, bool]:
+    """The store's staging layers, each with whether it holds records yet."""
+    with s.meta.read() as txn:
+        return {
+            lid: not s.engine.layers.is_empty(txn, lid) for lid in staging.layers(txn, s.engine)
+        }
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_an_interrupted_import_leaves_nothing_visible(tmp_path: Path, sig: signal.Signals) -> None:
+    store = tmp_path / "store.bfs"
+    src = tmp_path / "src"
+    files = _tree(src)
+    with branchfs.Store.open(store, create=True) as s:
+        s.create_branch("main").write_bytes("old.txt", b"before")
+        proc = _cli("import", str(src), "--branch", "main", store=store)
+
+        def written() -> bool:
+            # while the import runs, main shows nothing of it
+            assert s.branch("main").listdir() == ["old.txt"]
+            return any(_staged_layers(s).values())
+
+        _wait_for("the import write", written, proc)
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert s.branch("main").listdir() == ["old.txt"]
+        assert s.branch("main").read_bytes("old.txt") == b"before"
+        # Ctrl-C drops its staging layer at once; a SIGKILLed one is found by gc
+        assert (_staged_layers(s) == {}) == (sig == signal.SIGINT)
+        report = s.gc()
+        assert _staged_layers(s) == {}
+        assert report.layers_removed >= 1 and report.chunks_freed > 0  # its space comes back
+        assert s.fsck().ok
+        # and the next import copies everything
+        assert s.branch("main").import_dir(src) == FILES
+        assert sorted(s.branch("main").listdir()) == sorted(
+            ["old.txt", *{rel.split("/")[0] for rel in files}]
+        )
+        for rel, data in list(files.items())[::97]:
+            assert s.branch("main").read_bytes(rel) == data
+
+
+def test_a_staged_tree_survives_gc_and_publishes_in_one_step(tmp_path: Path) -> None:
+    with branchfs.Store.open(tmp_path / "store.bfs", create=True) as s:
+        main = s.create_branch("main")
+        main.write_bytes("old.txt", b"before")
+        s.fork("main", "other")
+        s.discard("other")  # something for gc to do beside the staging layer
+        with s.staged("main") as hidden:
+            hidden.makedirs("new/dir")
+            hidden.write_bytes("new/dir/f", b"x" * 10_000)
+            assert main.listdir() == ["old.txt"]  # hidden until the end
+            s.gc()  # a staging layer is a gc root: kept, and never squashed away
+            assert hidden.read_bytes("new/dir/f") == b"x" * 10_000
+            assert sorted(hidden.listdir()) == ["new", "old.txt"]
+        assert sorted(main.listdir()) == ["new", "old.txt"]
+        assert main.read_bytes("new/dir/f") == b"x" * 10_000
+        assert _staged_layers(s) == {}
+        s.gc()
+        assert s.fsck().ok
+        assert main.read_bytes("new/dir/f") == b"x" * 10_000
+
+
+def test_an_import_into_a_branch_changed_meanwhile_publishes_nothing(tmp_path: Path) -> None:
+    with branchfs.Store.open(tmp_path / "store.bfs", create=True) as s:
+        main = s.create_branch("main")
+        main.write_bytes("old.txt", b"before")
+        changed = pytest.raises(branchfs.BranchChanged, match="changed while the import ran")
+        with changed, s.staged("main") as hidden:
+            hidden.write_bytes("imported", b"mine")
+            main.write_bytes("written.txt", b"by someone else meanwhile")
+        assert sorted(main.listdir()) == ["old.txt", "written.txt"]
+        assert _staged_layers(s) == {}
+        s.fork("main", "gone")
+        with pytest.raises(branchfs.BranchChanged, match="discarded"), s.staged("gone") as hidden:
+            hidden.write_bytes("imported", b"mine")
+            s.discard("gone")  # its tidy-up does not squash the staging layer away
+        assert "gone" not in s.branches()
+        s.gc()
+        assert s.fsck().ok
