@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from .meta import Database
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: Subdirectory of a store holding the owners' lock files.
 STAGING_DIR = "staging"
@@ -198,11 +201,18 @@ class Stage:
         txn.delete(self._key(self.layer), db=self.engine.meta.meta_db)
 
     def abandon(self) -> None:
-        """Give the staging layer up: its record goes now, its records at the next gc."""
+        """Give the staging layer up: its record goes now, its records at the next gc.
+
+        Never raises for the store's sake (it runs while another error propagates): if
+        the record cannot be deleted now (a full disk), the lock is released all the same
+        and gc's :func:`reap` deletes it.
+        """
         if self.done:
             return
         self.done = True
         try:
             self.engine.meta.write(_deleter(self._key(self.layer), self.engine.meta.meta_db))
+        except Exception as exc:
+            log.warning("staging layer %d is left for gc to reap: %s", self.layer, exc)
         finally:
             self._unlock()
