@@ -236,7 +236,7 @@ def private_tree(
     mp = tempfile.mkdtemp(prefix=prefix)
     try:
         cm = mounted(store_path, mp, branch) if spawner is None else mounted_by(
-            spawner, store_path, mp, branch
+            spawner, store_path, mp, branch, owned=True
         )  # fmt: skip
         with cm as path:
             yield path

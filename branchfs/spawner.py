@@ -233,9 +233,18 @@ class Spawner:
             event.set()
 
     def start(
-        self, store_path: str, mountpoint: str, branch: str, *, timeout: float = START_TIMEOUT
+        self,
+        store_path: str,
+        mountpoint: str,
+        branch: str,
+        *,
+        timeout: float = START_TIMEOUT,
+        owned: bool = False,
     ) -> Daemon:
         """Mount ``branch`` at ``mountpoint`` and return once the mount answers.
+
+        ``owned``: the mountpoint is a directory the caller made for this mount; should the
+        caller die without unmounting, the zygote removes it once the daemon is gone.
 
         Raises :class:`~branchfs.mount.MountError` (saying why) if it cannot be mounted.
         """
@@ -253,6 +262,8 @@ class Spawner:
             self._waiting[rid] = (event, box)
             request = {"id": rid, "store": store_path, "branch": branch, "mountpoint": mp}
             request["log"] = log
+            if owned:
+                request["owned"] = True
             try:
                 zygote.requests.write(json.dumps(request).encode() + b"\n")
                 zygote.requests.flush()
@@ -301,10 +312,13 @@ def stop(daemon: Daemon, mountpoint: str, *, timeout: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def mounted_by(spawner: Spawner, store_path: str, mountpoint: str, branch: str) -> Iterator[Path]:
-    """Like :func:`branchfs.mount.mounted`, with the daemon forked by ``spawner``."""
+def mounted_by(
+    spawner: Spawner, store_path: str, mountpoint: str, branch: str, *, owned: bool = False
+) -> Iterator[Path]:
+    """Like :func:`branchfs.mount.mounted`, with the daemon forked by ``spawner``
+    (``owned``: see :meth:`Spawner.start`)."""
     mp = os.path.abspath(mountpoint)
-    daemon = spawner.start(store_path, mp, branch)
+    daemon = spawner.start(store_path, mp, branch, owned=owned)
     try:
         yield Path(mp)
     finally:

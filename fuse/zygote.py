@@ -9,7 +9,8 @@ child starts as clean as a new process would (LMDB must not be used across a for
 
 The protocol, one JSON object per line on stdin and stdout::
 
-    request  {"id": 7, "store": "/s.bfs", "branch": "b", "mountpoint": "/m", "log": "/l"}
+    request  {"id": 7, "store": "/s.bfs", "branch": "b", "mountpoint": "/m", "log": "/l",
+              "owned": true}
     answer   {"id": 7, "pid": 1234, "ready": "ok"}      (or "ready": why it failed)
 
 Each daemon gets a session of its own, stdin and stdout on ``/dev/null`` and stderr
@@ -19,11 +20,13 @@ At EOF on stdin the zygote answers what is pending, then tells every daemon it f
 still runs to stop (SIGTERM: the daemon flushes, detaches its mount and exits) and exits.
 Its client closes stdin only once it has unmounted every tree it asked for, so at that
 point a daemon still running belongs to a client that died (SIGKILL) without cleaning up,
-and would otherwise keep its mount forever.
+and would otherwise keep its mount forever. Once such a daemon has exited, its mountpoint
+is removed too if the request said ``"owned"`` (a temporary directory its client made).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -84,7 +87,7 @@ def serve() -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     pending: dict[int, tuple[int, int]] = {}  # ready pipe -> (request id, pid)
-    forked: list[int] = []
+    forked: list[tuple[int, str | None]] = []  # pid, and its mountpoint if ours to remove
     buf = b""
     reading = True
     while reading or pending:
@@ -106,7 +109,7 @@ def serve() -> int:
                         _answer({"id": req["id"], "pid": 0, "ready": f"cannot fork: {exc}"})
                         continue
                     pending[ready_r] = (int(req["id"]), pid)
-                    forked.append(pid)
+                    forked.append((pid, str(req["mountpoint"]) if req.get("owned") else None))
             else:
                 data = os.read(fd, 4096)
                 os.close(fd)
@@ -114,21 +117,38 @@ def serve() -> int:
                 trace.mark("daemon ready", daemon=pid)
                 message = data.decode(errors="replace").strip() or "the daemon exited"
                 _answer({"id": rid, "pid": pid, "ready": message})
-    for pid in forked:
-        _stop_orphan(pid)
+    orphans = [(pid, mp) for pid, mp in forked if _stop_orphan(pid)]
+    for pid, mp in orphans:
+        if mp is not None and _wait_exit(pid, 10.0):
+            with contextlib.suppress(OSError):
+                os.rmdir(mp)  # the client's temporary mountpoint, empty once detached
     return 0
 
 
-def _stop_orphan(pid: int) -> None:
-    """SIGTERM a daemon this zygote forked, if it still runs (not a zombie, not reused)."""
+def _stop_orphan(pid: int) -> bool:
+    """SIGTERM a daemon this zygote forked, if it still runs (not a zombie, not reused);
+    whether it did."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return
+        return False
     if fields[0] in ("Z", "X") or int(fields[1]) != os.getpid():
-        return  # gone, or the pid now names someone else's process
+        return False  # gone, or the pid now names someone else's process
     os.kill(pid, signal.SIGTERM)
+    return True
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``pid`` to exit (a pidfd, pidfd_open(2))."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return True  # already gone
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":

@@ -171,7 +171,8 @@ def test_zygote_reports_a_failed_mount(tmp_path: Path, store_path: Path) -> None
 
 
 def test_sigkilled_best_of_leaves_no_mount(tmp_path: Path, store_path: Path) -> None:
-    """SIGKILL cannot be cleaned up after, but the zygote then stops the daemons it forked."""
+    """SIGKILL cannot be cleaned up after, but the zygote then stops the daemons it forked
+    and removes their temporary mountpoints."""
     logs = tmp_path / "logs"
     script = "import sys; from branchfs.bestof import best_of; "
     script += "best_of(sys.argv[1], 2, 'echo running; sleep 600', log_dir=sys.argv[2])"
@@ -187,9 +188,10 @@ def test_sigkilled_best_of_leaves_no_mount(tmp_path: Path, store_path: Path) -> 
     assert len(trees) == 2
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(os.path.ismount(t) for t in trees):
+        while time.monotonic() < deadline and any(os.path.exists(t) for t in trees):
             time.sleep(0.05)
         assert not any(os.path.ismount(t) for t in trees)
+        assert not any(os.path.exists(t) for t in trees)  # the temporary mountpoints too
     finally:
         for left in leftovers(store_path, []):  # the attempts' own processes: ours to end
             if left.startswith("process "):
