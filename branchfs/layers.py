@@ -67,9 +67,11 @@ class LayerIndex:
         """Whether layer ``lid`` has a record."""
         return txn.get(keys.layer_key(lid), db=self.db) is not None
 
-    def create(self, txn: lmdb.Transaction, parent: int) -> int:
-        """A new, empty, writable layer over ``parent`` (``NO_LAYER`` for a root layer)."""
-        lid = self.meta.next_id(txn, keys.NEXT_LAYER)
+    def create(self, txn: lmdb.Transaction, parent: int, lid: int = 0) -> int:
+        """A new, empty, writable layer over ``parent`` (``NO_LAYER`` for a root layer); its
+        id is ``lid`` if given (allocated from ``next_layer`` by the caller), else a new one."""
+        if not lid:
+            lid = self.meta.next_id(txn, keys.NEXT_LAYER)
         txn.put(keys.layer_key(lid), keys.encode_layer(parent, False), db=self.db)
         if parent != NO_LAYER:
             txn.put(keys.child_key(parent, lid), b"", db=self.meta.children_db)
@@ -100,9 +102,11 @@ class LayerIndex:
                     return True
         return False
 
-    def freeze(self, txn: lmdb.Transaction, lid: int) -> None:
-        """Make ``lid`` read-only for good (it is about to be shared)."""
-        info = self.info(txn, lid)
+    def freeze(self, txn: lmdb.Transaction, lid: int, info: LayerInfo | None = None) -> None:
+        """Make ``lid`` read-only for good (it is about to be shared); ``info``: its record,
+        if the caller has just read it."""
+        if info is None:
+            info = self.info(txn, lid)
         if not info.frozen:
             txn.put(keys.layer_key(lid), keys.encode_layer(info.parent, True), db=self.db)
 

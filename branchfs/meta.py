@@ -495,13 +495,14 @@ class Meta:
             raise os_error(errno.ENOSPC, self.path)
         self.env.set_mapsize(min(current * 2, self.max_map_size))
 
-    def next_id(self, txn: lmdb.Transaction, counter: bytes) -> int:
-        """Allocate the next number of a store-wide counter (inodes, layers, branches)."""
+    def next_id(self, txn: lmdb.Transaction, counter: bytes, count: int = 1) -> int:
+        """Allocate the next ``count`` numbers of a store-wide counter (inodes, layers,
+        branches); returns the first."""
         raw = txn.get(counter, db=self.meta_db)
         if raw is None:
             raise StoreCorrupt(f"the counter {counter.decode()} is missing; run fsck")
         n = keys.read_u64(raw)
-        txn.put(counter, keys.u64(n + 1), db=self.meta_db)
+        txn.put(counter, keys.u64(n + count), db=self.meta_db)
         return n
 
     def sync(self) -> None:

@@ -158,6 +158,12 @@ class Refs:
         merge history) it is frozen and the branch gets a fresh empty top over it; if it is
         empty, its parent already is the current state.
         """
+        return self._freeze(txn, name, 0)[0]
+
+    def _freeze(self, txn: lmdb.Transaction, name: str, spare: int) -> tuple[int, int]:
+        """:meth:`freeze_state`, allocating ``spare`` more layer ids with the one a freeze
+        needs (one counter update for both): (the state's layer, the first spare id, or 0
+        when nothing was frozen)."""
         rec = self.branch(txn, name)
         info = self.layers.info(txn, rec.top)
         if (
@@ -165,24 +171,28 @@ class Refs:
             and self.layers.is_empty(txn, rec.top)
             and not self.history.merge_parents(txn, rec.top)
         ):
-            return info.parent
-        self.layers.freeze(txn, rec.top)
-        new_top = self.layers.create(txn, rec.top)
+            return info.parent, 0
+        self.layers.freeze(txn, rec.top, info)
+        first = self.meta.next_id(txn, keys.NEXT_LAYER, 1 + spare)
+        new_top = self.layers.create(txn, rec.top, first)
         self._put_branch(txn, BranchRecord(name, rec.id, new_top, rec.created_ns))
-        return rec.top
+        return rec.top, (first + 1 if spare else 0)
 
     def fork(self, txn: lmdb.Transaction, source: str, new: str) -> BranchRecord:
         """Make branch ``new`` an independent copy of ``source`` as it is now: O(1)."""
         self._require_free(txn, new)  # first: BranchExists before BranchNotFound
-        return self._new_branch(txn, new, self.freeze_state(txn, source))
+        state, lid = self._freeze(txn, source, 1)
+        return self._new_branch(txn, new, state, lid)
 
     def branch_from_layer(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
         """A new branch whose tree is frozen layer ``layer``."""
         self._require_free(txn, name)
         return self._new_branch(txn, name, layer)
 
-    def _new_branch(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
-        top = self.layers.create(txn, layer)
+    def _new_branch(
+        self, txn: lmdb.Transaction, name: str, layer: int, lid: int = 0
+    ) -> BranchRecord:
+        top = self.layers.create(txn, layer, lid)
         rec = BranchRecord(name, self.meta.next_id(txn, keys.NEXT_BRANCH), top, time.time_ns())
         self._put_branch(txn, rec)
         return rec
