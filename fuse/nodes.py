@@ -304,6 +304,13 @@ class TreeNodes:
         tree, peng, _alias = self._parent(parent)
 
         def fn(v: View) -> tuple[int, bool]:
+            # A file that _orphaned would delete at once is deleted by the unlink itself:
+            # its record is not put without links first (rm -rf's common case).
+            target = v.dirent(peng, name)
+            if target is not None and not self.holds.is_open((tree, target)):
+                rec = v.inode(target)
+                if rec is not None and (rec.is_reg or rec.is_link):
+                    return T.unlink(v, peng, name), False
             ino = T.unlink(v, peng, name, keep_orphan=True)
             return ino, self._orphaned(v, tree, ino)
 
