@@ -199,20 +199,27 @@ def tidy_after_discard(txn: lmdb.Transaction, engine: Engine, top: int) -> None:
     # one, it never is (that one descends from it and from nothing else of it).
     pinned = {snap.layer for snap in refs.snapshots(txn)}
     lid = top
+    # The merge history is scanned once per layer: its referrers read here go to drop, and
+    # the loop's last read (if it stopped there) answers the check after the loop.
+    referrers: list[int] | None = None
     while lid != NO_LAYER and layers.exists(txn, lid):
         if lid in pinned or layers.children(txn, lid, limit=1):
             break
-        if len(history.referrers(txn, lid)) > 1:
+        referrers = history.referrers(txn, lid)
+        if len(referrers) > 1:
             break
         if layers.size_exceeds(txn, lid, TIDY_LIMIT):
             return
         parent = layers.info(txn, lid).parent
-        history.drop(txn, lid)
+        history.drop(txn, lid, parent=parent, referrers=referrers)
         delete_layer(txn, engine, lid)
         lid = parent
+        referrers = None
     if lid == NO_LAYER or lid in pinned or not layers.exists(txn, lid):
         return
-    if history.referrers(txn, lid):
+    if referrers is None:
+        referrers = history.referrers(txn, lid)
+    if referrers:
         return
     kids = layers.children(txn, lid, limit=2)
     if len(kids) == 1 and kids[0] in staging.layers(txn, engine):

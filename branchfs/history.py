@@ -326,13 +326,28 @@ class History:
                 self.record(txn, x, p)
         self.layers.bump_topology(txn)
 
-    def drop(self, txn: lmdb.Transaction, lid: int) -> None:
+    def drop(
+        self,
+        txn: lmdb.Transaction,
+        lid: int,
+        *,
+        parent: int | None = None,
+        referrers: list[int] | None = None,
+    ) -> None:
         """Layer ``lid`` is deleted while it has no layer children: its own edges go, and
-        whoever merged it names its parents instead."""
-        info = self.layers.info(txn, lid)
+        whoever merged it names its parents instead.
+
+        ``parent`` (its parent layer id, or ``NO_LAYER``) and ``referrers`` (what
+        :meth:`referrers` returns for it) may be passed by a caller that has just read them
+        in this transaction, to save a read of the layer record and a scan of the reverse
+        index; left out, they are read here.
+        """
+        if parent is None:
+            parent = self.layers.info(txn, lid).parent
+        if referrers is None:
+            referrers = self.referrers(txn, lid)
         own = self.merge_parents(txn, lid)
-        parents = ([info.parent] if info.parent != NO_LAYER else []) + own
-        referrers = self.referrers(txn, lid)
+        parents = ([parent] if parent != NO_LAYER else []) + own
         for x in referrers:
             self.unrecord(txn, x, lid)
             for q in parents:
