@@ -213,7 +213,8 @@ MISTAKES = [
         ("import", "/nonexistent/dir"),
         ("cannot import /nonexistent/dir: no such file or directory",),
     ),
-    (("discard", "@v1"), ("is a snapshot",)),
+    (("discard", "@v9"), ("no snapshot named 'v9'",)),
+    (("discard", "v1"), ("there is a snapshot 'v1': write it @v1",)),
     (("diff", "main", "v1"), ("there is a snapshot 'v1': write it @v1",)),
     (("fork", "@main", "y"), ("there is a branch 'main'",)),
 ]
@@ -223,6 +224,24 @@ def test_mistakes_are_one_line_exit_2(store: Path) -> None:
     bfs("snapshot", "main", "v1", store=store)
     for args, words in MISTAKES:
         one_line_error(bfs(*args, store=store), 2, *words)
+
+
+def test_discard_of_a_snapshot_frees_its_space_at_gc(store: Path) -> None:
+    with branchfs.Store.open(store) as s:
+        s.branch("main").write_bytes("big.bin", os.urandom(300_000))
+    assert bfs("snapshot", "main", "v1", store=store).code == 0
+    with branchfs.Store.open(store) as s:
+        s.branch("main").remove("big.bin")
+    assert bfs("snapshot", "main", "v2", store=store).code == 0
+    r = bfs("discard", "@v1", "--json", store=store)
+    assert r.json == {"ok": True, "snapshot": "v1"}, r
+    assert bfs("discard", "@v2", store=store).out.strip() == "discarded @v2"
+    assert bfs("snapshots", "--json", store=store).json["snapshots"] == []
+    gc = bfs("gc", "--json", store=store).json
+    assert gc["ok"], gc
+    with branchfs.Store.open(store) as s, s.meta.read() as txn:
+        assert txn.stat(s.meta.chunks_db)["entries"] == 0  # big.bin's chunks are gone
+    one_line_error(bfs("discard", "@v1", store=store), 2, "no snapshot named 'v1'")
 
 
 def test_copying_errors_name_the_commands(store: Path, project: Path, tmp_path: Path) -> None:

@@ -55,6 +55,33 @@ def test_discard_frees_a_small_forks_data_at_once(store: Store) -> None:
     assert store.fsck().ok
 
 
+def test_a_deleted_snapshots_space_comes_back_but_not_what_a_fork_of_it_shares(
+    store: Store,
+) -> None:
+    main = store.create_branch("main")
+    shared = os.urandom(130_000)
+    main.write_bytes("shared.bin", shared)
+    store.snapshot("main", "keep")
+    kid = store.fork_snapshot("keep", "kid")  # shares keep's layers
+    main.remove("shared.bin")
+    main.write_bytes("only.bin", os.urandom(200_000))  # 4 chunks only v1 will hold
+    store.snapshot("main", "v1")
+    main.remove("only.bin")
+    store.gc()
+    before = chunk_count(store)
+    store.delete_snapshot("keep")
+    store.delete_snapshot("v1")
+    assert store.snapshots() == []
+    report = store.gc()
+    assert report.chunks_freed == 4 and report.bytes_freed == 200_000
+    assert chunk_count(store) == before - 4
+    assert kid.read_bytes("shared.bin") == shared  # the fork's shared layers were kept
+    assert main.listdir("") == []
+    assert store.fsck().ok
+    with pytest.raises(branchfs.BranchNotFound, match="no snapshot named 'v1'"):
+        store.delete_snapshot("v1")
+
+
 def test_a_large_discarded_layer_is_left_for_gc(store: Store) -> None:
     from branchfs.gc import TIDY_LIMIT
 

@@ -65,7 +65,15 @@ def _fork(ctx: Context, v: Values) -> Outcome:
 
 def _discard(ctx: Context, v: Values) -> Outcome:
     store = ctx.store()
-    name = branch_name(store, str(v.arg("branch")))
+    word = str(v.arg("branch"))
+    if word.startswith(SNAPSHOT):
+        # A snapshot only names a frozen layer: a branch forked from it reaches the same
+        # layers through its own parent links (gc marks from every branch), so deleting the
+        # name loses nothing any other tree still shows; nothing to refuse.
+        snap = snapshot_name(store, word)
+        store.delete_snapshot(snap)
+        return Outcome({"snapshot": snap}, f"discarded {SNAPSHOT}{snap}")
+    name = branch_name(store, word)
     if ctx.mount is not None and name == ctx.current:
         from .spec import CommandError
 
@@ -159,11 +167,12 @@ VERBS = (
     ),
     Verb(
         "discard",
-        "Remove BRANCH; its space comes back at the next gc. A branch that a mount serves "
-        "is refused unless --force, which first flushes and unmounts those mounts.",
+        "Remove BRANCH, or the snapshot @NAME; the space no other branch or snapshot uses "
+        "comes back at the next gc. A branch that a mount serves is refused unless --force, "
+        "which first flushes and unmounts those mounts.",
         "branchfs discard attempt-2",
         _discard,
-        (Arg("branch", "the branch to remove"),),
+        (Arg("branch", "the branch to remove, or a snapshot @NAME"),),
         (Opt("force", "Flush and unmount every mount serving BRANCH first.", flag=True),),
         changes=_named_branch,
     ),
