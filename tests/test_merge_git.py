@@ -365,3 +365,35 @@ def test_rewrite_history(name: str, store: branchfs.Store, tmp_path: Path) -> No
 @pytest.mark.parametrize("name", sorted(FAILED_HISTORIES))
 def test_failed_history(name: str, store: branchfs.Store, tmp_path: Path) -> None:
     replay(GitTwin(store, tmp_path / "repo"), FAILED_HISTORIES[name])
+
+
+def test_a_rewritten_file_is_reported_modified_and_marked_3_way_as_git_does(
+    store: branchfs.Store, tmp_path: Path
+) -> None:
+    from gitoracle import git, merge_file
+
+    twin = GitTwin(store, tmp_path / "repo")
+    path = "calc/__init__.py"
+    base = b"a = 1\nb = 2\nc = 3\n"
+    twin.write("main", path, base)
+    twin.fork("main", "a")
+    twin.rewrite("a", path, base.replace(b"b = 2", b"b = 20"))
+    # one side rewrote it: one modified file, as status and git name it
+    want = git(twin.repo, "diff", "--name-status", "main", "a").stdout.decode().split()
+    assert want == ["M", path]
+    assert [(c.kind, c.path) for c in store.diff("main", "a")] == [("modified", path)]
+    twin.fork("main", "probe")
+    assert [(c.kind, c.path) for c in store.merge("probe", "a").changes] == [("modified", path)]
+    # both rewrote the same line: a content conflict, markers with the base's section
+    ours = base.replace(b"b = 2", b"b = 99")
+    twin.rewrite("main", path, ours)
+    with pytest.raises(branchfs.MergeConflict) as e:
+        store.merge("main", "a")
+    assert [(c.kind, c.path) for c in e.value.conflicts] == [("content", path)]
+    assert "created" not in str(e.value)
+    r = store.merge("main", "a", conflict_markers=True)
+    assert [(c.kind, c.path) for c in r.conflicts] == [("content", path)]
+    assert [(c.kind, c.path) for c in r.changes] == [("modified", path)]
+    marked, clean = merge_file(base, ours, base.replace(b"b = 2", b"b = 20"), ("main", "base", "a"))
+    assert not clean and b"||||||| base\nb = 2\n" in marked
+    assert store.branch("main").read_bytes(path) == marked

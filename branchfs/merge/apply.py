@@ -100,6 +100,12 @@ def planned_changes(sides: Sides, plan: Plan) -> list[Change]:
             out.append((where, "mode", None))
         if before.xattrs != after.xattrs:
             out.append((where, "xattr", None))
+    # A file saved through a temporary file renamed over it (``sed -i``, editors) is a new
+    # inode at the old one's path: by path, as ``diff`` and git report it, one modified file.
+    added = {p for p, k, _o in out if k == "added"}
+    replaced = {p for p, k, _o in out if k == "deleted" and p in added}
+    out = [(p, k, o) for p, k, o in out if p not in replaced or k not in ("added", "deleted")]
+    out += [(p, "modified", None) for p in replaced]
     return sorted(
         Change(os.fsdecode(p), k, None if o is None else os.fsdecode(o)) for p, k, o in out
     )

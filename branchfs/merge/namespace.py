@@ -190,7 +190,10 @@ class _Names:
             self.evict(occupant, parent, name)
             return "theirs"
         both_text = orec is not None and orec.is_reg and trec.is_reg
-        if both_text and (rule == UNION or sides.markers):
+        # Both sides replaced the base's file (``sed -i`` on both): markers are 3-way,
+        # with the base's section, in :meth:`_merge_replaced`, as for an in-place edit.
+        markers = sides.markers and sides.base.dirent(parent, name) in (None, ino, occupant)
+        if both_text and (rule == UNION or markers):
             assert orec is not None
             ob = read(self.ours, occupant, 0, orec.size)
             tb = read(self.theirs, ino, 0, trec.size)
