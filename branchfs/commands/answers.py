@@ -152,11 +152,30 @@ def explain_conflicts(target: str, source: str, conflicts: list[Any]) -> str:
         f"--strategy theirs takes {source}'s, --markers writes conflict markers into text "
         "files; a merge rule for a path (.branchfs-merge) decides it every time"
     )
-    if any(_GIT_REF.search(c.path) for c in conflicts):
-        how += (
-            f"; for git commits on both sides, merge with --strategy ours, then run "
-            f"`git merge` of {source}'s commit inside {target}'s tree (its objects "
-            "came with the merge)"
-        )
+    refs = [m for m in (_GIT_REF.search(c.path) for c in conflicts) if m]
+    if refs:
+        how += git_commits_advice(target, source, refs[0].string[: refs[0].start()])
     lines.append(how)
     return "\n".join(lines)
+
+
+def git_commits_advice(target: str, source: str, repo: str) -> str:
+    """How to merge two git commits that clash on their branch ref (``repo``: the
+    repository's directory in the tree, ``""`` at its root).
+
+    ``--strategy ours`` keeps the target's ref and brings the source's objects, and its
+    files too, which the target's git sees as local changes: ``git merge`` then refuses
+    ("Your local changes … would be overwritten", "untracked working tree files would be
+    overwritten"). So the target's own uncommitted work is put aside first (``git stash
+    -u``), the files the merge brought are dropped (``reset --hard``, ``clean -fd``: they
+    are back to the target's commit; the source keeps them), and git merges the commit.
+    """
+    where = f"{target}'s tree" + (f" (in {repo})" if repo else "")
+    return (
+        f"; for git commits on both sides: in {where} first commit or `git stash -u` "
+        f"any uncommitted work; merge with --strategy ours (it brings {source}'s git "
+        f"objects, and its files, which git in {target} does not know yet); then in "
+        f"{where} run `git reset --hard`, `git clean -fd` (back to {target}'s commit), "
+        f"`git merge SHA` with {source}'s commit (`git rev-parse HEAD` in {source}'s "
+        "tree), and `git stash pop` if you stashed"
+    )

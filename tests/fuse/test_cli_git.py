@@ -135,3 +135,59 @@ def test_git_project_forked_worked_and_merged(tmp_path: Path, mounts: Any) -> No
     assert human.code == 1
     assert "both sides made a new git commit on branch 'master'" in human.err
     assert git(main, "status", "--porcelain") == ""  # main untouched by the refused merge
+
+
+def test_the_advice_for_two_git_commits_works_when_followed(tmp_path: Path, mounts: Any) -> None:
+    """The refused merge's steps, run as written, with real git in both mounts: main keeps
+    its uncommitted work, and ends with a real merge commit of both sides."""
+    import re
+
+    src = tmp_path / "project"
+    make_repo(src)
+    store = tmp_path / "s.bfs"
+    assert bfs("init", str(store)).code == 0
+    assert bfs("import", str(src), store=store).code == 0
+    assert bfs("fork", "main", "try-3", store=store).code == 0
+    main, fork = mounts(store, "main", "main"), mounts(store, "try-3", "try-3")
+    (fork / "calc" / "mul3.py").write_text("def mul3(a):\n    return a * 3\n")  # a new file
+    with (fork / "calc" / "__init__.py").open("a") as f:
+        f.write("\n\ndef sub(a, b):\n    return a - b\n")
+    git(fork, "add", "-A")
+    git(fork, "commit", "-q", "-m", "try-3: mul3, sub")
+    (main / "README.md").write_text("# calc\n\nby main\n")
+    git(main, "commit", "-q", "-am", "main: readme")
+    (main / "tests" / "test_calc.py").write_text("# main's uncommitted edit\n")
+    (main / "notes.txt").write_text("main's untracked notes\n")
+
+    r = bfs("merge", "try-3", "--into", "main", store=store)
+    assert r.code == 1, r
+    steps = r.err[r.err.index("for git commits on both sides") :]
+    commands = re.findall(r"`([^`]*)`", steps)
+    assert commands == [
+        "git stash -u",
+        "git reset --hard",
+        "git clean -fd",
+        "git merge SHA",
+        "git rev-parse HEAD",
+        "git stash pop",
+    ], steps
+    assert "--strategy ours" in steps
+    git(main, *commands[0].split()[1:])
+    assert bfs("merge", "try-3", "--into", "main", "--strategy", "ours", store=store).code == 0
+    git(main, *commands[1].split()[1:])
+    git(main, *commands[2].split()[1:])
+    sha = git(fork, *commands[4].split()[1:]).strip()
+    git(main, *commands[3].replace("SHA", sha).split()[1:])
+    git(main, *commands[5].split()[1:])
+
+    parents = git(main, "log", "-1", "--format=%P").split()
+    assert len(parents) == 2 and sha in parents
+    assert "def mul3" in (main / "calc" / "mul3.py").read_text()
+    assert "def sub" in (main / "calc" / "__init__.py").read_text()
+    assert (main / "README.md").read_text() == "# calc\n\nby main\n"
+    assert sorted(git(main, "status", "--porcelain").splitlines()) == [
+        " M tests/test_calc.py",
+        "?? notes.txt",
+    ]
+    assert (main / "notes.txt").read_text() == "main's untracked notes\n"
+    git(main, "fsck", "--no-progress")
