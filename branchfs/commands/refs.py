@@ -132,8 +132,9 @@ def _reset(ctx: Context, v: Values) -> Outcome:
     return Outcome({"branch": branch, "snapshot": snap}, f"{branch} is {SNAPSHOT}{snap} again")
 
 
-def _named_branch(_ctx: Context, v: Values) -> set[str]:
-    return {str(v.arg("branch"))} if v.arg("branch") else set()
+def _discarded(_ctx: Context, v: Values) -> set[str]:
+    word = str(v.arg("branch") or "")
+    return {word} if word and not word.startswith(SNAPSHOT) else set()
 
 
 def _reset_changes(ctx: Context, v: Values) -> set[str]:
@@ -174,7 +175,7 @@ VERBS = (
         _discard,
         (Arg("branch", "the branch to remove, or a snapshot @NAME"),),
         (Opt("force", "Flush and unmount every mount serving BRANCH first.", flag=True),),
-        changes=_named_branch,
+        changes=_discarded,
     ),
     Verb(
         "snapshot",

@@ -201,6 +201,10 @@ def test_snapshot_via_mkdir_is_read_only_and_frozen(mnt: Path, store: branchfs.S
     answer = ctl(mnt, "reset s1")
     assert answer["ok"] is True, answer
     assert (d / "kept.txt").read_text() == "v1\n"
+    # ctl speaks the CLI's discard, which takes a snapshot by its @NAME too.
+    assert ctl(mnt, "discard @s1") == {"ok": True, "snapshot": "s1"}
+    assert "s1" not in store.snapshots()
+    assert (d / "kept.txt").read_text() == "v1\n"
 
 
 def _hold_unflushed_write(path: Path, data: bytes) -> int:
