@@ -65,3 +65,42 @@ def test_ctrl_c_while_starting_exits_130_in_one_line(
     # Nothing was half-done: the store checks clean, whatever the copy had reached.
     check = bfs("fsck", "--json", store=store)
     assert check.code == 0 and check.json["ok"], check
+
+
+#: A command (run by branchfs.entry.guarded, as the console script runs one) that is
+#: interrupted inside an ``exec`` of a string (as ``dataclasses`` builds its methods on
+#: import), and interrupted again while its clean-up runs, which must still finish. Run
+#: with ``-m``, as ``python -m branchfs`` runs: unlike a script or ``-c``, that exit checks
+#: CPython's flag of an unhandled Ctrl-C, which an ``exec`` sets.
+_TWICE = """
+import os, signal, sys, time
+from pathlib import Path
+from branchfs.entry import guarded
+
+def command():
+    try:
+        exec("os.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10**6): pass")
+    finally:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        Path(sys.argv[1]).write_text("cleaned up")
+
+guarded(command)
+"""
+
+
+def test_ctrl_c_twice_cleans_up_and_exits_130_in_one_line(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    (tmp_path / "twice.py").write_text(_TWICE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "twice", str(marker)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not inherited SIG_IGN
+    )
+    # Not -2 (killed by SIGINT): CPython's exit after a KeyboardInterrupt that left an exec.
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert proc.stderr.splitlines() == ["branchfs: interrupted"], proc.stderr
+    assert marker.read_text() == "cleaned up"

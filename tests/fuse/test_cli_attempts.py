@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -60,7 +61,12 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_sigint_to_best_of_leaves_nothing_behind(tmp_path: Path, store_path: Path) -> None:
+@pytest.mark.parametrize("signals", [1, 2], ids=["once", "twice"])
+def test_sigint_to_best_of_leaves_nothing_behind(
+    signals: int, tmp_path: Path, store_path: Path
+) -> None:
+    """Ctrl-C, or an impatient user's second one while the first cleans up: exit 130, one
+    line, nothing left."""
     with branchfs.Store.open(store_path) as store:
         store.branch("main").write_text("a.txt", "base\n")
     logs = tmp_path / "logs"
@@ -79,9 +85,13 @@ def test_sigint_to_best_of_leaves_nothing_behind(tmp_path: Path, store_path: Pat
         proc.kill()
         pytest.fail(f"the attempts never all started: {proc.communicate()}")
     proc.send_signal(signal.SIGINT)
+    if signals == 2:
+        time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert err.count("interrupted") == 1 and "Traceback" not in err, err
     trees = trees_in_logs(logs)
     assert len(trees) == 4
     assert leftovers(store_path, trees) == []
