@@ -10,7 +10,10 @@ from :data:`ALIAS_BASE` up, kept in a two-way table while the kernel knows them.
 from __future__ import annotations
 
 import zlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from branchfs.records import Inode
 
 #: Engine inode numbers stay below this; control nodes and other trees' inodes sit above.
 ALIAS_BASE = 1 << 60
@@ -52,13 +55,21 @@ Listing = list[tuple[bytes, TreeRef | None, int]]
 
 class Holds:
     """What the kernel holds of each engine inode (lookup references and open files), and
-    the orphans: inodes whose last name went while held, deleted when the last hold goes."""
+    the orphans: inodes whose last name went while held, deleted when the last hold goes.
+
+    ``gone`` keeps, in memory only, the attributes of a file or symlink deleted at its
+    unlink while the kernel still held it (an ``O_PATH`` descriptor needs no file handle):
+    its GETATTR and READLINK answer from them, with ``nlink`` 0 as ext4 does, until the
+    last hold goes (FORGET). Nothing is written for it, so a crash leaves nothing behind.
+    """
 
     def __init__(self) -> None:
         self.counts: dict[Key, int] = {}
         #: Open files by key (each also counts as a hold).
         self.opens: dict[Key, int] = {}
         self.orphans: set[Key] = set()
+        #: Records (no links, ctime of the unlink) of held inodes already deleted.
+        self.gone: dict[Key, Inode] = {}
 
     def hold(self, key: Key, n: int = 1) -> None:
         """The kernel took ``n`` more references on ``key`` (a lookup, or an open file)."""
@@ -92,6 +103,8 @@ class Holds:
             self.counts[key] = left
             return
         self.counts.pop(key, None)
+        if self.gone:
+            self.gone.pop(key, None)
         if key in self.orphans:
             self.orphans.discard(key)
             doomed.append(key)

@@ -16,6 +16,7 @@ are EROFS. An inode whose last name goes while the kernel still holds it lives o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -193,7 +194,13 @@ class TreeNodes:
     def getattr(self, fino: int) -> K.EntryAttributes:
         """Attributes of ``fino``."""
         key = self.key(fino)
-        return self.attrs(fino, key, self.co.record(key))
+        return self.attrs(fino, key, self._record(key))
+
+    def _record(self, key: Key) -> Inode:
+        """The record of ``key``, or of one deleted that the kernel still holds (its
+        ``Holds.gone`` copy: an ``O_PATH`` descriptor, ``/proc/self/fd``); else ENOENT."""
+        gone = self.holds.gone.get(key) if self.holds.gone else None
+        return self.co.record(key) if gone is None else gone
 
     def setattr(
         self, fino: int, fields: K.SetattrFields, ctx: K.RequestContext
@@ -230,11 +237,16 @@ class TreeNodes:
     def readlink(self, fino: int) -> bytes:
         """The target of a symlink."""
         tree, eng = self.key(fino)
+        gone = self.holds.gone.get((tree, eng)) if self.holds.gone else None
+        if gone is not None:  # readlinkat(fd, "") of an O_PATH fd, target since unlinked
+            if not gone.is_link:
+                raise K.FUSEError(errno.EINVAL)
+            return gone.inline or b""
         return self.co.read(tree, lambda v: T.readlink(v, eng))
 
     def access(self, fino: int) -> None:
         """Existence check; permissions are checked by the kernel (default_permissions)."""
-        self.co.record(self.key(fino))
+        self._record(self.key(fino))
 
     def statfs(self) -> K.StatvfsData:
         """Space of the filesystem holding the store."""
@@ -303,20 +315,24 @@ class TreeNodes:
             raise K.FUSEError(errno.EISDIR)
         tree, peng, _alias = self._parent(parent)
 
-        def fn(v: View) -> tuple[int, bool]:
+        def fn(v: View) -> tuple[int, bool, Inode | None]:
             # A file that _orphaned would delete at once is deleted by the unlink itself:
             # its record is not put without links first (rm -rf's common case).
             target = v.dirent(peng, name)
             if target is not None and not self.holds.is_open((tree, target)):
                 rec = v.inode(target)
                 if rec is not None and (rec.is_reg or rec.is_link):
-                    return T.unlink(v, peng, name), False
+                    last = len(rec.links) == 1
+                    gone = self._gone((tree, target), rec) if last else None
+                    return T.unlink(v, peng, name), False, gone
             ino = T.unlink(v, peng, name, keep_orphan=True)
-            return ino, self._orphaned(v, tree, ino)
+            return ino, *self._orphaned(v, tree, ino)
 
-        ino, kept = self.co.write(tree, fn, keep=(peng,))
+        ino, kept, gone = self.co.write(tree, fn, keep=(peng,))
         if kept:
             self.holds.orphans.add((tree, ino))
+        elif gone is not None:
+            self.holds.gone[(tree, ino)] = gone
 
     def rmdir(self, parent: int, name: bytes) -> None:
         """Remove an empty directory; one still held by the kernel (open, or a working
@@ -327,7 +343,7 @@ class TreeNodes:
 
         def fn(v: View) -> tuple[int, bool]:
             ino = T.rmdir(v, peng, name, keep_orphan=True)
-            return ino, self._orphaned(v, tree, ino)
+            return ino, self._orphaned(v, tree, ino)[0]  # a directory is never deleted held
 
         ino, kept = self.co.write(tree, fn, keep=(peng,))
         if kept:
@@ -345,18 +361,22 @@ class TreeNodes:
         if ntree != tree:
             raise K.FUSEError(errno.EXDEV)
 
-        def fn(v: View) -> tuple[int | None, bool]:
+        def fn(v: View) -> tuple[int | None, bool, Inode | None]:
             replaced = T.rename(v, op_eng, old_name, np_eng, new_name, flags)
-            return replaced, self._orphaned(v, tree, replaced)
+            return replaced, *self._orphaned(v, tree, replaced)
 
-        replaced, kept = self.co.write(tree, fn, keep=(op_eng, np_eng))
-        if kept and replaced is not None:
-            self.holds.orphans.add((tree, replaced))
+        replaced, kept, gone = self.co.write(tree, fn, keep=(op_eng, np_eng))
+        if replaced is not None:
+            if kept:
+                self.holds.orphans.add((tree, replaced))
+            elif gone is not None:
+                self.holds.gone[(tree, replaced)] = gone
 
     # -- orphans --------------------------------------------------------------------------------
 
-    def _orphaned(self, v: View, tree: TreeRef, ino: int | None) -> bool:
+    def _orphaned(self, v: View, tree: TreeRef, ino: int | None) -> tuple[bool, Inode | None]:
         """After an unlink or rename dropped ``ino``'s last name: keep it if still in use.
+        Returns whether it is kept, and the record :meth:`_gone` gives one deleted held.
 
         A regular file or a symlink that no file handle has open goes at once, in the same
         transaction, even if the kernel still holds a lookup reference on it (it has just
@@ -366,17 +386,27 @@ class TreeNodes:
         kernel opens without telling us) is kept while the kernel holds it.
         """
         if ino is None:
-            return False
+            return False, None
         rec = v.inode(ino)
         if rec is None or rec.links:
-            return False
+            return False, None
         key = (tree, ino)
         if self.holds.is_open(key):
-            return True
+            return True, None
         if self.holds.held(key) and not (rec.is_reg or rec.is_link):
-            return True
+            return True, None
         T.forget_orphan(v, ino)
-        return False
+        return False, self._gone(key, rec)
+
+    def _gone(self, key: Key, rec: Inode) -> Inode | None:
+        """The record GETATTR answers for ``key`` deleted at its unlink while the kernel
+        still holds it (an ``O_PATH`` descriptor opens no file handle): ``rec`` without
+        links and with the unlink's ctime, as ext4 shows it (``nlink`` 0, POSIX unlink(2)
+        marks ctime); kept in :attr:`.inodes.Holds.gone` until the FORGET. None when the
+        kernel holds nothing of it."""
+        if not self.holds.held(key):
+            return None
+        return dataclasses.replace(rec, links=[], ctime_ns=T.now_ns())
 
     def drop_orphans(self, doomed: list[Key]) -> None:
         """Delete unlinked inodes whose last reference (name, lookup, open file) went away."""
@@ -542,7 +572,7 @@ class TreeNodes:
         """An extended attribute (ENODATA if unset)."""
         key = self.key(fino)
         T.check_xattr_name(name)
-        value = self.co.record(key).xattrs.get(name)
+        value = self._record(key).xattrs.get(name)
         if value is None:
             raise K.FUSEError(errno.ENODATA)
         return value
@@ -554,7 +584,7 @@ class TreeNodes:
 
     def listxattr(self, fino: int) -> list[bytes]:
         """Names of the extended attributes."""
-        return sorted(self.co.record(self.key(fino)).xattrs)
+        return sorted(self._record(self.key(fino)).xattrs)
 
     def removexattr(self, fino: int, name: bytes) -> None:
         """Remove an extended attribute (ENODATA if unset)."""

@@ -104,6 +104,44 @@ def test_rename_unlink_and_open_unlinked_file(mnt: Path) -> None:
         os.unlink(mnt / "nothing")
 
 
+def _unlinked_through_o_path(d: Path) -> list[object]:
+    """What fstat (and readlinkat) of O_PATH descriptors show after their names went: a
+    file's last name, one of two hard links, a symlink (O_NOFOLLOW), one renamed over."""
+    (d / "f").write_text("hello")
+    os.setxattr(d / "f", "user.k", b"v")
+    (d / "h").write_text("hi")
+    os.link(d / "h", d / "h2")
+    os.symlink("target", d / "l")
+    (d / "r").write_text("replaced")
+    (d / "s").write_text("s")
+    fds = {n: os.open(d / n, os.O_PATH | os.O_NOFOLLOW) for n in ("f", "h", "l", "r")}
+    before = time.time_ns() - 10_000_000  # clocks of the kernel and the daemon's
+    for n in ("f", "h", "l"):
+        os.unlink(d / n)
+    os.rename(d / "s", d / "r")
+    seen: list[object] = []
+    for n, fd in fds.items():
+        st = os.fstat(fd)
+        seen.append(
+            (n, stat.filemode(st.st_mode), st.st_size, st.st_nlink, st.st_ctime_ns > before)
+        )
+    seen.append(os.readlink("", dir_fd=fds["l"]))
+    seen.append(os.getxattr(f"/proc/self/fd/{fds['f']}", "user.k"))  # reaches GETXATTR
+    for fd in fds.values():
+        os.close(fd)
+    return seen
+
+
+def test_o_path_descriptors_of_unlinked_files_fstat_as_on_a_native_disk(
+    mnt: Path, tmp_path: Path
+) -> None:
+    # The daemon deletes a file nobody has open at its unlink; the kernel still holds the
+    # inode for an O_PATH descriptor until its FORGET, and GETATTR must answer (nlink 0).
+    native = _unlinked_through_o_path(tmp_path)
+    assert native[0] == ("f", "-rw-r--r--", 5, 0, True)
+    assert _unlinked_through_o_path(mnt) == native
+
+
 def test_symlink_hardlink_chmod_utime(mnt: Path) -> None:
     (mnt / "t").write_text("target")
     os.symlink("t", mnt / "l")
