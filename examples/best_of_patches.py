@@ -10,7 +10,8 @@ gives you everything). It:
    its patch with ``git apply``, commits it, and runs the test suite in its own mounted
    tree (its own daemon), all attempts in parallel;
 4. the attempt whose suite passes wins and is merged into ``main``, commit included; the
-   others are discarded.
+   others are discarded. The project and store are removed at the end; the attempts' logs
+   are kept in a directory of their own, whose path the example prints.
 
 The same run from a shell, once the project is imported (``branchfs import``)::
 
@@ -132,6 +133,8 @@ def write_candidates(where: Path) -> list[str]:
 
 def main() -> int:
     """Run the example; 0 if a candidate won and main holds its commit."""
+    # The logs outlive the run (the temp dir below does not), so the path printed exists.
+    logs = Path(tempfile.mkdtemp(prefix="branchfs-example-logs-"))
     with tempfile.TemporaryDirectory(prefix="branchfs-example-") as tmp:
         tmp_path = Path(tmp)
         project = make_project(tmp_path / "project")
@@ -161,7 +164,7 @@ def main() -> int:
             print(f"best of {len(names)} candidate patches, in parallel:")
             result = branchfs.best_of(
                 store, len(names), step, timeout=20, env={**os.environ, **GIT_ENV},
-                on_update=show,
+                on_update=show, log_dir=logs,
             )  # fmt: skip
 
             if result.winner is None:

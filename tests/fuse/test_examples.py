@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +29,8 @@ def test_best_of_patches_merges_the_passing_candidate() -> None:
     assert "branches left: ['main']" in out
     assert "slugify: candidate 2" in out  # the winner's commit is in main's history
     assert "git status --porcelain: ''" in out
+    logs = Path(re.search(r"logs in (\S+)", out).group(1))  # type: ignore[union-attr]
+    try:
+        assert (logs / "attempt-2.log").exists(), out  # the path printed still exists
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
