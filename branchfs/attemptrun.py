@@ -249,7 +249,7 @@ class Runner:
         if status == runmod.SETUP_FAILED and self.at is not None:
             return "error", f"could not bind the tree at {self.at} (see the log)"
         if status != 0:
-            return "failed", f"the command exited with status {status}"
+            return "failed", f"the command exited with status {status}{_hint(status)}"
         return None
 
     def score_step(self, trial: Trial, attempt: Attempt) -> Outcome:
@@ -277,15 +277,24 @@ class Runner:
         trial.log.write(out.decode(errors="replace"))
         if status is None:
             return "timeout", f"the score command passed the timeout ({self.timeout:g} s)"
+        if status != 0:
+            # A failing score command fails its attempt whatever it printed: pytest's
+            # "1 failed, 7 passed" must not outrank a later "7 passed".
+            return "failed", f"the score command exited with status {status}{_hint(status)}"
         number = last_number(out)
-        if number is not None:
-            attempt.score = number
-            return "passed", None
-        elif status == 0:
-            attempt.score = 0.0
-            return "passed", None
-        else:
-            return "failed", f"the score command exited with status {status}"
+        attempt.score = 0.0 if number is None else number
+        return "passed", None
+
+
+def _hint(status: int) -> str:
+    """Why a shell says 126 or 127 (POSIX ``sh``: not executable, not found), or ""."""
+    if status not in (126, 127):
+        return ""
+    what = "was not found" if status == 127 else "is not executable"
+    return (
+        f": the command {what} in the attempt's tree, its working directory "
+        "(give a script outside the tree by its absolute path)"
+    )
 
 
 class Cancelled(Exception):

@@ -7,14 +7,21 @@ attempt sees (``at``, see :mod:`branchfs.run`). Each command runs in a session a
 group of its own with its output in a log file; at its timeout the whole group is killed
 (SIGKILL) and the attempt scored failed. Then each attempt is scored:
 
-* with a score command: the last number it prints on stdout (a token such as ``12``,
-  ``-3.5`` or ``1e3``; digits glued to letters, as in ``0.12s``, do not count), higher wins;
-  if it prints no number, its exit status decides: 0 passes with score 0, anything else
-  fails;
+* with a score command: it must exit 0, else the attempt fails whatever it printed; then
+  its score is the last number it prints on stdout (a whitespace- or punctuation-delimited
+  token such as ``12``, ``-3.5`` or ``1e3``; digits glued to letters, as in ``0.12s``, do
+  not count), higher wins, or 0 if it prints none;
 * without one: the run command's exit status: 0 passes with score 0, anything else fails.
 
 A run command that fails, times out or cannot start fails its attempt whatever its score
-would be. The best passing attempt (ties: the lowest attempt number) is merged into the
+would be; so does a score command that exits nonzero. Failed attempts rank below every
+passing one: they are never merged. (pytest's summary ends with its warning or skip
+counts, so to score a suite by its outcome send its report to the log: ``pytest -q >&2``;
+its exit status then decides.) Commands run with the attempt's tree as their working
+directory: a script outside the tree must be given by its absolute path (a shell's 127,
+not found, or 126, not executable, says so in the attempt's status line).
+
+The best passing attempt (ties: the lowest attempt number) is merged into the
 base (3-way, so merge rules apply), and every attempt's branch is discarded unless
 ``keep``. If no attempt passes, the base is left untouched. On Ctrl-C or any error every
 attempt's process group is killed, every mount unmounted and every attempt's branch

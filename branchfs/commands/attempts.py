@@ -159,7 +159,7 @@ def _best_of(ctx: Context, v: Values) -> Outcome:
     if not command:
         raise CommandError(
             "best-of needs --run CMD, the command each attempt runs; example: "
-            "branchfs best-of 4 --run 'make fix' --score 'pytest -q'"
+            "branchfs best-of 4 --run 'make fix' --score 'pytest -q >&2'"
         )
     timeout = _number(v, "timeout", float, "seconds")
     jobs = _number(v, "jobs", int, "a whole number of attempts")
@@ -229,18 +229,26 @@ VERBS = (
         "best-of",
         "Fork N attempts from a branch, run --run CMD in each in parallel (each in its own "
         "mounted tree, with BRANCHFS_ATTEMPT and BRANCHFS_BRANCH set and its output in a "
-        "log), score them (the last number --score CMD prints, higher wins; else its exit "
-        "status; else CMD's), merge the best and discard the rest. Exit 1 if none passed "
-        "(the branch is untouched); Ctrl-C leaves no mount, branch or process behind.",
-        "branchfs best-of 4 --run ./agent-step.sh --score 'pytest -q' --timeout 600",
+        "log), score them (an attempt fails if CMD or --score CMD exits nonzero; of the "
+        "rest the highest last number --score CMD prints wins, 0 if none), merge the best "
+        "and discard the rest. Commands run in the attempt's tree: give a script outside it "
+        "by its absolute path. Exit 1 if none passed (the branch is untouched); Ctrl-C "
+        "leaves no mount, branch or process behind.",
+        "branchfs best-of 4 --run \"$PWD/agent-step.sh\" --score 'pytest -q >&2' --timeout 600",
         _best_of,
         (Arg("n", "how many attempts"),),
         (
-            Opt("run", "The command each attempt runs (a shell command).", metavar="CMD"),
+            Opt(
+                "run",
+                "The command each attempt runs (a shell command, in the attempt's tree: "
+                "give a script outside it by its absolute path).",
+                metavar="CMD",
+            ),
             Opt(
                 "score",
-                "The command that scores an attempt, run in its tree: its last number "
-                "wins (higher is better), else its exit status (0 passes).",
+                "The command that scores an attempt, run in its tree: a nonzero exit fails "
+                "the attempt; else the last number it prints wins (higher is better, 0 if "
+                "none). For pytest use 'pytest -q >&2': its exit status decides.",
                 metavar="CMD",
             ),
             Opt(

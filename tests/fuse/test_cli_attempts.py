@@ -55,6 +55,67 @@ def test_best_of_json_and_exit_status(store_path: Path) -> None:
     assert bad.returncode == 2 and "whole number" in bad.stderr
 
 
+CALC_TESTS = "from calc import add\n\n" + "".join(
+    f"\ndef test_add_{i}():\n    assert add({i}, 1) == {i + 1}\n" for i in range(8)
+)
+
+
+def test_best_of_a_failing_suite_never_beats_a_passing_one(
+    tmp_path: Path, store_path: Path
+) -> None:
+    """The README's pytest score: attempt 1 fails a test yet prints the larger last number
+    ("1 failed, 9 passed in 0.05s", two tests of its own added); attempt 2 passes all 8."""
+    with branchfs.Store.open(store_path) as store:
+        store.branch("main").write_text("test_calc.py", CALC_TESTS)
+    step = tmp_path / "step.sh"  # outside the trees: given by its absolute path
+    step.write_text(
+        'if [ "$BRANCHFS_ATTEMPT" = 1 ]; then\n'
+        "  printf 'def add(a, b):\\n    return 2 if a == 0 else a + b\\n' > calc.py\n"
+        "  printf 'def test_x():\\n    pass\\n\\ndef test_y():\\n    pass\\n' > test_more.py\n"
+        "else\n"
+        "  printf 'def add(a, b):\\n    return a + b\\n' > calc.py\n"
+        "fi\n"
+    )
+    step.chmod(0o755)
+    score = f"{sys.executable} -m pytest -q -p no:cacheprovider"
+    done = branchfs_cli(
+        store_path, "best-of", "2", "--run", str(step), "--score", score, "--json", timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["winner"] == 2, answer
+    first, second = answer["attempts"]
+    assert first["status"] == "failed" and first["score"] is None
+    assert "score command exited with status 1" in first["error"]
+    assert "1 failed, 9 passed" in Path(first["log"]).read_text()
+    assert second["status"] == "won" and second["score"] == 8.0
+    out = tmp_path / "out"
+    with branchfs.Store.open(store_path) as store:
+        store.branch("main").export_dir(out)
+    suite = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                           cwd=out, capture_output=True, text=True)  # fmt: skip
+    assert suite.returncode == 0, suite.stdout
+    assert not (out / "test_more.py").exists()
+
+
+def test_best_of_says_a_relative_command_is_not_in_the_tree(
+    tmp_path: Path, store_path: Path
+) -> None:
+    (tmp_path / "agent-step.sh").write_text("#!/bin/sh\ntrue\n")
+    (tmp_path / "agent-step.sh").chmod(0o755)
+    with branchfs.Store.open(store_path) as store:
+        store.branch("main").write_text("plain.txt", "not executable\n")
+    for command, status, what in (
+        ("./agent-step.sh", 127, "was not found"),
+        ("./plain.txt", 126, "is not executable"),
+    ):
+        done = branchfs_cli(store_path, "best-of", "1", "--run", command, cwd=tmp_path)
+        assert done.returncode == 1, done.stdout + done.stderr
+        note = f"exited with status {status}: the command {what} in the attempt's tree"
+        assert note in " ".join(done.stdout.split()), done.stdout
+        assert "absolute path" in done.stdout
+
+
 def default_sigint() -> None:
     """In the child: SIGINT as a terminal's Ctrl-C gives it (a shell's background job, as
     `make test` may be, starts with SIGINT ignored, and Python keeps that)."""
