@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -272,23 +273,55 @@ def start_daemon(
         )
     os.close(write_fd)
     try:
-        message = _wait_ready(proc, read_fd, timeout)
-    finally:
-        os.close(read_fd)
-    if message != "ok":
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-        detail = message or _last_line(log_path, start) or "the daemon exited"
-        raise MountError(f"mounting {branch!r} at {mountpoint} failed: {detail}")
-    # The daemon answered "ready" after the kernel's INIT; confirm that a lookup works.
-    deadline = time.monotonic() + timeout
-    while not os.path.isdir(os.path.join(mp, ".branchfs")):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise MountError(f"the daemon for {mountpoint} stopped before the mount answered")
-        time.sleep(0.01)
+        try:
+            message = _wait_ready(proc, read_fd, timeout)
+        finally:
+            os.close(read_fd)
+        if message != "ok":
+            detail = message or _last_line(log_path, start) or "the daemon exited"
+            raise MountError(f"mounting {branch!r} at {mountpoint} failed: {detail}")
+        # The daemon answered "ready" after the kernel's INIT; confirm that a lookup works.
+        deadline = time.monotonic() + timeout
+        while not os.path.isdir(os.path.join(mp, ".branchfs")):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise MountError(f"the daemon for {mountpoint} stopped before the mount answered")
+            time.sleep(0.01)
+    except BaseException:
+        # Ctrl-C, a timeout or a failure: the daemon (in a session of its own, so the
+        # terminal's SIGINT never reaches it) must not finish mounting after we give up.
+        with _interrupts_ignored():
+            _abandon(proc, mp)
+        raise
     return proc
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """Ignore SIGINT for the block (main thread only), so a second Ctrl-C cannot cut a
+    cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _abandon(proc: subprocess.Popen[bytes], mp: str) -> None:
+    """Stop a daemon that start_daemon gave up on, at whatever stage it is, and detach
+    whatever mount it left: SIGTERM (a serving daemon detaches and exits; one still
+    starting dies of it), SIGKILL after 10 s, then a dead mount at ``mp`` is detached."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if is_stale(mp):
+        detach(mp)
 
 
 def _last_line(path: str, start: int) -> str:

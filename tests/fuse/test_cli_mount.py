@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,64 @@ def _options(mp: Path) -> str:
         if fields[1] == str(mp):
             return fields[3]
     raise AssertionError(f"{mp} is not mounted")
+
+
+def daemons_for(mp: Path) -> list[int]:
+    """Live (not zombie) processes serving ``mp``: a daemon's command line names it."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"branchfs_fuse" in argv and str(mp).encode() in argv and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_ctrl_c_during_mount_leaves_no_mount_and_no_daemon(tmp_path: Path) -> None:
+    """SIGINT to `branchfs mount`'s process group (a terminal's Ctrl-C) at several points of
+    its start: either it exits 0 with the mount complete, or it leaves no mount and no
+    daemon (so nothing can appear later) and the next mount works."""
+    store = tmp_path / "s.bfs"
+    assert bfs("init", str(store)).code == 0
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    cmd = [sys.executable, "-m", "branchfs.cli", "--store", str(store), "mount", str(mp)]
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # its own group, as a shell job: the SIGINT goes to it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+
+    began = time.monotonic()
+    full = start()
+    assert full.wait(timeout=60) == 0, full.communicate()
+    whole = time.monotonic() - began  # a mount from the interpreter's start to "mounted"
+    umount(mp)
+    outcomes = []
+    for fraction in (0.3, 0.6, 0.8, 0.9, 0.97):
+        p = start()
+        time.sleep(whole * fraction)
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        outcomes.append(p.returncode)
+        if p.returncode == 0:
+            assert mount_type(str(mp)) == "fuse.branchfs", err
+            umount(mp)
+        else:
+            # -2: killed before the interpreter set its handler, nothing started yet
+            assert p.returncode in (130, -signal.SIGINT), (p.returncode, out, err)
+            assert p.returncode < 0 or "interrupted" in err, err
+            assert "Traceback" not in err, err
+            assert mount_type(str(mp)) is None, err
+            assert daemons_for(mp) == [], err
+        assert daemons_for(mp) == []
+    mount(store, mp)  # the mountpoint is usable again
+    umount(mp)
+    assert set(outcomes) - {0}, outcomes  # at least one Ctrl-C cut the start short
