@@ -448,7 +448,9 @@ class Branch(PathTree):
         """Copy the real directory ``source`` into ``dest`` of this branch; returns files copied.
 
         Modes, owners, times, symlinks (copied, never followed), hard links and xattrs are
-        kept. All or nothing: the copy is built in a hidden layer and published with one
+        kept. It adds and overwrites, as ``cp -a source/. dest/`` does: files already in
+        the branch stay, even those deleted from ``source`` since an earlier import. All or
+        nothing: the copy is built in a hidden layer and published with one
         ref update at the end (:meth:`Store.staged`), so an import that fails or is
         interrupted changes nothing visible (gc reclaims what it wrote);
         :class:`~branchfs.errors.BranchChanged` if the branch changed meanwhile.

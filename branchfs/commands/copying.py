@@ -62,7 +62,7 @@ def _import(ctx: Context, v: Values) -> Outcome:
             "files": files,
             "seconds": round(secs, 3),
         },
-        f"imported {files:,} files from {source} into {where} in {secs:.1f} s",
+        f"imported {_files(files)} from {source} into {where} in {secs:.1f} s",
     )
 
 
@@ -77,15 +77,21 @@ def _export(ctx: Context, v: Values) -> Outcome:
     secs = time.monotonic() - t0
     return Outcome(
         {"tree": word, "dir": os.path.abspath(dest), "files": files, "seconds": round(secs, 3)},
-        f"exported {files:,} files of {word} to {dest} in {secs:.1f} s",
+        f"exported {_files(files)} of {word} to {dest} in {secs:.1f} s",
     )
+
+
+def _files(count: int) -> str:
+    return f"{count:,} file" if count == 1 else f"{count:,} files"
 
 
 VERBS = (
     Verb(
         "import",
         "Copy the real directory DIR (modes, times, links, xattrs; symlinks never followed) "
-        "into a branch (default: main, or the mounted one).",
+        "into a branch (default: main, or the mounted one). Like `cp -a DIR/. TREE/`, it adds "
+        "and overwrites: files already in the branch stay, even those since deleted from DIR "
+        "(for an exact copy, import into a branch that is empty).",
         "branchfs import ./myproject --branch main",
         _import,
         (Arg("dir", "the directory to copy in"),),
