@@ -63,13 +63,16 @@ class Steps:
         self.rows: list[tuple[str, str, str]] = []
 
     def run(self, name: str, fn: Callable[[], T], detail: Callable[[T], str] = str) -> T:
-        """Run ``fn`` as the step ``name``, print its cost and ``detail(result)``."""
+        """Run ``fn`` as the step ``name`` and keep its cost and ``detail(result)`` for the
+        table; a terminal shows the running step meanwhile (a transient status line)."""
         started = time.perf_counter()
-        result = fn()
+        if self.console.is_terminal:
+            with self.console.status(f"{name} …"):
+                result = fn()
+        else:
+            result = fn()
         elapsed = time.perf_counter() - started
-        text = detail(result)
-        self.rows.append((name, _duration(elapsed), text))
-        self.console.print(f"[bold]{name}[/bold]  {_duration(elapsed)}  {text}")
+        self.rows.append((name, _duration(elapsed), detail(result)))
         return result
 
 
@@ -243,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column("result")
         for row in steps.rows:
             table.add_row(*row)
-        console.print()
         console.print(table)
         console.print(
             f"source tree on disk: {_human(tree_bytes)}; the store with main after the merges: "
