@@ -13,12 +13,13 @@ import contextlib
 import errno
 import io
 import os
+import posixpath
 import stat as st
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from . import paths, tree
-from .errors import BranchNotFound, ReadOnlyError, os_error
+from .errors import BranchNotFound, InvalidPath, ReadOnlyError, os_error
 from .fileobj import RawBranchFile, parse_mode
 from .layers import View
 from .paths import PathArg
@@ -102,6 +103,16 @@ class Branch(PathTree):
     def __init__(self, store: StoreAPI, name: str) -> None:
         super().__init__(store, name)
         self._kept = False
+        #: Whether a ``with`` block discards it at the end: only for a branch made by
+        #: :meth:`fork` (set by the store), never for one looked up or created by name.
+        self._attempt = False
+
+    @classmethod
+    def forked(cls, store: StoreAPI, name: str) -> Branch:
+        """Branch ``name`` just made by a fork: a ``with`` block discards it at its end."""
+        b = cls(store, name)
+        b._attempt = True
+        return b
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -453,9 +464,17 @@ class Branch(PathTree):
         nothing: the copy is built in a hidden layer and published with one
         ref update at the end (:meth:`Store.staged`), so an import that fails or is
         interrupted changes nothing visible (gc reclaims what it wrote);
-        :class:`~branchfs.errors.BranchChanged` if the branch changed meanwhile.
+        :class:`~branchfs.errors.BranchChanged` if the branch changed meanwhile;
+        :class:`~branchfs.errors.InvalidPath` if ``dest`` leaves the branch (``../etc``).
         """
         from .transfer import import_dir
+
+        rel = os.fsdecode(dest).lstrip("/")  # a leading / is the branch root
+        if posixpath.normpath(rel or ".").split("/")[0] == "..":
+            raise InvalidPath(
+                f"cannot import to {os.fsdecode(dest)!r}: it leaves the branch; name a "
+                "directory inside it (relative to its root, without '..')"
+            )
 
         if self._snapshot:
             return import_dir(self, source, dest, progress=progress)  # EROFS, as any write
@@ -484,7 +503,8 @@ class Branch(PathTree):
 
     def discard(self, *, force: bool = False) -> None:
         """Remove this branch; its space comes back at the next gc. A branch that a mount
-        serves raises ``BranchBusy`` unless ``force`` (see :meth:`Store.discard`)."""
+        serves raises ``BranchBusy``, and a root branch (not forked) or the store's last
+        branch ``BranchIsRoot``, unless ``force`` (see :meth:`Store.discard`)."""
         self.store.discard(self.name, force=force)
 
     def diff(self, other: Branch | str) -> list[Change]:
@@ -548,9 +568,11 @@ class Branch(PathTree):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Discard the branch at the end of a ``with`` block unless :meth:`keep` was called
-        (an attempt merged or thrown away, either way gone); a branch already gone is fine."""
-        if self._kept or self._snapshot:
+        """At the end of a ``with`` block, discard a branch made by :meth:`fork` unless
+        :meth:`keep` was called (an attempt merged or thrown away, either way gone); a
+        branch already gone is fine. A branch got by name (``store.branch("main")``,
+        ``create_branch``) is left as it is."""
+        if self._kept or self._snapshot or not self._attempt:
             return
 
         with contextlib.suppress(BranchNotFound):

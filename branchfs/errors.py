@@ -30,6 +30,11 @@ class InvalidName(BranchFSError, ValueError):
     """A branch or snapshot name is not allowed (empty, too long, ``/``, NUL, ``.``, ``..``)."""
 
 
+class InvalidPath(BranchFSError, ValueError):
+    """A path given for a place inside a branch leaves the branch (a ``..`` component), or
+    is absolute where a path relative to the branch is asked for (``import --to``)."""
+
+
 class StoreNotFound(BranchFSError, FileNotFoundError):
     """The path does not hold a store (and ``create`` was not asked for)."""
 
@@ -91,6 +96,12 @@ class BranchBusy(BranchFSError, OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class BranchIsRoot(BranchFSError):
+    """Discarding this branch would lose a tree that no other branch or snapshot came from:
+    a root branch (made by ``init``, ``import`` or ``create_branch``, not forked from
+    another) or the store's last branch. ``force=True`` (``--force``) discards it anyway."""
 
 
 class BranchChanged(BranchFSError):

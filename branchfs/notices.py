@@ -47,6 +47,11 @@ MOUNTS_DIR = "mounts"
 NOTIFY_TIMEOUT = 10.0
 
 
+#: Name prefixes of the private temp mountpoints that ``run`` and best-of attempts make
+#: (:func:`branchfs.run.private_tree`): no user mounted those, a running command uses them.
+PRIVATE_PREFIXES = ("branchfs-run-", "branchfs-attempt-")
+
+
 @dataclass(frozen=True)
 class Registration:
     """One running mount daemon, as recorded in ``STORE/mounts/``."""
@@ -59,6 +64,24 @@ class Registration:
     #: Other branches the daemon shows under ``.branchfs/branches/`` (their changes must
     #: reach it too).
     views: tuple[str, ...] = ()
+
+    def user(self) -> str:
+        """Who uses this mount, in words for a message: a ``branchfs run`` (or best-of
+        attempt) when the mountpoint is the private temp directory one makes
+        (:data:`PRIVATE_PREFIXES`), else the daemon's mountpoint and pid."""
+        import tempfile
+
+        head, tail = os.path.split(self.mountpoint)
+        if head == tempfile.gettempdir() and tail.startswith(PRIVATE_PREFIXES):
+            return (
+                f"a `branchfs run` is using it (its mount daemon, pid {self.pid}, serves it "
+                f"at the run's private mountpoint {self.mountpoint}); wait for the run to "
+                "end, or end it"
+            )
+        return (
+            f"it is mounted at {self.mountpoint} by pid {self.pid} (a branchfs run or mount); "
+            f"unmount it first (`branchfs umount {self.mountpoint}`)"
+        )
 
     def alive(self) -> bool:
         """Whether the daemon process still runs (a zombie waiting to be reaped does not)."""

@@ -213,6 +213,34 @@ class Refs:
         self._put_branch(txn, new)
         return new
 
+    def loss_if_discarded(self, txn: lmdb.Transaction, name: str) -> str | None:
+        """Why discarding branch ``name`` would lose a tree nothing else came from (words
+        following "branch NAME"), or None.
+
+        It would if it is the store's last branch, or a root branch: one that no older
+        branch or snapshot shares a layer with (made by ``create_branch``, not forked; a
+        fork of a branch since discarded becomes one). Layers form a forest whose chains
+        end at a tree's root layer, so "shares a layer" is "has the same bottom layer";
+        branches are ordered by id (given in creation order), snapshots by creation time.
+        O(branches + snapshots) chain walks (cached by the layer index).
+        """
+        rec = self.branch(txn, name)
+        others = [b for b in self.branches(txn) if b.name != name]
+        if not others:
+            return "is the store's last branch: discarding it loses every file in it for good"
+        bottom = self.layers.chain(txn, rec.top)[-1]
+        for b in others:
+            if b.id < rec.id and self.layers.chain(txn, b.top)[-1] == bottom:
+                return None
+        for s in self.snapshots(txn):
+            if s.created_ns <= rec.created_ns and self.layers.chain(txn, s.layer)[-1] == bottom:
+                return None
+        return (
+            "is a root branch (made by init, import or create_branch, not forked from another "
+            "branch or snapshot): discarding it loses its files for good (its forks keep "
+            "only their own copies)"
+        )
+
     def discard(self, txn: lmdb.Transaction, name: str) -> BranchRecord:
         """Remove branch ``name``; its layers become garbage for gc."""
         rec = self.branch(txn, name)

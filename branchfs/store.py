@@ -20,7 +20,7 @@ import lmdb
 from . import notices
 from .branch import Branch, Snapshot
 from .engine import Engine
-from .errors import BranchBusy, NotAStore, StoreCorrupt
+from .errors import BranchBusy, BranchIsRoot, NotAStore, StoreCorrupt
 from .layers import View
 from .meta import Meta, open_meta, release_meta
 from .notices import Observer, notify_mounts, settle_mounts
@@ -213,7 +213,7 @@ class Store:
         """Make branch ``new`` an independent writable copy of ``source`` now: O(1)."""
         self.settler(self.path, (source,))
         self.meta.write(lambda txn: self.refs.fork(txn, source, new))
-        return Branch(self, new)
+        return Branch.forked(self, new)
 
     def fork_snapshot(self, snapshot: str, new: str) -> Branch:
         """Make branch ``new`` a writable copy of snapshot ``snapshot``: O(1)."""
@@ -223,7 +223,7 @@ class Store:
             self.refs.branch_from_layer(txn, new, layer)
 
         self.meta.write(op)
-        return Branch(self, new)
+        return Branch.forked(self, new)
 
     def snapshot(self, branch: str, name: str) -> Snapshot:
         """Freeze ``branch``'s current tree under the name ``name``: O(1)."""
@@ -254,6 +254,11 @@ class Store:
         inside one that checks the branch exists (:meth:`register_mount`): LMDB's single
         writer orders the two, so a mount starting meanwhile either keeps the branch
         (``BranchBusy``) or fails to start (the branch is gone), never serves a deleted one.
+
+        A root branch (not forked from another branch or snapshot: one made by
+        :meth:`create_branch`, ``init`` or ``import``) or the store's last branch raises
+        :class:`~branchfs.errors.BranchIsRoot` (nothing else holds its tree), unless
+        ``force``, which discards it anyway.
         """
 
         # Imported here, not with the module: a process that never discards (every
@@ -263,6 +268,11 @@ class Store:
         def op(txn: lmdb.Transaction) -> list[notices.Registration]:
             regs = notices.serving(self.path, branch)
             if not regs:
+                loss = None if force else self.refs.loss_if_discarded(txn, branch)
+                if loss is not None:
+                    raise BranchIsRoot(
+                        f"branch {branch!r} {loss}; discard it anyway with force=True"
+                    )
                 rec = self.refs.discard(txn, branch)
                 tidy_after_discard(txn, self.engine, rec.top)
             return regs
@@ -277,9 +287,8 @@ class Store:
             where = ", ".join(r.mountpoint for r in regs)
             if not force:
                 raise BranchBusy(
-                    f"branch {branch!r} is mounted at {where}; unmount it first "
-                    f"(`branchfs umount {regs[0].mountpoint}`), or discard it with --force "
-                    "(force=True), which flushes and unmounts it",
+                    f"branch {branch!r} cannot be discarded now: {regs[0].user()}; or "
+                    "discard it with --force (force=True), which flushes and unmounts it",
                     [r.mountpoint for r in regs],
                 )
             for reg in regs:

@@ -259,6 +259,18 @@ def test_copying_errors_name_the_commands(store: Path, project: Path, tmp_path: 
     assert "`branchfs export`" in line
 
 
+def test_import_to_outside_the_branch_is_refused(
+    store: Path, project: Path, tmp_path: Path
+) -> None:
+    for to in ("../etc", "a/../../etc"):
+        one_line_error(bfs("import", str(project), "--to", to, store=store), 2, "leaves the branch")
+    one_line_error(bfs("import", str(project), "--to", "/abs", store=store), 2, "absolute")
+    r = bfs("import", str(project), "--to", "vendor/p", "--json", store=store)
+    assert r.code == 0 and r.json["files"] == 3, r
+    with branchfs.Store.open(store) as s:
+        assert sorted(s.branch("main").listdir("")) == ["README", "blob.bin", "src", "vendor"]
+
+
 def test_missing_store_and_non_store(tmp_path: Path) -> None:
     one_line_error(bfs("branches", cwd=tmp_path), 2, "which store?", "--store")
     one_line_error(

@@ -149,6 +149,12 @@ class BranchMachine(RuleBasedStateMachine):
         self.bases: dict[frozenset[str], Tree] = {}
         self.history = History("main", Tree())
         self.links = itertools.count(1)
+        # Which layer tree each ref is in (a fork, snapshot or reset joins its source's;
+        # create_branch starts one) and when it was made: discard refuses a root branch
+        # (no older ref in its tree) and the last branch.
+        self.clock = itertools.count()
+        self.family: dict[str, tuple[int, int]] = {"main": (0, next(self.clock))}
+        self.snap_family: dict[str, tuple[int, int]] = {}
 
     def teardown(self) -> None:
         try:
@@ -434,6 +440,7 @@ class BranchMachine(RuleBasedStateMachine):
         kind, _ = self.both(lambda: self.store.fork(src, new) and None, model)
         if kind == "ok":
             self.trees[new] = self.trees[src].copy()
+            self.family[new] = (self.family[src][0], next(self.clock))
             self.bases[frozenset((src, new))] = self.trees[src].copy()
             self.history.fork(src, new, self.trees[src])
 
@@ -448,6 +455,7 @@ class BranchMachine(RuleBasedStateMachine):
         kind, _ = self.both(lambda: self.store.snapshot(src, snap) and None, model)
         if kind == "ok":
             self.snaps[snap] = self.trees[src].copy()
+            self.snap_family[snap] = (self.family[src][0], next(self.clock))
             self.history.snapshot(src, snap, self.trees[src])
 
     @rule(name=names, snap=hs.sampled_from(SNAPSHOTS))
@@ -461,18 +469,29 @@ class BranchMachine(RuleBasedStateMachine):
         kind, _ = self.both(lambda: self.store.reset(name, snap), model)
         if kind == "ok":
             self.trees[name] = self.snaps[snap].copy()
+            self.family[name] = (self.snap_family[snap][0], self.family[name][1])
             self._drop_bases(name)
             self.history.reset(name, snap)
 
-    @rule(name=names)
-    def discard(self, name: str) -> None:
+    def _is_root(self, name: str) -> bool:
+        tree, born = self.family[name]
+        refs = [f for b, f in self.family.items() if b != name]
+        return not refs or not any(
+            t == tree and b < born for t, b in [*refs, *self.snap_family.values()]
+        )
+
+    @rule(name=names, force=hs.booleans())
+    def discard(self, name: str, force: bool) -> None:
         def model() -> None:
             if name not in self.trees:
                 raise ModelError(branchfs.BranchNotFound)
+            if not force and self._is_root(name):
+                raise ModelError(branchfs.BranchIsRoot)
 
-        kind, _ = self.both(lambda: self.store.discard(name), model)
+        kind, _ = self.both(lambda: self.store.discard(name, force=force), model)
         if kind == "ok":
             del self.trees[name]
+            del self.family[name]
             self._drop_bases(name)
             self.history.discard(name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 
@@ -259,3 +260,64 @@ def test_branches_survive_reopen(store_path: object) -> None:
         assert s.branches() == ["f2", "main"]
         assert s.snapshots() == ["snap"]
         assert s.branch("f2").read_bytes("f") == b"persist"
+
+
+def test_a_root_or_last_branch_is_discarded_only_by_force(store: branchfs.Store) -> None:
+    main = store.create_branch("main")
+    main.write_bytes("f", b"1")
+    with pytest.raises(branchfs.BranchIsRoot, match=r"last branch.*force=True"):
+        main.discard()
+    fork = main.fork("fork")
+    with pytest.raises(branchfs.BranchIsRoot, match=r"root branch.*force=True"):
+        store.discard("main")
+    assert main.read_bytes("f") == b"1"
+    other = store.create_branch("other")  # a second root: not a fork of main
+    with pytest.raises(branchfs.BranchIsRoot):
+        other.discard()
+    main.snapshot("s")
+    from_snap = store.fork_snapshot("s", "from-snap")
+    from_snap.discard()  # forks, of a branch or of a snapshot, go as before
+    fork.discard()
+    main.discard(force=True)
+    assert store.branches() == ["other"]
+    other.discard(force=True)
+    assert store.branches() == []
+
+
+def test_a_fork_whose_source_is_gone_becomes_a_root(store: branchfs.Store) -> None:
+    main = store.create_branch("main")
+    main.fork("a")
+    main.fork("b")
+    main.discard(force=True)
+    with pytest.raises(branchfs.BranchIsRoot, match="root branch"):
+        store.discard("a")  # the older of the two now holds the tree first
+    store.discard("b")
+
+
+def test_only_a_forked_branch_is_discarded_by_its_with_block(store: branchfs.Store) -> None:
+    store.create_branch("main")
+    with store.branch("main") as m:
+        m.write_text("b.txt", "x")
+    with store.create_branch("made") as made:
+        made.write_text("c.txt", "y")
+    with store.branch("main").fork("try") as attempt:
+        attempt.write_text("d.txt", "z")
+    with store.branch("main").fork("kept") as kept:
+        kept.keep()
+    assert store.branches() == ["kept", "made", "main"]
+    assert store.branch("main").read_text("b.txt") == "x"
+
+
+def test_import_to_a_place_outside_the_branch_is_refused(
+    store: branchfs.Store, tmp_path: Path
+) -> None:
+    main = store.create_branch("main")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"1")
+    for dest in ("../etc", "a/../../etc", "/../etc", ".."):
+        with pytest.raises(branchfs.InvalidPath, match="leaves the branch"):
+            main.import_dir(src, dest)
+    assert main.listdir("") == []
+    assert main.import_dir(src, "a/../b") == 1
+    assert main.read_bytes("b/f") == b"1"  # inside the branch: allowed

@@ -48,6 +48,12 @@ def _import(ctx: Context, v: Values) -> Outcome:
         )
     branch = branch_name(store, v.opt("branch") or ctx.current or "main")
     dest = v.opt("to") or ""
+    if os.path.isabs(dest):
+        raise CommandError(
+            f"--to {dest} is absolute; --to names a directory inside the branch, relative "
+            "to its root (e.g. --to vendor/lib)",
+            kind="InvalidPath",
+        )
     t0 = time.monotonic()
     total = _count(source) if ctx.progress is not no_progress else None
     with ctx.progress(f"import into {branch}", total) as step:
@@ -99,7 +105,8 @@ VERBS = (
             Opt("branch", "The branch to copy into.", metavar="BRANCH", short="b"),
             Opt(
                 "to",
-                "A directory inside the branch to copy into (default: its root).",
+                "A directory inside the branch to copy into, relative to its root (default: "
+                "the root); an absolute path or one leaving the branch ('..') is refused.",
                 metavar="PATH",
             ),
         ),

@@ -169,12 +169,21 @@ VERBS = (
     Verb(
         "discard",
         "Remove BRANCH, or the snapshot @NAME; the space no other branch or snapshot uses "
-        "comes back at the next gc. A branch that a mount serves is refused unless --force, "
-        "which first flushes and unmounts those mounts.",
+        "comes back at the next gc. A branch is refused unless --force when a mount or a run "
+        "uses it (--force first flushes and unmounts it), and when it is a root branch (not "
+        "forked from another, such as main) or the last branch, whose files nothing else "
+        "holds.",
         "branchfs discard attempt-2",
         _discard,
         (Arg("branch", "the branch to remove, or a snapshot @NAME"),),
-        (Opt("force", "Flush and unmount every mount serving BRANCH first.", flag=True),),
+        (
+            Opt(
+                "force",
+                "Discard even a root or last branch; flush and unmount every mount serving "
+                "BRANCH first.",
+                flag=True,
+            ),
+        ),
         changes=_discarded,
     ),
     Verb(

@@ -163,6 +163,39 @@ def test_discard_of_a_mounted_branch_is_refused_then_forced(world: Any) -> None:
     assert bfs("branches", "--json", store=store).json["branches"] == ["main"]
 
 
+def test_discard_of_a_branch_a_run_uses_names_the_run(world: Any, tmp_path: Path) -> None:
+    store, _mnt = world
+    assert bfs("fork", "main", "work", store=store).code == 0
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    script = f"touch {ready}; while [ ! -e {stop} ]; do sleep 0.05; done"
+    env = {**os.environ, "BRANCHFS_STORE": str(store)}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "branchfs.cli", "run", "work", "--", "sh", "-c", script], env=env
+    )
+    try:
+        for _ in range(600):
+            if ready.exists() or run.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert ready.exists(), "the run did not start"
+        line = one_line_error(bfs("discard", "work", store=store), 2, "a `branchfs run`")
+        assert "umount" not in line and "--force" in line
+    finally:
+        stop.touch()
+        assert run.wait(timeout=60) == 0
+    assert bfs("discard", "work", store=store).code == 0
+
+
+def test_discard_of_main_is_refused_unless_forced(world: Any) -> None:
+    store, _mnt = world
+    one_line_error(bfs("discard", "main", store=store), 2, "last branch", "--force")
+    assert bfs("fork", "main", "x", store=store).code == 0
+    line = one_line_error(bfs("discard", "main", store=store), 2, "root branch", "--force")
+    no_api_names(line)
+    assert bfs("discard", "main", "--force", store=store).code == 0
+    assert bfs("branches", "--json", store=store).json["branches"] == ["x"]
+
+
 def test_umount_whatever_the_root_answers(world: Any, tmp_path: Path) -> None:
     store, mnt = world
     assert bfs("fork", "main", "gone", store=store).code == 0
