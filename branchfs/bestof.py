@@ -49,7 +49,7 @@ from . import trace
 from .attemptrun import Runner, RunSpec, ScoreSpec, check_spec
 from .errors import BranchFSError, MergeConflict
 from .spawner import Spawner
-from .trials import Attempt, BestOfError, BestOfResult, Status, Trial, last_number, one_line
+from .trials import Attempt, BestOfError, BestOfResult, Status, Trial, last_number
 
 if TYPE_CHECKING:
     from .merge import MergeResult
@@ -265,9 +265,13 @@ def _finish(state: Runner, keep: bool, logs: Path, started: float) -> BestOfResu
             trace.mark("merged")
             state.set(winner, "won")
         except MergeConflict as exc:
+            clashes = "; ".join(str(c) for c in exc.conflicts[:5])
+            more = f"; … and {len(exc.conflicts) - 5} more" if len(exc.conflicts) > 5 else ""
             error = (
                 f"the winner, attempt {winner.index}, conflicts with {base}, which changed "
-                f"meanwhile; its branch {winner.branch} is kept: {one_line(exc)}"
+                f"meanwhile; {base} is unchanged and {winner.branch} is kept: {clashes}{more}. "
+                f"To resolve, merge it yourself: `branchfs merge {winner.branch} --into "
+                f"{base}` with --strategy ours|theirs or --markers"
             )
     with _no_interrupts():
         for attempt in state.attempts:

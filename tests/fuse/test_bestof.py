@@ -198,3 +198,23 @@ def test_sigkilled_best_of_leaves_no_mount(tmp_path: Path, store_path: Path) -> 
                 pid = int(left.split()[1].rstrip(":"))
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_a_winner_that_conflicts_with_a_moved_base_says_what_clashed(store_path: Path) -> None:
+    with branchfs.Store.open(store_path) as store:
+        main = store.branch("main")
+        main.write_bytes("f.txt", b"base\n")
+
+        def run(trial: branchfs.Trial) -> bool:
+            trial.branch.write_bytes("f.txt", b"attempt\n")
+            store.branch("main").write_bytes("f.txt", b"main moved on\n")
+            return True
+
+        result = best_of(store, 1, run, mount=False)
+
+        assert result.winner is None and not result.ok
+        assert result.error is not None
+        assert "f.txt" in result.error and "content" in result.error, result.error
+        assert "branchfs merge" in result.error and "--strategy" in result.error
+        assert main.read_bytes("f.txt") == b"main moved on\n"
+        assert sorted(store.branches()) == sorted(["main", result.attempts[0].branch])
