@@ -68,6 +68,7 @@ mutate: install
 	$(BIN)/python tools/mutate.py
 
 lint: install
+	@! git grep -nE '^(<<<<<<<|>>>>>>>)( |$$)' -- ':!*.venv*' || { echo "merge conflict markers left in the files above"; exit 1; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
