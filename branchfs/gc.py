@@ -27,7 +27,7 @@ import lmdb
 from . import staging
 from .engine import Engine
 from .errors import StoreLocked
-from .layers import NO_LAYER
+from .layers import NO_LAYER, LayerInfo
 
 T = TypeVar("T")
 
@@ -130,10 +130,9 @@ def _finish_squash(txn: lmdb.Transaction, engine: Engine, p: int, c: int) -> boo
     when a concurrent discard already squashed it.
     """
     layers, records = engine.layers, engine.records
-    if not layers.exists(txn, c) or not layers.exists(txn, p):
-        return False
-    info_c = layers.info(txn, c)
-    if info_c.parent != p:
+    info_c = layers.find(txn, c)
+    info_p = layers.find(txn, p)
+    if info_c is None or info_p is None or info_c.parent != p:
         return False
     below = _below_of(txn, engine, p)
     while records.move_inodes_down(txn, p, c, below, BATCH):
@@ -144,8 +143,9 @@ def _finish_squash(txn: lmdb.Transaction, engine: Engine, p: int, c: int) -> boo
     engine.history.squash(txn, p, c)
     for child in layers.children(txn, c):
         layers.set_parent(txn, child, p, layers.info(txn, child).frozen)
-    layers.set_parent(txn, p, layers.info(txn, p).parent, info_c.frozen)
-    layers.delete(txn, c)
+    # p's record is as read above: nothing here rewrites it before this line.
+    layers.set_parent(txn, p, info_p.parent, info_c.frozen)
+    layers.delete(txn, c, info_c)
     return True
 
 
@@ -173,10 +173,13 @@ def _squash(engine: Engine, p: int, c: int, freed: list[int]) -> None:
     _write(engine, freed, lambda txn: _finish_squash(txn, engine, p, c))
 
 
-def delete_layer(txn: lmdb.Transaction, engine: Engine, lid: int) -> int:
-    """Delete dead layer ``lid`` with all its records in this transaction; returns how many."""
+def delete_layer(
+    txn: lmdb.Transaction, engine: Engine, lid: int, info: LayerInfo | None = None
+) -> int:
+    """Delete dead layer ``lid`` with all its records in this transaction; returns how many.
+    ``info``: its record, if the caller has just read it in this transaction."""
     removed = engine.records.delete_records(txn, lid)
-    engine.layers.delete(txn, lid)
+    engine.layers.delete(txn, lid, info)
     return removed
 
 
@@ -199,29 +202,26 @@ def tidy_after_discard(txn: lmdb.Transaction, engine: Engine, top: int) -> None:
     # one, it never is (that one descends from it and from nothing else of it).
     pinned = {snap.layer for snap in refs.snapshots(txn)}
     lid = top
-    # The merge history is scanned once per layer: its referrers read here go to drop, and
-    # the loop's last read (if it stopped there) answers the check after the loop.
-    referrers: list[int] | None = None
-    while lid != NO_LAYER and layers.exists(txn, lid):
-        if lid in pinned or layers.children(txn, lid, limit=1):
-            break
-        referrers = history.referrers(txn, lid)
-        if len(referrers) > 1:
-            break
-        if layers.size_exceeds(txn, lid, TIDY_LIMIT):
+    # Each layer's record, children and merge referrers are read once, here, and passed on
+    # (to drop, delete_layer and the squash check after the loop).
+    while True:
+        if lid == NO_LAYER or lid in pinned:
             return
-        parent = layers.info(txn, lid).parent
-        history.drop(txn, lid, parent=parent, referrers=referrers)
-        delete_layer(txn, engine, lid)
-        lid = parent
-        referrers = None
-    if lid == NO_LAYER or lid in pinned or not layers.exists(txn, lid):
-        return
-    if referrers is None:
+        info = layers.find(txn, lid)
+        if info is None:
+            return
+        # two children at most: the squash check below needs to tell one from several
+        kids = layers.children(txn, lid, limit=2)
         referrers = history.referrers(txn, lid)
+        if kids:
+            break
+        if len(referrers) > 1 or layers.size_exceeds(txn, lid, TIDY_LIMIT):
+            return
+        history.drop(txn, lid, parent=info.parent, referrers=referrers)
+        delete_layer(txn, engine, lid, info)
+        lid = info.parent
     if referrers:
         return
-    kids = layers.children(txn, lid, limit=2)
     if len(kids) == 1 and kids[0] in staging.layers(txn, engine):
         return  # a staging layer is written by its owner: never squashed
     if len(kids) == 1 and not layers.size_exceeds(txn, kids[0], TIDY_LIMIT):

@@ -67,6 +67,15 @@ class LayerIndex:
         """Whether layer ``lid`` has a record."""
         return txn.get(keys.layer_key(lid), db=self.db) is not None
 
+    def find(self, txn: lmdb.Transaction, lid: int) -> LayerInfo | None:
+        """The record of layer ``lid``, or None if it has none: :meth:`exists` and
+        :meth:`info` in one read."""
+        raw = txn.get(keys.layer_key(lid), db=self.db)
+        if raw is None:
+            return None
+        parent, frozen = keys.decode_layer(raw)
+        return LayerInfo(lid, parent, frozen)
+
     def create(self, txn: lmdb.Transaction, parent: int, lid: int = 0) -> int:
         """A new, empty, writable layer over ``parent`` (``NO_LAYER`` for a root layer); its
         id is ``lid`` if given (allocated from ``next_layer`` by the caller), else a new one."""
@@ -120,18 +129,18 @@ class LayerIndex:
             txn.put(keys.child_key(parent, lid), b"", db=self.meta.children_db)
         self.bump_topology(txn)
 
-    def delete(self, txn: lmdb.Transaction, lid: int) -> None:
-        """Remove a layer's record (once nothing refers to it and its records are gone).
+    def delete(self, txn: lmdb.Transaction, lid: int, info: LayerInfo | None = None) -> None:
+        """Remove a layer's record (once nothing refers to it and its records are gone);
+        ``info``: its record, if the caller has just read it in this transaction.
 
         No live chain contains a dead layer and ids are never reused, so cached chains
         stay valid: the topology token is left alone.
         """
         key = keys.layer_key(lid)
-        raw = txn.get(key, db=self.db)
-        if raw is not None:
-            parent = keys.decode_layer(raw)[0]
-            if parent != NO_LAYER:
-                txn.delete(keys.child_key(parent, lid), db=self.meta.children_db)
+        if info is None:
+            info = self.find(txn, lid)
+        if info is not None and info.parent != NO_LAYER:
+            txn.delete(keys.child_key(info.parent, lid), db=self.meta.children_db)
         txn.delete(key, db=self.db)
         self._chains.pop(lid, None)
 
