@@ -346,25 +346,47 @@ def split_inode_key(key: Raw) -> tuple[int, int]:
 
 def encode_inode(rec: Inode, ino: int) -> bytes:
     """The stored form of the record of inode ``ino`` (a msgpack array), sealed."""
-    return seal(
-        _packb(
-            [
-                rec.mode,
-                rec.uid,
-                rec.gid,
-                rec.size,
-                rec.atime_ns,
-                rec.mtime_ns,
-                rec.ctime_ns,
-                rec.rdev,
-                [[p, n] for p, n in rec.links],
-                rec.inline,
-                rec.cut,
-                rec.xattrs,
-            ]
-        ),
-        ino,
-    )
+    return seal(_packb(_inode_list(rec)), ino)
+
+
+def encode_inode_fields(rec: Inode, ino: int) -> tuple[bytes, list[Any] | None]:
+    """:func:`encode_inode`, and the fields :func:`inode_fields` would decode from it, for a
+    view that writes a record and reads it again in the same transaction (None when a
+    field's type would not come back as it went in: only plain bytes and ints do)."""
+    v = _inode_list(rec)
+    raw = seal(_packb(v), ino)
+    inline, xattrs = rec.inline, rec.xattrs
+    if inline is not None and type(inline) is not bytes:
+        return raw, None
+    for _p, n in rec.links:
+        if type(n) is not bytes:
+            return raw, None
+    if xattrs:
+        for k, x in xattrs.items():
+            if type(k) is not bytes or type(x) is not bytes:
+                return raw, None
+        v[11] = dict(xattrs)  # nothing in the fields is shared with ``rec``
+    else:
+        v[11] = {}
+    return raw, v
+
+
+def _inode_list(rec: Inode) -> list[Any]:
+    """The msgpack array of ``rec`` (fresh lists for its links)."""
+    return [
+        rec.mode,
+        rec.uid,
+        rec.gid,
+        rec.size,
+        rec.atime_ns,
+        rec.mtime_ns,
+        rec.ctime_ns,
+        rec.rdev,
+        [[p, n] for p, n in rec.links],
+        rec.inline,
+        rec.cut,
+        rec.xattrs,
+    ]
 
 
 def decode_inode(raw: Raw, ino: int) -> Inode:

@@ -342,9 +342,13 @@ class View:
         """Write ``rec`` as the record of ``ino`` in the top layer."""
         top = self.top
         assert top is not None
-        raw = keys.encode_inode(rec, ino)
+        raw, fields = keys.encode_inode_fields(rec, ino)
         self.txn.put(keys.inode_key(top, ino), raw, db=self.inodes)
         self.records[(top, ino)] = raw
+        # a read of it later in this transaction (the parent a create or unlink touched,
+        # read again for the kernel's reply) neither checks nor unpacks it again
+        if fields is not None:
+            self.fields[(top, ino)] = (raw, fields)
 
     def delete_inode(self, ino: int) -> None:
         """Make ``ino`` not exist in this tree (tombstone only if a lower layer has it)."""

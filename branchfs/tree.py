@@ -252,15 +252,27 @@ def _drop_link(v: View, ino: int, rec: Inode, parent: int, name: bytes, keep: bo
         v.delete_inode(ino)
 
 
-def unlink(v: View, parent: int, name: bytes, *, keep_orphan: bool = False) -> int:
+def unlink(
+    v: View,
+    parent: int,
+    name: bytes,
+    *,
+    keep_orphan: bool = False,
+    known: tuple[int, Inode] | None = None,
+) -> int:
     """Remove the non-directory entry ``name`` from ``parent``; returns its inode.
 
     With ``keep_orphan`` an inode that loses its last link keeps its record (with no
     links) so that open file handles can still use it; :func:`forget_orphan` drops it.
+    ``known``: the inode ``name`` names and its record from ``v.inode_for_write``, if the
+    caller has read them in this transaction (they are not read again; ``rec`` is edited).
     """
     writable(v)
-    ino = lookup(v, parent, name)
-    rec = for_write(v, ino)
+    if known is None:
+        ino = lookup(v, parent, name)
+        rec = for_write(v, ino)
+    else:
+        ino, rec = known
     if rec.is_dir:
         raise os_error(errno.EISDIR)
     v.delete_dirent(parent, name)

@@ -16,7 +16,6 @@ are EROFS. An inode whose last name goes while the kernel still holds it lives o
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -320,11 +319,11 @@ class TreeNodes:
             # its record is not put without links first (rm -rf's common case).
             target = v.dirent(peng, name)
             if target is not None and not self.holds.is_open((tree, target)):
-                rec = v.inode(target)
+                rec = v.inode_for_write(target)
                 if rec is not None and (rec.is_reg or rec.is_link):
                     last = len(rec.links) == 1
                     gone = self._gone((tree, target), rec) if last else None
-                    return T.unlink(v, peng, name), False, gone
+                    return T.unlink(v, peng, name, known=(target, rec)), False, gone
             ino = T.unlink(v, peng, name, keep_orphan=True)
             return ino, *self._orphaned(v, tree, ino)
 
@@ -406,7 +405,10 @@ class TreeNodes:
         kernel holds nothing of it."""
         if not self.holds.held(key):
             return None
-        return dataclasses.replace(rec, links=[], ctime_ns=T.now_ns())
+        gone = rec.copy()  # cheaper than dataclasses.replace, and shares no dict with rec
+        gone.links = []
+        gone.ctime_ns = T.now_ns()
+        return gone
 
     def drop_orphans(self, doomed: list[Key]) -> None:
         """Delete unlinked inodes whose last reference (name, lookup, open file) went away."""
