@@ -170,7 +170,8 @@ def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = No
     full_env = {**os.environ, **(env or {})}
     res = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr[-2000:]}")
+        out = (res.stderr or res.stdout)[-2000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {out}")
 
 
 #: Seconds every target waits after dropping caches, before a cold row starts (see below).
@@ -666,9 +667,10 @@ def run_workloads(
         # (.branchfs/branches/NAME/) of a fork holding the same tree.
         if name != "branchfs":
             return
-        run(["tar", "-xf", str(inp.tree_tar)], cwd=root)
-        (root / "tree").rename(root / "vtree")
-        repo = root / "vtree"
+        # a directory of its own: the git section's repository may still be at root/tree
+        (root / "views").mkdir()
+        run(["tar", "-xf", str(inp.tree_tar)], cwd=root / "views")
+        repo = root / "views" / "tree"
         run(["git", "init", "-q"], cwd=repo, env=GIT_ENV)
         run(["sh", "-c", "git add -A && git commit -q -m import"], cwd=repo, env=GIT_ENV)
         os.mkdir(root / ".branchfs" / "branches" / "view")
@@ -676,7 +678,7 @@ def run_workloads(
         # A fork's files have inode numbers of their own (one identity per file and view),
         # so the first git status there re-reads them all and refreshes the index, as after
         # `cp -a`; measured apart, not in the rows.
-        view_repo = root / ".branchfs/branches/view/vtree"
+        view_repo = root / ".branchfs/branches/view/views/tree"
         res.measure(t, "git status, first in a fork", lambda: timed_cmd(status, view_repo, GIT_ENV))
         places = (("mounted view", repo), ("branch view", view_repo))
         for where, path in places:
