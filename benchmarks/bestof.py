@@ -82,8 +82,10 @@ def make_repo(root: Path, files: int) -> Path:
         d.mkdir(exist_ok=True)
         (d / f"mod{i % 100:02d}.py").write_text(f"# module {i}\n" + "x = 1\n" * (150 + i % 450))
     env = dict(os.environ, **GIT_ENV)
+    # gc.auto=0: a commit of 10,000 loose objects would start a detached `git gc --auto`
+    # that packs and deletes them while the store copies the repository in
     for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "tree"]):
-        subprocess.run(["git", *cmd], cwd=root, env=env, check=True)
+        subprocess.run(["git", "-c", "gc.auto=0", *cmd], cwd=root, env=env, check=True)
     return root
 
 
