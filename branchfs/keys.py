@@ -267,9 +267,18 @@ def ref_name(key: Raw) -> str:
     return bytes(key).decode("utf-8", "surrogateescape")
 
 
-def encode_branch(bid: int, top: int, created_ns: int) -> bytes:
-    """A branch record."""
-    return pack([bid, top, created_ns])
+def encode_branch(
+    bid: int, top: int, created_ns: int, source: tuple[str, int] | None = None
+) -> bytes:
+    """A branch record; ``source`` (name, id) of the branch it was forked from, if any (a
+    hint for discard's root check, re-verified when used)."""
+    return pack([bid, top, created_ns] if source is None else [bid, top, created_ns, *source])
+
+
+def decode_branch_source(raw: Raw) -> tuple[str, int] | None:
+    """(name, id) of the branch a branch record says it was forked from, or None."""
+    fields = unpack(raw)
+    return (str(fields[3]), int(fields[4])) if len(fields) >= 5 else None
 
 
 def decode_branch(raw: Raw) -> tuple[int, int, int]:
@@ -278,8 +287,8 @@ def decode_branch(raw: Raw) -> tuple[int, int, int]:
         hit = _BRANCHES.get(raw)
         if hit is not None:
             return hit
-    bid, top, created = unpack(raw)
-    out = int(bid), int(top), int(created)
+    fields = unpack(raw)
+    out = int(fields[0]), int(fields[1]), int(fields[2])
     if type(raw) is bytes:
         if len(_BRANCHES) >= _DECODED_MAX:
             _BRANCHES.clear()

@@ -182,7 +182,14 @@ class Refs:
         """Make branch ``new`` an independent copy of ``source`` as it is now: O(1)."""
         self._require_free(txn, new)  # first: BranchExists before BranchNotFound
         state, lid = self._freeze(txn, source, 1)
-        return self._new_branch(txn, new, state, lid)
+        src = self.branch(txn, source)
+        rec = self._new_branch(txn, new, state, lid, put=False)
+        txn.put(
+            check_ref_name(new),
+            keys.encode_branch(rec.id, rec.top, rec.created_ns, (source, src.id)),
+            db=self.meta.branches_db,
+        )
+        return rec
 
     def branch_from_layer(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
         """A new branch whose tree is frozen layer ``layer``."""
@@ -190,11 +197,12 @@ class Refs:
         return self._new_branch(txn, name, layer)
 
     def _new_branch(
-        self, txn: lmdb.Transaction, name: str, layer: int, lid: int = 0
+        self, txn: lmdb.Transaction, name: str, layer: int, lid: int = 0, put: bool = True
     ) -> BranchRecord:
         top = self.layers.create(txn, layer, lid)
         rec = BranchRecord(name, self.meta.next_id(txn, keys.NEXT_BRANCH), top, time.time_ns())
-        self._put_branch(txn, rec)
+        if put:
+            self._put_branch(txn, rec)
         return rec
 
     def reset(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
@@ -225,10 +233,23 @@ class Refs:
         O(branches + snapshots) chain walks (cached by the layer index).
         """
         rec = self.branch(txn, name)
-        others = [b for b in self.branches(txn) if b.name != name]
-        if not others:
+        own = check_ref_name(name)
+        if all(key == own for key in txn.cursor(db=self.meta.branches_db).iternext(values=False)):
             return "is the store's last branch: discarding it loses every file in it for good"
         bottom = self.layers.chain(txn, rec.top)[-1]
+        # The common case in O(1): the branch it was forked from is still there, older, and
+        # shares its bottom layer (the hint is re-verified: a source discarded, re-created
+        # or reset elsewhere falls through to the scan below).
+        own_raw = txn.get(own, db=self.meta.branches_db)
+        hint = None if own_raw is None else keys.decode_branch_source(own_raw)
+        if hint is not None:
+            src_name, src_id = hint
+            raw = txn.get(check_ref_name(src_name), db=self.meta.branches_db)
+            if raw is not None:
+                sid, stop, _created = keys.decode_branch(raw)
+                if sid == src_id < rec.id and self.layers.chain(txn, stop)[-1] == bottom:
+                    return None
+        others = [b for b in self.branches(txn) if b.name != name]
         for b in others:
             if b.id < rec.id and self.layers.chain(txn, b.top)[-1] == bottom:
                 return None

@@ -294,6 +294,23 @@ def test_a_fork_whose_source_is_gone_becomes_a_root(store: branchfs.Store) -> No
     store.discard("b")
 
 
+def test_the_fork_source_hint_is_verified_not_trusted(store: branchfs.Store) -> None:
+    # A fork's record names its source; discard trusts it only while that source is the
+    # same branch (same id), older, and still shares the fork's bottom layer.
+    store.create_branch("main").fork("a")
+    store.discard("main", force=True)
+    store.create_branch("main")  # the same name again: another branch, another tree
+    with pytest.raises(branchfs.BranchIsRoot, match="root branch"):
+        store.discard("a")
+    store.create_branch("x").fork("y")
+    store.snapshot("main", "elsewhere")
+    store.reset("x", "elsewhere")  # x now holds main's tree: y's is held by nothing older
+    with pytest.raises(branchfs.BranchIsRoot, match="root branch"):
+        store.discard("y")
+    store.fork("main", "m2")
+    store.discard("m2")  # a plain fork of a live source: allowed
+
+
 def test_only_a_forked_branch_is_discarded_by_its_with_block(store: branchfs.Store) -> None:
     store.create_branch("main")
     with store.branch("main") as m:
