@@ -230,7 +230,10 @@ class Refs:
         fork of a branch since discarded becomes one). Layers form a forest whose chains
         end at a tree's root layer, so "shares a layer" is "has the same bottom layer";
         branches are ordered by id (given in creation order), snapshots by creation time.
-        O(branches + snapshots) chain walks (cached by the layer index).
+        O(1) for a fork whose source (named in its record by :meth:`fork`) is still there,
+        older and sharing its bottom layer; otherwise O(branches + snapshots) chain walks
+        (cached by the layer index). A record rewritten since its fork (a freeze, reset or
+        squash puts it without the hint) takes the scan.
         """
         rec = self.branch(txn, name)
         own = check_ref_name(name)
