@@ -23,6 +23,14 @@ class Ran:
         return json.loads(self.out)
 
 
+def entry_point() -> list[str]:
+    """The console script a user runs (``branchfs``, i.e. :mod:`branchfs.entry`), after the
+    interpreter's path: the way in that handles Ctrl-C from its first import on, where
+    ``-m branchfs.cli`` imports click and the command layer first."""
+    script = Path(sys.executable).with_name("branchfs")
+    return [str(script)] if script.exists() else ["-m", "branchfs"]
+
+
 def bfs(*args: str, store: Path | None = None, cwd: Path | None = None, env: Any = None) -> Ran:
     """Run ``branchfs ARGS`` as a user would (a new interpreter), with $BRANCHFS_STORE."""
     e = dict(os.environ if env is None else env)

@@ -15,16 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from clirun import bfs
+from clirun import bfs, entry_point
 
 #: SIGINT is sent when this module's import finishes (the last one: inside the verb).
 STAGES = ("branchfs.entry", "click", "branchfs.commands.spec", "branchfs.cli", "branchfs.store")
 
 
 def _command(*args: str) -> list[str]:
-    script = Path(sys.executable).with_name("branchfs")
-    entry = [str(script)] if script.exists() else ["-m", "branchfs"]
-    return [sys.executable, "-X", "importtime", *entry, *args]
+    return [sys.executable, "-X", "importtime", *entry_point(), *args]
 
 
 @pytest.fixture(scope="module")

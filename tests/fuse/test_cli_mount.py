@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clirun import bfs, no_api_names, one_line_error
+from clirun import bfs, entry_point, no_api_names, one_line_error
 from fusecheck import needs_fuse
 
 import branchfs
@@ -285,7 +285,7 @@ def test_ctrl_c_during_mount_leaves_no_mount_and_no_daemon(tmp_path: Path) -> No
     assert bfs("init", str(store)).code == 0
     mp = tmp_path / "mnt"
     mp.mkdir()
-    cmd = [sys.executable, "-m", "branchfs.cli", "--store", str(store), "mount", str(mp)]
+    cmd = [sys.executable, *entry_point(), "--store", str(store), "mount", str(mp)]
 
     def start() -> subprocess.Popen[str]:
         return subprocess.Popen(
