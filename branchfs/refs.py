@@ -127,10 +127,12 @@ class Refs:
             out.append(BranchRecord(keys.ref_name(key), bid, top, created))
         return out
 
-    def _put_branch(self, txn: lmdb.Transaction, rec: BranchRecord) -> None:
+    def _put_branch(
+        self, txn: lmdb.Transaction, rec: BranchRecord, source: tuple[str, int] | None = None
+    ) -> None:
         txn.put(
             check_ref_name(rec.name),
-            keys.encode_branch(rec.id, rec.top, rec.created_ns),
+            keys.encode_branch(rec.id, rec.top, rec.created_ns, source),
             db=self.meta.branches_db,
         )
 
@@ -160,10 +162,10 @@ class Refs:
         """
         return self._freeze(txn, name, 0)[0]
 
-    def _freeze(self, txn: lmdb.Transaction, name: str, spare: int) -> tuple[int, int]:
+    def _freeze(self, txn: lmdb.Transaction, name: str, spare: int) -> tuple[int, int, int]:
         """:meth:`freeze_state`, allocating ``spare`` more layer ids with the one a freeze
         needs (one counter update for both): (the state's layer, the first spare id, or 0
-        when nothing was frozen)."""
+        when nothing was frozen, the branch's id)."""
         rec = self.branch(txn, name)
         info = self.layers.info(txn, rec.top)
         if (
@@ -171,25 +173,18 @@ class Refs:
             and self.layers.is_empty(txn, rec.top)
             and not self.history.merge_parents(txn, rec.top)
         ):
-            return info.parent, 0
+            return info.parent, 0, rec.id
         self.layers.freeze(txn, rec.top, info)
         first = self.meta.next_id(txn, keys.NEXT_LAYER, 1 + spare)
         new_top = self.layers.create(txn, rec.top, first)
         self._put_branch(txn, BranchRecord(name, rec.id, new_top, rec.created_ns))
-        return rec.top, (first + 1 if spare else 0)
+        return rec.top, (first + 1 if spare else 0), rec.id
 
     def fork(self, txn: lmdb.Transaction, source: str, new: str) -> BranchRecord:
         """Make branch ``new`` an independent copy of ``source`` as it is now: O(1)."""
         self._require_free(txn, new)  # first: BranchExists before BranchNotFound
-        state, lid = self._freeze(txn, source, 1)
-        src = self.branch(txn, source)
-        rec = self._new_branch(txn, new, state, lid, put=False)
-        txn.put(
-            check_ref_name(new),
-            keys.encode_branch(rec.id, rec.top, rec.created_ns, (source, src.id)),
-            db=self.meta.branches_db,
-        )
-        return rec
+        state, lid, source_id = self._freeze(txn, source, 1)
+        return self._new_branch(txn, new, state, lid, (source, source_id))
 
     def branch_from_layer(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
         """A new branch whose tree is frozen layer ``layer``."""
@@ -197,12 +192,16 @@ class Refs:
         return self._new_branch(txn, name, layer)
 
     def _new_branch(
-        self, txn: lmdb.Transaction, name: str, layer: int, lid: int = 0, put: bool = True
+        self,
+        txn: lmdb.Transaction,
+        name: str,
+        layer: int,
+        lid: int = 0,
+        source: tuple[str, int] | None = None,
     ) -> BranchRecord:
         top = self.layers.create(txn, layer, lid)
         rec = BranchRecord(name, self.meta.next_id(txn, keys.NEXT_BRANCH), top, time.time_ns())
-        if put:
-            self._put_branch(txn, rec)
+        self._put_branch(txn, rec, source)
         return rec
 
     def reset(self, txn: lmdb.Transaction, name: str, layer: int) -> BranchRecord:
