@@ -12,10 +12,11 @@ from __future__ import annotations
 import lmdb
 
 from .chunks import LmdbChunkStore
+from .envs import open_meta, release_meta
 from .history import History
 from .layerrecords import LayerRecords
 from .layers import LayerIndex, View
-from .meta import Meta, open_meta, release_meta
+from .meta import Meta
 from .refs import Refs
 
 #: Raw inode records read in one transaction, shared by views of that transaction.

@@ -1,7 +1,8 @@
 """The LMDB environment of a store: its named databases, transactions and map growth.
 
 One environment is opened per store per process (LMDB forbids opening the same file twice in
-one process); :func:`open_meta` hands out a shared, reference-counted :class:`Meta`.
+one process); :func:`branchfs.envs.open_meta` hands out a shared, reference-counted
+:class:`Meta`.
 Every write goes through :meth:`Meta.write`, which runs a function inside one write
 transaction, grows the map and retries on ``MapFullError``, and turns a full disk into
 ``OSError(ENOSPC)`` with nothing half-written (LMDB aborts the whole transaction).
@@ -513,70 +514,8 @@ class Meta:
             raise self.commit_error(exc) from exc
 
     def close(self) -> None:
-        """Close the environment; callers go through :func:`release_meta`."""
+        """Close the environment; callers go through :func:`.envs.release_meta`."""
         self._close_files()
-
-
-_registry: dict[tuple[int, int], Meta] = {}
-_registry_lock = threading.Lock()
-
-
-def _ensure_store_dir(path: str, create: bool) -> None:
-    if os.path.isdir(path):
-        return
-    if os.path.exists(path):
-        raise NotAStore(f"{path} is a file, not a branchfs store directory")
-    if not create:
-        raise StoreNotFound(
-            errno.ENOENT,
-            f"no branchfs store at {path}; create one with `branchfs init {path}` "
-            "or Store.open(path, create=True)",
-        )
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
-def open_meta(
-    path: str,
-    *,
-    create: bool,
-    map_size: int = DEFAULT_MAP_SIZE,
-    max_map_size: int = DEFAULT_MAX_MAP_SIZE,
-) -> Meta:
-    """Open (or share the already open) environment of the store at ``path``."""
-    path = os.path.abspath(path)
-    with _registry_lock:
-        _ensure_store_dir(path, create)
-        st = os.stat(path)
-        key = (st.st_dev, st.st_ino)
-        meta = _registry.get(key)
-        if meta is None:
-            meta = Meta(path, map_size=map_size, max_map_size=max_map_size, create=create)
-            _registry[key] = meta
-        meta.refcount += 1
-        return meta
-
-
-def open_stores() -> list[str]:
-    """The directories of the stores whose environment this process has open.
-
-    A process that forks must have none open if the child is to open a store: LMDB forbids
-    using an environment across ``fork()`` (lmdb.h), and py-lmdb refuses to open one its
-    parent had open ("already open in this process").
-    """
-    with _registry_lock:
-        return [meta.path for meta in _registry.values()]
-
-
-def release_meta(meta: Meta) -> None:
-    """Drop one reference; the environment closes with the last one."""
-    with _registry_lock:
-        meta.refcount -= 1
-        if meta.refcount == 0:
-            for key, value in list(_registry.items()):
-                if value is meta:
-                    del _registry[key]
-            meta.close()
 
 
 class ReadTxn:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, overload
 
-from . import paths, tree
+from . import attrs, paths, tree
 from .errors import with_path
 from .layers import View
 from .paths import PathArg
@@ -272,10 +272,12 @@ class PathTree:
         """The value of extended attribute ``name`` of ``path``."""
         key = os.fsencode(name)
         return self._at(
-            path, lambda v: tree.getxattr(v, paths.resolve(v, path, follow_symlinks), key)
+            path, lambda v: attrs.getxattr(v, paths.resolve(v, path, follow_symlinks), key)
         )
 
     def listxattr(self, path: PathArg = "", *, follow_symlinks: bool = True) -> list[str]:
         """Names of the extended attributes of ``path``."""
-        names = self._at(path, lambda v: tree.listxattr(v, paths.resolve(v, path, follow_symlinks)))
+        names = self._at(
+            path, lambda v: attrs.listxattr(v, paths.resolve(v, path, follow_symlinks))
+        )
         return [os.fsdecode(n) for n in names]

@@ -10,7 +10,7 @@ The zygote is a fork of this process when this process runs a single thread and 
 store open (the command line before it opens the store): it then shares the interpreter
 and the modules already imported, and imports only the daemon's own while its parent goes
 on. Otherwise (other threads may hold locks a fork would copy; LMDB forbids using an
-environment across a fork, see :func:`branchfs.meta.open_stores`) the zygote is a new
+environment across a fork, see :func:`branchfs.envs.open_stores`) the zygote is a new
 ``python -m branchfs_fuse.zygote``.
 """
 
@@ -106,7 +106,7 @@ class Daemon:
 def _open_stores() -> list[str]:
     """The stores this process has open (none if it never imported the engine's LMDB layer:
     this module does not import it, so that the command line can fork its zygote first)."""
-    meta = sys.modules.get("branchfs.meta")
+    meta = sys.modules.get("branchfs.envs")
     return [] if meta is None else list(meta.open_stores())
 
 

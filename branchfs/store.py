@@ -20,9 +20,10 @@ import lmdb
 from . import notices
 from .branch import Branch, Snapshot
 from .engine import Engine
+from .envs import open_meta, release_meta
 from .errors import BranchBusy, BranchIsRoot, NotAStore, StoreCorrupt
 from .layers import View
-from .meta import Meta, open_meta, release_meta
+from .meta import Meta
 from .notices import Observer, notify_mounts, settle_mounts
 from .paths import PathArg
 from .pathtree import DirEntry

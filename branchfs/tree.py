@@ -20,10 +20,6 @@ from .layers import View
 from .records import INLINE_MAX, ROOT_INO, Inode
 
 NAME_MAX = 255
-XATTR_NAME_MAX = 255
-XATTR_SIZE_MAX = 65536
-XATTR_CREATE = 1
-XATTR_REPLACE = 2
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
@@ -502,7 +498,7 @@ def write_inline(
     attrs: Inode | None = None,
 ) -> Inode | None:
     """Several writes into a small regular file, and its mtime and ctime set to
-    ``mtime_ns``: what :func:`write` of each ``(offset, data)`` then :func:`setattr` of the
+    ``mtime_ns``: what :func:`write` of each ``(offset, data)`` then :func:`.attrs.setattr` of the
     times leave, with the record read and put once; then, given ``attrs``, the mode, owner
     and times of ``attrs``. Only for data that stays inline in the record (the file was
     inline and ends within :data:`INLINE_MAX` bytes): returns None, having changed
@@ -548,141 +544,9 @@ def truncate(v: View, ino: int, size: int, rec: Inode | None = None) -> Inode:
     return rec
 
 
-def cleared_setid(mode: int, *, member: bool = True) -> int:
-    """``mode`` without the set-id bits a chown, or a write by a caller without CAP_FSETID,
-    must clear: set-user-ID always; set-group-ID when the file is group-executable (else it
-    marks mandatory locking) or the caller is not in the file's group (``member``). The rule
-    of Linux's ``setattr_should_drop_suidgid()`` / ``file_remove_privs()`` (fs/attr.c,
-    fs/inode.c); the daemon applies it to writes, :func:`setattr` to chown."""
-    mode &= ~st.S_ISUID
-    if mode & st.S_IXGRP or not member:
-        mode &= ~st.S_ISGID
-    return mode
-
-
 def readlink(v: View, ino: int) -> bytes:
     """The target of symlink ``ino``; EINVAL if it is not a symlink."""
     rec = get(v, ino)
     if not rec.is_link:
         raise os_error(errno.EINVAL)
     return rec.inline or b""
-
-
-def setattr(
-    v: View,
-    ino: int,
-    *,
-    mode: int | None = None,
-    uid: int | None = None,
-    gid: int | None = None,
-    size: int | None = None,
-    atime_ns: int | None = None,
-    mtime_ns: int | None = None,
-    ctime_ns: int | None = None,
-) -> Inode:
-    """chmod / chown / truncate / utimens in one call; None leaves a field as it is."""
-    writable(v)
-    rec = for_write(v, ino)
-    if size is not None:
-        rec = truncate(v, ino, size, rec)
-    set_attrs(
-        rec, mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns, ctime_ns=ctime_ns
-    )
-    v.put_inode(ino, rec)
-    return rec
-
-
-def set_attrs(
-    rec: Inode,
-    *,
-    mode: int | None = None,
-    uid: int | None = None,
-    gid: int | None = None,
-    atime_ns: int | None = None,
-    mtime_ns: int | None = None,
-    ctime_ns: int | None = None,
-) -> None:
-    """What :func:`setattr` does to a record besides its size, on ``rec`` in memory (the
-    mount folds a file's SETATTRs into its write buffer with it)."""
-    if mode is not None:
-        rec.mode = st.S_IFMT(rec.mode) | st.S_IMODE(mode)
-    if uid is not None and uid != -1:
-        rec.uid = uid
-    if gid is not None and gid != -1:
-        rec.gid = gid
-    # Linux's chown_common kills the set-id bits of a non-directory whatever ids it is
-    # given, -1 (unchanged) included; a chmod in the same call sets the mode instead.
-    if (uid is not None or gid is not None) and not rec.is_dir and mode is None:
-        rec.mode = cleared_setid(rec.mode)
-    if atime_ns is not None:
-        rec.atime_ns = atime_ns
-    if mtime_ns is not None:
-        rec.mtime_ns = mtime_ns
-    rec.ctime_ns = ctime_ns if ctime_ns is not None else now_ns()
-
-
-# -- extended attributes -----------------------------------------------------------------------
-
-
-# POSIX ACLs (``system.posix_acl_access`` / ``_default``) are not supported: they must be
-# EOPNOTSUPP, as on a filesystem mounted without ACLs, so that tools copying permissions
-# (``sed -i``, ``cp -p``: gnulib's qcopy_acl) fall back to chmod. Stored as plain xattrs they
-# were kept but never applied to the mode bits, and the file stayed 0600.
-XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
-
-
-def check_xattr_name(name: bytes) -> None:
-    """Linux's rules for an xattr name: a known namespace (else EOPNOTSUPP, which includes
-    ``system.posix_acl_*``: no ACL support, see acl(5)) and a name after it."""
-    if not name or len(name) > XATTR_NAME_MAX:
-        raise os_error(errno.ERANGE)
-    if not name.startswith(XATTR_NAMESPACES):
-        raise os_error(errno.EOPNOTSUPP)
-    if name.endswith(b".") and name.count(b".") == 1:
-        raise os_error(errno.EINVAL)
-
-
-def getxattr(v: View, ino: int, name: bytes) -> bytes:
-    """The value of extended attribute ``name``; ENODATA if unset."""
-    check_xattr_name(name)
-    rec = get(v, ino)
-    value = rec.xattrs.get(name)
-    if value is None:
-        raise os_error(errno.ENODATA)
-    return value
-
-
-def listxattr(v: View, ino: int) -> list[bytes]:
-    """Names of the extended attributes of ``ino``, sorted."""
-    return sorted(get(v, ino).xattrs)
-
-
-def setxattr(v: View, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-    """Set extended attribute ``name`` (``XATTR_CREATE`` / ``XATTR_REPLACE`` honoured)."""
-    writable(v)
-    check_xattr_name(name)
-    if len(value) > XATTR_SIZE_MAX:
-        raise os_error(errno.E2BIG)
-    rec = for_write(v, ino)
-    if name.startswith(b"user.") and not (rec.is_reg or rec.is_dir):
-        raise os_error(errno.EPERM)  # user xattrs only on files and directories, as on Linux
-    exists = name in rec.xattrs
-    if flags & XATTR_CREATE and exists:
-        raise os_error(errno.EEXIST)
-    if flags & XATTR_REPLACE and not exists:
-        raise os_error(errno.ENODATA)
-    rec.xattrs[name] = bytes(value)
-    rec.ctime_ns = now_ns()
-    v.put_inode(ino, rec)
-
-
-def removexattr(v: View, ino: int, name: bytes) -> None:
-    """Remove extended attribute ``name``; ENODATA if unset."""
-    writable(v)
-    check_xattr_name(name)
-    rec = for_write(v, ino)
-    if name not in rec.xattrs:
-        raise os_error(errno.ENODATA)
-    del rec.xattrs[name]
-    rec.ctime_ns = now_ns()
-    v.put_inode(ino, rec)

@@ -3,10 +3,10 @@
 :class:`Bridge` is the filesystem object :mod:`.session` calls, one decoded request at a
 time. It owns the kernel's bookkeeping: the fuse inode table and lookup counts
 (:mod:`.inodes`), what the kernel holds of each inode (so that orphans go at the last
-hold), open file handles, and readdir listings. It sends each request to the node kind
-that answers it: the trees (:class:`.nodes.TreeNodes`) or the control directory
-(:class:`.ctldir.ControlDir`). Write buffers are :mod:`.writeback`'s, cache coherence
-:mod:`.coherence`'s.
+hold, :mod:`.orphans`), open file handles, and readdir listings (:mod:`.listings`). It
+sends each request to the node kind that answers it: the trees (:class:`.nodes.TreeNodes`)
+or the control directory (:class:`.ctldir.ControlDir`). Write buffers are
+:mod:`.writeback`'s, cache coherence :mod:`.coherence`'s.
 
 Every handler is wrapped (:func:`op`): it is counted for ``ctl stats``, waits for a
 write-behind commit unless it is a write, and turns any exception into ``FUSEError`` with
@@ -24,7 +24,6 @@ import functools
 import logging
 import stat as st
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -45,9 +44,9 @@ from .inodes import (
     Holds,
     InodeMap,
     Key,
-    Listing,
     TreeRef,
 )
+from .listings import Listings
 from .nodes import CONTROL_NAME, TIMEOUT, Entry, FileHandle, TreeNodes
 from .stats import Stats
 from .writeback import SEALED_SAFE, WriteBack
@@ -58,9 +57,6 @@ R = TypeVar("R")
 
 #: The caller of a request that does not say who it is.
 NOBODY = K.RequestContext(-1, -1, 0)
-
-#: Directory listings kept for readdir offsets that continue them.
-LISTINGS_MAX = 64
 
 Handle = FileHandle | CtlHandle | TextHandle
 
@@ -111,9 +107,9 @@ class Bridge:
         self.ctl = ControlDir(store, self.main, self.coherence, self.wb, self.stats, mountpoint)
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
-        #: Listings by id: a readdir offset is ``id << 32 | position`` (see :meth:`readdir`).
-        self.listings: OrderedDict[int, Listing] = OrderedDict()
-        self._next_listing = 1
+        self.listings = Listings(
+            self.ctl, self.tree, self.inodes, self.holds, self.coherence, self._viewing
+        )
         self.coherence.on_forget.append(self.listings.clear)
         #: What the current reply points into (a read's store snapshot); see :meth:`replied`.
         self.reply_resources = contextlib.ExitStack()
@@ -218,7 +214,7 @@ class Bridge:
         for key, n in keys:
             self.holds.unhold(key, n, doomed)
         if doomed:
-            self.tree.drop_orphans(doomed)
+            self.tree.orphans.drop_orphans(doomed)
 
     # -- lookup and attributes ------------------------------------------------------------------
 
@@ -476,88 +472,10 @@ class Bridge:
 
     # -- directories ----------------------------------------------------------------------------
 
-    def _list(self, fino: int) -> Listing:
-        """The entries of directory ``fino`` now."""
-        if fino in CONTROL_NODES:
-            return self.ctl.listing(fino)
-        if fino >= FIRST_DYNAMIC:
-            self._viewing(fino)
-        return self.tree.list_dir(fino)
-
-    def _listing(self, fino: int, offset: int) -> tuple[int, Listing]:
-        """The listing an offset continues (a new one at offset 0), and its id."""
-        lid = offset >> 32
-        listing = self.listings.get(lid) if offset else None
-        if listing is None:
-            if not offset:
-                lid = self._next_listing
-                self._next_listing = lid + 1 if lid < (1 << 30) else 1
-            listing = self._list(fino)  # a continued listing that aged out is taken anew
-            self.listings[lid] = listing
-            while len(self.listings) > LISTINGS_MAX:
-                self.listings.popitem(last=False)
-        else:
-            self.listings.move_to_end(lid)
-        return lid, listing
-
     @op
     def readdir(self, fino: int, offset: int, out: K.DirBuffer) -> None:
-        """Entries with their attributes (readdirplus), from a listing taken at offset 0.
-
-        Directories have no open handle (the kernel opens them itself), so an offset names
-        both a listing and a position in it: ``listing id << 32 | position``. Position 1 is
-        after ``.``, 2 after ``..``, ``k + 3`` after entry ``k``; each ``opendir``/
-        ``rewinddir`` starts at 0 and gets a new listing, so entries never repeat or vanish
-        while a directory is read and changed at once.
-        """
-        lid, entries = self._listing(fino, offset)
-        base = lid << 32
-        start = offset & 0xFFFFFFFF
-        if start < 1:
-            if not out.add_dot(b".", fino, base | 1):
-                return
-            start = 1
-        if start < 2:
-            if not out.add_dot(b"..", fino, base | 2):
-                return
-            start = 2
-        alias = fino >= ALIAS_BASE
-        i = start - 2
-        while i < len(entries):
-            name, tree, num = entries[i]
-            if tree is None:
-                if not out.add(name, self.ctl.attrs(num), base | (i + 3)):
-                    return
-                if out.plus:
-                    self.inodes.looked_up(num)
-                i += 1
-                continue
-            if fino in CONTROL_NODES:
-                # A tree's root under branches/ or snapshots/: its name only. The kernel
-                # gets it by LOOKUP, which registers the view (see Coherence.view).
-                if not out.add_dot(name, num, base | (i + 3)):
-                    return
-                i += 1
-                continue
-            # One read transaction per batch of entries of the same tree.
-            batch_tree = tree
-            j = i
-            while j < len(entries) and entries[j][1] == batch_tree:
-                j += 1
-            chunk = entries[i:j]
-            recs = self.tree.records(batch_tree, [e[2] for e in chunk])
-            for k, ((ename, _t, eng), rec) in enumerate(zip(chunk, recs, strict=True)):
-                if rec is None:
-                    continue  # removed since the listing was taken
-                efino = self.inodes.fuse_ino(batch_tree, eng, alias)
-                key = (batch_tree, eng)
-                if not out.add(ename, self.tree.attrs(efino, key, rec), base | (i + k + 3)):
-                    return
-                if out.plus:  # the kernel took a reference and may cache the name
-                    self.inodes.looked_up(efino)
-                    self.holds.hold(key)
-                    self.coherence.remember(batch_tree, fino, ename)
-            i = j
+        """Entries with their attributes (readdirplus): see :meth:`.listings.Listings.readdir`."""
+        self.listings.readdir(fino, offset, out)
 
     @op
     def fsyncdir(self, fino: int, datasync: bool) -> None:
@@ -608,14 +526,14 @@ class Bridge:
 
     def clean_orphans(self) -> int:
         """Delete inodes left unlinked-but-open by a daemon that died; returns how many."""
-        return self.tree.clean_orphans()
+        return self.tree.orphans.clean_orphans()
 
     def shutdown(self) -> None:
         """After the kernel let go: flush everything, drop orphans, make the store durable."""
         self.wb.shutdown()
         self.reply_resources.close()
         if self.holds.orphans:
-            self.tree.drop_orphans(list(self.holds.orphans))
+            self.tree.orphans.drop_orphans(list(self.holds.orphans))
             self.holds.orphans.clear()
         self.group.stop()
         self.store.sync()

@@ -339,7 +339,7 @@ class SetattrFields:
         )
 
     def changes(self) -> dict[str, int]:
-        """The changed attributes as keyword arguments of :func:`branchfs.tree.setattr`."""
+        """The changed attributes as keyword arguments of :func:`branchfs.attrs.setattr`."""
         names = ("size", "mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns")
         return {n: v for n in names if (v := getattr(self, n)) is not None}
 

@@ -10,7 +10,7 @@ write buffers are :mod:`.writeback`'s.
 
 Renames and links between trees are EXDEV, so ``mv`` copies between branches; snapshots
 are EROFS. An inode whose last name goes while the kernel still holds it lives on as an
-*orphan* (a record without links) until the last hold goes (:class:`.inodes.Holds`).
+*orphan* (a record without links) until the last hold goes (:mod:`.orphans`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import logging
 import os
 from typing import NamedTuple
 
-from branchfs import BranchFSError, Store
+from branchfs import Store
+from branchfs import attrs as A
 from branchfs import tree as T
 from branchfs.layers import View
 from branchfs.records import ROOT_INO, Inode
@@ -29,6 +30,7 @@ from branchfs.records import ROOT_INO, Inode
 from . import kernel as K
 from .coherence import Coherence
 from .inodes import ALIAS_BASE, CONTROL_NODES, Holds, InodeMap, Key, Listing, TreeRef
+from .orphans import Orphans
 from .privs import SETID, cleared_mode, drop_privs, in_group
 from .writeback import WriteBack, apply_buffer
 
@@ -84,6 +86,7 @@ class TreeNodes:
         self.holds = holds
         self.co = coherence
         self.wb = writeback
+        self.orphans = Orphans(store, main, holds, coherence, writeback)
         #: Whether the kernel left suid/sgid and security.capability clearing to us.
         self.kill_privs = False
 
@@ -223,7 +226,7 @@ class TreeNodes:
         def fn(v: View) -> Inode:
             if buf is not None:  # buffered data first, in the same transaction
                 apply_buffer(v, eng, buf)
-            rec = T.setattr(v, eng, **kw)
+            rec = A.setattr(v, eng, **kw)
             if kill and rec.is_reg:
                 drop_privs(v, eng, kill_suidgid, member)
                 rec = T.get(v, eng)
@@ -315,17 +318,17 @@ class TreeNodes:
         tree, peng, _alias = self._parent(parent)
 
         def fn(v: View) -> tuple[int, bool, Inode | None]:
-            # A file that _orphaned would delete at once is deleted by the unlink itself:
+            # A file that Orphans.orphaned would delete at once is deleted by the unlink itself:
             # its record is not put without links first (rm -rf's common case).
             target = v.dirent(peng, name)
             if target is not None and not self.holds.is_open((tree, target)):
                 rec = v.inode_for_write(target)
                 if rec is not None and (rec.is_reg or rec.is_link):
                     last = len(rec.links) == 1
-                    gone = self._gone((tree, target), rec) if last else None
+                    gone = self.orphans.gone((tree, target), rec) if last else None
                     return T.unlink(v, peng, name, known=(target, rec)), False, gone
             ino = T.unlink(v, peng, name, keep_orphan=True)
-            return ino, *self._orphaned(v, tree, ino)
+            return ino, *self.orphans.orphaned(v, tree, ino)
 
         ino, kept, gone = self.co.write(tree, fn, keep=(peng,))
         if kept:
@@ -342,7 +345,7 @@ class TreeNodes:
 
         def fn(v: View) -> tuple[int, bool]:
             ino = T.rmdir(v, peng, name, keep_orphan=True)
-            return ino, self._orphaned(v, tree, ino)[0]  # a directory is never deleted held
+            return ino, self.orphans.orphaned(v, tree, ino)[0]  # a directory is never deleted held
 
         ino, kept = self.co.write(tree, fn, keep=(peng,))
         if kept:
@@ -362,7 +365,7 @@ class TreeNodes:
 
         def fn(v: View) -> tuple[int | None, bool, Inode | None]:
             replaced = T.rename(v, op_eng, old_name, np_eng, new_name, flags)
-            return replaced, *self._orphaned(v, tree, replaced)
+            return replaced, *self.orphans.orphaned(v, tree, replaced)
 
         replaced, kept, gone = self.co.write(tree, fn, keep=(op_eng, np_eng))
         if replaced is not None:
@@ -370,70 +373,6 @@ class TreeNodes:
                 self.holds.orphans.add((tree, replaced))
             elif gone is not None:
                 self.holds.gone[(tree, replaced)] = gone
-
-    # -- orphans --------------------------------------------------------------------------------
-
-    def _orphaned(self, v: View, tree: TreeRef, ino: int | None) -> tuple[bool, Inode | None]:
-        """After an unlink or rename dropped ``ino``'s last name: keep it if still in use.
-        Returns whether it is kept, and the record :meth:`_gone` gives one deleted held.
-
-        A regular file or a symlink that no file handle has open goes at once, in the same
-        transaction, even if the kernel still holds a lookup reference on it (it has just
-        dropped the name): nothing but an open file reaches such an inode again, and
-        deleting it here spares ``rm -rf`` a second transaction per file at its FORGET.
-        Anything else (a directory that may be a working directory, a FIFO or device the
-        kernel opens without telling us) is kept while the kernel holds it.
-        """
-        if ino is None:
-            return False, None
-        rec = v.inode(ino)
-        if rec is None or rec.links:
-            return False, None
-        key = (tree, ino)
-        if self.holds.is_open(key):
-            return True, None
-        if self.holds.held(key) and not (rec.is_reg or rec.is_link):
-            return True, None
-        T.forget_orphan(v, ino)
-        return False, self._gone(key, rec)
-
-    def _gone(self, key: Key, rec: Inode) -> Inode | None:
-        """The record GETATTR answers for ``key`` deleted at its unlink while the kernel
-        still holds it (an ``O_PATH`` descriptor opens no file handle): ``rec`` without
-        links and with the unlink's ctime, as ext4 shows it (``nlink`` 0, POSIX unlink(2)
-        marks ctime); kept in :attr:`.inodes.Holds.gone` until the FORGET. None when the
-        kernel holds nothing of it."""
-        if not self.holds.held(key):
-            return None
-        gone = rec.copy()  # cheaper than dataclasses.replace, and shares no dict with rec
-        gone.links = []
-        gone.ctime_ns = T.now_ns()
-        return gone
-
-    def drop_orphans(self, doomed: list[Key]) -> None:
-        """Delete unlinked inodes whose last reference (name, lookup, open file) went away."""
-        by_tree: dict[TreeRef, list[int]] = {}
-        for key in doomed:
-            self.wb.take(key)
-            by_tree.setdefault(key[0], []).append(key[1])
-            self.co.drop_record(key)
-        for tree, inos in by_tree.items():
-
-            def fn(v: View, inos: list[int] = inos) -> None:
-                for ino in inos:
-                    T.forget_orphan(v, ino)
-
-            try:
-                self.store.write_tree(tree.name, fn)
-            except (BranchFSError, OSError):
-                log.warning("could not drop orphans of %s", tree.name, exc_info=True)
-            if tree != self.main:
-                self.co.group.commit()  # see Coherence.write
-
-    def clean_orphans(self) -> int:
-        """Delete inodes left unlinked-but-open by a daemon that died; returns how many."""
-
-        return self.store.write_tree(self.main.name, T.forget_orphans)
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -543,7 +482,7 @@ class TreeNodes:
         if rec.mode == (mode := cleared_mode(rec, True, member)):
             return
         tree, eng = key
-        new = self.co.write(tree, lambda v: T.setattr(v, eng, mode=mode & 0o7777))
+        new = self.co.write(tree, lambda v: A.setattr(v, eng, mode=mode & 0o7777))
         self.co.cache_record(key, new)
 
     def flush(self, h: FileHandle) -> None:
@@ -573,7 +512,7 @@ class TreeNodes:
     def getxattr(self, fino: int, name: bytes) -> bytes:
         """An extended attribute (ENODATA if unset)."""
         key = self.key(fino)
-        T.check_xattr_name(name)
+        A.check_xattr_name(name)
         value = self._record(key).xattrs.get(name)
         if value is None:
             raise K.FUSEError(errno.ENODATA)
@@ -582,7 +521,7 @@ class TreeNodes:
     def setxattr(self, fino: int, name: bytes, value: bytes, flags: int) -> None:
         """Set an extended attribute (XATTR_CREATE / XATTR_REPLACE honoured)."""
         tree, eng = self.key(fino)
-        self.co.write(tree, lambda v: T.setxattr(v, eng, name, value, flags))
+        self.co.write(tree, lambda v: A.setxattr(v, eng, name, value, flags))
 
     def listxattr(self, fino: int) -> list[bytes]:
         """Names of the extended attributes."""
@@ -591,4 +530,4 @@ class TreeNodes:
     def removexattr(self, fino: int, name: bytes) -> None:
         """Remove an extended attribute (ENODATA if unset)."""
         tree, eng = self.key(fino)
-        self.co.write(tree, lambda v: T.removexattr(v, eng, name))
+        self.co.write(tree, lambda v: A.removexattr(v, eng, name))

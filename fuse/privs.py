@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import stat as st
 
-from branchfs import tree as T
+from branchfs import attrs as A
 from branchfs.layers import View
 from branchfs.records import Inode
 
@@ -41,7 +41,7 @@ def cleared_mode(rec: Inode, kill_suidgid: bool, member: bool = True) -> int:
     ``member``: the caller is in the file's group."""
     if not kill_suidgid:
         return rec.mode
-    return T.cleared_setid(rec.mode, member=member)
+    return A.cleared_setid(rec.mode, member=member)
 
 
 def drop_privs(v: View, ino: int, kill_suidgid: bool, member: bool = True) -> None:
@@ -50,7 +50,7 @@ def drop_privs(v: View, ino: int, kill_suidgid: bool, member: bool = True) -> No
     if rec is None:
         return
     if b"security.capability" in rec.xattrs:
-        T.removexattr(v, ino, b"security.capability")
+        A.removexattr(v, ino, b"security.capability")
     mode = cleared_mode(rec, kill_suidgid, member)
     if mode != rec.mode:
-        T.setattr(v, ino, mode=mode & 0o7777)
+        A.setattr(v, ino, mode=mode & 0o7777)

@@ -24,6 +24,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from branchfs import BranchFSError, Store
+from branchfs import attrs as A
 from branchfs import tree as T
 from branchfs.layers import View
 from branchfs.records import Inode
@@ -80,19 +81,19 @@ def apply_buffer(v: View, ino: int, buf: WriteBuffer) -> Inode:
             if not (buf.drop_privs and b"security.capability" in rec.xattrs):
                 return rec
             drop_privs(v, ino, False)
-            rec = T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+            rec = A.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
             return rec if final is None else _set_final(v, ino, final)
     for offset, data in buf.segments:
         T.write(v, ino, offset, data if isinstance(data, bytes) else memoryview(data))
     if buf.drop_privs:
         drop_privs(v, ino, buf.kill_suidgid)
-    rec = T.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+    rec = A.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
     return rec if final is None else _set_final(v, ino, final)
 
 
 def _set_final(v: View, ino: int, final: Inode) -> Inode:
     """Give ``ino`` the mode, owner and times of the record ``final`` (folded SETATTRs)."""
-    return T.setattr(
+    return A.setattr(
         v,
         ino,
         mode=final.mode,
@@ -186,7 +187,7 @@ class WriteBack:
         write and its close. Holds the lock.
 
         ``rec``: the file's record in the store (before the buffer); ``changes``: the
-        :func:`branchfs.tree.setattr` keywords; ``chown_kills``: a chown must clear
+        :func:`branchfs.attrs.setattr` keywords; ``chown_kills``: a chown must clear
         privileges (KILLPRIV_V2). Returns the record as the SETATTR leaves it, for the
         reply, or None when the change cannot be folded (no buffer; privileges to clear;
         a buffer that clears set-ID bits at its commit): then the caller applies buffer
@@ -209,7 +210,7 @@ class WriteBack:
             base.size = max(rec.size, buf.end)
             base.mtime_ns = base.ctime_ns = buf.mtime_ns  # as apply_buffer leaves them
         new = base.copy()
-        T.set_attrs(new, **changes)
+        A.set_attrs(new, **changes)
         if (
             chown_kills
             and new.is_reg

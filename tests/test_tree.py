@@ -24,7 +24,7 @@ import randomized
 from twin import Twin, outcome
 
 import branchfs
-from branchfs import tree
+from branchfs import attrs, tree
 from branchfs.records import CHUNK_SIZE, INLINE_MAX
 
 
@@ -292,9 +292,9 @@ def test_xattr_sequence(twin: Twin) -> None:
 
 def test_xattr_size_limit(branch: branchfs.Branch) -> None:
     branch.write_bytes("f", b"")
-    branch.setxattr("f", "user.max", b"v" * tree.XATTR_SIZE_MAX)
+    branch.setxattr("f", "user.max", b"v" * attrs.XATTR_SIZE_MAX)
     with pytest.raises(OSError) as info:
-        branch.setxattr("f", "user.too", b"v" * (tree.XATTR_SIZE_MAX + 1))
+        branch.setxattr("f", "user.too", b"v" * (attrs.XATTR_SIZE_MAX + 1))
     assert info.value.errno == errno.E2BIG
     assert branch.listxattr("f") == ["user.max"]
 

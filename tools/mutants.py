@@ -58,7 +58,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "chown-setid-needs-both-ids",
-        "branchfs/tree.py",
+        "branchfs/attrs.py",
         "if (uid is not None or gid is not None) and not rec.is_dir and mode is None:",
         "if (uid not in (None, -1) and gid not in (None, -1)) and not rec.is_dir and mode is None:",
         "chown clears set-user-ID only when both uid and gid are given",
@@ -82,7 +82,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "removexattr-keeps-lower-cut",
-        "branchfs/tree.py",
+        "branchfs/attrs.py",
         "    rec = for_write(v, ino)\n    if name not in rec.xattrs:\n",
         "    rec = v.inode(ino)\n    assert rec is not None\n    if name not in rec.xattrs:\n",
         "removexattr copies a record up with the cut of the layer it came from",
@@ -184,7 +184,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "chmod-drops-setid-bits",
-        "branchfs/tree.py",
+        "branchfs/attrs.py",
         "        rec.mode = st.S_IFMT(rec.mode) | st.S_IMODE(mode)\n",
         "        rec.mode = st.S_IFMT(rec.mode) | (mode & 0o777)\n",
         "chmod() cannot set set-user-ID, set-group-ID or sticky",
@@ -192,7 +192,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "xattr-create-inverted",
-        "branchfs/tree.py",
+        "branchfs/attrs.py",
         "    if flags & XATTR_CREATE and exists:\n",
         "    if flags & XATTR_CREATE and not exists:\n",
         "setxattr(XATTR_CREATE) fails on a new name instead of an existing one",
@@ -395,8 +395,8 @@ MUTANTS: list[Mutant] = [
         "setattr-before-buffered-data",
         "fuse/nodes.py",
         "            if buf is not None:  # buffered data first, in the same transaction\n"
-        "                apply_buffer(v, eng, buf)\n            rec = T.setattr(v, eng, **kw)\n",
-        "            rec = T.setattr(v, eng, **kw)\n            if buf is not None:\n"
+        "                apply_buffer(v, eng, buf)\n            rec = A.setattr(v, eng, **kw)\n",
+        "            rec = A.setattr(v, eng, **kw)\n            if buf is not None:\n"
         "                apply_buffer(v, eng, buf)\n",
         "a truncate through the mount is applied before the writes buffered before it",
         ("tests/fuse/test_write_behind.py", "tests/fuse/test_posix_differential.py"),
