@@ -180,27 +180,58 @@ def _read_registrations(d: str) -> list[Registration]:
 
 _cache: dict[str, tuple[int, list[Registration]]] = {}
 
+#: How long after the registry directory last changed its listing may be cached, when the
+#: filesystem keeps sub-second times. Linux stamps a change with its coarse clock, which
+#: advances once per tick (1/HZ: 1 to 10 ms); a listing read more than a tick after the
+#: directory's mtime cannot miss a later change that leaves the mtime unchanged.
+FINE_GRAIN_NS = 50_000_000
+#: The same for a filesystem that keeps whole seconds (an mtime with no sub-second part).
+COARSE_GRAIN_NS = 2_000_000_000
+
+
+def cacheable(mtime_ns: int, read_ns: int) -> bool:
+    """Whether a listing of a directory whose mtime was ``mtime_ns`` (ns since the epoch),
+    read at ``read_ns`` or later, may be reused while the mtime stays the same.
+
+    A registration written in the same clock tick as the listing leaves the mtime as it
+    was; so the listing must have been read more than one timestamp grain after that
+    mtime. The grain is a tick where the filesystem keeps sub-second times, and taken as
+    2 s (FAT's) where it does not.
+    """
+    grain = COARSE_GRAIN_NS if mtime_ns % 1_000_000_000 == 0 else FINE_GRAIN_NS
+    return read_ns - mtime_ns > grain
+
 
 def registrations(store_path: str) -> list[Registration]:
     """The daemons registered on a store (a stat of the directory when nothing changed, an
     ``access`` when it does not exist).
 
-    The listing is cached by the directory's mtime, but only once that mtime is more than a
-    second old: a registration made in the same clock tick as the listing is never missed.
+    The listing is cached by the directory's mtime, once that mtime is older than the
+    timestamp grain (:func:`cacheable`): a registration made in the same clock tick as the
+    listing is never missed. A daemon re-registers when the kernel first shows a branch
+    view, and then asks here on each request of that view: it reads the directory again
+    for 50 ms at most, not for a whole second.
     """
     d = mounts_dir(store_path)
-    if not os.access(d, os.F_OK):  # never mounted: the common case, 2 µs cheaper than a
-        return []  # stat that raises FileNotFoundError (this runs twice in every API write)
+    cached = _cache.get(store_path)
+    # never mounted: the common case, where an access is 2 µs cheaper than a stat that
+    # raises FileNotFoundError (this runs twice in every API write); a directory seen
+    # before is stat'ed at once (a daemon's request path)
+    if cached is None and not os.access(d, os.F_OK):
+        return []
     try:
         mtime = os.stat(d).st_mtime_ns
     except FileNotFoundError:
+        _cache.pop(store_path, None)
         return []
-    cached = _cache.get(store_path)
     if cached is not None and cached[0] == mtime:
         return cached[1]
+    read_ns = time.time_ns()  # before the listing: it is at least this recent
     regs = _read_registrations(d)
-    if time.time_ns() - mtime > 1_000_000_000:
+    if cacheable(mtime, read_ns):
         _cache[store_path] = (mtime, regs)
+    else:
+        _cache.pop(store_path, None)
     return regs
 
 
