@@ -25,6 +25,7 @@ The request loop and the notice thread share state under the daemon's lock (``lo
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -100,6 +101,10 @@ class Coherence:
         self._branch_top = 0
         #: The same for branch views: name -> (record key, record bytes, top layer).
         self._views: dict[str, tuple[bytes, bytes, int]] = {}
+        #: :meth:`settle_others`' last answer: the registry listing it read (the same list
+        #: object while the registry is unchanged), the names asked about, and whether
+        #: another daemon serves one of them.
+        self._served: tuple[list[notices.Registration], tuple[str, ...], bool] | None = None
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -321,10 +326,19 @@ class Coherence:
         """
         if len(names) == 1 and names[0] == self.main.name:
             return  # the common case: a call on the mounted branch alone
-        others = tuple(n for n in names if n != self.main.name)
+        main = self.main.name
+        others = names if len(names) == 1 else tuple(n for n in names if n != main)
         # Only a daemon serving one of them batches calls on it: one that merely shows it
         # as a view commits every write there at once (:meth:`write`), so is not asked.
-        if not others or not any(r.branch in others for r in notices.targets(path, others)):
+        # Every request of a branch view comes here: the answer is kept for as long as the
+        # registry's listing is (one stat of its directory, see notices.registrations).
+        regs = notices.registrations(path)
+        served = self._served
+        if served is None or served[0] is not regs or served[1] != others:
+            me = os.getpid()
+            busy = any(r.pid != me and r.branch in others for r in regs)
+            served = self._served = (regs, others, busy)
+        if not served[2]:
             return
         group = self.group
         if threading.get_ident() != self.store.meta.batch_owner:
