@@ -225,6 +225,9 @@ _DECODED_MAX = 4096
 #: Inode records already checked and unpacked, by their stored bytes, with the inode they
 #: were checked for (the digest is seeded by it): a directory's record is read by every
 #: path through it. Same bytes, same inode: same verdict, same fields (never handed out).
+#: Records this process encodes go in too (:func:`encode_inode_fields`): the mount reads a
+#: record in the transaction after the one that wrote it (a directory at each create or
+#: unlink in it, a file at its close), and bytes made by :func:`seal` pass their check.
 _INODES: dict[bytes, tuple[int, list[Any]]] = {}
 
 
@@ -377,6 +380,9 @@ def encode_inode_fields(rec: Inode, ino: int) -> tuple[bytes, list[Any] | None]:
         v[11] = dict(xattrs)  # nothing in the fields is shared with ``rec``
     else:
         v[11] = {}
+    if len(_INODES) >= _DECODED_MAX:
+        _INODES.clear()
+    _INODES[raw] = (ino, v)
     return raw, v
 
 
