@@ -49,7 +49,7 @@ from .inodes import (
 from .listings import Listings
 from .nodes import CONTROL_NAME, TIMEOUT, Entry, FileHandle, TreeNodes
 from .stats import Stats
-from .writeback import SEALED_SAFE, WriteBack
+from .writeback import SEALED_FIRST, SEALED_SAFE, WriteBack
 
 log = logging.getLogger("branchfs.fuse")
 P = ParamSpec("P")
@@ -69,7 +69,7 @@ def op(fn: Callable[Concatenate[Bridge, P], R]) -> Callable[Concatenate[Bridge, 
         self.stats.request(name)
         if self.wb.behind is not None and name != "write":
             self.wb.settle()  # everything but a write sees the store with every write in it
-        if self.wb.sealed and name not in SEALED_SAFE:
+        if self.wb.sealed and name not in SEALED_SAFE and name not in SEALED_FIRST:
             self.wb.flush_sealed()
         try:
             return fn(self, *args, **kwargs)
@@ -441,9 +441,11 @@ class Bridge:
     def release(self, fh: int) -> None:
         """The last close of an open file.
 
-        Nobody hears a RELEASE's answer, so data that cannot be written now (a full disk)
-        is dropped with a warning, and the file is let go whatever happened: a file kept
-        held would never free its space.
+        In the mounted tree the file's buffer goes to the store with the other closed ones,
+        in one transaction before the batch commits (:meth:`.writeback.WriteBack.close`);
+        in a view under ``.branchfs/`` at once. Nobody hears a RELEASE's answer, so data
+        that cannot be written (a full disk) is dropped with a warning, and the file is let
+        go whatever happened: a file kept held would never free its space.
         """
         h = self.handles.pop(fh, None)
         if not isinstance(h, FileHandle):
@@ -451,7 +453,10 @@ class Bridge:
         key = h.key
         try:
             if key in self.wb.buffers:
-                self.wb.flush(key)
+                if h.fino < ALIAS_BASE:
+                    self.wb.close(key)
+                else:
+                    self.wb.flush(key)
         except (BranchFSError, OSError) as exc:  # flush took the buffer: it is gone
             log.warning("data written to %s before its last close is lost: %s", key, exc)
         finally:

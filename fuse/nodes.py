@@ -307,7 +307,9 @@ class TreeNodes:
         ptree, peng, _alias = self._parent(new_parent)
         if ptree != tree:
             raise K.FUSEError(errno.EXDEV)
-        rec = self.co.write(tree, lambda v: T.link(v, eng, peng, new_name), keep=(peng,))
+        rec = self.wb.write_after_sealed(
+            tree, lambda v: T.link(v, eng, peng, new_name), keep=(peng,)
+        )
         self.co.cache_record((tree, eng), rec)
         return Entry(fino, (tree, eng), rec)
 
@@ -330,7 +332,7 @@ class TreeNodes:
             ino = T.unlink(v, peng, name, keep_orphan=True)
             return ino, *self.orphans.orphaned(v, tree, ino)
 
-        ino, kept, gone = self.co.write(tree, fn, keep=(peng,))
+        ino, kept, gone = self.wb.write_after_sealed(tree, fn, keep=(peng,))
         if kept:
             self.holds.orphans.add((tree, ino))
         elif gone is not None:
@@ -367,7 +369,7 @@ class TreeNodes:
             replaced = T.rename(v, op_eng, old_name, np_eng, new_name, flags)
             return replaced, *self.orphans.orphaned(v, tree, replaced)
 
-        replaced, kept, gone = self.co.write(tree, fn, keep=(op_eng, np_eng))
+        replaced, kept, gone = self.wb.write_after_sealed(tree, fn, keep=(op_eng, np_eng))
         if replaced is not None:
             if kept:
                 self.holds.orphans.add((tree, replaced))
