@@ -108,6 +108,10 @@ def write(v: View, ino: int, rec: Inode, offset: int, data: bytes | memoryview) 
     if not n:
         return
     if rec.inline is not None and end <= INLINE_MAX:
+        if not offset and len(rec.inline) <= n:  # a new file's one write: no copy to patch
+            rec.inline = bytes(data)
+            rec.size = max(rec.size, end)
+            return
         buf = bytearray(rec.inline)
         if len(buf) < offset:
             buf.extend(bytes(offset - len(buf)))

@@ -26,6 +26,8 @@ class WriteBuffer:
     __slots__ = ("attrs", "drop_privs", "end", "kill_suidgid", "mtime_ns", "nbytes", "segments")
 
     def __init__(self) -> None:
+        #: ``(offset, data)`` in the order written; a ``bytearray`` grows with the small
+        #: writes that continue it, ``bytes`` are kept as they came.
         self.segments: list[tuple[int, bytes | bytearray]] = []
         self.nbytes = 0
         self.end = 0
@@ -40,18 +42,24 @@ class WriteBuffer:
         self.attrs: Inode | None = None
 
     def add(self, offset: int, data: bytes) -> None:
-        """Record ``data`` written at ``offset``."""
+        """Record ``data`` written at ``offset``.
+
+        A new segment keeps ``data`` itself (the request's own copy: most files are one
+        write); it becomes a ``bytearray`` only when the next write continues it.
+        """
         segs = self.segments
-        if len(data) >= WHOLE_PIECE:
-            segs.append((offset, data))  # large pieces are kept as they came: no copy
-        elif (
-            segs
-            and isinstance(last := segs[-1][1], bytearray)
-            and (segs[-1][0] + len(last) == offset)
-        ):
-            last += data
-        else:
-            segs.append((offset, bytearray(data)))
+        n = len(data)
+        if n < WHOLE_PIECE and segs:
+            start, last = segs[-1]
+            # a large write stays as it came; a small one, or a run of them, grows
+            if start + len(last) == offset and (type(last) is bytearray or len(last) < WHOLE_PIECE):
+                if type(last) is bytes:
+                    last = bytearray(last)
+                    segs[-1] = (start, last)
+                last += data
+                n = 0
+        if n:
+            segs.append((offset, data))
         self.nbytes += len(data)
         if offset + len(data) > self.end:
             self.end = offset + len(data)
