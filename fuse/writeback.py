@@ -1,10 +1,13 @@
 """The write-back cache: ``write()`` data held per inode until it becomes chunks.
 
 A buffer (:class:`.buffers.WriteBuffer`) becomes chunks in one transaction at ``flush``
-(every close of a written file), ``fsync``, ``release`` or ``setattr``, before a read of the
-inode, and when it holds :data:`.buffers.FLUSH_BYTES` (or all buffers together
-:data:`.buffers.TOTAL_BYTES`). A full buffer is committed by a flush thread while the
-writer goes on (*write-behind*); at most one is in flight. A failed write-behind commit is
+(a close in a view under ``.branchfs/``), ``fsync``, ``release`` or ``setattr``, before a
+read of the inode, and when it holds :data:`.buffers.FLUSH_BYTES` (or all buffers together
+:data:`.buffers.TOTAL_BYTES`). In the mounted tree a released buffer, like one holding
+folded SETATTRs, is *sealed*: every sealed buffer is applied in one transaction before the
+batch commits, or first in the transaction of a request that could see the file's record
+(:meth:`WriteBack.close`, :meth:`WriteBack.flush_sealed`). A full buffer is committed by a
+flush thread while the writer goes on (*write-behind*); at most one is in flight. A failed write-behind commit is
 latched and reported by the next ``write``, ``flush`` or ``fsync`` of the file, once, the
 way the kernel reports a writeback error.
 
