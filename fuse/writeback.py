@@ -7,9 +7,9 @@ read of the inode, and when it holds :data:`.buffers.FLUSH_BYTES` (or all buffer
 folded SETATTRs, is *sealed*: every sealed buffer is applied in one transaction before the
 batch commits, or first in the transaction of a request that could see the file's record
 (:meth:`WriteBack.close`, :meth:`WriteBack.flush_sealed`). A full buffer is committed by a
-flush thread while the writer goes on (*write-behind*); at most one is in flight. A failed write-behind commit is
-latched and reported by the next ``write``, ``flush`` or ``fsync`` of the file, once, the
-way the kernel reports a writeback error.
+flush thread while the writer goes on (*write-behind*); at most one is in flight. A failed
+write-behind commit is latched and reported by the next ``write``, ``flush`` or ``fsync`` of
+the file, once, the way the kernel reports a writeback error.
 
 Locks, as in S3QL's block cache, each method says which it holds: the request loop calls
 everything here holding the daemon's lock (``Bridge.lock``). The flush thread takes no
