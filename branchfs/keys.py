@@ -221,6 +221,9 @@ def encode_layer(parent: int, frozen: bool) -> bytes:
 #: each); the ones at hand are few. Each is cleared when it reaches ``_DECODED_MAX``.
 _LAYERS: dict[bytes, tuple[int, bool]] = {}
 _BRANCHES: dict[bytes, tuple[int, int, int]] = {}
+#: The fork source of branch records (discard's root check reads it), by their bytes.
+_SOURCES: dict[bytes, tuple[str, int] | None] = {}
+_MISSING = object()
 _DECODED_MAX = 4096
 #: Inode records already checked and unpacked, by their stored bytes, with the inode they
 #: were checked for (the digest is seeded by it): a directory's record is read by every
@@ -280,8 +283,17 @@ def encode_branch(
 
 def decode_branch_source(raw: Raw) -> tuple[str, int] | None:
     """(name, id) of the branch a branch record says it was forked from, or None."""
+    if type(raw) is bytes:
+        hit = _SOURCES.get(raw, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[return-value]
     fields = unpack(raw)
-    return (str(fields[3]), int(fields[4])) if len(fields) >= 5 else None
+    out = (str(fields[3]), int(fields[4])) if len(fields) >= 5 else None
+    if type(raw) is bytes:
+        if len(_SOURCES) >= _DECODED_MAX:
+            _SOURCES.clear()
+        _SOURCES[raw] = out
+    return out
 
 
 def decode_branch(raw: Raw) -> tuple[int, int, int]:

@@ -63,6 +63,14 @@ class LayerIndex:
         parent, frozen = keys.decode_layer(raw)
         return LayerInfo(lid, parent, frozen)
 
+    def parent(self, txn: lmdb.Transaction, lid: int) -> int:
+        """The parent of layer ``lid`` (``NO_LAYER`` for a root layer): :meth:`info`'s
+        ``parent`` without building the record; :class:`StoreCorrupt` if it is missing."""
+        raw = txn.get(keys.layer_key(lid), db=self.meta.layers_db)
+        if raw is None:
+            raise StoreCorrupt(f"layer {lid} is referenced but missing; run fsck")
+        return keys.decode_layer(raw)[0]
+
     def exists(self, txn: lmdb.Transaction, lid: int) -> bool:
         """Whether layer ``lid`` has a record."""
         return txn.get(keys.layer_key(lid), db=self.db) is not None

@@ -21,6 +21,9 @@ from .meta import Meta
 from .records import ROOT_INO, Inode
 
 NAME_MAX_BYTES = 255
+#: Layers of a source's chain :meth:`Refs.loss_if_discarded` looks through for the state a
+#: fork was made on before it compares bottom layers (one per freeze of the source since).
+HINT_STEPS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,27 +233,28 @@ class Refs:
         end at a tree's root layer, so "shares a layer" is "has the same bottom layer";
         branches are ordered by id (given in creation order), snapshots by creation time.
         O(1) for a fork whose source (named in its record by :meth:`fork`) is still there,
-        older and sharing its bottom layer; otherwise O(branches + snapshots) chain walks
+        older and sharing its bottom layer: two record gets and a layer record or two
+        (:meth:`_shares_with_source`); otherwise O(branches + snapshots) chain walks
         (cached by the layer index). A record rewritten since its fork (a freeze, reset or
         squash puts it without the hint) takes the scan.
         """
-        rec = self.branch(txn, name)
         own = check_ref_name(name)
+        raw = txn.get(own, db=self.meta.branches_db)
+        if raw is None:
+            self.branch(txn, name)  # raises BranchNotFound
+        assert raw is not None
+        bid, top, created = keys.decode_branch(raw)
+        # The common case in O(1): the branch it was forked from is still there, older, and
+        # still holds the layer the fork was made on (the hint is re-verified: a source
+        # discarded, re-created or reset elsewhere falls through to the checks below). A
+        # source still there means this is not the last branch either.
+        hint = keys.decode_branch_source(raw)
+        if hint is not None and self._shares_with_source(txn, bid, top, *hint):
+            return None
+        rec = BranchRecord(name, bid, top, created)
         if all(key == own for key in txn.cursor(db=self.meta.branches_db).iternext(values=False)):
             return "is the store's last branch: discarding it loses every file in it for good"
         bottom = self.layers.chain(txn, rec.top)[-1]
-        # The common case in O(1): the branch it was forked from is still there, older, and
-        # shares its bottom layer (the hint is re-verified: a source discarded, re-created
-        # or reset elsewhere falls through to the scan below).
-        own_raw = txn.get(own, db=self.meta.branches_db)
-        hint = None if own_raw is None else keys.decode_branch_source(own_raw)
-        if hint is not None:
-            src_name, src_id = hint
-            raw = txn.get(check_ref_name(src_name), db=self.meta.branches_db)
-            if raw is not None:
-                sid, stop, _created = keys.decode_branch(raw)
-                if sid == src_id < rec.id and self.layers.chain(txn, stop)[-1] == bottom:
-                    return None
         others = [b for b in self.branches(txn) if b.name != name]
         for b in others:
             if b.id < rec.id and self.layers.chain(txn, b.top)[-1] == bottom:
@@ -263,6 +267,32 @@ class Refs:
             "branch or snapshot): discarding it loses its files for good (its forks keep "
             "only their own copies)"
         )
+
+    def _shares_with_source(
+        self, txn: lmdb.Transaction, bid: int, top: int, src_name: str, src_id: int
+    ) -> bool:
+        """Whether branch ``src_name`` is still the branch that branch ``bid`` (top layer
+        ``top``) was forked from (same id, older) and still shares a layer with it, hence its
+        bottom layer (layers form a forest). The fork's top was made over the source's state
+        at the fork, and the source's chain still holds that state unless it was reset or
+        squashed since: it is looked for a few layers down from the source's top; not found
+        there, the two bottom layers are compared."""
+        raw = txn.get(check_ref_name(src_name), db=self.meta.branches_db)
+        if raw is None:
+            return False
+        sid, stop, _created = keys.decode_branch(raw)
+        if not sid == src_id < bid:
+            return False
+        parent = self.layers.parent
+        state = parent(txn, top)
+        lid = stop
+        for _step in range(HINT_STEPS):
+            if lid == state:
+                return state != NO_LAYER
+            if lid == NO_LAYER:
+                break
+            lid = parent(txn, lid)
+        return self.layers.chain(txn, stop)[-1] == self.layers.chain(txn, top)[-1]
 
     def discard(self, txn: lmdb.Transaction, name: str) -> BranchRecord:
         """Remove branch ``name``; its layers become garbage for gc."""

@@ -311,6 +311,25 @@ def test_the_fork_source_hint_is_verified_not_trusted(store: branchfs.Store) -> 
     store.discard("m2")  # a plain fork of a live source: allowed
 
 
+def test_a_fork_of_a_source_that_moved_on_is_still_a_fork(store: branchfs.Store) -> None:
+    # The quick check looks for the fork's state a few layers down the source's chain; a
+    # source frozen more often since, reset within its own tree or squashed by gc still
+    # shares the fork's tree, and the fork goes without force.
+    main = store.create_branch("main")
+    main.write_bytes("f", b"0")
+    for name in ("a", "b", "c"):
+        main.fork(name)
+    for i in range(8):  # more freezes than refs.HINT_STEPS
+        main.write_bytes("f", b"%d" % i)
+        main.snapshot(f"s{i}")
+    store.discard("a")
+    store.reset("main", "s2")
+    store.discard("b")
+    store.gc()
+    store.discard("c")
+    assert store.branches() == ["main"]
+
+
 def test_only_a_forked_branch_is_discarded_by_its_with_block(store: branchfs.Store) -> None:
     store.create_branch("main")
     with store.branch("main") as m:
