@@ -102,7 +102,8 @@ FULL = Profile(
 
 # Row name -> (class, target). Class "warm" is compared with native, "cold" with
 # fuse-overlayfs, "seq" must keep at least half the native throughput; "meta" (metadata-heavy
-# work, DESIGN §1.2) must be within the target times native and faster than fuse-overlayfs;
+# work, contract 2 of docs/architecture.md) must be within the target times native and
+# faster than fuse-overlayfs;
 # "call" rows have no target of their own: they show what single calls cost.
 ROWS: dict[str, tuple[str, float]] = {
     "seq write 1 GiB + fsync": ("seq", 2.0),

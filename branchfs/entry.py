@@ -187,7 +187,7 @@ def exit_without_teardown(code: object) -> None:
     threads is running, and stdout and stderr flush (else the normal exit reports the
     error). A store the command opened is closed by then (``Context.close``), and what an
     LMDB transaction committed is in the kernel's page cache whatever ends the process: the
-    store's promise holds even under SIGKILL (DESIGN §1).
+    store's promise holds even under SIGKILL (contract 3, docs/architecture.md, "Contracts").
     """
     if code is None:
         code = 0

@@ -54,8 +54,9 @@ class Store:
         self.observer: Observer = notify_mounts if observer is None else observer
         #: Called ``(store_path, branch_names)`` before a call reads or changes those
         #: branches, so that the mount daemons serving them first commit the calls they
-        #: grouped (DESIGN §1.3: another process's call sees every call to a mount that
-        #: returned before it); a daemon sets its own (fuse/coherence.py).
+        #: grouped (contract 3 of docs/architecture.md: another process's call sees every
+        #: call to a mount that returned before it); a daemon sets its own
+        #: (fuse/coherence.py).
         self.settler: Observer = settle_mounts
         self._meta: Meta | None = meta
         self.path = meta.path

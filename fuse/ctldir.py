@@ -10,12 +10,12 @@ Not listed in the mounted root, reachable by name (like ZFS's ``.zfs``)::
 ``mkdir branches/NEW`` forks the mounted branch, ``mkdir snapshots/NAME`` snapshots it,
 ``rmdir`` discards.
 
-One file is one file whatever path reaches it (DESIGN §1.3), so a branch is never shown
-through two kernel identities where one will do: ``branches/<mounted branch>`` is a symlink
-to ``../..`` (the mount root), and ``branches/B`` for a branch that another daemon serves
-is a symlink to that daemon's mount (through ``/proc/PID/root`` if it runs in another
-mount namespace). Locks (``flock``, POSIX, OFD), which the kernel keeps per inode, then
-exclude across those paths.
+One file is one file whatever path reaches it (contract 3 of docs/architecture.md), so a
+branch is never shown through two kernel identities where one will do:
+``branches/<mounted branch>`` is a symlink to ``../..`` (the mount root), and
+``branches/B`` for a branch that another daemon serves is a symlink to that daemon's mount
+(through ``/proc/PID/root`` if it runs in another mount namespace). Locks (``flock``,
+POSIX, OFD), which the kernel keeps per inode, then exclude across those paths.
 
 The command language of ``ctl`` is :mod:`.control`'s; this module owns the nodes, their
 attributes, and the per-descriptor state of ``ctl`` and ``store``.

@@ -1,10 +1,10 @@
 """Group commit: the mount's metadata calls committed together, as a kernel would.
 
-DESIGN §1.3 makes the daemon the kernel of its mount: calls that returned may be grouped
-into one LMDB transaction, provided that fsync/fdatasync/syncfs are durable, that a fork,
-snapshot, merge or reset (through the mount, ``ctl``, the CLI or another process's API)
-sees every call that returned before it, and that a SIGKILLed daemon loses at most a
-bounded window of calls and always keeps a prefix of them in order.
+Contract 3 of docs/architecture.md makes the daemon the kernel of its mount: calls that
+returned may be grouped into one LMDB transaction, provided that fsync/fdatasync/syncfs are
+durable, that a fork, snapshot, merge or reset (through the mount, ``ctl``, the CLI or
+another process's API) sees every call that returned before it, and that a SIGKILLed daemon
+loses at most a bounded window of calls and always keeps a prefix of them in order.
 
 How this module keeps that:
 
@@ -26,7 +26,7 @@ How this module keeps that:
 * So a SIGKILLed daemon loses at most the calls of the last :data:`MAX_NS` (5 ms) plus the
   one being served, never a call that an fsync, a fork or another process's call has seen.
 * LMDB's single writer is held from a batch's first write to its commit: at most
-  :data:`MAX_NS` plus one request, below DESIGN §1.2's 10 ms bound for stalling writers.
+  :data:`MAX_NS` plus one request, below contract 2's 10 ms bound for stalling writers.
   Requests that may run long (a fork, a merge, a flush of a full write buffer) commit the
   batch before they start and run outside it.
 

@@ -1,4 +1,5 @@
-"""The merge oracle of tests/test_model.py: what a 3-way merge must give, from DESIGN §1.1.
+"""The merge oracle of tests/test_model.py: what a 3-way merge must give, from contract 1
+of docs/architecture.md.
 
 Two parts, both over the model's trees (``path -> node id`` plus ``node id -> content``,
 node ids being the engine's inode numbers):
@@ -7,14 +8,14 @@ node ids being the engine's inode numbers):
   at each fork, snapshot and merge; a merge commit has two parents), which gives the merge
   base as git does (the best common ancestors, ``git merge-base --all``) and, for the
   engine before issue 19, the fork point (the common ancestor over first parents only);
-- :func:`predict`, the 3-way merge of one node at a time, as DESIGN §1.1 states it: a
-  change on one side only is taken; a node changed on both sides merges its location and
-  its content separately (a file's bytes line by line with merge3, as the engine does);
-  modify/delete, rename/rename and differing content are conflicts; so are two nodes
-  claiming one name and an entry in a directory the merge deletes, or a directory moved
-  under itself. Where the engine has a rule the model does not reproduce (two new
-  directories at one path are unified; a node both sides got by different routes) the
-  prediction is ``unknown``.
+- :func:`predict`, the 3-way merge of one node at a time, as contract 1 of
+  docs/architecture.md states it: a change on one side only is taken; a node changed on both
+  sides merges its location and its content separately (a file's bytes line by line with
+  merge3, as the engine does); modify/delete, rename/rename and differing content are
+  conflicts; so are two nodes claiming one name and an entry in a directory the merge
+  deletes, or a directory moved under itself. Where the engine has a rule the model does not
+  reproduce (two new directories at one path are unified; a node both sides got by different
+  routes) the prediction is ``unknown``.
 
 A node's location is the set of its links ``(parent node, name)``, not its paths, so that
 a file inside a renamed directory has not moved: the engine tracks renames the same way.

@@ -7,12 +7,13 @@ always ends in ENOENT and the model never has to resolve them. Errors are predic
 Linux's rules and compared by exception type and errno.
 
 Every merge is checked against the oracle of tests/merge_oracle.py: the 3-way merge of each
-node as DESIGN §1.1 states it, against the merge base of the model's own commit graph. A
-predicted clean merge must give exactly the predicted tree; a predicted conflict must raise
-``MergeConflict`` and leave the target as it was. The model adopts the engine's result only
-where the oracle says ``unknown``: a rule it does not reproduce (two new directories unified
-at one path, a node both sides got by different routes, several best common ancestors), or
-a base the engine cannot know yet (issue 19: the history's base is not the pair's).
+node as contract 1 of docs/architecture.md states it, against the merge base of the model's
+own commit graph. A predicted clean merge must give exactly the predicted tree; a predicted
+conflict must raise ``MergeConflict`` and leave the target as it was. The model adopts the
+engine's result only where the oracle says ``unknown``: a rule it does not reproduce (two
+new directories unified at one path, a node both sides got by different routes, several best
+common ancestors), or a base the engine cannot know yet (issue 19: the history's base is not
+the pair's).
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 # dataclasses make only __init__ and the frozen guards, not __eq__ and __repr__ (one exec per
 # generated method: ~0.5 ms of every start for each class).
 
-#: Exit statuses (DESIGN §2.3): success, a conflict or failed check, a usage error or bad input.
+#: Exit statuses (docs/architecture.md, "The command layer"): success, a conflict or failed
+#: check, a usage error or bad input.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -157,7 +157,8 @@ def test_a_request_that_changes_a_file_applies_its_folded_setattrs_first(
 def test_a_batch_commits_with_the_setattrs_folded_before_it(
     batching: Driver, store: branchfs.Store
 ) -> None:
-    """DESIGN §1.3: what a commit makes durable is a prefix of the calls that returned."""
+    """Contract 3 of docs/architecture.md: what a commit makes durable is a prefix of the
+    calls that returned."""
     fs = batching
     fh = fs.create("w", flags=os.O_WRONLY)
     fs.write(fh, 0, b"x")

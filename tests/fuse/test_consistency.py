@@ -1,4 +1,4 @@
-"""Consistency across processes (DESIGN §1.3) with real mounts.
+"""Consistency across processes (contract 3 of docs/architecture.md) with real mounts.
 
 Two daemons serve two branches of one store at once; a merge, reset or write made through the
 API by another process shows in the mount on the next syscall (no stale kernel cache); a fork

@@ -162,7 +162,8 @@ def test_discard_via_rmdir(mnt: Path, store: branchfs.Store) -> None:
         store.branch("gone").read_bytes("file.txt")
     # The mounted branch itself cannot be discarded from inside its own mount: its entry
     # is a symlink to the mount root (one kernel identity per file), which rmdir refuses
-    # as any symlink, and rm as busy (DESIGN §1.3: a served branch is busy).
+    # as any symlink, and rm as busy (contract 3 of docs/architecture.md: a served branch
+    # is busy).
     with pytest.raises(OSError) as exc:
         os.rmdir(branches / "main")
     assert exc.value.errno == errno.ENOTDIR
@@ -220,7 +221,8 @@ def test_ctl_commands_capture_writes_still_buffered_in_the_daemon(
     mnt: Path, store: branchfs.Store, verb: str
 ) -> None:
     """A command sent to ``ctl`` captures every write to the mount that returned before it
-    (DESIGN §1.3), even one still sitting in the daemon's write buffer."""
+    (contract 3 of docs/architecture.md), even one still sitting in the daemon's write
+    buffer."""
     d = mnt / f"held-{verb}"
     d.mkdir()
     (d / "f").write_bytes(b"before\n")

@@ -1,4 +1,5 @@
-"""The durability contract of grouped commits (DESIGN §1.3, fuse/groupcommit.py).
+"""The durability contract of grouped commits (contract 3 of docs/architecture.md;
+fuse/groupcommit.py).
 
 The daemon groups the calls it serves into one LMDB transaction for a few milliseconds.
 A SIGKILLed daemon may lose the last of those calls, but what survives is a prefix of the

@@ -461,8 +461,8 @@ def test_writes_through_the_alias_of_the_mounted_branch_show_at_once(mnt: Path) 
 
 
 def test_store_files_stay_private_while_mounted(mounted_store) -> None:
-    """DESIGN §1.4: every file of a store is 0600 and every directory 0700, the mount's
-    registration and log included."""
+    """Contract 4 of docs/architecture.md: every file of a store is 0600 and every
+    directory 0700, the mount's registration and log included."""
     (mounted_store.path / "f").write_bytes(b"x")
     mounted_store.store.fork("main", "other")
     seen = 0
