@@ -276,15 +276,7 @@ class WritableTree(PathTree):
         raw_target = paths.encode(target)
 
         def op(v: View) -> None:
-            parent, name = paths.resolve_parent(v, path)
-            if not name:
-                raise os_error(errno.EEXIST)
-            if (
-                name not in (b".", b"..")
-                and paths.must_be_dir(path)
-                and v.dirent(parent, name) is None
-            ):
-                raise os_error(errno.ENOENT)
+            parent, name = _new_name(v, path)
             tree.make_node(
                 v, parent, name, st.S_IFLNK | 0o777, os.geteuid(), os.getegid(), target=raw_target
             )
@@ -297,15 +289,7 @@ class WritableTree(PathTree):
 
         def op(v: View) -> None:
             ino = paths.resolve(v, src, False)
-            parent, name = paths.resolve_parent(v, dst)
-            if not name:
-                raise os_error(errno.EEXIST)
-            if (
-                name not in (b".", b"..")
-                and paths.must_be_dir(dst)
-                and v.dirent(parent, name) is None
-            ):
-                raise os_error(errno.ENOENT)
+            parent, name = _new_name(v, dst)
             tree.link(v, ino, parent, name)
 
         self._at(dst, op, write=True)
@@ -383,3 +367,15 @@ class WritableTree(PathTree):
             lambda v: attrs.removexattr(v, paths.resolve(v, path, follow_symlinks), key),
             write=True,
         )
+
+
+def _new_name(v: View, path: PathArg) -> tuple[int, bytes]:
+    """The parent and name of ``path``, a new name for symlink(2) or link(2): EEXIST for
+    the root, and ENOENT for ``name/`` that does not exist (Linux refuses a trailing slash
+    on a new non-directory, as ``symlink("t", "new/")`` shows)."""
+    parent, name = paths.resolve_parent(v, path)
+    if not name:
+        raise os_error(errno.EEXIST)
+    if name not in (b".", b"..") and paths.must_be_dir(path) and v.dirent(parent, name) is None:
+        raise os_error(errno.ENOENT)
+    return parent, name
