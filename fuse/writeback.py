@@ -317,7 +317,7 @@ class WriteBack:
         try:
             if len(bufs) == len(taken):
                 return self.coherence.write(tree, run, keep=keep)
-        except (BranchFSError, OSError):
+        except Exception:  # any error of fn's: the buffers must not go with the transaction
             pass
         for key, buf in taken:  # unchanged by a failed transaction: back, to go alone
             self.buffers[key] = buf

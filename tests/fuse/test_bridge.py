@@ -333,3 +333,42 @@ def test_truncate_through_setattr_takes_buffered_data_first(
 
 def fs_ctx() -> K.RequestContext:
     return K.RequestContext(os.geteuid(), os.getegid(), os.getpid())
+
+
+def test_closed_files_reach_the_store_with_the_batch_or_the_link_that_names_them(
+    batching: Driver, store: branchfs.Store
+) -> None:
+    """git writes each object to a temporary file, closes it, links it to its final name
+    and unlinks the temporary one; a closed file's data waits for the batch, or goes into
+    the transaction of the first request that could see its record."""
+    fs = batching
+    fh = fs.create("tmp_obj", flags=os.O_RDWR)
+    fs.write(fh, 0, b"object")
+    fs.bridge.release(fh)  # the kernel's RELEASE, without the driver's settling
+    assert fs.bridge.wb.sealed
+    assert fs.getattr("tmp_obj").st_size == 6  # answered with the buffer
+    ino = fs.lookup("tmp_obj")
+    fs.bridge.link(ino, 1, b"final", CTX)
+    assert not fs.bridge.wb.sealed
+    fs.unlink("tmp_obj")
+    assert store.branch("main").read_bytes("final") == b"object"
+    # A link that fails (the name is taken) keeps the closed file's data and its own errno.
+    fh = fs.create("tmp2", flags=os.O_RDWR)
+    fs.write(fh, 0, b"second")
+    fs.bridge.release(fh)
+    ino2 = fs.lookup("tmp2")
+    with pytest.raises(K.FUSEError) as err:
+        fs.bridge.link(ino2, 1, b"final", CTX)
+    assert err.value.errno == errno.EEXIST
+    assert not fs.bridge.wb.sealed
+    assert store.branch("main").read_bytes("tmp2") == b"second"
+    # Closed files and later calls reach another process (or a crash) in one commit.
+    fh = fs.create("third", flags=os.O_WRONLY)
+    fs.write(fh, 0, b"third")
+    fs.bridge.release(fh)
+    fs.mkdir("after")
+    assert fs.bridge.wb.sealed
+    fs.bridge.group.commit()
+    with branchfs.Store.open(store.path) as other:
+        assert other.branch("main").read_bytes("third") == b"third"
+    assert store.fsck().ok
