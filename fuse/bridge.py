@@ -496,12 +496,12 @@ class Bridge:
     # -- extended attributes --------------------------------------------------------------------
 
     @op
-    def getxattr(self, fino: int, name: bytes, ctx: K.RequestContext) -> bytes:
-        """An extended attribute (ENODATA if unset)."""
+    def getxattr(self, fino: int, name: bytes, ctx: K.RequestContext) -> bytes | None:
+        """An extended attribute; None if unset (ENODATA)."""
         names = self.stats.xattr_names
         names[name] = names.get(name, 0) + 1
         if fino in CONTROL_NODES:
-            raise K.FUSEError(errno.ENODATA)
+            return None
         return self.tree.getxattr(fino, name)
 
     @op

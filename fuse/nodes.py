@@ -511,14 +511,12 @@ class TreeNodes:
         """The records of ``inos`` in ``tree`` (None where removed), in one transaction."""
         return self.co.read(tree, lambda v: [v.inode(i) for i in inos])
 
-    def getxattr(self, fino: int, name: bytes) -> bytes:
-        """An extended attribute (ENODATA if unset)."""
+    def getxattr(self, fino: int, name: bytes) -> bytes | None:
+        """An extended attribute; None if unset (ENODATA: the kernel asks every chown and
+        every buffered write for ``security.capability``, so it is no exception)."""
         key = self.key(fino)
         A.check_xattr_name(name)
-        value = self._record(key).xattrs.get(name)
-        if value is None:
-            raise K.FUSEError(errno.ENODATA)
-        return value
+        return self._record(key).xattrs.get(name)
 
     def setxattr(self, fino: int, name: bytes, value: bytes, flags: int) -> None:
         """Set an extended attribute (XATTR_CREATE / XATTR_REPLACE honoured)."""

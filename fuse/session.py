@@ -45,6 +45,8 @@ assert K.OUT_HEADER.size == 16
 
 #: A handler's answer when the request takes no reply (forget).
 NO_REPLY = object()
+#: GETXATTR's answer for an attribute that is not set (returned, never raised).
+_NODATA = K.FUSEError(errno.ENODATA)
 
 Work = list[Callable[[], None]]
 
@@ -480,10 +482,14 @@ class Session:
         self.ops.setxattr(nodeid, rest[:end], rest[end + 1 : end + 1 + size], flags, ctx)
         return b""
 
-    def _getxattr(self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview) -> bytes:
+    def _getxattr(
+        self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview
+    ) -> bytes | K.FUSEError:
         size, _pad = K.GETXATTR_IN.unpack_from(body)
         (name,) = K.cstrings(body[K.GETXATTR_IN.size :], 1)
         value = self.ops.getxattr(nodeid, name, ctx)
+        if value is None:
+            return _NODATA  # an answer, not raised: the common case of untar and git
         return _sized(value, size)
 
     def _listxattr(self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview) -> bytes:
