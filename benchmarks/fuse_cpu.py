@@ -121,8 +121,10 @@ class Replay:
 
     def create_as(self, parent: int, name: bytes, flags: int, mode: int) -> tuple[int, int]:
         out = self.send(K.CREATE, parent, K.CREATE_IN.pack(flags, mode, 0o022, 0) + name + b"\0")
-        assert isinstance(out, list), out
-        entry, opened = (bytes(p) for p in out)
+        if isinstance(out, list):  # older trees: entry and open reply as two buffers
+            out = b"".join(bytes(p) for p in out)
+        assert isinstance(out, bytes), out
+        entry, opened = out[: K.ENTRY_OUT.size], out[K.ENTRY_OUT.size :]
         return int.from_bytes(entry[:8], "little"), int.from_bytes(opened[:8], "little")
 
     def write(self, fh: int, off: int, data: bytes) -> None:

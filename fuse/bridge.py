@@ -58,19 +58,28 @@ R = TypeVar("R")
 #: The caller of a request that does not say who it is.
 NOBODY = K.RequestContext(-1, -1, 0)
 
+#: The answer to a lookup of a name that is not there: a negative entry the kernel keeps
+#: for the mounted view's timeout (shared: never changed).
+NEGATIVE = K.EntryAttributes()
+NEGATIVE.entry_timeout = TIMEOUT
+
 Handle = FileHandle | CtlHandle | TextHandle
 
 
 def op(fn: Callable[Concatenate[Bridge, P], R]) -> Callable[Concatenate[Bridge, P], R]:
     """Wrap a handler: count it; engine errors become FUSEError with Linux's errno."""
     name = fn.__name__
+    settles = name != "write"
+    sealed_safe = name in SEALED_SAFE or name in SEALED_FIRST
 
     def wrapper(self: Bridge, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        self.stats.request(name)
-        if self.wb.behind is not None and name != "write":
-            self.wb.settle()  # everything but a write sees the store with every write in it
-        if self.wb.sealed and name not in SEALED_SAFE and name not in SEALED_FIRST:
-            self.wb.flush_sealed()
+        counts = self.requests
+        counts[name] = counts.get(name, 0) + 1
+        wb = self.wb
+        if settles and wb.behind is not None:
+            wb.settle()  # everything but a write sees the store with every write in it
+        if wb.sealed and not sealed_safe:
+            wb.flush_sealed()
         try:
             return fn(self, *args, **kwargs)
         except K.FUSEError:
@@ -135,17 +144,16 @@ class Bridge:
         waited for it a whole batch window on a busy mount.
         """
         group = self.group
-        if self.wb.sealed and not group.meta.batch_open and self.wb.sealed_overdue():
+        if self.wb.sealed and not group.batch_open() and self.wb.sealed_overdue():
             self.wb.flush_sealed()  # folded SETATTRs with no batch to carry them: open one
         if group.wanted and group.overdue():
             self._settle_for_others()
         elif group.due():
             group.commit()
-        co = self.coherence
-        if not self.deferred and not co.busy():
+        if not self.deferred and not self.coherence.busy():
             return []  # the common case, without asking the coherence module for lists
         work, self.deferred = self.deferred, []
-        return work + co.take_work()
+        return work + self.coherence.take_work()
 
     def _settle_for_others(self) -> None:
         """Another process waits: every buffer to the store, commit, let it go."""
@@ -239,10 +247,7 @@ class Bridge:
         tree, entry = self.tree.lookup(parent, name)
         if entry is None:
             self.coherence.remember(tree, parent, name)
-            neg = K.EntryAttributes()
-            neg.st_ino = 0
-            neg.entry_timeout = TIMEOUT
-            return neg
+            return NEGATIVE
         return self._entry(parent, name, entry)
 
     def forget(self, inode_list: list[tuple[int, int]]) -> None:

@@ -58,12 +58,15 @@ MAX_NS = int(float(os.environ.get("BRANCHFS_BATCH_MS", "5")) * 1_000_000)
 #: The most calls one batch holds.
 MAX_WRITES = 1024
 
+_clock = time.perf_counter_ns
+
 
 class GroupCommit:
     """The loop thread's open batch of writes, and when to commit it."""
 
     def __init__(self, meta: Meta) -> None:
         self.meta = meta
+        self._batches = meta.batches
         self._cond = threading.Condition()
         #: Another thread waits for every call served so far to be committed (ns it asked).
         self.wanted = False
@@ -107,13 +110,14 @@ class GroupCommit:
 
     def due(self) -> bool:
         """Whether the batch must be committed now: old or big enough (loop thread)."""
-        meta = self.meta
-        if not meta.batch_open:
+        batches = self._batches  # read after every request: Meta's properties, inlined
+        if batches.txn is None:
             return False
-        return (
-            meta.batch_writes >= MAX_WRITES
-            or time.perf_counter_ns() - meta.batch_started_ns >= MAX_NS
-        )
+        return batches.writes >= MAX_WRITES or _clock() - batches.started_ns >= MAX_NS
+
+    def batch_open(self) -> bool:
+        """Whether the loop's batch holds uncommitted writes (``Meta.batch_open``)."""
+        return self._batches.txn is not None
 
     def remaining_ms(self) -> int:
         """How long the loop may sleep before the batch is due (ms); -1 with no batch."""

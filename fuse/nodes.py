@@ -47,6 +47,8 @@ VIEW_ROOT_TIMEOUT = 1.0
 CONTROL_NAME = b".branchfs"
 #: Block size reported to ``stat``: one chunk.
 BLKSIZE = 65536
+#: The record cache of a tree that has none (every tree but the mounted one).
+_NO_RECORDS: dict[int, Inode] = {}
 
 
 class FileHandle:
@@ -160,11 +162,14 @@ class TreeNodes:
                 return tree, None
         else:
             # T.lookup without its exception for a name that is not there (most lookups
-            # of tar, git and pip): the parent's record is checked only then.
+            # of tar, git and pip): the parent's record is checked only then, from the
+            # record cache when it holds it (exact for the mounted tree, see coherence).
+            cached = self.co.records if tree is self.main else _NO_RECORDS
+
             def fn(v: View) -> tuple[int, Inode | None]:
                 ino = v.dirent(peng, name)
                 if ino is None:
-                    prec = v.inode(peng)
+                    prec = cached.get(peng) or v.inode(peng)
                     if prec is None:
                         return -1, None  # the parent is gone: a negative entry as well
                     if not prec.is_dir:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import kernel as K
-from .bridge import Bridge
+from .bridge import NEGATIVE, Bridge
 
 log = logging.getLogger("branchfs.fuse")
 
@@ -42,6 +42,15 @@ CPU_TIMES = os.environ.get("BRANCHFS_CPU_TIMES") == "1"
 #: ``struct fuse_out_header`` (16 bytes), packed.
 _OUT_HEADER_PACK = K.OUT_HEADER.pack
 assert K.OUT_HEADER.size == 16
+#: ``struct fuse_in_header`` (40 bytes), unpacked in place.
+_IN_HEADER_UNPACK = K.IN_HEADER.unpack_from
+assert K.IN_HEADER.size == 40
+_RequestContext = K.RequestContext
+_FUSEError = K.FUSEError
+_clock = time.perf_counter_ns
+#: The reply to every lookup of a name that is not there.
+_NEGATIVE_OUT = NEGATIVE.entry_out()
+_thread_clock = time.thread_time_ns
 
 #: A handler's answer when the request takes no reply (forget).
 NO_REPLY = object()
@@ -63,6 +72,8 @@ class Session:
         self.stopping = False
         #: ``--debug``: log every request and how it was answered.
         self.trace = log.isEnabledFor(logging.DEBUG)
+        #: The loop's wall time per opcode (``ctl stats``), bound once.
+        self._loop_ns = ops.stats.loop_ns
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_w, False)
         self._work: queue.SimpleQueue[tuple[Work, int, Any] | None] = queue.SimpleQueue()
@@ -181,7 +192,8 @@ class Session:
             self._worker.join(timeout=30)
 
     def _dispatch(self, view: memoryview, n: int) -> None:
-        _len, opcode, unique, nodeid, uid, gid, pid, _ext, _pad = K.IN_HEADER.unpack_from(view)
+        # The hot path of every request: globals bound to locals, no call that is not needed.
+        _len, opcode, unique, nodeid, uid, gid, pid, _ext, _pad = _IN_HEADER_UNPACK(view)
         handler = self._handlers.get(opcode)
         if handler is None:
             name = K.UNANSWERED.get(opcode, f"opcode {opcode}")
@@ -191,19 +203,18 @@ class Session:
                 log.debug("%s on inode %d: left to the kernel (ENOSYS)", name, nodeid)
             self._reply_error(unique, errno.ENOSYS)
             return
-        ctx = K.RequestContext(uid, gid, pid)
-        body = view[K.IN_HEADER.size : n]
-        started = time.perf_counter_ns()
-        cpu = time.thread_time_ns() if CPU_TIMES else 0
+        ops = self.ops
+        started = _clock()
+        cpu = _thread_clock() if CPU_TIMES else 0
         with self.lock:
             try:
-                answer = handler(unique, nodeid, ctx, body)
-            except K.FUSEError as exc:
+                answer = handler(unique, nodeid, _RequestContext(uid, gid, pid), view[40:n])
+            except _FUSEError as exc:
                 answer = exc
             except Exception:
                 log.exception("request %d on inode %d failed", opcode, nodeid)
                 answer = K.FUSEError(errno.EIO)
-            work = self.ops.take_work()
+            work = ops.take_work()
         if self.trace:
             outcome = f"errno {answer.errno}" if isinstance(answer, K.FUSEError) else "ok"
             log.debug("%s on inode %d: %s", handler.__name__.lstrip("_"), nodeid, outcome)
@@ -212,17 +223,17 @@ class Session:
                 if isinstance(answer, list):  # the worker replies after ops.replied()
                     answer = [bytes(piece) for piece in answer]
                 self._work.put((work, unique, answer))
-            elif isinstance(answer, K.FUSEError):
+            elif isinstance(answer, _FUSEError):
                 self._reply_error(unique, answer.errno)
             elif answer is not NO_REPLY:
                 self._reply(unique, answer)
         finally:
-            self.ops.replied()
-            self.ops.stats.timed(
-                opcode,
-                time.perf_counter_ns() - started,
-                time.thread_time_ns() - cpu if CPU_TIMES else 0,
-            )
+            ops.replied()
+            loop_ns = self._loop_ns
+            loop_ns[opcode] = loop_ns.get(opcode, 0) + _clock() - started
+            if CPU_TIMES:
+                cpu_ns = ops.stats.cpu_ns
+                cpu_ns[opcode] = cpu_ns.get(opcode, 0) + _thread_clock() - cpu
 
     def _background(self, work: Work) -> None:
         """Run ``work`` in the worker thread, with no reply to send."""
@@ -327,8 +338,11 @@ class Session:
         return NO_REPLY
 
     def _lookup(self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview) -> bytes:
-        (name,) = K.cstrings(body, 1)
-        return self.ops.lookup(nodeid, name, ctx).entry_out()
+        raw = bytes(body)
+        attrs = self.ops.lookup(nodeid, raw[: raw.index(b"\0")], ctx)
+        if attrs is NEGATIVE:
+            return _NEGATIVE_OUT
+        return attrs.entry_out()
 
     def _forget(self, _u: int, nodeid: int, _c: K.RequestContext, body: memoryview) -> object:
         (n,) = K.FORGET_IN.unpack_from(body)
@@ -400,12 +414,12 @@ class Session:
         kill = bool(open_flags & K.OPEN_KILL_SUIDGID)
         return self.ops.open(nodeid, flags, ctx, kill_suidgid=kill).open_out()
 
-    def _create(self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview) -> list[bytes]:
+    def _create(self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview) -> bytes:
         flags, mode, umask, _open_flags = K.CREATE_IN.unpack_from(body)
         ctx.umask = umask
         (name,) = K.cstrings(body[K.CREATE_IN.size :], 1)
         info, attrs = self.ops.create(nodeid, name, mode, flags, ctx)
-        return [attrs.entry_out(), info.open_out()]
+        return attrs.entry_out() + info.open_out()  # one buffer: one write(2)
 
     def _tmpfile(
         self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview

@@ -18,14 +18,10 @@ class Stats:
         #: ``getxattr`` requests by attribute name.
         self.xattr_names: dict[bytes, int] = {}
         #: Nanoseconds the loop spent per opcode, from decoding a request to its written
-        #: reply: wall clock, and the loop thread's CPU time.
+        #: reply: wall clock, and the loop thread's CPU time (added up by the request loop,
+        #: :meth:`branchfs_fuse.session.Session._dispatch`).
         self.loop_ns: dict[int, int] = {}
         self.cpu_ns: dict[int, int] = {}
-
-    def timed(self, opcode: int, wall_ns: int, cpu_ns: int) -> None:
-        """One request of ``opcode`` took ``wall_ns`` in the loop, ``cpu_ns`` of its CPU."""
-        self.loop_ns[opcode] = self.loop_ns.get(opcode, 0) + wall_ns
-        self.cpu_ns[opcode] = self.cpu_ns.get(opcode, 0) + cpu_ns
 
     def reset(self) -> None:
         """Zero the request counts and times (``stats --reset``)."""
