@@ -44,6 +44,7 @@ import time
 from collections.abc import Iterator
 
 from branchfs_fuse import kernel as K
+from branchfs_fuse import session as session_module
 from branchfs_fuse.bridge import Bridge
 from branchfs_fuse.session import Session
 
@@ -67,6 +68,9 @@ class Replay:
         self.devnull = os.open(os.devnull, os.O_WRONLY)
         self.session = Session(self.devnull, self.bridge)
         self.bridge.group.start()
+        tune = getattr(session_module, "tune_gc", None)
+        if tune is not None:  # what Session.serve does first (trees that have it)
+            tune()
         self.unique = 0
         self.buf = bytearray(K.REQUEST_SIZE)
         self.view = memoryview(self.buf)

@@ -53,7 +53,7 @@ class Moved(Exception):
 class Batches:
     """The batching thread, its open batch, since when (ns) and how many writes it holds."""
 
-    __slots__ = ("meta", "owner", "started_ns", "txn", "writes")
+    __slots__ = ("child", "ino_end", "ino_next", "meta", "owner", "started_ns", "txn", "writes")
 
     def __init__(self, meta: Environment) -> None:
         self.meta = meta
@@ -61,8 +61,15 @@ class Batches:
         self.owner = 0
         #: The open batch (None: none open).
         self.txn: lmdb.Transaction | None = None
+        #: The call being written into it (its nested transaction), if any.
+        self.child: lmdb.Transaction | None = None
         self.started_ns = 0
         self.writes = 0
+        #: Inode numbers reserved by a call of a batch, not yet handed out: ``ino_next``
+        #: up to ``ino_end`` (see ``Meta.next_id``). Dropped whenever the reservation may
+        #: not have reached the store: a call that aborts, a batch whose commit fails.
+        self.ino_next = 0
+        self.ino_end = 0
 
     def set_thread(self, ident: int) -> None:
         """Batch the writes of thread ``ident`` from now on (0: nobody's).
@@ -98,13 +105,17 @@ class Batches:
             self.txn = txn
             self.started_ns = time.perf_counter_ns()
             self.writes = 0
-        child = meta.env.begin(write=True, parent=self.txn)
+        child = meta.env.begin(None, self.txn, True)  # (db, parent, write): no keywords
+        self.child = child
         try:
             result = fn(child)
             child.commit()
         except BaseException:
             child.abort()
+            self.ino_next = self.ino_end = 0  # a reservation it made is undone
             raise
+        finally:
+            self.child = None
         self.writes += 1
         return result
 
@@ -123,6 +134,7 @@ class Batches:
             txn.commit()
         except lmdb.Error as exc:
             txn.abort()
+            self.ino_next = self.ino_end = 0  # a reservation it held is lost
             raise meta.commit_error(exc) from exc
         finally:
             meta.follower.leave()

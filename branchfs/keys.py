@@ -399,7 +399,7 @@ def encode_inode_fields(rec: Inode, ino: int) -> tuple[bytes, list[Any] | None]:
 
 
 def _inode_list(rec: Inode) -> list[Any]:
-    """The msgpack array of ``rec`` (fresh lists for its links)."""
+    """The msgpack array of ``rec`` (a fresh list of its links)."""
     return [
         rec.mode,
         rec.uid,
@@ -409,7 +409,7 @@ def _inode_list(rec: Inode) -> list[Any]:
         rec.mtime_ns,
         rec.ctime_ns,
         rec.rdev,
-        [[p, n] for p, n in rec.links],
+        list(rec.links),  # (parent, name) pairs: msgpack packs a tuple as an array
         rec.inline,
         rec.cut,
         rec.xattrs,

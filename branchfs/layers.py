@@ -166,7 +166,7 @@ class LayerIndex:
 
     def chain(self, txn: lmdb.Transaction, top: int) -> tuple[int, ...]:
         """Layer ids from ``top`` down to the root layer."""
-        raw = txn.get(keys.TOPOLOGY, db=self.meta.meta_db)
+        raw = txn.get(keys.TOPOLOGY, None, self.meta.meta_db)
         token = None if raw is None else bytes(raw)  # never keep a view into the map
         if token != self._token:
             self._chains.clear()
@@ -274,7 +274,7 @@ class View:
         records = self.records
         if key in records:
             return records[key]
-        raw = self.txn.get(keys.inode_key(layer, ino), db=self.inodes)
+        raw = self.txn.get(keys.inode_key(layer, ino), None, self.inodes)
         records[key] = raw
         return raw
 
@@ -310,7 +310,7 @@ class View:
             if key in records:
                 raw = records[key]
             else:
-                raw = records[key] = self.txn.get(keys.inode_key(layer, ino), db=self.inodes)
+                raw = records[key] = self.txn.get(keys.inode_key(layer, ino), None, self.inodes)
             if raw is not None:
                 if raw == TOMBSTONE:
                     return None, pos
@@ -341,8 +341,11 @@ class View:
         A record copied up from a lower layer loses that layer's cut: the cut describes
         truncations made *in* a layer and hides chunks only of layers beneath it.
         """
-        rec, pos = self.inode_at(ino)
-        if rec is not None and pos > 0:
+        v, pos = self._fields(ino)  # inode_at, inlined: every create and unlink's parent
+        if v is None:
+            return None
+        rec = keys.inode_of(v)
+        if pos > 0:
             rec.cut = None
         return rec
 
@@ -351,7 +354,7 @@ class View:
         top = self.top
         assert top is not None
         raw, fields = keys.encode_inode_fields(rec, ino)
-        self.txn.put(keys.inode_key(top, ino), raw, db=self.inodes)
+        self.txn.put(keys.inode_key(top, ino), raw, True, True, False, self.inodes)
         self.records[(top, ino)] = raw
         # a read of it later in this transaction (the parent a create or unlink touched,
         # read again for the kernel's reply) neither checks nor unpacks it again
@@ -382,7 +385,7 @@ class View:
         """The inode that ``name`` in directory ``parent`` names, or None."""
         txn, db = self.txn, self.dirents
         for layer in self.chain:
-            raw = txn.get(keys.dirent_key(layer, parent, name), db=db)
+            raw = txn.get(keys.dirent_key(layer, parent, name), None, db)
             if raw is not None:
                 return None if raw == TOMBSTONE else keys.decode_dirent(raw, parent, name)
         return None
@@ -394,7 +397,10 @@ class View:
         self.txn.put(
             keys.dirent_key(top, parent, name),
             keys.encode_dirent(ino, parent, name),
-            db=self.dirents,
+            True,
+            True,
+            False,
+            self.dirents,
         )
 
     def delete_dirent(self, parent: int, name: bytes) -> None:

@@ -327,7 +327,9 @@ class Coherence:
 
     def busy(self) -> bool:
         """Whether :meth:`take_work` may have something to do (a cheap test, per request)."""
-        return bool(self.stale) or (not self.group.batch_open() and self.changes.waiting())
+        if self.stale:
+            return True
+        return self._batches.txn is None and self.changes.waiting()
 
     def take_work(self) -> Work:
         """What must happen before the current request's reply (called after each request).

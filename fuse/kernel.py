@@ -182,7 +182,12 @@ class FUSEError(Exception):
 
 
 class EntryAttributes:
-    """What a lookup-like reply tells the kernel: an inode's attributes and cache timeouts."""
+    """What a lookup-like reply tells the kernel: an inode's attributes and cache timeouts.
+
+    Built once per reply on the hot paths (lookup, getattr, create, mkdir): the constructor
+    takes every field, so that a caller sets them in one call, and the packing methods read
+    each field once, with the timeouts split by :func:`split_timeout`'s cache.
+    """
 
     __slots__ = (
         "attr_timeout",
@@ -202,36 +207,54 @@ class EntryAttributes:
         "st_uid",
     )
 
-    def __init__(self) -> None:
-        self.st_ino = 0
+    def __init__(
+        self,
+        st_ino: int = 0,
+        entry_timeout: float = 0.0,
+        attr_timeout: float = 0.0,
+        st_mode: int = 0,
+        st_nlink: int = 1,
+        st_uid: int = 0,
+        st_gid: int = 0,
+        st_rdev: int = 0,
+        st_size: int = 0,
+        st_blksize: int = 4096,
+        st_blocks: int = 0,
+        st_atime_ns: int = 0,
+        st_mtime_ns: int = 0,
+        st_ctime_ns: int = 0,
+    ) -> None:
+        self.st_ino = st_ino
         self.generation = 0
-        self.entry_timeout = 0.0
-        self.attr_timeout = 0.0
-        self.st_mode = 0
-        self.st_nlink = 1
-        self.st_uid = 0
-        self.st_gid = 0
-        self.st_rdev = 0
-        self.st_size = 0
-        self.st_blksize = 4096
-        self.st_blocks = 0
-        self.st_atime_ns = 0
-        self.st_mtime_ns = 0
-        self.st_ctime_ns = 0
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
+        self.st_mode = st_mode
+        self.st_nlink = st_nlink
+        self.st_uid = st_uid
+        self.st_gid = st_gid
+        self.st_rdev = st_rdev
+        self.st_size = st_size
+        self.st_blksize = st_blksize
+        self.st_blocks = st_blocks
+        self.st_atime_ns = st_atime_ns
+        self.st_mtime_ns = st_mtime_ns
+        self.st_ctime_ns = st_ctime_ns
 
     def attr_fields(self) -> tuple[int, ...]:
         """The ``struct fuse_attr`` fields, in order."""
-        a, m, c = self.st_atime_ns, self.st_mtime_ns, self.st_ctime_ns
+        a_s, a_n = divmod(self.st_atime_ns, _NS)
+        m_s, m_n = divmod(self.st_mtime_ns, _NS)
+        c_s, c_n = divmod(self.st_ctime_ns, _NS)
         return (
             self.st_ino,
             self.st_size,
             self.st_blocks,
-            a // 1_000_000_000,
-            m // 1_000_000_000,
-            c // 1_000_000_000,
-            a % 1_000_000_000,
-            m % 1_000_000_000,
-            c % 1_000_000_000,
+            a_s,
+            m_s,
+            c_s,
+            a_n,
+            m_n,
+            c_n,
             self.st_mode,
             self.st_nlink,
             self.st_uid,
@@ -243,23 +266,32 @@ class EntryAttributes:
 
     def entry_out(self) -> bytes:
         """``struct fuse_entry_out`` for this entry."""
-        e, a = self.entry_timeout, self.attr_timeout
-        ei, ai = int(e), int(a)
-        return ENTRY_OUT.pack(
-            self.st_ino,
-            self.generation,
-            ei,
-            ai,
-            int((e - ei) * 1e9),
-            int((a - ai) * 1e9),
-            *self.attr_fields(),
-        )
+        es, ens = split_timeout(self.entry_timeout)
+        as_, ans = split_timeout(self.attr_timeout)
+        return _ENTRY_OUT_PACK(self.st_ino, self.generation, es, as_, ens, ans, *self.attr_fields())
 
     def attr_out(self) -> bytes:
         """``struct fuse_attr_out`` for a getattr or setattr reply."""
-        a = self.attr_timeout
-        ai = int(a)
-        return ATTR_OUT.pack(ai, int((a - ai) * 1e9), 0, *self.attr_fields())
+        as_, ans = split_timeout(self.attr_timeout)
+        return _ATTR_OUT_PACK(as_, ans, 0, *self.attr_fields())
+
+
+_NS = 1_000_000_000
+_ENTRY_OUT_PACK = ENTRY_OUT.pack
+_ATTR_OUT_PACK = ATTR_OUT.pack
+#: Timeouts already split, by value (a mount uses two or three).
+_TIMEOUTS: dict[float, tuple[int, int]] = {}
+
+
+def split_timeout(seconds: float) -> tuple[int, int]:
+    """A timeout as the kernel takes it: whole seconds and nanoseconds."""
+    hit = _TIMEOUTS.get(seconds)
+    if hit is None:
+        whole = int(seconds)
+        hit = (whole, int((seconds - whole) * 1e9))
+        if len(_TIMEOUTS) < 64:
+            _TIMEOUTS[seconds] = hit
+    return hit
 
 
 @dataclass(slots=True)

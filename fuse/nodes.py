@@ -107,36 +107,57 @@ class TreeNodes:
         Every view gets long timeouts: what changes behind the kernel's back is invalidated
         (:mod:`.coherence`).
         """
-        a = K.EntryAttributes()
-        a.st_ino = fino
-        a.entry_timeout = a.attr_timeout = TIMEOUT
-        if key[1] == ROOT_INO and key[0] != self.main:
-            a.entry_timeout = a.attr_timeout = VIEW_ROOT_TIMEOUT
-        a.st_mode = rec.mode
-        a.st_nlink = rec.nlink if rec.links or key[1] == ROOT_INO else 0
-        a.st_uid = rec.uid
-        a.st_gid = rec.gid
-        a.st_rdev = rec.rdev
-        size = rec.size
-        mtime = rec.mtime_ns
-        ctime = rec.ctime_ns
-        buf = self.wb.buffers.get(key)
-        if buf is not None:
-            final = buf.attrs
-            if final is not None:  # folded SETATTRs: the record as the flush will leave it
-                a.st_mode, a.st_uid, a.st_gid = final.mode, final.uid, final.gid
-                size, mtime, ctime = final.size, final.mtime_ns, final.ctime_ns
-                rec = final
-            else:
-                size = max(size, buf.end)
-                mtime = ctime = max(mtime, buf.mtime_ns)
-        a.st_size = size
-        a.st_blksize = BLKSIZE
-        a.st_blocks = (size + 511) // 512
-        a.st_atime_ns = rec.atime_ns
-        a.st_mtime_ns = mtime
-        a.st_ctime_ns = ctime
-        return a
+        eng = key[1]
+        timeout = VIEW_ROOT_TIMEOUT if eng == ROOT_INO and key[0] != self.main else TIMEOUT
+        links = rec.links
+        nlink = 0  # a deleted file still held
+        if links or eng == ROOT_INO:  # Inode.nlink, inlined
+            nlink = 1 if rec.mode & 0o170000 == 0o040000 else len(links)
+        buf = self.wb.buffers.get(key) if self.wb.buffers else None
+        if buf is None:
+            size = rec.size
+            return K.EntryAttributes(
+                fino,
+                timeout,
+                timeout,
+                rec.mode,
+                nlink,
+                rec.uid,
+                rec.gid,
+                rec.rdev,
+                size,
+                BLKSIZE,
+                (size + 511) // 512,
+                rec.atime_ns,
+                rec.mtime_ns,
+                rec.ctime_ns,
+            )
+        final = buf.attrs
+        if final is not None:  # folded SETATTRs: the record as the flush will leave it
+            mode, uid, gid = final.mode, final.uid, final.gid
+            size, mtime, ctime = final.size, final.mtime_ns, final.ctime_ns
+            atime = final.atime_ns
+        else:
+            mode, uid, gid = rec.mode, rec.uid, rec.gid
+            size = max(rec.size, buf.end)
+            mtime = ctime = max(rec.mtime_ns, buf.mtime_ns)
+            atime = rec.atime_ns
+        return K.EntryAttributes(
+            fino,
+            timeout,
+            timeout,
+            mode,
+            nlink,
+            uid,
+            gid,
+            rec.rdev,
+            size,
+            BLKSIZE,
+            (size + 511) // 512,
+            atime,
+            mtime,
+            ctime,
+        )
 
     def _parent(self, parent: int) -> tuple[TreeRef, int, bool]:
         if parent in CONTROL_NODES:
@@ -200,6 +221,10 @@ class TreeNodes:
 
     def getattr(self, fino: int) -> K.EntryAttributes:
         """Attributes of ``fino``."""
+        if fino < ALIAS_BASE and not self.holds.gone:  # the mounted view, from the cache
+            rec = self.co.records.get(fino)
+            if rec is not None:
+                return self.attrs(fino, (self.main, fino), rec)
         key = self.key(fino)
         return self.attrs(fino, key, self._record(key))
 
@@ -439,7 +464,7 @@ class TreeNodes:
         self.holds.open(entry.key)
         write_only = flags & os.O_ACCMODE == os.O_WRONLY
         main = entry.fino < ALIAS_BASE
-        info = K.FileInfo(keep_cache=True, noflush=main, direct_io=write_only)
+        info = K.FileInfo(0, True, write_only, main)  # fh, keep_cache, direct_io, noflush
         return FileHandle(entry.fino, entry.key, bool(flags & os.O_APPEND)), info
 
     def read(

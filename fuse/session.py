@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import queue
@@ -51,6 +52,14 @@ _clock = time.perf_counter_ns
 #: The reply to every lookup of a name that is not there.
 _NEGATIVE_OUT = NEGATIVE.entry_out()
 _thread_clock = time.thread_time_ns
+
+#: The cyclic garbage collector's thresholds while the loop serves (``gc.set_threshold``):
+#: the first generation is collected every 10,000 allocations instead of 700. A request
+#: allocates tens of tracked objects and the daemon keeps many (the record cache), so at
+#: the default the collector ran every ~15 creates and its middle generation, walking every
+#: survivor again, cost about 3 µs per created file (``gc.callbacks``, 6,000 creates and
+#: ``rm``); with these, about 1.4 µs, and each pause stays near a millisecond.
+GC_THRESHOLDS = (10_000, 20, 20)
 
 #: A handler's answer when the request takes no reply (forget).
 NO_REPLY = object()
@@ -132,6 +141,7 @@ class Session:
 
     def serve(self) -> None:
         """Answer requests until the filesystem is unmounted or :meth:`stop` is called."""
+        tune_gc()
         self._worker.start()
         fd = self.fd
         os.set_blocking(fd, False)
@@ -520,6 +530,14 @@ class Session:
         mask, _pad = K.ACCESS_IN.unpack_from(body)
         self.ops.access(nodeid, mask, ctx)
         return b""
+
+
+def tune_gc() -> None:
+    """Set the collector up for serving (:data:`GC_THRESHOLDS`): what exists now (modules,
+    the store, the startup's objects) moves to the permanent generation (``gc.freeze``),
+    so no collection walks it again."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _sized(value: bytes, size: int) -> bytes:
