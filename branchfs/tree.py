@@ -158,6 +158,24 @@ def make_node(
 
     ``mode`` includes the file-type bits. Returns the new inode number and record.
     """
+    ino, rec, _prec = make_node_in(v, parent, name, mode, uid, gid, rdev=rdev, target=target)
+    return ino, rec
+
+
+def make_node_in(
+    v: View,
+    parent: int,
+    name: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    *,
+    rdev: int = 0,
+    target: bytes | None = None,
+) -> tuple[int, Inode, Inode]:
+    """:func:`make_node`, also returning the parent's record as it now is (its new mtime):
+    the mount caches it for the kernel's next question about the directory, without
+    reading it back. Each record is the caller's (nothing else holds it)."""
     prec = _new_entry_checks(v, parent, name)
     t = now_ns()
     if prec.mode & st.S_ISGID:
@@ -174,7 +192,7 @@ def make_node(
     rec = Inode(mode, uid, gid, size, t, t, t, rdev, [], inline, 0, {})
     ino = add_node(v, parent, name, rec)
     _touch_dir(v, parent, prec, t)
-    return ino, rec
+    return ino, rec, prec
 
 
 def add_node(

@@ -310,12 +310,14 @@ class TreeNodes:
         if parent == ROOT_INO and name == CONTROL_NAME:
             raise K.FUSEError(errno.EEXIST)
         tree, peng, alias = self._parent(parent)
-        ino, rec = self.co.write(
+        uid, gid = ctx.uid, ctx.gid
+        ino, rec, prec = self.co.write(
             tree,
-            lambda v: T.make_node(v, peng, name, mode, ctx.uid, ctx.gid, rdev=rdev, target=target),
-            keep=(peng,),
+            lambda v: T.make_node_in(v, peng, name, mode, uid, gid, rdev=rdev, target=target),
         )
-        self.co.cache_record((tree, ino), rec)
+        co = self.co
+        co.cache_record((tree, ino), rec)
+        co.cache_record((tree, peng), prec)  # the kernel asks for it next (its mtime moved)
         return Entry(self.inodes.fuse_ino(tree, ino, alias), (tree, ino), rec)
 
     def make_unnamed(self, parent: int, mode: int, ctx: K.RequestContext) -> Entry:
