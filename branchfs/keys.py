@@ -277,8 +277,16 @@ def encode_branch(
     bid: int, top: int, created_ns: int, source: tuple[str, int] | None = None
 ) -> bytes:
     """A branch record; ``source`` (name, id) of the branch it was forked from, if any (a
-    hint for discard's root check, re-verified when used)."""
-    return pack([bid, top, created_ns] if source is None else [bid, top, created_ns, *source])
+    hint for discard's root check, re-verified when used). The record joins the decoded
+    caches: a fork is often discarded by the process that made it."""
+    raw = pack([bid, top, created_ns] if source is None else [bid, top, created_ns, *source])
+    if len(_BRANCHES) >= _DECODED_MAX:
+        _BRANCHES.clear()
+    _BRANCHES[raw] = (bid, top, created_ns)
+    if len(_SOURCES) >= _DECODED_MAX:
+        _SOURCES.clear()
+    _SOURCES[raw] = None if source is None else (source[0], source[1])
+    return raw
 
 
 def decode_branch_source(raw: Raw) -> tuple[str, int] | None:
@@ -308,6 +316,10 @@ def decode_branch(raw: Raw) -> tuple[int, int, int]:
         if len(_BRANCHES) >= _DECODED_MAX:
             _BRANCHES.clear()
         _BRANCHES[raw] = out
+        if len(_SOURCES) >= _DECODED_MAX:
+            _SOURCES.clear()
+        # the same unpack answers decode_branch_source (discard's root check asks both)
+        _SOURCES[raw] = (str(fields[3]), int(fields[4])) if len(fields) >= 5 else None
     return out
 
 
