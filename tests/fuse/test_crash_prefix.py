@@ -1,0 +1,173 @@
+"""A SIGKILLed daemon keeps a prefix of a mix of metadata and data calls, in order.
+
+Contract 3 of docs/architecture.md, against the group commit (fuse/groupcommit.py) and the
+closed buffers applied with the batch (fuse/writeback.py): a writer runs creates, writes
+(inline, chunked and multi-chunk sizes), fsyncs, truncates, chmods, utimes, links, renames,
+unlinks and appends on a real mount, printing each call's index once it returned; the
+daemon is SIGKILLed mid-run. The store must then equal the model's state after some call
+``c`` (every name, its bytes, mode, and the times set by utime), with ``c`` at or after the
+last fsync that returned, and fsck must be clean.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fusecheck import needs_fuse
+from test_crash_mount import cli, daemon_pids
+
+import branchfs
+
+pytestmark = needs_fuse
+
+SIZES = (10, 3000, 70000, 0, 2048, 65537, 2049, 200)
+
+WRITER = textwrap.dedent(
+    """
+    import os, sys
+    mp = sys.argv[1]
+    SIZES = (10, 3000, 70000, 0, 2048, 65537, 2049, 200)
+    c = 0
+    def done(sync=""):
+        global c
+        print(c, sync, flush=True)
+        c += 1
+    def P(n):
+        return os.path.join(mp, n)
+    i = 0
+    while True:
+        fd = os.open(P(f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644); done()
+        os.write(fd, bytes([i % 251]) * SIZES[i % len(SIZES)]); done()
+        if i % 7 == 0:
+            os.fsync(fd); done("S")
+        os.close(fd)
+        if i >= 1: os.truncate(P(f"f{i-1}"), SIZES[(i - 1) % len(SIZES)] // 2); done()
+        if i >= 2: os.chmod(P(f"f{i-2}"), 0o600 | (i % 8) << 3); done()
+        if i >= 3: os.utime(P(f"f{i-3}"), ns=(i * 1000, i * 1000)); done()
+        if i >= 4: os.link(P(f"f{i-4}"), P(f"h{i-4}")); done()
+        if i >= 5: os.rename(P(f"f{i-5}"), P(f"r{i-5}")); done()
+        if i >= 6: os.unlink(P(f"h{i-6}")); done()
+        if i >= 7 and i % 3 == 0:
+            fd = os.open(P(f"r{i-7}"), os.O_WRONLY | os.O_APPEND); done()
+            os.write(fd, b"app"); done()
+            os.close(fd)
+        i += 1
+    """
+)
+
+#: name -> (bytes, mode bits, mtime in ns if a utime set it last, else None)
+State = dict[str, tuple[bytes, int, int | None]]
+
+
+def model_states() -> Iterator[State]:
+    """The state after each call of WRITER: the first is before any call."""
+    names: dict[str, int] = {}
+    inodes: dict[int, list[Any]] = {}
+
+    def snap() -> State:
+        return {k: (bytes(inodes[v][0]), inodes[v][1], inodes[v][2]) for k, v in names.items()}
+
+    yield snap()
+    i = 0
+    while True:
+        names[f"f{i}"] = i
+        inodes[i] = [b"", 0o644, None]
+        yield snap()
+        inodes[i][0] = bytes([i % 251]) * SIZES[i % len(SIZES)]
+        yield snap()
+        if i % 7 == 0:
+            yield snap()
+        if i >= 1:
+            x = inodes[names[f"f{i - 1}"]]
+            x[0] = x[0][: SIZES[(i - 1) % len(SIZES)] // 2]
+            yield snap()
+        if i >= 2:
+            inodes[names[f"f{i - 2}"]][1] = 0o600 | (i % 8) << 3
+            yield snap()
+        if i >= 3:
+            inodes[names[f"f{i - 3}"]][2] = i * 1000
+            yield snap()
+        if i >= 4:
+            names[f"h{i - 4}"] = names[f"f{i - 4}"]
+            yield snap()
+        if i >= 5:
+            names[f"r{i - 5}"] = names.pop(f"f{i - 5}")
+            yield snap()
+        if i >= 6:
+            names.pop(f"h{i - 6}")
+            yield snap()
+        if i >= 7 and i % 3 == 0:
+            yield snap()
+            x = inodes[names[f"r{i - 7}"]]
+            x[0] = x[0] + b"app"
+            x[2] = None  # the append's write sets mtime
+            yield snap()
+        i += 1
+
+
+def matches(found: State, want: State) -> bool:
+    """Whether the store's state is the model's (mtime compared where a utime set it)."""
+    if found.keys() != want.keys():
+        return False
+    return all(
+        found[k][0] == w[0] and found[k][1] == w[1] and (w[2] is None or found[k][2] == w[2])
+        for k, w in want.items()
+    )
+
+
+@pytest.fixture
+def mp(tmp_path: Path) -> Iterator[Path]:
+    """A mountpoint whose mount and daemons are gone after the test, whatever happens."""
+    path = tmp_path / "mnt"
+    path.mkdir()
+    yield path
+    subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+    for pid in daemon_pids(path):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("kill_at", [60, 150, 230, 310, 420, 560])
+def test_a_sigkilled_daemon_keeps_a_prefix_of_mixed_calls(
+    tmp_path: Path, mp: Path, kill_at: int
+) -> None:
+    store_path = tmp_path / "store.bfs"
+    assert cli("init", str(store_path)).returncode == 0
+    res = cli("--store", str(store_path), "mount", str(mp))
+    assert res.returncode == 0, res.stderr
+    (pid,) = daemon_pids(mp)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(mp)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert writer.stdout is not None
+    acked = synced = -1
+    for line in writer.stdout:
+        acked = int(line.split()[0])
+        synced = acked if line.split()[1:] == ["S"] else synced
+        if acked >= kill_at:
+            os.kill(pid, signal.SIGKILL)  # in the middle of a batch
+    writer.wait(timeout=60)
+    subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+
+    with branchfs.Store.open(store_path) as store:
+        report = store.fsck()
+        assert report.ok, report.problems
+        main = store.branch("main")
+        found: State = {}
+        for name in main.listdir(""):
+            st = main.stat(name)
+            found[name] = (main.read_bytes(name), st.st_mode & 0o7777, st.st_mtime_ns)
+    states = zip(range(acked + 3), model_states(), strict=False)
+    kept = [c for c, want in states if matches(found, want)]
+    assert kept, f"the store is no prefix of the {acked + 1} calls that returned: {sorted(found)}"
+    assert max(kept) > synced, f"call {synced} was an fsync; the store ends after call {max(kept)}"
