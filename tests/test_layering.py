@@ -114,6 +114,12 @@ def test_a_module_without_a_docstring_is_caught(copy: Path) -> None:
     assert any("fuse/nodoc.py:1: no module docstring" in p for p in problems), problems
 
 
+def test_a_module_over_the_line_limit_is_caught(copy: Path) -> None:
+    append(copy / "fuse" / "privs.py", "\n" * layering.MAX_LINES)
+    (problem,) = layering.check(copy)
+    assert problem.startswith("fuse/privs.py:") and "more than 600" in problem
+
+
 def test_the_module_table_must_match_the_tree(copy: Path) -> None:
     (copy / "fuse" / "extra.py").write_text('"""An extra module."""\n')
     (problem,) = layering.check(copy)

@@ -19,7 +19,9 @@ line per finding) on:
   one, else on ``pkg`` itself (its ``__init__``); ``import a.b.c`` depends on ``a.b.c``
   (not on the packages above it, whose ``__init__`` Python runs first but which the
   module's own code does not use).
-- **a module without a docstring** (the docstring says what the module owns);
+- **a module without a docstring** (the docstring says what the module owns), or of more
+  than :data:`MAX_LINES` lines (the charter's "modules at most ~600 lines": split it along
+  a concern of its own);
 - **a module table out of step with the tree**: docs/architecture.md's tables headed
   ``| module | owns |`` must name every module of ``branchfs/`` and ``fuse/`` (a
   package's ``__init__.py`` aside; ``merge/`` names a whole package), and nothing else.
@@ -40,6 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: The most lines a module may have.
+MAX_LINES = 600
 
 #: Directory in the repository -> the package it is installed as (pyproject.toml).
 PACKAGES = {"branchfs": "branchfs", "fuse": "branchfs_fuse"}
@@ -282,6 +287,11 @@ def check(root: Path) -> list[str]:
         rel = mod.path.relative_to(root)
         if ast.get_docstring(mod.tree) is None:
             problems.append(f"{rel}:1: no module docstring (say what the module owns)")
+        lines = mod.path.read_text().count("\n")
+        if lines > MAX_LINES:
+            problems.append(
+                f"{rel}: {lines} lines, more than {MAX_LINES}: split it along a concern"
+            )
         for line, what in private_uses(mod, mods):
             problems.append(f"{rel}:{line}: uses a private name of another module: {what}")
         for node in load_time_imports(mod.tree.body):
