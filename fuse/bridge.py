@@ -450,7 +450,8 @@ class Bridge:
         in one transaction before the batch commits (:meth:`.writeback.WriteBack.close`);
         in a view under ``.branchfs/`` at once. Nobody hears a RELEASE's answer, so data
         that cannot be written (a full disk) is dropped with a warning, and the file is let
-        go whatever happened: a file kept held would never free its space.
+        go whatever happened: a file kept held would never free its space. The next fsync
+        or syncfs reports the loss (:meth:`.writeback.WriteBack.lost`).
         """
         h = self.handles.pop(fh, None)
         if not isinstance(h, FileHandle):
@@ -463,7 +464,7 @@ class Bridge:
                 else:
                     self.wb.flush(key)
         except (BranchFSError, OSError) as exc:  # flush took the buffer: it is gone
-            log.warning("data written to %s before its last close is lost: %s", key, exc)
+            self.wb.lost(key, exc)  # the next fsync or syncfs reports it
         finally:
             if key in self.wb.write_errors and not any(
                 isinstance(o, FileHandle) and o.key == key for o in self.handles.values()

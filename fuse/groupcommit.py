@@ -152,6 +152,13 @@ class GroupCommit:
             while os.read(self.wake_r, 64):
                 pass
 
+    def lost(self, code: int) -> None:
+        """Data whose call returned could not reach the store (a closed file's buffer on a
+        full disk): like the kernel's failed writeback, the next fsync, fdatasync, fsyncdir
+        or syncfs reports ``code`` (an errno), once (:meth:`take_error`)."""
+        if not self.error:
+            self.error = code
+
     def take_error(self) -> int:
         """The errno of a failed commit not yet reported (0 if none); reported once."""
         code, self.error = self.error, 0

@@ -332,9 +332,16 @@ class WriteBack:
         try:
             rec = self.coherence.write(tree, lambda v: apply_buffer(v, ino, buf))
         except (BranchFSError, OSError) as exc:
-            log.warning("data and attributes of %s before its close are lost: %s", key, exc)
+            self.lost(key, exc)
             return
         self.coherence.cache_record(key, rec)
+
+    def lost(self, key: Key, exc: BaseException) -> None:
+        """``key``'s buffer, taken, could not be applied (``exc``: a full disk): logged, and
+        reported by the next fsync or syncfs (:meth:`.groupcommit.GroupCommit.lost`), as
+        the kernel reports a failed writeback; nothing else hears it (close returned)."""
+        log.warning("data and attributes of %s before its close are lost: %s", key, exc)
+        self.coherence.group.lost(errno_of(exc))
 
     def flush_behind(self, key: Key) -> None:
         """Hand ``key``'s full buffer to the flush thread; the write that filled it returns.
@@ -392,8 +399,8 @@ class WriteBack:
         for key in list(self.buffers):
             try:
                 self.flush(key)
-            except (BranchFSError, OSError):
-                log.warning("flushing %s failed", key, exc_info=True)
+            except (BranchFSError, OSError) as exc:
+                self.lost(key, exc)
 
     def size(self, key: Key) -> int:
         """``key``'s size in bytes, its buffered writes included. Holds the lock."""

@@ -200,3 +200,40 @@ def test_full_disk_is_enospc_through_the_mount_and_the_store_stays_usable(
         assert store.fsck().ok
         assert store.branch("main").read_bytes("after.txt") == b"still usable\n"
         assert not store.branch("main").exists("big")
+
+
+def test_closed_files_lost_to_a_full_disk_are_reported_by_the_next_fsync(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    # A closed file's buffer reaches the store after close() returned (with the batch); if
+    # the disk is full by then its data is lost, and, as the kernel does for a failed
+    # writeback, the next fsync must say so: never lost without a word to anyone.
+    store_path = small_disk / "store.bfs"
+    with branchfs.Store.open(store_path, create=True) as s:
+        s.create_branch("main")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    closed: list[tuple[str, bytes]] = []
+    with branchfs.Store.open(store_path) as store, branchfs.mounted(store, mnt) as m:
+        try:
+            for i in range(4000):
+                data = os.urandom(1500 if i % 2 else 40000)
+                (m / f"f{i}").write_bytes(data)
+                closed.append((f"f{i}", data))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        else:
+            pytest.fail("the disk never filled up")
+        fd = os.open(m, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            reported = False
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            reported = True
+        finally:
+            os.close(fd)
+        lost = [name for name, data in closed if (m / name).read_bytes() != data]
+        assert reported or not lost, f"{len(lost)} closed files lost, fsync said nothing"
+    with branchfs.Store.open(store_path) as store:
+        assert store.fsck().ok
