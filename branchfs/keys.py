@@ -211,8 +211,20 @@ def layer_of(key: Raw) -> int:
 
 
 def encode_layer(parent: int, frozen: bool) -> bytes:
-    """A layer record."""
-    return pack([parent, frozen])
+    """A layer record. It joins the decoded cache (the next fork or freeze reads the top
+    layer this one made), and is kept by its fields: a fork writes the same record twice,
+    for the source's new top and the fork's, both over the state it froze."""
+    fields = (parent, bool(frozen))
+    raw = _LAYER_VALUES.get(fields)
+    if raw is None:
+        raw = pack([parent, frozen])
+        if len(_LAYER_VALUES) >= _DECODED_MAX:
+            _LAYER_VALUES.clear()
+        _LAYER_VALUES[fields] = raw
+    if len(_LAYERS) >= _DECODED_MAX:
+        _LAYERS.clear()
+    _LAYERS[raw] = fields
+    return raw
 
 
 #: Layer and branch records already checked and decoded, by their stored bytes. Decoding is
@@ -220,6 +232,8 @@ def encode_layer(parent: int, frozen: bool) -> bytes:
 #: stat, create and fork decodes a branch record and layer records again (about 0.7 µs
 #: each); the ones at hand are few. Each is cleared when it reaches ``_DECODED_MAX``.
 _LAYERS: dict[bytes, tuple[int, bool]] = {}
+#: Layer records this process encoded, by their fields (:func:`encode_layer`).
+_LAYER_VALUES: dict[tuple[int, bool], bytes] = {}
 _BRANCHES: dict[bytes, tuple[int, int, int]] = {}
 #: The fork source of branch records (discard's root check reads it), by their bytes.
 _SOURCES: dict[bytes, tuple[str, int] | None] = {}

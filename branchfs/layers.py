@@ -71,6 +71,14 @@ class LayerIndex:
             raise StoreCorrupt(f"layer {lid} is referenced but missing; run fsck")
         return keys.decode_layer(raw)[0]
 
+    def fields(self, txn: lmdb.Transaction, lid: int) -> tuple[int, bool]:
+        """(parent, frozen) of layer ``lid``: :meth:`info` without building the record;
+        :class:`StoreCorrupt` if it is missing."""
+        raw = txn.get(keys.layer_key(lid), db=self.meta.layers_db)
+        if raw is None:
+            raise StoreCorrupt(f"layer {lid} is referenced but missing; run fsck")
+        return keys.decode_layer(raw)
+
     def exists(self, txn: lmdb.Transaction, lid: int) -> bool:
         """Whether layer ``lid`` has a record."""
         return txn.get(keys.layer_key(lid), db=self.db) is not None
@@ -125,7 +133,11 @@ class LayerIndex:
         if info is None:
             info = self.info(txn, lid)
         if not info.frozen:
-            txn.put(keys.layer_key(lid), keys.encode_layer(info.parent, True), db=self.db)
+            self.mark_frozen(txn, lid, info.parent)
+
+    def mark_frozen(self, txn: lmdb.Transaction, lid: int, parent: int) -> None:
+        """Write layer ``lid``'s record (over ``parent``, as read by the caller) as frozen."""
+        txn.put(keys.layer_key(lid), keys.encode_layer(parent, True), db=self.meta.layers_db)
 
     def set_parent(self, txn: lmdb.Transaction, lid: int, parent: int, frozen: bool) -> None:
         """Rewrite a layer's parent (squashing only); invalidates cached chains."""

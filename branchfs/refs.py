@@ -168,20 +168,31 @@ class Refs:
     def _freeze(self, txn: lmdb.Transaction, name: str, spare: int) -> tuple[int, int, int]:
         """:meth:`freeze_state`, allocating ``spare`` more layer ids with the one a freeze
         needs (one counter update for both): (the state's layer, the first spare id, or 0
-        when nothing was frozen, the branch's id)."""
-        rec = self.branch(txn, name)
-        info = self.layers.info(txn, rec.top)
+        when nothing was frozen, the branch's id).
+
+        Works on the records' fields, not on :class:`BranchRecord` / ``LayerInfo`` objects,
+        and encodes the branch key once: every fork of a changed branch runs it.
+        """
+        key = check_ref_name(name)
+        raw = txn.get(key, db=self.meta.branches_db)
+        if raw is None:
+            self.branch(txn, name)  # raises BranchNotFound
+        assert raw is not None
+        bid, top, created = keys.decode_branch(raw)
+        layers = self.layers
+        parent, frozen = layers.fields(txn, top)
         if (
-            info.parent != NO_LAYER
-            and self.layers.is_empty(txn, rec.top)
-            and not self.history.merge_parents(txn, rec.top)
+            parent != NO_LAYER
+            and layers.is_empty(txn, top)
+            and not self.history.merge_parents(txn, top)
         ):
-            return info.parent, 0, rec.id
-        self.layers.freeze(txn, rec.top, info)
+            return parent, 0, bid
+        if not frozen:
+            layers.mark_frozen(txn, top, parent)
         first = self.meta.next_id(txn, keys.NEXT_LAYER, 1 + spare)
-        new_top = self.layers.create(txn, rec.top, first)
-        self._put_branch(txn, BranchRecord(name, rec.id, new_top, rec.created_ns))
-        return rec.top, (first + 1 if spare else 0), rec.id
+        new_top = layers.create(txn, top, first)
+        txn.put(key, keys.encode_branch(bid, new_top, created), db=self.meta.branches_db)
+        return top, (first + 1 if spare else 0), bid
 
     def fork(self, txn: lmdb.Transaction, source: str, new: str) -> BranchRecord:
         """Make branch ``new`` an independent copy of ``source`` as it is now: O(1)."""
