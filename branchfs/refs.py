@@ -7,6 +7,7 @@ re-points layers, never copies records.
 
 from __future__ import annotations
 
+import re
 import stat as st
 import time
 from dataclasses import dataclass
@@ -54,6 +55,10 @@ NAME_RULE = (
 )
 
 
+#: An ASCII name of letters, digits and :data:`NAME_PUNCTUATION` (for ASCII, ``[A-Za-z0-9]``
+#: is exactly ``str.isalnum``); other names are checked character by character.
+_ASCII_NAME = re.compile(r"[A-Za-z0-9._+\-]+")
+
 #: Names found valid, with their keys: a name is checked on every call of the API (a stat,
 #: a fork …), and the check is a pure function of the string. Bounded: cleared when full.
 _VALID: dict[str, bytes] = {}
@@ -86,7 +91,10 @@ def _check_ref_name(name: object, what: str) -> bytes:
         raise InvalidName(f"a {what} name cannot be empty; {NAME_RULE}")
     if name[0] in ".-@":
         raise InvalidName(f"a {what} name cannot start with {name[0]!r}: {name!r}; {NAME_RULE}")
-    bad = sorted({c for c in name if not (c.isalnum() or c in NAME_PUNCTUATION)})
+    if _ASCII_NAME.fullmatch(name) is not None:  # the common case: no per-character loop
+        bad = []
+    else:
+        bad = sorted({c for c in name if not (c.isalnum() or c in NAME_PUNCTUATION)})
     if bad:
         shown = "".join(bad[:5])
         raise InvalidName(f"a {what} name cannot contain {shown!r}: {name!r}; {NAME_RULE}")
