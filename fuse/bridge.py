@@ -111,7 +111,7 @@ class Bridge:
         self.coherence = Coherence(store, self.main, self.inodes, self.stats, self.lock)
         self.group = self.coherence.group
         self.wb = WriteBack(store, self.coherence, self.stats)
-        self.group.before_commit = self.wb.flush_sealed
+        self.group.before_commit = self.wb.apply_all
         self.tree = TreeNodes(store, self.main, self.inodes, self.holds, self.coherence, self.wb)
         self.ctl = ControlDir(store, self.main, self.coherence, self.wb, self.stats, mountpoint)
         self.handles: dict[int, Handle] = {}
@@ -141,15 +141,16 @@ class Bridge:
         """What must happen before the current request's reply; called after each request.
 
         Commits the batch when it is due (:mod:`.groupcommit`), or when another process has
-        waited for it a whole batch window on a busy mount.
+        waited for it a whole batch window on a busy mount, and the write buffers when they
+        are due with no batch open (:meth:`.writeback.WriteBack.push`).
         """
         group = self.group
-        if self.wb.sealed and not group.batch_open() and self.wb.sealed_overdue():
-            self.wb.flush_sealed()  # folded SETATTRs with no batch to carry them: open one
         if group.wanted and group.overdue():
             self._settle_for_others()
         elif group.due():
             group.commit()
+        elif self.wb.buffers and self.wb.overdue():
+            self.wb.push()
         if not self.deferred and not self.coherence.busy():
             return []  # the common case, without asking the coherence module for lists
         work, self.deferred = self.deferred, []
@@ -167,20 +168,32 @@ class Bridge:
         Returns work for the worker thread (change notices), with no reply to send.
         """
         with self.lock:
-            if self.wb.sealed:
-                self.wb.flush_sealed()  # into a batch, committed now: nothing left in memory
             if self.group.wanted:
                 self._settle_for_others()
+            elif self.wb.buffers and not self.group.batch_open():
+                self.wb.push()  # nothing left in memory once the flush thread is done
             else:
-                self.group.commit()
+                self.group.commit()  # with every buffer (before_commit)
             return self.take_work()
+
+    def remaining_ms(self) -> int:
+        """How long the loop may sleep before the batch or the write buffers are due (ms);
+        -1 with neither."""
+        wait = self.group.remaining_ms()
+        if self.wb.buffers:
+            left = self.wb.remaining_ms()
+            wait = left if wait < 0 else min(wait, left)
+        return wait
 
     def _commit_for_sync(self) -> None:
         """fsync, fsyncdir, syncfs: commit the batch, then sync the store before the reply.
 
-        A batch whose commit failed earlier is reported here, once, as the kernel reports
-        a failed writeback.
+        Every write buffer, open files' too, goes into that commit (a batch may not be open
+        to carry them: an fsync of the mount's root directory after writes only). A batch
+        whose commit failed earlier is reported here, once, as the kernel reports a failed
+        writeback.
         """
+        self.wb.apply_all()
         self.group.commit()
         code = self.group.take_error()
         if code:
@@ -490,12 +503,19 @@ class Bridge:
 
     @op
     def fsyncdir(self, fino: int, datasync: bool) -> None:
-        """Make the store durable."""
+        """Make the store durable: every call that returned, and every ``write()`` to files
+        still open, committed and synced. This is how a user syncs the whole mount
+        (``sync MOUNTPOINT``, ``os.fsync`` of the root directory): the kernel never sends
+        :meth:`syncfs` to a FUSE daemon (see its docstring)."""
         self._commit_for_sync()
 
     @op
     def syncfs(self) -> None:
-        """sync(2) on the mount: every buffer to the store, the store to stable storage."""
+        """FUSE_SYNCFS: every buffer to the store, the store to stable storage.
+
+        Linux (6.18) sends it only to a filesystem whose connection sets ``sync_fs``, which
+        only virtiofs does (fs/fuse/inode.c ``fuse_sync_fs``, fs/fuse/virtio_fs.c), so
+        ``syncfs(2)`` and ``sync(1)`` never reach this daemon; :meth:`fsyncdir` does."""
         self.wb.flush_all()
         self._commit_for_sync()
 

@@ -16,6 +16,9 @@ from branchfs.records import Inode
 FLUSH_BYTES = 8 << 20
 #: All buffers together may hold this much before every one is flushed.
 TOTAL_BYTES = 64 << 20
+#: Due buffers (``WriteBack.overdue``) this large together go to the flush thread rather
+#: than into the loop's batch (write-behind), when no batch is open.
+BEHIND_BYTES = 256 << 10
 #: A write this large is kept as its own segment; smaller sequential writes are joined.
 WHOLE_PIECE = 64 << 10
 

@@ -23,8 +23,12 @@ How this module keeps that:
   - when another process asks (:meth:`wait_committed`, from the notice thread): an API
     call on the mounted branch from another process first asks every daemon serving it
     over the notice path and waits for this.
+* ``write()`` data joins the batch at its commit (``before_commit``: every write buffer, open
+  files' too); buffers with no batch open are committed :data:`MAX_NS` after their first
+  write (``WriteBack.overdue``).
 * So a SIGKILLed daemon loses at most the calls of the last :data:`MAX_NS` (5 ms) plus the
-  one being served, never a call that an fsync, a fork or another process's call has seen.
+  one being served (and, for a stream of large writes, the write-behind commit in flight),
+  never a call that an fsync, a fork or another process's call has seen.
 * LMDB's single writer is held from a batch's first write to its commit: at most
   :data:`MAX_NS` plus one request, below contract 2's 10 ms bound for stalling writers.
   Requests that may run long (a fork, a merge, a flush of a full write buffer) commit the
@@ -80,10 +84,12 @@ class GroupCommit:
         #: ``idle`` (no loop yet), ``serving``, ``stopping`` (the loop ended, the daemon
         #: flushes and commits), ``stopped``: whom :meth:`wait_committed` waits for.
         self.state = "idle"
-        #: Run by :meth:`commit` first, into the batch: the mount applies the SETATTRs it
-        #: folded into write buffers (:meth:`.writeback.WriteBack.fold`), so that every
-        #: commit holds every call that returned before it. Must not raise.
+        #: Run by :meth:`commit` first, into the batch: the mount applies its write buffers,
+        #: open files' too, and the SETATTRs folded into them
+        #: (:meth:`.writeback.WriteBack.apply_all`), so that every commit holds every call
+        #: that returned before it. Must not raise.
         self.before_commit: Callable[[], None] = lambda: None
+        self._committing = False
         #: Written to wake a loop that sleeps in poll(2) (see :meth:`wait_committed`).
         self.wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -134,8 +140,14 @@ class GroupCommit:
     def commit(self) -> None:
         """Commit the open batch, if any (loop thread). Never raises: see :attr:`error`."""
         meta = self.meta
-        if meta.batch_open:
-            self.before_commit()
+        if meta.batch_open and not self._committing:
+            # before_commit may write to a tree under .branchfs/, which commits "at once":
+            # that commit is this one, after every buffer is in the batch.
+            self._committing = True
+            try:
+                self.before_commit()
+            finally:
+                self._committing = False
             try:
                 meta.commit_batch()
                 self.commits += 1

@@ -516,6 +516,7 @@ class TreeNodes:
         if rec.mode == (mode := cleared_mode(rec, True, member)):
             return
         tree, eng = key
+        self.wb.settle()  # a write-behind commit of earlier writes goes first
         new = self.co.write(tree, lambda v: A.setattr(v, eng, mode=mode & 0o7777))
         self.co.cache_record(key, new)
 

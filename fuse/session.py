@@ -171,7 +171,7 @@ class Session:
                         continue
                     deadline = 0
                     # Sleep holding a batch (and LMDB's writer) only until it is due.
-                    wait = group.remaining_ms()
+                    wait = self.ops.remaining_ms()
                     if wait < 0:
                         self._background(self.ops.idle())  # change notices, if any
                     ready = [rfd for rfd, _ev in poller.poll(wait)]

@@ -1,13 +1,18 @@
 """The write-back cache: ``write()`` data held per inode until it becomes chunks.
 
-A buffer (:class:`.buffers.WriteBuffer`) becomes chunks in one transaction at ``flush``
-(a close in a view under ``.branchfs/``), ``fsync``, ``release`` or ``setattr``, before a
-read of the inode, and when it holds :data:`.buffers.FLUSH_BYTES` (or all buffers together
-:data:`.buffers.TOTAL_BYTES`). In the mounted tree a released buffer, like one holding
-folded SETATTRs, is *sealed*: every sealed buffer is applied in one transaction before the
-batch commits, or first in the transaction of a request that could see the file's record
-(:meth:`WriteBack.close`, :meth:`WriteBack.flush_sealed`). A full buffer is committed by a
-flush thread while the writer goes on (*write-behind*); at most one is in flight. A failed
+A buffer (:class:`.buffers.WriteBuffer`) becomes chunks at ``flush`` (a close in a view
+under ``.branchfs/``), ``fsync``, ``release`` or ``setattr``, before a read of the inode,
+and in every commit of the mount's batch (:mod:`.groupcommit`): every buffer, those of files
+still open too, is applied in the batch just before it commits (:meth:`WriteBack.apply_all`,
+``GroupCommit.before_commit``), so a commit holds every ``write()`` that returned before it
+and a SIGKILLed daemon keeps a prefix of the calls. A buffer is due a batch window
+(:data:`.groupcommit.MAX_NS`) after its first write even with no batch open
+(:meth:`WriteBack.overdue`, :meth:`WriteBack.push`), which bounds what a SIGKILL loses.
+In the mounted tree a released buffer, like one holding folded SETATTRs, is *sealed*: it is
+applied first in the transaction of a request that could see the file's record
+(:meth:`WriteBack.close`, :meth:`WriteBack.flush_sealed`). A full buffer
+(:data:`.buffers.FLUSH_BYTES`), or big buffers due with no batch open, are committed by a flush
+thread while the writer goes on (*write-behind*); at most one commit is in flight. A failed
 write-behind commit is latched and reported by the next ``write``, ``flush`` or ``fsync`` of
 the file, once, the way the kernel reports a writeback error.
 
@@ -15,8 +20,8 @@ Locks, as in S3QL's block cache, each method says which it holds: the request lo
 everything here holding the daemon's lock (``Bridge.lock``). The flush thread takes no
 daemon lock: it only runs :func:`apply_buffer` in its own transaction, and touches no
 state of this module; the loop joins it in :meth:`WriteBack.settle`. The loop commits its
-batch (:mod:`.groupcommit`) before it hands a buffer to the flush thread and before it
-waits for one, since the flush thread's transaction waits for LMDB's writer.
+batch (:mod:`.groupcommit`) before it hands buffers to the flush thread and before it
+waits for them, since the flush thread's transaction waits for LMDB's writer.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from branchfs.records import Inode
 
 from . import groupcommit
 from . import kernel as K
-from .buffers import FLUSH_BYTES, TOTAL_BYTES, WriteBuffer
+from .buffers import BEHIND_BYTES, FLUSH_BYTES, TOTAL_BYTES, WriteBuffer
 from .coherence import Coherence
 from .errors import errno_of
 from .inodes import Key, TreeRef
@@ -125,15 +130,18 @@ class WriteBack:
         self.buffers: dict[Key, WriteBuffer] = {}
         #: Bytes held in all buffers together.
         self.buffered = 0
-        #: A full buffer being written to the store by the flush thread (write-behind):
-        #: the writer goes on while it commits. Every request but a write waits for it.
-        self.behind: tuple[Key, Future[Inode]] | None = None
+        #: Buffers being written to the store by the flush thread (write-behind), each with
+        #: whether its file was closed: the writer goes on while they commit. Every request
+        #: but a write waits for it (:meth:`settle`).
+        self.behind: tuple[list[tuple[Key, bool]], Future[None]] | None = None
         self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="branchfs-flush")
         #: Errors of write-behind commits, reported by the next write, flush or fsync.
         self.write_errors: dict[Key, int] = {}
-        #: Buffers holding folded SETATTRs (:meth:`fold`), and since when (ns) some have.
+        #: Buffers closed (:meth:`close`) or holding folded SETATTRs (:meth:`fold`).
         self.sealed: set[Key] = set()
-        self.sealed_ns = 0
+        #: Since when (``perf_counter_ns``) some buffer has held data no commit holds: the
+        #: buffers are due (:meth:`overdue`) a batch window later.
+        self.pending_ns = 0
 
     def add(self, key: Key, off: int, data: bytes, *, drop_privs: bool, kill_suidgid: bool) -> None:
         """Buffer ``data`` written at byte ``off`` of ``key``; a full buffer goes to the store.
@@ -141,11 +149,13 @@ class WriteBack:
         ``drop_privs``: clear privileges when the buffer is committed (KILLPRIV_V2), and
         set-user/group-ID too if ``kill_suidgid`` (the nodes clear those at once as well, so
         that ``fstat`` shows it before the commit: :mod:`.privs`). Holds the daemon's lock;
-        may start a write-behind commit (:meth:`flush_behind`) or flush every buffer
+        may start a write-behind commit (:meth:`push`) or flush every buffer
         (:meth:`flush_all`).
         """
         buf = self.buffers.get(key)
         if buf is None:
+            if not self.buffers:
+                self.pending_ns = time.perf_counter_ns()
             buf = self.buffers[key] = WriteBuffer()
         buf.add(off, data)
         if drop_privs:
@@ -154,7 +164,7 @@ class WriteBack:
         self.buffered += len(data)
         self.stats.at_least("largest_write", len(data))
         if buf.nbytes >= FLUSH_BYTES:
-            self.flush_behind(key)
+            self.push()
         elif self.buffered >= TOTAL_BYTES:
             self.flush_all()
 
@@ -204,7 +214,7 @@ class WriteBack:
         and change as before. A folded buffer takes no more writes; it is applied before
         the batch commits (``GroupCommit.before_commit``: a crash keeps a prefix of the
         calls), when the loop goes idle, after a batch window with no batch open to carry
-        it (:meth:`sealed_overdue`), and before any request that could see the store's
+        it (:meth:`overdue`), and before any request that could see the store's
         record of the file (:data:`SEALED_SAFE`).
         """
         buf = self.buffers.get(key)
@@ -228,15 +238,21 @@ class WriteBack:
         ):
             return None  # drop_privs would change the record: the usual way
         buf.attrs = new
-        if not self.sealed:
-            self.sealed_ns = time.perf_counter_ns()
         self.sealed.add(key)
         return new
 
-    def sealed_overdue(self) -> bool:
-        """Whether folded SETATTRs have waited a whole batch window with no batch open to
-        carry them (:meth:`.bridge.Bridge.take_work` then applies them, opening one)."""
-        return bool(self.sealed) and time.perf_counter_ns() - self.sealed_ns >= groupcommit.MAX_NS
+    def overdue(self) -> bool:
+        """Whether some buffer has held data no commit holds for a whole batch window
+        (:data:`.groupcommit.MAX_NS`): then :meth:`.bridge.Bridge.take_work` commits them
+        (:meth:`push`), so that a SIGKILLed daemon loses no ``write()`` older than that."""
+        return bool(self.buffers) and time.perf_counter_ns() - self.pending_ns >= groupcommit.MAX_NS
+
+    def remaining_ms(self) -> int:
+        """How long (ms) the buffers may wait before they are due; -1 with none."""
+        if not self.buffers:
+            return -1
+        left = self.pending_ns + groupcommit.MAX_NS - time.perf_counter_ns()
+        return max(0, -(-left // 1_000_000))
 
     def close(self, key: Key) -> None:
         """The last close of ``key``'s file in the mounted tree (RELEASE): its buffer takes
@@ -260,21 +276,37 @@ class WriteBack:
         if buf.drop_privs and b"security.capability" in self.coherence.record(key).xattrs:
             self.flush(key)
             return
-        if not self.sealed:
-            self.sealed_ns = time.perf_counter_ns()
         self.sealed.add(key)
 
     def flush_sealed(self) -> None:
         """Apply every buffer closed (:meth:`close`) or holding folded SETATTRs, in one
         transaction per tree: before a request that could read the store's record of one of
-        those files, and before the batch commits. Holds the lock. Never raises: when the
-        transaction fails (a full disk), each buffer is tried in a transaction of its own,
-        and one that fails is logged and dropped, like one at release."""
+        those files. Holds the lock. Never raises: when the transaction fails (a full disk),
+        each buffer is tried in a transaction of its own, and one that fails is logged and
+        dropped, like one at release."""
         if not self.sealed:
             return
         self.settle()
+        self._apply(list(self.sealed))
+
+    def apply_all(self) -> None:
+        """Apply every buffer, those of files still open too, into the batch about to
+        commit (``GroupCommit.before_commit``): every ``write()`` that returned before a
+        commit is in it, so a SIGKILLed daemon keeps a prefix of the calls (contract 3).
+        Like fsync's flush, but the store is not synced. Holds the lock; never raises
+        (see :meth:`flush_sealed`).
+
+        No write-behind commit is in flight here: every request that opens a batch waits
+        for it first, and the flush thread's transaction would wait for the batch's writer.
+        """
+        if self.buffers:
+            self._apply(list(self.buffers))
+
+    def _apply(self, keys: list[Key]) -> None:
+        """Take ``keys``' buffers and apply them, one transaction per tree (see
+        :meth:`flush_sealed` for errors)."""
         by_tree: dict[TreeRef, list[tuple[int, WriteBuffer]]] = {}
-        for key in list(self.sealed):
+        for key in keys:
             buf = self.take(key, flushing=True)
             if buf is not None:
                 by_tree.setdefault(key[0], []).append((key[1], buf))
@@ -343,22 +375,41 @@ class WriteBack:
         log.warning("data and attributes of %s before its close are lost: %s", key, exc)
         self.coherence.group.lost(errno_of(exc))
 
-    def flush_behind(self, key: Key) -> None:
-        """Hand ``key``'s full buffer to the flush thread; the write that filled it returns.
+    def push(self) -> None:
+        """Commit every buffer now (a full one, or the buffers are :meth:`overdue`).
 
-        Holds the lock; the commit runs without it. The writer's next ``write()`` is copied
-        in while this one commits, on the other CPU. At most one buffer is in flight, so
-        memory stays bounded.
+        With no batch open and the buffers all of one tree and at least
+        :data:`BEHIND_BYTES` together, they go to the flush thread in one transaction
+        (*write-behind*) and the write that filled one returns: its next ``write()`` is
+        copied in while this commits, on the other CPU. Otherwise they are applied in the
+        batch (:meth:`apply_all`) and it is committed. Either way one commit holds every
+        ``write()`` that returned, and no later call is committed before it: every request
+        but a write waits for the flush thread (:meth:`settle`). At most one commit is in
+        flight, so memory stays bounded. Holds the lock; the flush thread runs without it.
         """
-        self.settle()
-        self.coherence.group.commit()  # the flush thread's transaction must not wait for it
-        buf = self.take(key, flushing=True)
-        assert buf is not None  # the write that filled it is the caller
-        tree, ino = key
-        future = self._flusher.submit(
-            self.store.write_tree, tree.name, lambda v: apply_buffer(v, ino, buf)
-        )
-        self.behind = (key, future)
+        self.settle()  # commits the batch first if one is in flight
+        if not self.buffers:
+            return
+        group = self.coherence.group
+        keys = list(self.buffers)
+        tree = keys[0][0]
+        if (
+            group.batch_open()
+            or self.buffered < BEHIND_BYTES
+            or any(key[0] != tree for key in keys)
+        ):
+            self.apply_all()  # into the batch (opened if none is)
+            group.commit()
+            return
+        closed = self.sealed.copy()
+        taken = [(key[1], buf) for key in keys if (buf := self.take(key, flushing=True))]
+
+        def apply_taken(v: View) -> None:
+            for ino, buf in taken:
+                apply_buffer(v, ino, buf)
+
+        future = self._flusher.submit(self.store.write_tree, tree.name, apply_taken)
+        self.behind = ([(key, key in closed) for key in keys], future)
 
     def settle(self) -> None:
         """Wait for the write-behind commit: afterwards the store holds every write.
@@ -369,16 +420,21 @@ class WriteBack:
         if self.behind is None:
             return
         self.coherence.group.commit()  # the flush thread's transaction may wait for our batch
-        key, future = self.behind
+        keys, future = self.behind
         self.behind = None
         try:
             future.result()
         except Exception as exc:  # the write returned long ago: the next write/flush/fsync says
             code = errno_of(exc)
             if code == errno.EIO:
-                log.error("writing %s to the store failed", key, exc_info=exc)
-            self.write_errors[key] = code
-        self.coherence.drop_record(key)
+                log.error("writing %s to the store failed", keys, exc_info=exc)
+            for key, closed in keys:
+                if closed:  # nobody holds it open to be told: the next fsync hears it
+                    self.lost(key, exc)
+                else:
+                    self.write_errors[key] = code
+        for key, _closed in keys:
+            self.coherence.drop_record(key)
 
     def raise_error(self, key: Key) -> None:
         """Report (once) a failed write-behind commit of ``key`` as ``FUSEError``."""

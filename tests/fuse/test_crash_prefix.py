@@ -7,12 +7,19 @@ unlinks and appends on a real mount, printing each call's index once it returned
 daemon is SIGKILLed mid-run. The store must then equal the model's state after some call
 ``c`` (every name, its bytes, mode, and the times set by utime), with ``c`` at or after the
 last fsync that returned, and fsck must be clean.
+
+A second writer keeps its files *open* across later calls (an O_APPEND log held for the
+whole run, each file written again after a mkdir, pauses of a few batch windows, and writes
+big enough for the write-behind thread): data written to an open file is in every commit
+after its ``write()`` returned (fuse/writeback.py, ``WriteBack.apply_all``), not only after
+the file's last close.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -170,4 +177,106 @@ def test_a_sigkilled_daemon_keeps_a_prefix_of_mixed_calls(
     states = zip(range(acked + 3), model_states(), strict=False)
     kept = [c for c, want in states if matches(found, want)]
     assert kept, f"the store is no prefix of the {acked + 1} calls that returned: {sorted(found)}"
+    assert max(kept) > synced, f"call {synced} was an fsync; the store ends after call {max(kept)}"
+
+
+#: Sizes of the held writer's first write to each file: inline, chunked, a partial chunk
+#: later extended, and more than ``BEHIND_BYTES`` (the write-behind thread's share).
+HELD_SIZES = (100, 3000, 70000, 300_000, 0, 65537)
+
+HELD = textwrap.dedent(
+    """
+    import os, sys, time
+    mp = sys.argv[1]
+    SIZES = (100, 3000, 70000, 300_000, 0, 65537)
+    c = 0
+    def done(sync=""):
+        global c
+        print(c, sync, flush=True)
+        c += 1
+    def P(n):
+        return os.path.join(mp, n)
+    log = os.open(P("log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644); done()
+    i = 0
+    while True:
+        fd = os.open(P(f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644); done()
+        os.write(fd, bytes([i % 251 + 1]) * SIZES[i % len(SIZES)]); done()
+        os.write(log, b"%d " % i * 25); done()
+        os.mkdir(P(f"d{i}")); done()
+        if i % 3 == 1:
+            time.sleep(0.012)  # batch windows pass, the files still open
+        os.write(fd, b"tail %d" % i * (50000 if i % 6 == 4 else 1)); done()
+        if i % 6 == 4:
+            time.sleep(0.012)  # due with no batch open: the write-behind thread commits
+        if i % 6 == 5:
+            os.fsync(log); done("S")
+        os.close(fd)
+        i += 1
+    """
+)
+
+#: name -> bytes, or None for a directory
+Held = dict[str, bytes | None]
+
+
+def held_states() -> Iterator[Held]:
+    """The state after each call of HELD: the first is before any call."""
+    state: Held = {}
+    yield dict(state)
+    state["log"] = b""
+    yield dict(state)
+    i = 0
+    while True:
+        state[f"f{i}"] = b""
+        yield dict(state)
+        state[f"f{i}"] = bytes([i % 251 + 1]) * HELD_SIZES[i % len(HELD_SIZES)]
+        yield dict(state)
+        state["log"] = (state["log"] or b"") + b"%d " % i * 25
+        yield dict(state)
+        state[f"d{i}"] = None
+        yield dict(state)
+        state[f"f{i}"] = (state[f"f{i}"] or b"") + b"tail %d" % i * (50000 if i % 6 == 4 else 1)
+        yield dict(state)
+        if i % 6 == 5:
+            yield dict(state)
+        i += 1
+
+
+@pytest.mark.parametrize("kill_at", [33, 77])
+def test_a_sigkilled_daemon_keeps_a_prefix_with_files_held_open(
+    tmp_path: Path, mp: Path, kill_at: int
+) -> None:
+    store_path = tmp_path / "store.bfs"
+    assert cli("init", str(store_path)).returncode == 0
+    res = cli("--store", str(store_path), "mount", str(mp))
+    assert res.returncode == 0, res.stderr
+    (pid,) = daemon_pids(mp)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HELD, str(mp)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert writer.stdout is not None
+    acked = synced = -1
+    for line in writer.stdout:
+        acked = int(line.split()[0])
+        synced = acked if line.split()[1:] == ["S"] else synced
+        if acked >= kill_at:
+            os.kill(pid, signal.SIGKILL)
+    writer.wait(timeout=60)
+    subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+
+    with branchfs.Store.open(store_path) as store:
+        report = store.fsck()
+        assert report.ok, report.problems
+        main = store.branch("main")
+        found: Held = {}
+        for name in main.listdir(""):
+            is_dir = stat.S_ISDIR(main.stat(name).st_mode)
+            found[name] = None if is_dir else main.read_bytes(name)
+    states = zip(range(acked + 3), held_states(), strict=False)
+    kept = [c for c, want in states if found == want]
+    sizes = {k: None if v is None else len(v) for k, v in sorted(found.items())}
+    assert kept, f"the store is no prefix of the {acked + 1} calls that returned: {sizes}"
     assert max(kept) > synced, f"call {synced} was an fsync; the store ends after call {max(kept)}"

@@ -193,3 +193,78 @@ def test_an_idle_mount_leaves_the_store_writable_by_others(mounted_store: Any) -
     assert float(out.stdout) < 30  # it did not wait for a timeout
     time.sleep(0.05)
     assert (mnt / "from-api").read_bytes() == b"api"
+
+
+def _mount_for_kill(tmp_path: Path, mp: Path) -> tuple[Path, int]:
+    """A store mounted at ``mp`` by the CLI; its path and the daemon's pid."""
+    store_path = tmp_path / "store.bfs"
+    assert cli("init", str(store_path)).returncode == 0
+    res = cli("--store", str(store_path), "mount", str(mp))
+    assert res.returncode == 0, res.stderr
+    (pid,) = daemon_pids(mp)
+    return store_path, pid
+
+
+#: Writes to files that stay open while later calls return; then ``argv[2]``: "sleep" (a
+#: second passes, far more than a batch window) or "fsync-root" (fsync of the mount's root
+#: directory); then it prints and waits to be killed with the files still open.
+HOLDER = textwrap.dedent(
+    """
+    import os, sys, time
+    mp = sys.argv[1]
+    log = os.open(os.path.join(mp, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(log, b"first line\\n")
+    os.mkdir(os.path.join(mp, "after-the-write"))
+    big = os.open(os.path.join(mp, "big"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(big, b"b" * 70000)
+    os.write(log, b"second line\\n")
+    with open(os.path.join(mp, "closed"), "wb") as fh:
+        fh.write(b"closed")
+    os.write(big, b"B" * 300_000)  # with the last: more than BEHIND_BYTES
+    if sys.argv[2] == "sleep":
+        time.sleep(1.0)
+    else:
+        root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(root)
+    print("done", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def _hold_and_kill(tmp_path: Path, mp: Path, how: str) -> Path:
+    store_path, pid = _mount_for_kill(tmp_path, mp)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(mp), how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        assert line == "done\n", holder.communicate(timeout=60)
+        os.kill(pid, signal.SIGKILL)  # the files still open
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+    return store_path
+
+
+def _check_held(store_path: Path) -> None:
+    with branchfs.Store.open(store_path) as store:
+        report = store.fsck()
+        assert report.ok, report.problems
+        main = store.branch("main")
+        assert sorted(main.listdir("")) == ["after-the-write", "big", "closed", "log"]
+        assert main.read_bytes("log") == b"first line\nsecond line\n"
+        assert main.read_bytes("big") == b"b" * 70000 + b"B" * 300_000
+        assert main.read_bytes("closed") == b"closed"
+
+
+def test_a_write_to_a_file_held_open_survives_a_sigkill(tmp_path: Path, mp: Path) -> None:
+    # Contract 3's bound: a SIGKILL loses at most the last few milliseconds of calls,
+    # write()s to files still open included; a second is 200 batch windows.
+    _check_held(_hold_and_kill(tmp_path, mp, "sleep"))
+
