@@ -268,3 +268,8 @@ def test_a_write_to_a_file_held_open_survives_a_sigkill(tmp_path: Path, mp: Path
     # write()s to files still open included; a second is 200 batch windows.
     _check_held(_hold_and_kill(tmp_path, mp, "sleep"))
 
+
+def test_fsync_of_the_mount_root_makes_every_call_durable(tmp_path: Path, mp: Path) -> None:
+    # syncfs(2) never reaches a FUSE daemon (docs/architecture.md, "Contracts"): fsync of
+    # the root directory (FSYNCDIR; `sync MOUNTPOINT`) is how a user syncs the whole mount.
+    _check_held(_hold_and_kill(tmp_path, mp, "fsync-root"))
