@@ -79,6 +79,47 @@ def daemon_pids(mountpoint: Path) -> list[int]:
     return pids
 
 
+def mount_by_cli(tmp_path: Path, mp: Path) -> tuple[Path, int]:
+    """A fresh store ``tmp_path/store.bfs`` mounted at ``mp`` by the command line: the
+    store's path and the daemon's pid."""
+    store_path = tmp_path / "store.bfs"
+    res = cli("init", str(store_path))
+    assert res.returncode == 0, res.stderr
+    res = cli("--store", str(store_path), "mount", str(mp))
+    assert res.returncode == 0, res.stderr
+    (pid,) = daemon_pids(mp)
+    return store_path, pid
+
+
+def kill_at_call(tmp_path: Path, mp: Path, script: str, kill_at: int) -> tuple[Path, int, int]:
+    """Run the writer ``script`` (``python -c script MOUNTPOINT``) in a fresh mount and SIGKILL
+    the daemon, in the middle of a batch, once call ``kill_at`` has returned.
+
+    The writer prints ``N`` once its call ``N`` returned, ``N S`` for an fsync. Returns the
+    store's path, the last call that returned (the writer's lines are read to its end, which
+    the dead mount brings) and the last fsync that returned (-1 for none).
+    """
+    store_path, pid = mount_by_cli(tmp_path, mp)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script, str(mp)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert writer.stdout is not None
+    acked = synced = -1
+    killed = False
+    for line in writer.stdout:
+        acked = int(line.split()[0])
+        synced = acked if line.split()[1:] == ["S"] else synced
+        if acked >= kill_at and not killed:
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+    writer.wait(timeout=60)
+    subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+    return store_path, acked, synced
+
+
 @pytest.fixture
 def mp(tmp_path: Path) -> Iterator[Path]:
     """A mountpoint that is unmounted (and its daemons stopped) after the test whatever happens."""
@@ -92,12 +133,7 @@ def mp(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_sigkill_during_heavy_writes_then_remount(tmp_path: Path, mp: Path) -> None:
-    store_path = tmp_path / "store.bfs"
-    res = cli("init", str(store_path))
-    assert res.returncode == 0, res.stderr
-    res = cli("--store", str(store_path), "mount", str(mp))
-    assert res.returncode == 0, res.stderr
-    (pid,) = daemon_pids(mp)
+    store_path, pid = mount_by_cli(tmp_path, mp)
 
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(mp), str(FILE_SIZE)],

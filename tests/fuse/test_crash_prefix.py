@@ -21,7 +21,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import pytest
 from fusecheck import needs_fuse
-from test_crash_mount import cli, daemon_pids
+from test_crash_mount import daemon_pids, kill_at_call
 
 import branchfs
 
@@ -141,38 +140,11 @@ def mp(tmp_path: Path) -> Iterator[Path]:
         os.kill(pid, signal.SIGKILL)
 
 
-def kill_mid_run(tmp_path: Path, mp: Path, script: str, kill_at: int) -> tuple[Path, int, int]:
-    """Mount a fresh store at ``mp``, run the writer ``script`` there and SIGKILL the daemon
-    in the middle of a batch once call ``kill_at`` has returned: the store's path, the last
-    call that returned and the last fsync that returned (-1 for none)."""
-    store_path = tmp_path / "store.bfs"
-    assert cli("init", str(store_path)).returncode == 0
-    res = cli("--store", str(store_path), "mount", str(mp))
-    assert res.returncode == 0, res.stderr
-    (pid,) = daemon_pids(mp)
-    writer = subprocess.Popen(
-        [sys.executable, "-c", script, str(mp)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert writer.stdout is not None
-    acked = synced = -1
-    for line in writer.stdout:
-        acked = int(line.split()[0])
-        synced = acked if line.split()[1:] == ["S"] else synced
-        if acked >= kill_at:
-            os.kill(pid, signal.SIGKILL)
-    writer.wait(timeout=60)
-    subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
-    return store_path, acked, synced
-
-
 @pytest.mark.parametrize("kill_at", [60, 150, 230, 310, 420, 560])
 def test_a_sigkilled_daemon_keeps_a_prefix_of_mixed_calls(
     tmp_path: Path, mp: Path, kill_at: int
 ) -> None:
-    store_path, acked, synced = kill_mid_run(tmp_path, mp, WRITER, kill_at)
+    store_path, acked, synced = kill_at_call(tmp_path, mp, WRITER, kill_at)
     with branchfs.Store.open(store_path) as store:
         report = store.fsck()
         assert report.ok, report.problems
@@ -253,7 +225,7 @@ def held_states() -> Iterator[Held]:
 def test_a_sigkilled_daemon_keeps_a_prefix_with_files_held_open(
     tmp_path: Path, mp: Path, kill_at: int
 ) -> None:
-    store_path, acked, synced = kill_mid_run(tmp_path, mp, HELD, kill_at)
+    store_path, acked, synced = kill_at_call(tmp_path, mp, HELD, kill_at)
     with branchfs.Store.open(store_path) as store:
         report = store.fsck()
         assert report.ok, report.problems

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from fusecheck import needs_fuse
-from test_crash_mount import cli, daemon_pids
+from test_crash_mount import daemon_pids, kill_at_call, mount_by_cli
 
 import branchfs
 
@@ -70,29 +70,7 @@ def mp(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_sigkilled_daemon_keeps_a_prefix_of_the_calls_in_order(tmp_path: Path, mp: Path) -> None:
-    store_path = tmp_path / "store.bfs"
-    assert cli("init", str(store_path)).returncode == 0
-    res = cli("--store", str(store_path), "mount", str(mp))
-    assert res.returncode == 0, res.stderr
-    (pid,) = daemon_pids(mp)
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(mp)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert writer.stdout is not None
-    acked = -1
-    for line in writer.stdout:
-        acked = int(line)
-        if acked >= 300:
-            break
-    os.kill(pid, signal.SIGKILL)  # in the middle of a batch
-    for line in writer.stdout:
-        acked = int(line)
-    writer.wait(timeout=60)
-    subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
-
+    store_path, acked, _ = kill_at_call(tmp_path, mp, WRITER, 300)
     with branchfs.Store.open(store_path) as store:
         report = store.fsck()
         assert report.ok, report.problems
@@ -195,16 +173,6 @@ def test_an_idle_mount_leaves_the_store_writable_by_others(mounted_store: Any) -
     assert (mnt / "from-api").read_bytes() == b"api"
 
 
-def _mount_for_kill(tmp_path: Path, mp: Path) -> tuple[Path, int]:
-    """A store mounted at ``mp`` by the CLI; its path and the daemon's pid."""
-    store_path = tmp_path / "store.bfs"
-    assert cli("init", str(store_path)).returncode == 0
-    res = cli("--store", str(store_path), "mount", str(mp))
-    assert res.returncode == 0, res.stderr
-    (pid,) = daemon_pids(mp)
-    return store_path, pid
-
-
 #: Writes to files that stay open while later calls return; then ``argv[2]``: "sleep" (a
 #: second passes, far more than a batch window) or "fsync-root" (fsync of the mount's root
 #: directory); then it prints and waits to be killed with the files still open.
@@ -233,7 +201,7 @@ HOLDER = textwrap.dedent(
 
 
 def _hold_and_kill(tmp_path: Path, mp: Path, how: str) -> Path:
-    store_path, pid = _mount_for_kill(tmp_path, mp)
+    store_path, pid = mount_by_cli(tmp_path, mp)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(mp), how],
         stdout=subprocess.PIPE,
