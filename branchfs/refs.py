@@ -118,13 +118,18 @@ class Refs:
 
     def branch(self, txn: lmdb.Transaction, name: str) -> BranchRecord:
         """The record of branch ``name``; :class:`BranchNotFound` if there is none."""
-        raw = txn.get(check_ref_name(name), db=self.meta.branches_db)
+        bid, top, created = keys.decode_branch(self._branch_raw(txn, name)[1])
+        return BranchRecord(name, bid, top, created)
+
+    def _branch_raw(self, txn: lmdb.Transaction, name: str) -> tuple[bytes, keys.Raw]:
+        """Branch ``name``'s key and encoded record; :class:`BranchNotFound` if there is none."""
+        key = check_ref_name(name)
+        raw = txn.get(key, db=self.meta.branches_db)
         if raw is None:
             raise BranchNotFound(
                 f"no branch named {name!r}; list them with store.branches() or `branchfs branches`"
             )
-        bid, top, created = keys.decode_branch(raw)
-        return BranchRecord(name, bid, top, created)
+        return key, raw
 
     def has_branch(self, txn: lmdb.Transaction, name: str) -> bool:
         """Whether branch ``name`` exists."""
@@ -181,11 +186,7 @@ class Refs:
         Works on the records' fields, not on :class:`BranchRecord` / ``LayerInfo`` objects,
         and encodes the branch key once: every fork of a changed branch runs it.
         """
-        key = check_ref_name(name)
-        raw = txn.get(key, db=self.meta.branches_db)
-        if raw is None:
-            self.branch(txn, name)  # raises BranchNotFound
-        assert raw is not None
+        key, raw = self._branch_raw(txn, name)
         bid, top, created = keys.decode_branch(raw)
         layers = self.layers
         parent, frozen = layers.fields(txn, top)
@@ -257,11 +258,7 @@ class Refs:
         (cached by the layer index). A record rewritten since its fork (a freeze, reset or
         squash puts it without the hint) takes the scan.
         """
-        own = check_ref_name(name)
-        raw = txn.get(own, db=self.meta.branches_db)
-        if raw is None:
-            self.branch(txn, name)  # raises BranchNotFound
-        assert raw is not None
+        own, raw = self._branch_raw(txn, name)
         bid, top, created = keys.decode_branch(raw)
         # The common case in O(1): the branch it was forked from is still there, older, and
         # still holds the layer the fork was made on (the hint is re-verified: a source
