@@ -458,16 +458,20 @@ def mounted(
     branch: str = "main",
     *,
     allow_other: bool = False,
+    extra_args: list[str] | tuple[str, ...] = (),
 ) -> Iterator[Path]:
     """Mount ``branch`` of ``store`` (a Store or a path) at ``mountpoint`` for the block.
 
     Yields the mountpoint as a :class:`~pathlib.Path`; on exit flushes and unmounts, and
     waits until the daemon has exited, so everything written is in the store.
-    ``allow_other`` lets other users in (see :func:`start_daemon`).
+    ``allow_other`` lets other users in; ``extra_args`` go to the daemon's command line
+    (see :func:`start_daemon`).
     """
     store_path = store if isinstance(store, (str, os.PathLike)) else store.path
     mp = os.path.abspath(os.fspath(mountpoint))
-    proc = start_daemon(os.fspath(store_path), mp, branch, allow_other=allow_other)
+    proc = start_daemon(
+        os.fspath(store_path), mp, branch, allow_other=allow_other, extra_args=extra_args
+    )
     try:
         yield Path(mp)
     finally:

@@ -16,6 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-fd", type=int, default=None, help="report readiness on this fd")
     p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument("--allow-other", action="store_true", help="let other users enter the mount")
+    p.add_argument(
+        "--default-permissions",
+        action="store_true",
+        help="let the kernel check permissions even on a root daemon's private mount",
+    )
     p.add_argument("mountpoint")
     a = p.parse_args(argv)
     return run(
@@ -25,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         ready_fd=a.ready_fd,
         debug=a.debug,
         allow_other=a.allow_other,
+        default_permissions=a.default_permissions,
     )
 
 

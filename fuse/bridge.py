@@ -30,6 +30,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from branchfs import BranchFSError, Store
 from branchfs.records import ROOT_INO
 
+from . import dac
 from . import kernel as K
 from .coherence import Coherence, Work
 from .ctldir import ControlDir, CtlHandle, TextHandle
@@ -115,6 +116,8 @@ class Bridge:
         self.tree = TreeNodes(store, self.main, self.inodes, self.holds, self.coherence, self.wb)
         self.ctl = ControlDir(store, self.main, self.coherence, self.wb, self.stats, mountpoint)
         self.handles: dict[int, Handle] = {}
+        #: The daemon's permission checks, on a mount without ``default_permissions``.
+        self.checks: dac.KernelChecks = dac.KernelChecks()
         self._next_fh = 1
         self.listings = Listings(
             self.ctl, self.tree, self.inodes, self.holds, self.coherence, self._viewing
@@ -257,6 +260,7 @@ class Bridge:
             return self.ctl.attrs(CTL_DIR)
         if parent >= FIRST_DYNAMIC:
             self._viewing(parent)
+        self.checks.require(parent, dac.MAY_EXEC, ctx)
         tree, entry = self.tree.lookup(parent, name)
         if entry is None:
             self.coherence.remember(tree, parent, name)
@@ -296,6 +300,7 @@ class Bridge:
         """chmod, chown, truncate and utimens in one transaction."""
         if fino in CONTROL_NODES:
             return self.ctl.setattr(fino, fields)
+        fields = self.checks.setattr(fino, fields, ctx)
         return self.tree.setattr(fino, fields, ctx)
 
     @op
@@ -307,9 +312,10 @@ class Bridge:
 
     @op
     def access(self, fino: int, mode: int, ctx: K.RequestContext) -> bool:
-        """Existence check; permissions are checked by the kernel (default_permissions)."""
+        """Existence, and the permission where the kernel leaves it to the daemon."""
         if fino not in CONTROL_NODES:
             self.tree.access(fino)
+        self.checks.access(fino, mode, ctx)
         return True
 
     @op
@@ -327,6 +333,7 @@ class Bridge:
         if parent in (BRANCHES, SNAPSHOTS):
             tree = self.ctl.mkdir(parent, name)
             return self._entry(parent, name, self.tree.root_entry(tree))
+        self.checks.require(parent, dac.CHANGE, ctx)
         entry = self.tree.make(parent, name, st.S_IFDIR | (mode & 0o7777), ctx)
         return self._entry(parent, name, entry)
 
@@ -335,6 +342,7 @@ class Bridge:
         self, parent: int, name: bytes, mode: int, rdev: int, ctx: K.RequestContext
     ) -> K.EntryAttributes:
         """A regular file, FIFO, socket or device node."""
+        self.checks.require(parent, dac.CHANGE, ctx)
         return self._entry(parent, name, self.tree.make(parent, name, mode, ctx, rdev=rdev))
 
     @op
@@ -342,6 +350,7 @@ class Bridge:
         self, parent: int, name: bytes, target: bytes, ctx: K.RequestContext
     ) -> K.EntryAttributes:
         """A symbolic link to ``target``."""
+        self.checks.require(parent, dac.CHANGE, ctx)
         entry = self.tree.make(parent, name, st.S_IFLNK | 0o777, ctx, target=target)
         return self._entry(parent, name, entry)
 
@@ -350,6 +359,7 @@ class Bridge:
         self, fino: int, new_parent: int, new_name: bytes, ctx: K.RequestContext
     ) -> K.EntryAttributes:
         """A hard link; EXDEV across trees."""
+        self.checks.link(fino, new_parent, ctx)
         return self._entry(new_parent, new_name, self.tree.link(fino, new_parent, new_name))
 
     @op
@@ -357,6 +367,7 @@ class Bridge:
         """Remove a name; an inode still open or known to the kernel lives on as an orphan."""
         if parent in CONTROL_NODES:
             self.ctl.unlink(parent, name)
+        self.checks.require(parent, dac.CHANGE, ctx)
         self.tree.unlink(parent, name)
 
     @op
@@ -367,6 +378,7 @@ class Bridge:
             return
         if parent in CONTROL_NODES:
             raise K.FUSEError(errno.EPERM)
+        self.checks.require(parent, dac.CHANGE, ctx)
         self.tree.rmdir(parent, name)
 
     @op
@@ -380,6 +392,7 @@ class Bridge:
         ctx: K.RequestContext,
     ) -> None:
         """rename/renameat2 (NOREPLACE, EXCHANGE); EXDEV between trees."""
+        self.checks.rename(old_parent, old_name, new_parent, new_name, flags, ctx)
         self.tree.rename(old_parent, old_name, new_parent, new_name, flags)
 
     # -- files ----------------------------------------------------------------------------------
@@ -393,6 +406,7 @@ class Bridge:
         if fino in CONTROL_NODES:
             handle, info = self.ctl.open(fino, flags)
         else:
+            self.checks.open(fino, flags, ctx)
             handle, info = self.tree.open(fino, flags, ctx, kill_suidgid)
         return self._new_fh(handle, info)
 
@@ -401,6 +415,7 @@ class Bridge:
         self, parent: int, name: bytes, mode: int, flags: int, ctx: K.RequestContext
     ) -> tuple[K.FileInfo, K.EntryAttributes]:
         """Create and open a regular file."""
+        self.checks.require(parent, dac.CHANGE, ctx)
         entry = self.tree.make(parent, name, st.S_IFREG | (mode & 0o7777), ctx)
         attrs = self._entry(parent, name, entry)
         handle, info = self.tree.opened(entry, flags)
@@ -411,6 +426,7 @@ class Bridge:
         self, parent: int, mode: int, flags: int, ctx: K.RequestContext
     ) -> tuple[K.FileInfo, K.EntryAttributes]:
         """``open(dir, O_TMPFILE)``: create and open a file that has no name."""
+        self.checks.require(parent, dac.CHANGE, ctx)
         entry = self.tree.make_unnamed(parent, mode, ctx)
         self.inodes.looked_up(entry.fino)
         self.holds.hold(entry.key)
@@ -497,8 +513,11 @@ class Bridge:
     # -- directories ----------------------------------------------------------------------------
 
     @op
-    def readdir(self, fino: int, offset: int, out: K.DirBuffer) -> None:
+    def readdir(
+        self, fino: int, offset: int, out: K.DirBuffer, ctx: K.RequestContext = NOBODY
+    ) -> None:
         """Entries with their attributes (readdirplus): see :meth:`.listings.Listings.readdir`."""
+        self.checks.listing(fino, offset, ctx)
         self.listings.readdir(fino, offset, out)
 
     @op
@@ -528,6 +547,7 @@ class Bridge:
         names[name] = names.get(name, 0) + 1
         if fino in CONTROL_NODES:
             return None
+        self.checks.xattr(fino, name, ctx, write=False)
         return self.tree.getxattr(fino, name)
 
     @op
@@ -537,6 +557,7 @@ class Bridge:
         """Set an extended attribute (XATTR_CREATE / XATTR_REPLACE honoured)."""
         if fino in CONTROL_NODES:
             raise K.FUSEError(errno.EPERM)
+        self.checks.xattr(fino, name, ctx, write=True)
         self.tree.setxattr(fino, name, value, flags)
 
     @op
@@ -551,6 +572,7 @@ class Bridge:
         """Remove an extended attribute (ENODATA if unset)."""
         if fino in CONTROL_NODES:
             raise K.FUSEError(errno.EPERM)
+        self.checks.xattr(fino, name, ctx, write=True)
         self.tree.removexattr(fino, name)
 
     # -- life cycle -----------------------------------------------------------------------------

@@ -21,14 +21,27 @@ import threading
 from branchfs import BranchFSError, Store, notices
 from branchfs import mount as mount_mod
 
+from . import dac
 from . import kernel as K
 from .bridge import Bridge
 from .session import Session
 
 log = logging.getLogger("branchfs.fuse")
 
-#: Mount options: private to the user, kernel-checked permissions, named in /proc/mounts.
-OPTIONS = ("fsname=branchfs", "subtype=branchfs", "default_permissions")
+#: Mount options: private to the user, named in /proc/mounts.
+OPTIONS = ("fsname=branchfs", "subtype=branchfs")
+
+
+def kernel_checks(allow_other: bool, euid: int) -> bool:
+    """Whether the mount needs ``default_permissions`` (the kernel checks permissions).
+
+    Always, unless the daemon runs as root (``euid`` 0) and the mount is private: then
+    only uid-0, gid-0 processes may enter it, every check passes for those holding the
+    DAC capabilities, and the daemon makes the checks itself for those that dropped them
+    (:mod:`.dac`), which spares the GETATTR the kernel sends before every change in a
+    directory (docs/architecture.md, "Permissions").
+    """
+    return allow_other or euid != 0
 
 
 class _Report:
@@ -56,11 +69,14 @@ def run(
     ready_fd: int | None = None,
     debug: bool = False,
     allow_other: bool = False,
+    default_permissions: bool = False,
 ) -> int:
     """Serve ``branch`` of the store at ``mountpoint`` until unmounted; the exit status.
 
-    ``allow_other``: other users may enter the mount (the kernel still checks permissions,
+    ``allow_other``: other users may enter the mount (the kernel checks permissions,
     ``default_permissions``); otherwise it is private to the daemon's user.
+    ``default_permissions``: the kernel checks permissions even where the daemon could
+    (see :func:`kernel_checks`).
     """
     report = _Report(ready_fd)
     logging.basicConfig(
@@ -75,6 +91,8 @@ def run(
         return 2
     try:
         options = (*OPTIONS, "allow_other") if allow_other else OPTIONS
+        if default_permissions or kernel_checks(allow_other, os.geteuid()):
+            options = (*options, "default_permissions")
         return _serve(store, mountpoint, branch, report, options, changes)
     finally:
         store.close()
@@ -119,6 +137,8 @@ def _serve(
         report.send(str(exc))
         return 2
     ops = Bridge(store, branch, os.path.abspath(mountpoint))
+    if "default_permissions" not in options:
+        ops.checks = dac.DaemonChecks(ops.tree.record, ops.tree.child_record)
     ops.coherence.changes = changes
     sock_name = f"\0branchfs-{os.getpid()}-{os.urandom(4).hex()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

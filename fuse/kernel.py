@@ -318,7 +318,8 @@ class SetattrFields(NamedTuple):
 
     Times are ns since the epoch (``*_NOW`` already resolved to the request's arrival).
     ``fh`` is the open file the change came through, if any; ``kill_suidgid`` means the
-    caller lacks CAP_FSETID (``FATTR_KILL_SUIDGID``, protocol 7.33). A named tuple: tar
+    caller lacks CAP_FSETID (``FATTR_KILL_SUIDGID``, protocol 7.33); ``touch`` that both
+    times are "now" (``utimes(NULL)``, which needs less permission). A named tuple: tar
     sends three SETATTRs per file, and a frozen dataclass took 2 µs to build.
     """
 
@@ -331,6 +332,7 @@ class SetattrFields(NamedTuple):
     ctime_ns: int | None = None
     fh: int | None = None
     kill_suidgid: bool = False
+    touch: bool = False
 
     @classmethod
     def decode(cls, body: memoryview | bytes, now_ns: int) -> SetattrFields:
@@ -370,12 +372,16 @@ class SetattrFields(NamedTuple):
             ctime_ns,
             fh if valid & FATTR_FH else None,
             bool(valid & FATTR_KILL_SUIDGID),
+            valid & _NOW == _NOW,
         )
 
     def changes(self) -> dict[str, int]:
         """The changed attributes as keyword arguments of :func:`branchfs.attrs.setattr`."""
         return {n: v for n, v in zip(_CHANGES, self[:7], strict=True) if v is not None}
 
+
+#: Both times set to "now": ``utimes(NULL)`` (fs/utimes.c ``ATTR_TOUCH``).
+_NOW = FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME | FATTR_MTIME_NOW
 
 #: The keyword names of :meth:`SetattrFields.changes`, in field order.
 _CHANGES = ("mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns")

@@ -234,6 +234,20 @@ class TreeNodes:
         gone = self.holds.gone.get(key) if self.holds.gone else None
         return self.co.record(key) if gone is None else gone
 
+    def child_record(self, parent: int, name: bytes) -> Inode | None:
+        """The record ``name`` in ``parent`` names, or None."""
+        tree, peng = self.key(parent)
+
+        def fn(v: View) -> Inode | None:
+            ino = v.dirent(peng, name)
+            return None if ino is None else v.inode(ino)
+
+        return self.co.read(tree, fn)
+
+    def record(self, fino: int) -> Inode:
+        """The record of ``fino`` (mode and owner for a permission check); ENOENT if gone."""
+        return self._record(self.key(fino))
+
     def setattr(
         self, fino: int, fields: K.SetattrFields, ctx: K.RequestContext
     ) -> K.EntryAttributes:

@@ -474,17 +474,19 @@ class Session:
         # sends RELEASEDIR.
         raise K.FUSEError(errno.ENOSYS)
 
-    def _readdir(self, _u: int, nodeid: int, _c: K.RequestContext, body: memoryview) -> bytes:
-        return self._list(nodeid, body, plus=True)
+    def _readdir(self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview) -> bytes:
+        return self._list(nodeid, body, ctx, plus=True)
 
-    def _readdir_plain(self, _u: int, nodeid: int, _c: K.RequestContext, body: memoryview) -> bytes:
+    def _readdir_plain(
+        self, _u: int, nodeid: int, ctx: K.RequestContext, body: memoryview
+    ) -> bytes:
         # Only if the kernel did not take readdirplus: names without attributes.
-        return self._list(nodeid, body, plus=False)
+        return self._list(nodeid, body, ctx, plus=False)
 
-    def _list(self, nodeid: int, body: memoryview, *, plus: bool) -> bytes:
+    def _list(self, nodeid: int, body: memoryview, ctx: K.RequestContext, *, plus: bool) -> bytes:
         _fh, offset, size, _rf, _lo, _flags, _pad = K.READ_IN.unpack_from(body)
         out = K.DirBuffer(size, plus=plus)
-        self.ops.readdir(nodeid, offset, out)
+        self.ops.readdir(nodeid, offset, out, ctx)
         return out.payload()
 
     def _fsyncdir(self, _u: int, nodeid: int, _c: K.RequestContext, body: memoryview) -> bytes:
