@@ -27,6 +27,7 @@ from branchfs import tree as T
 from branchfs.layers import View
 from branchfs.records import ROOT_INO, Inode
 
+from . import dac
 from . import kernel as K
 from .coherence import Coherence
 from .inodes import ALIAS_BASE, CONTROL_NODES, Holds, InodeMap, Key, Listing, TreeRef
@@ -265,7 +266,14 @@ class TreeNodes:
         buf = self.wb.take(key, flushing=True)
         kill = self.kill_privs and (fields.size is not None or chowned)
         kill_suidgid = fields.kill_suidgid and fields.mode is None
-        member = not kill_suidgid or self._member(key, ctx)
+        # A chown asks to clear set-IDs whatever the caller (FATTR_KILL_SUIDGID); Linux
+        # keeps set-group-ID on a file not group-executable for a caller in the file's
+        # group or holding CAP_FSETID (fs/attr.c setattr_should_drop_sgid).
+        member = (
+            not kill_suidgid
+            or self._member(key, ctx)
+            or (chowned and dac.capable(ctx, dac.CAP_FSETID))
+        )
 
         def fn(v: View) -> Inode:
             if buf is not None:  # buffered data first, in the same transaction
