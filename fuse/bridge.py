@@ -63,6 +63,8 @@ NOBODY = K.RequestContext(-1, -1, 0)
 #: for the mounted view's timeout (shared: never changed).
 NEGATIVE = K.EntryAttributes()
 NEGATIVE.entry_timeout = TIMEOUT
+#: The same, not to be cached (in a directory :func:`.dac.guarded`).
+NEGATIVE_UNCACHED = K.EntryAttributes()
 
 Handle = FileHandle | CtlHandle | TextHandle
 
@@ -214,7 +216,10 @@ class Bridge:
         self.inodes.looked_up(entry.fino)
         self.holds.hold(entry.key)
         self.coherence.remember(entry.key[0], parent, name)
-        return self.tree.attrs(entry.fino, entry.key, entry.rec)
+        attrs = self.tree.attrs(entry.fino, entry.key, entry.rec)
+        if self.checks.uncached(parent):
+            attrs.entry_timeout = 0.0
+        return attrs
 
     def _viewing(self, fino: int) -> None:
         """Something inside the view ``fino`` belongs to is about to be given to the kernel:
@@ -264,7 +269,7 @@ class Bridge:
         tree, entry = self.tree.lookup(parent, name)
         if entry is None:
             self.coherence.remember(tree, parent, name)
-            return NEGATIVE
+            return NEGATIVE_UNCACHED if self.checks.uncached(parent) else NEGATIVE
         return self._entry(parent, name, entry)
 
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -518,7 +523,7 @@ class Bridge:
     ) -> None:
         """Entries with their attributes (readdirplus): see :meth:`.listings.Listings.readdir`."""
         self.checks.listing(fino, offset, ctx)
-        self.listings.readdir(fino, offset, out)
+        self.listings.readdir(fino, offset, out, uncached=self.checks.uncached(fino))
 
     @op
     def fsyncdir(self, fino: int, datasync: bool) -> None:

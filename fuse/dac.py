@@ -19,10 +19,13 @@ on each request that reaches it, the checks Linux would make: :func:`permitted` 
 Capabilities come from ``capget(2)`` of the calling thread, only when the mode bits alone
 refuse, so a caller that owns what it touches costs no system call.
 
-What the kernel answers from its caches (a path walk through cached entries, ``stat`` of
-cached attributes, a cached directory listing) never reaches the daemon: such a
-capability-less uid-0 process sees names and attributes there that a local disk would
-refuse it (docs/architecture.md, "Permissions"). Contents and every change are checked.
+The kernel also walks cached names without asking: names in a directory that such a
+caller may not search (:func:`guarded`) reach it uncached, so each walk through one asks
+the daemon (LOOKUP), and a chmod or chown that closes a directory drops the names the
+kernel holds in it. Still answered by the kernel alone (docs/architecture.md,
+"Permissions"): a listing it holds of a directory the caller may not read (the daemon
+answers no OPENDIR, so every listing is cached), a ``..`` out of a directory the caller
+may not search, and the cached walks of a process that moved its fsuid off 0.
 """
 
 from __future__ import annotations
@@ -202,6 +205,17 @@ def xattr_mask(name: bytes, write: bool) -> int:
     return MAY_WRITE if write else MAY_READ
 
 
+def guarded(rec: Inode) -> bool:
+    """Whether directory ``rec`` may refuse a search to a uid-0 caller without capabilities:
+    its owner class lacks x (owned by root), or its group or other class does (owned by
+    another user; root's groups vary). The kernel checks no search of a cached name
+    (``fuse_permission`` with no ``default_permissions``), so the names in such a directory
+    are given to it uncached, and each path walk through it asks the daemon (LOOKUP)."""
+    if rec.uid == 0:
+        return not rec.mode & 0o100
+    return rec.mode & 0o011 != 0o011
+
+
 def _protected_hardlinks() -> bool:
     try:
         with open("/proc/sys/fs/protected_hardlinks", "rb") as fh:
@@ -251,20 +265,33 @@ class KernelChecks:
     def xattr(self, fino: int, name: bytes, ctx: K.RequestContext, *, write: bool) -> None:
         """GETXATTR (or with ``write``, SETXATTR and REMOVEXATTR) of ``name``."""
 
+    def uncached(self, parent: int) -> bool:
+        """Whether names in directory ``parent`` must reach the kernel uncached."""
+        return False
+
 
 class DaemonChecks(KernelChecks):
     """The checks of one mount's requests, on fuse inode numbers (control nodes, the
     daemon's own, are not checked); each raises ``FUSEError`` when Linux would refuse.
 
     ``record(fino)`` is the record of an inode; ``child(parent, name)`` the record a name
-    names, or None.
+    names, or None; ``guard(fino)`` is called when a SETATTR makes directory ``fino``
+    :func:`guarded`: the names the kernel caches in it must go.
     """
 
     def __init__(
-        self, record: Callable[[int], Inode], child: Callable[[int, bytes], Inode | None]
+        self,
+        record: Callable[[int], Inode],
+        child: Callable[[int, bytes], Inode | None],
+        guard: Callable[[int], None],
     ) -> None:
         self.record = record
         self.child = child
+        self.guard = guard
+
+    def uncached(self, parent: int) -> bool:
+        """Whether names in ``parent`` must reach the kernel uncached (:func:`guarded`)."""
+        return parent not in CONTROL_NODES and guarded(self.record(parent))
 
     def require(self, fino: int, mask: int, ctx: K.RequestContext) -> None:
         """EACCES unless the caller may access ``fino`` for ``mask``."""
@@ -288,8 +315,17 @@ class DaemonChecks(KernelChecks):
             raise K.FUSEError(errno.EACCES)
 
     def setattr(self, fino: int, fields: K.SetattrFields, ctx: K.RequestContext) -> K.SetattrFields:
-        """:func:`check_setattr` of ``fino``."""
-        return check_setattr(ctx, self.record(fino), fields)
+        """:func:`check_setattr` of ``fino``; ``guard`` it if it becomes :func:`guarded`."""
+        rec = self.record(fino)
+        fields = check_setattr(ctx, rec, fields)
+        if rec.is_dir and (fields.mode is not None or fields.uid is not None):
+            after = Inode(
+                mode=rec.mode if fields.mode is None else st.S_IFDIR | fields.mode & 0o7777,
+                uid=rec.uid if fields.uid is None else fields.uid,
+            )
+            if guarded(after) and not guarded(rec):
+                self.guard(fino)
+        return fields
 
     def link(self, fino: int, new_parent: int, ctx: K.RequestContext) -> None:
         """LINK: a name added to ``new_parent``, and :func:`check_link_source`."""

@@ -137,8 +137,6 @@ def _serve(
         report.send(str(exc))
         return 2
     ops = Bridge(store, branch, os.path.abspath(mountpoint))
-    if "default_permissions" not in options:
-        ops.checks = dac.DaemonChecks(ops.tree.record, ops.tree.child_record)
     ops.coherence.changes = changes
     sock_name = f"\0branchfs-{os.getpid()}-{os.urandom(4).hex()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -179,6 +177,17 @@ def _serve(
             return 2
     session = Session(fd, ops)
     ops.coherence.invalidator = session.invalidate
+    if "default_permissions" not in options:
+
+        def guard(fino: int) -> None:
+            # The kernel holds the directory's lock until the SETATTR is answered, and an
+            # entry invalidation takes it: from a thread of its own, never the loop's.
+            tree, _eng = ops.tree.key(fino)
+            names = [e for e in ops.coherence.kentries.get(tree, ()) if e[0] == fino]
+            if names:
+                threading.Thread(target=session.invalidate, args=(names, []), daemon=True).start()
+
+        ops.checks = dac.DaemonChecks(ops.tree.record, ops.tree.child_record, guard)
 
     def on_view(views: tuple[str, ...]) -> None:
         # Notices of the branches the kernel has views of must reach this daemon too.

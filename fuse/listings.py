@@ -74,8 +74,9 @@ class Listings:
             self.kept.move_to_end(lid)
         return lid, listing
 
-    def readdir(self, fino: int, offset: int, out: K.DirBuffer) -> None:
-        """Entries with their attributes (readdirplus), from a listing taken at offset 0.
+    def readdir(self, fino: int, offset: int, out: K.DirBuffer, *, uncached: bool = False) -> None:
+        """Entries with their attributes (readdirplus), from a listing taken at offset 0;
+        ``uncached``: the kernel may not keep their names (see :func:`.dac.guarded`).
 
         Directories have no open handle (the kernel opens them itself), so an offset names
         both a listing and a position in it: ``listing id << 32 | position``. Position 1 is
@@ -124,7 +125,10 @@ class Listings:
                     continue  # removed since the listing was taken
                 efino = self.inodes.fuse_ino(batch_tree, eng, alias)
                 key = (batch_tree, eng)
-                if not out.add(ename, self.tree.attrs(efino, key, rec), base | (i + k + 3)):
+                attrs = self.tree.attrs(efino, key, rec)
+                if uncached:
+                    attrs.entry_timeout = 0.0
+                if not out.add(ename, attrs, base | (i + k + 3)):
                     return
                 if out.plus:  # the kernel took a reference and may cache the name
                     self.inodes.looked_up(efino)

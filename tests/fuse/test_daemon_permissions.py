@@ -4,10 +4,11 @@ Each test compares with the native disk: root with its capabilities (access(2), 
 file without x bits, chmod/chown/utimes of other users' files), and root without any
 capability (``setpriv --bounding-set=-all``), for whom every check is the daemon's: the
 same calls must fail with the same errno, and succeed with the same result. The tree is
-made, then the mount is remounted, so that the capability-less caller's walks reach the
-daemon (what the kernel caches is outside the daemon's reach: docs/architecture.md,
-"Permissions"). A last test counts requests: no GETATTR of the directory between the
-creates and unlinks in it, and one per file with ``--default-permissions``.
+made, then the mount is remounted, so that each of the capability-less caller's walks
+reaches the daemon; another test walks names the kernel has cached (see docs/
+architecture.md, "Permissions", for what the kernel still answers alone). A last test
+counts requests: no GETATTR of the directory between the creates and unlinks in it, and
+one per file with ``--default-permissions``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ TREE = [
 ]
 
 SCRIPT = b"#!/bin/sh\nexit 0\n"
+
+#: Run a command as root without any capability (none in its bounding set: execve as
+#: uid 0 then grants none).
+NO_CAPABILITIES = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
 
 
 def make_tree(root: Path) -> None:
@@ -158,9 +163,8 @@ def as_root_without_capabilities(root: Path) -> dict[str, object]:
     """What :data:`CALLS` report in ``root`` for root without any capability."""
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    cmd = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
     res = subprocess.run(
-        [*cmd, sys.executable, "-c", CALLS, str(root), ",".join(PROBED)],
+        [*NO_CAPABILITIES, sys.executable, "-c", CALLS, str(root), ",".join(PROBED)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -211,6 +215,58 @@ def test_root_without_capabilities_gets_what_the_native_disk_gives(
     # the comparison exercises refusals of each kind, and successes
     assert {"EACCES", "EPERM", "ok"} <= {v for v in expected.values() if isinstance(v, str)}
     assert expected["mode group_other"] == "0o100640"  # set-group-ID dropped, not refused
+
+
+WALKS = r"""
+import errno, json, os, sys
+out = {}
+def run(label, fn):
+    try:
+        out[label] = fn()
+    except OSError as exc:
+        out[label] = errno.errorcode[exc.errno]
+root = sys.argv[1]
+for d in ("private", "closed", "open"):
+    for name in ("inside", "missing", "sub/inside"):
+        path = os.path.join(root, d, name)
+        run(f"stat {d}/{name}", lambda: os.stat(path).st_mode)
+        run(f"read {d}/{name}", lambda: len(open(path, "rb").read()))
+    run(f"cd {d}", lambda: os.chdir(os.path.join(root, d)))
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def test_root_without_capabilities_cannot_walk_names_the_kernel_cached(
+    roots: tuple[Path, Path, Path],
+) -> None:
+    """Names in a directory such a caller may not search reach the kernel uncached (and
+    a chmod that closes a directory drops those it cached), so its walks ask the daemon."""
+    native, mnt, store = roots
+    with branchfs.mounted(store, mnt) as m:
+        results = []
+        for root in (native, m):
+            for d, mode in (("private", 0o700), ("closed", 0o755), ("open", 0o755)):
+                (root / d / "sub").mkdir(parents=True)
+                (root / d / "inside").write_bytes(b"secret")
+                (root / d / "sub" / "inside").write_bytes(b"secret")
+                os.chown(root / d, OTHER, OTHER)
+                os.chmod(root / d, mode)
+            for d in ("private", "closed", "open"):  # root walks all: the kernel caches
+                for name in ("inside", "missing", "sub/inside"):
+                    os.path.exists(root / d / name)
+            os.chmod(root / "closed", 0o700)
+            if shutil.which("setpriv") is None:
+                pytest.skip("setpriv (util-linux) is not installed")
+            res = subprocess.run(
+                [*NO_CAPABILITIES, sys.executable, "-c", WALKS, str(root)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results.append(json.loads(res.stdout))
+    assert results[1] == results[0]
+    assert results[0]["read closed/sub/inside"] == "EACCES"
+    assert results[0]["read open/sub/inside"] == 6
 
 
 ACCESS_PROBE = r"""
