@@ -187,13 +187,14 @@ def check_link_source(ctx: K.RequestContext, rec: Inode) -> None:
     """The part of ``may_linkat()`` (fs/namei.c, ``fs.protected_hardlinks``) that asks
     ``inode_permission()``: a non-owner without CAP_FOWNER may link a regular file only if
     it may read and write it; EPERM otherwise."""
-    if not st.S_ISREG(rec.mode) or not _protected_hardlinks():
+    if not st.S_ISREG(rec.mode) or ctx.uid == rec.uid:
         return
     if rec.mode & st.S_ISUID or rec.mode & (st.S_ISGID | st.S_IXGRP) == st.S_ISGID | st.S_IXGRP:
         return  # the kernel already required ownership or CAP_FOWNER
-    if owner_or_capable(ctx, rec) or permitted(ctx, rec, MAY_READ | MAY_WRITE):
+    if permitted(ctx, rec, MAY_READ | MAY_WRITE) or capable(ctx, CAP_FOWNER):
         return
-    raise K.FUSEError(errno.EPERM)
+    if _protected_hardlinks():
+        raise K.FUSEError(errno.EPERM)
 
 
 def xattr_mask(name: bytes, write: bool) -> int:
