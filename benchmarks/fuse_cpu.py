@@ -10,26 +10,32 @@ other processes on the machine moves them little. Requests per file are those ``
 stats`` counted on a real mount for the same workloads (see docs/architecture.md, "Profile
 of metadata-heavy work").
 
-Workloads (``--files`` files, 100 a directory):
+Workloads (``--files`` files, 100 a directory), as on a root daemon's private mount,
+where the daemon checks permissions (:mod:`branchfs_fuse.dac`, installed in the bridge):
 
-* ``create``: per file LOOKUP (negative), CREATE, WRITE (112 bytes), RELEASE, GETATTR of
-  the directory; per directory LOOKUP and MKDIR;
+* ``create``: per file LOOKUP (negative), CREATE, WRITE (112 bytes), RELEASE; per
+  directory LOOKUP and MKDIR;
 * ``untar``: as ``create``, plus three SETATTRs through the handle (owner, mode, times) and
   GETXATTR ``security.capability`` (the kernel asks it at a chown) before the RELEASE;
-* ``rm``: per file UNLINK, GETATTR of the directory, then FORGET of the file (the kernel
-  held it from a READDIRPLUS);
+* ``rm``: per file UNLINK, then FORGET of the file (the kernel held it from a READDIRPLUS);
 * ``git``: ``git add -A`` of the ``create`` files, as a real mount's trace shows it: per
   file OPEN, READ and RELEASE of the source; LOOKUP (negative) and CREATE of
   ``objects/xx/tmp_obj_N`` (``O_RDWR | O_EXCL``, mode 0444), GETXATTR
   ``security.capability`` (the kernel's page-cache write asks it), WRITE of the compressed
   object (7 in 8 files 460 bytes, inline; 1 in 8 12,000 bytes, chunks: the median and the
-  mean of the standard library's compressed sources), RELEASE, GETATTR of the directory,
-  LOOKUP (negative) and LINK of the final name, GETATTR of the directory, UNLINK of the
-  temporary name; 256 object directories made by LOOKUP, MKDIR and GETATTR.
+  mean of the standard library's compressed sources), RELEASE, LOOKUP (negative) and LINK
+  of the final name, UNLINK of the temporary name; 256 object directories made by LOOKUP
+  and MKDIR.
 
-Usage: ``.venv/bin/python benchmarks/fuse_cpu.py [--files 5000] [--rounds 3] [--profile]``.
-``--profile`` prints a cProfile of the loop for the ``create`` workload. Run it with
-``PYTHONPATH=/other/checkout:/other/checkout/fuse``-style trees to compare two versions.
+``--default-permissions`` replays the mixes of a mount with ``default_permissions`` (any
+other mount): no checks in the daemon, and a GETATTR of the directory after each CREATE,
+UNLINK and LINK, and after each MKDIR of ``git``'s (the kernel refreshes the directory's
+attributes before the next change in it).
+
+Usage: ``.venv/bin/python benchmarks/fuse_cpu.py [--files 5000] [--rounds 3] [--profile]
+[--default-permissions]``. ``--profile`` prints a cProfile of the loop for the ``create``
+workload. Run it with ``PYTHONPATH=/other/checkout:/other/checkout/fuse``-style trees to
+compare two versions.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ from branchfs import notices
 UID, GID, PID = os.geteuid(), os.getegid(), os.getpid()
 ROOT = 1
 
+#: The mixes of a mount with ``default_permissions`` (``--default-permissions``).
+KERNEL_CHECKS = False
+
 
 class Replay:
     """A bridge and session over a fresh store; requests go in raw, replies to /dev/null."""
@@ -63,6 +72,11 @@ class Replay:
         self.store = branchfs.Store.open(path, create=True, observer=changes)
         self.store.create_branch("main")
         self.bridge = Bridge(self.store, "main", "/nonexistent")
+        if not KERNEL_CHECKS:  # trees before the daemon checked permissions have no dac
+            from branchfs_fuse import dac
+
+            tree = self.bridge.tree
+            self.bridge.checks = dac.DaemonChecks(tree.record, tree.child_record, lambda _f: None)
         self.bridge.coherence.changes = changes
         self.store.settler = self.bridge.coherence.settle_others
         self.devnull = os.open(os.devnull, os.O_WRONLY)
@@ -208,7 +222,8 @@ def workload_create(r: Replay, n: int, untar: bool) -> list[tuple[int, bytes, in
                 ino, fh, K.FATTR_ATIME | K.FATTR_MTIME, atime=1_700_000_000, mtime=1_700_000_000
             )
         r.release(fh)
-        r.getattr(d)
+        if KERNEL_CHECKS:
+            r.getattr(d)
         made.append((d, name, ino))
     return made
 
@@ -216,7 +231,8 @@ def workload_create(r: Replay, n: int, untar: bool) -> list[tuple[int, bytes, in
 def workload_rm(r: Replay, made: list[tuple[int, bytes, int]]) -> None:
     for d, name, ino in made:
         r.unlink(d, name)
-        r.getattr(d)
+        if KERNEL_CHECKS:
+            r.getattr(d)
         r.forget(ino)
 
 
@@ -239,18 +255,21 @@ def workload_git(r: Replay, made: list[tuple[int, bytes, int]], first: int) -> N
         if d is None:
             r.send(K.LOOKUP, objects, b"%02x" % xx + b"\0")
             d = _objdirs[xx] = r.mkdir(objects, b"%02x" % xx)
-            r.getattr(d)
+            if KERNEL_CHECKS:
+                r.getattr(d)
         tmp = b"tmp_obj_%06d" % n
         r.send(K.LOOKUP, d, tmp + b"\0")
         obj, fh = r.create_as(d, tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o100444)
         r.getxattr(obj, b"security.capability")
         r.write(fh, 0, big if n % 8 == 7 else small)
         r.release(fh)
-        r.getattr(d)
+        if KERNEL_CHECKS:
+            r.getattr(d)
         final = b"%038x" % n
         r.send(K.LOOKUP, d, final + b"\0")
         r.link(obj, d, final)
-        r.getattr(d)
+        if KERNEL_CHECKS:
+            r.getattr(d)
         r.unlink(d, tmp)
         r.release(src)
 
@@ -329,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--default-permissions", action="store_true", help="the kernel checks")
     a = p.parse_args(argv)
+    global KERNEL_CHECKS
+    KERNEL_CHECKS = a.default_permissions
     run(a.files, a.rounds, a.profile)
     return 0
 
