@@ -91,6 +91,40 @@ def capabilities(pid: int, *, permitted: bool = False) -> int:
     return int(low.effective) | int(high.effective) << 32
 
 
+def _own_userns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/user")
+    except OSError:
+        return ""
+
+
+_USERNS = _own_userns()
+
+
+def _mapped(pid: int, rec: Inode) -> bool:
+    """Whether ``rec``'s owner and group are mapped into thread ``pid``'s user namespace
+    (``privileged_wrt_inode_uidgid``); True in the daemon's own namespace."""
+    try:
+        if os.readlink(f"/proc/{pid}/ns/user") == _USERNS:
+            return True
+        for kind, value in (("uid", rec.uid), ("gid", rec.gid)):
+            with open(f"/proc/{pid}/{kind}_map", "rb") as fh:
+                ranges = [tuple(map(int, line.split())) for line in fh]
+            if not any(out <= value < out + n for _in, out, n in ranges):
+                return False
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def inode_caps(ctx: K.RequestContext, rec: Inode, *, permitted: bool = False) -> int:
+    """The capabilities the caller may use on ``rec``: its effective (or ``permitted``)
+    set, none where ``rec``'s owner or group is not mapped into the caller's user namespace
+    (``capable_wrt_inode_uidgid``, kernel/capability.c)."""
+    caps = capabilities(ctx.pid, permitted=permitted)
+    return caps if caps and _mapped(ctx.pid, rec) else 0
+
+
 def permitted(ctx: K.RequestContext, rec: Inode, mask: int, *, access: bool = False) -> bool:
     """Whether the caller of a request may access ``rec`` for ``mask`` (``MAY_*`` bits), as
     ``generic_permission()`` decides (fs/namei.c; no ACLs: the mount does not negotiate
@@ -106,7 +140,7 @@ def permitted(ctx: K.RequestContext, rec: Inode, mask: int, *, access: bool = Fa
         bits = mode
     if not mask & ~bits:
         return True
-    caps = capabilities(ctx.pid, permitted=access)
+    caps = inode_caps(ctx, rec, permitted=access)
     if st.S_ISDIR(mode):
         if not mask & MAY_WRITE and caps & CAP_DAC_READ_SEARCH:
             return True
@@ -122,14 +156,15 @@ def require(ctx: K.RequestContext, rec: Inode, mask: int) -> None:
         raise K.FUSEError(errno.EACCES)
 
 
-def capable(ctx: K.RequestContext, cap: int) -> bool:
-    """Whether the caller holds capability ``cap`` (a ``CAP_*`` bit) in its effective set."""
-    return bool(capabilities(ctx.pid) & cap)
+def capable(ctx: K.RequestContext, rec: Inode, cap: int) -> bool:
+    """Whether the caller may use capability ``cap`` (a ``CAP_*`` bit) on ``rec``
+    (:func:`inode_caps`)."""
+    return bool(inode_caps(ctx, rec) & cap)
 
 
 def owner_or_capable(ctx: K.RequestContext, rec: Inode) -> bool:
     """``inode_owner_or_capable()``: the caller owns ``rec`` or holds CAP_FOWNER."""
-    return ctx.uid == rec.uid or capable(ctx, CAP_FOWNER)
+    return ctx.uid == rec.uid or capable(ctx, rec, CAP_FOWNER)
 
 
 def open_mask(flags: int) -> int:
@@ -168,17 +203,17 @@ def check_setattr(ctx: K.RequestContext, rec: Inode, fields: K.SetattrFields) ->
         raise K.FUSEError(errno.EPERM)
     owner = ctx.uid == rec.uid
     chown = fields.uid is not None and not (owner and fields.uid == rec.uid)
-    if chown and not capable(ctx, CAP_CHOWN):
+    if chown and not capable(ctx, rec, CAP_CHOWN):
         raise K.FUSEError(errno.EPERM)
     if fields.gid is not None:
         mine = owner and (fields.gid == rec.gid or in_group(ctx, fields.gid))
-        if not mine and not capable(ctx, CAP_CHOWN):
+        if not mine and not capable(ctx, rec, CAP_CHOWN):
             raise K.FUSEError(errno.EPERM)
     if fields.mode is not None:
         if not owner_or_capable(ctx, rec):
             raise K.FUSEError(errno.EPERM)
         gid = rec.gid if fields.gid is None else fields.gid
-        if fields.mode & st.S_ISGID and not (in_group(ctx, gid) or capable(ctx, CAP_FSETID)):
+        if fields.mode & st.S_ISGID and not (in_group(ctx, gid) or capable(ctx, rec, CAP_FSETID)):
             return fields._replace(mode=fields.mode & ~st.S_ISGID)
     return fields
 
@@ -191,7 +226,7 @@ def check_link_source(ctx: K.RequestContext, rec: Inode) -> None:
         return
     if rec.mode & st.S_ISUID or rec.mode & (st.S_ISGID | st.S_IXGRP) == st.S_ISGID | st.S_IXGRP:
         return  # the kernel already required ownership or CAP_FOWNER
-    if permitted(ctx, rec, MAY_READ | MAY_WRITE) or capable(ctx, CAP_FOWNER):
+    if permitted(ctx, rec, MAY_READ | MAY_WRITE) or capable(ctx, rec, CAP_FOWNER):
         return
     if _protected_hardlinks():
         raise K.FUSEError(errno.EPERM)

@@ -272,7 +272,7 @@ class TreeNodes:
         member = (
             not kill_suidgid
             or self._member(key, ctx)
-            or (chowned and dac.capable(ctx, dac.CAP_FSETID))
+            or (chowned and dac.capable(ctx, self.co.record(key), dac.CAP_FSETID))
         )
 
         def fn(v: View) -> Inode:

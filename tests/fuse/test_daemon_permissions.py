@@ -357,3 +357,54 @@ def test_other_users_mounts_keep_kernel_checks(roots: tuple[Path, Path, Path]) -
     _native, mnt, store = roots
     with branchfs.mounted(store, mnt, allow_other=True) as m:
         assert {"default_permissions", "allow_other"} <= set(mount_options(m))
+
+
+#: Run a command as root of a new user namespace that maps root alone.
+IN_USER_NAMESPACE = ["unshare", "--user", "--map-root-user"]
+
+USERNS_PROBE = r"""
+import errno, json, os, sys
+out = {}
+for name in ("theirs", "mine_ro"):
+    for label, flags in (("read", os.O_RDONLY), ("write", os.O_WRONLY)):
+        try:
+            os.close(os.open(os.path.join(sys.argv[1], name), flags))
+            out[f"{label} {name}"] = "ok"
+        except OSError as exc:
+            out[f"{label} {name}"] = errno.errorcode[exc.errno]
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def test_root_in_a_user_namespace_has_capabilities_only_over_what_it_maps(
+    roots: tuple[Path, Path, Path],
+) -> None:
+    """``unshare --user --map-root-user``: uid 0 with every capability of its namespace,
+    which count only for files whose owner and group it maps (root's)."""
+    native, mnt, store = roots
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    with branchfs.mounted(store, mnt) as m:
+        results = []
+        for root in (native, m):
+            (root / "theirs").write_bytes(b"x")
+            os.chown(root / "theirs", OTHER, OTHER)
+            os.chmod(root / "theirs", 0o600)
+            (root / "mine_ro").write_bytes(b"x")
+            os.chmod(root / "mine_ro", 0o400)
+            res = subprocess.run(
+                [*IN_USER_NAMESPACE, sys.executable, "-c", USERNS_PROBE, str(root)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if res.returncode != 0:
+                pytest.skip(f"no user namespace here: {res.stderr.strip()}")
+            results.append(json.loads(res.stdout))
+    assert results[1] == results[0]
+    assert results[0] == {
+        "read mine_ro": "ok",
+        "read theirs": "EACCES",
+        "write mine_ro": "ok",
+        "write theirs": "EACCES",
+    }
