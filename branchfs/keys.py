@@ -64,7 +64,7 @@ NEXT_LAYER = b"next_layer"
 NEXT_BRANCH = b"next_branch"
 COUNTERS = (NEXT_INO, NEXT_LAYER, NEXT_BRANCH)
 #: Present while a compaction is replacing the environment's file (``branchfs.compact``).
-COMPACTING = b"compacting"
+COMPACTING: bytes = b"compacting"
 #: Prefix of the records of staging layers (``STAGING`` + u64 layer -> sealed owner token;
 #: ``branchfs.staging``).
 STAGING = b"staging/"

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from typing import TypeAlias, TypeVar
 
 import lmdb
 
@@ -40,11 +40,9 @@ from .following import Follower
 
 T = TypeVar("T")
 
-if TYPE_CHECKING:
-    #: A named database of the environment (lmdb's stubs call it ``_Database``).
-    Database: TypeAlias = lmdb._Database
-else:
-    Database = object
+#: A named database of the environment (lmdb's C module and stubs call it ``_Database``).
+#: Not behind ``TYPE_CHECKING``: mypyc, which compiles this module, takes that as true.
+Database: TypeAlias = lmdb._Database
 
 #: Written into every store; a store without it is foreign.
 MAGIC = b"branchfs store"
@@ -400,6 +398,7 @@ class Meta:
         with self.lock:
             while True:
                 follower.enter()
+                grown = False  # the map grew: try again at once, nothing to follow
                 try:
                     txn = self.begin(True)
                     try:
@@ -414,7 +413,7 @@ class Meta:
                     except lmdb.MapFullError:
                         txn.abort()
                         self._grow()
-                        continue
+                        grown = True
                     except DAMAGE_ERRORS as exc:
                         txn.abort()
                         raise damaged(self.path, exc) from exc
@@ -428,7 +427,8 @@ class Meta:
                         raise
                 finally:
                     follower.leave()
-                follower.follow()
+                if not grown:  # (no ``continue`` in the try: mypyc cannot compile one)
+                    follower.follow()
 
     # -- batches (group commit, see branchfs.batches) ------------------------------------
 
