@@ -3,8 +3,9 @@
 
 Each request is encoded as ``/dev/fuse`` would deliver it and handed to
 :meth:`branchfs_fuse.session.Session._dispatch`, which decodes it, runs the filesystem,
-packs the reply and writes it to ``/dev/null`` (the one system call left of a kernel round
-trip). The loop's thread batches its writes as the daemon's does (group commit). Figures
+packs the reply and writes it to a pipe (the one system call left of a kernel round trip),
+from which this script reads it back, untimed (a compiled ``Session`` has no ``_reply`` to
+wrap). The loop's thread batches its writes as the daemon's does (group commit). Figures
 are the thread's CPU time (``time.thread_time_ns``) per request type, in µs, so load from
 other processes on the machine moves them little. Requests per file are those ``ctl
 stats`` counted on a real mount for the same workloads (see docs/architecture.md, "Profile
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import fcntl
 import os
 import pstats
 import shutil
@@ -79,8 +81,11 @@ class Replay:
             self.bridge.checks = dac.DaemonChecks(tree.record, tree.child_record, lambda _f: None)
         self.bridge.coherence.changes = changes
         self.store.settler = self.bridge.coherence.settle_others
-        self.devnull = os.open(os.devnull, os.O_WRONLY)
-        self.session = Session(self.devnull, self.bridge)
+        # Replies go to a pipe big enough for any one of them, read back after each request.
+        self.replies, self.reply_fd = os.pipe()
+        fcntl.fcntl(self.replies, fcntl.F_SETPIPE_SZ, 1 << 20)
+        os.set_blocking(self.replies, False)
+        self.session = Session(self.reply_fd, self.bridge)
         self.bridge.group.start()
         tune = getattr(session_module, "tune_gc", None)
         if tune is not None:  # what Session.serve does first (trees that have it)
@@ -91,33 +96,31 @@ class Replay:
         #: CPU ns and count per opcode.
         self.cpu: dict[int, int] = {}
         self.count: dict[int, int] = {}
-        #: The payload of the last reply written.
-        self.last: object = None
-        orig = self.session._reply
-
-        def capture(unique: int, payload: bytes | list[bytes] | list[bytes | memoryview]) -> None:
-            self.last = payload
-            orig(unique, payload)
-
-        self.session._reply = capture  # type: ignore[method-assign]
+        #: The payload of the last reply written (after its header), None if it had none.
+        self.last: bytes | None = None
 
     def close(self) -> None:
         self.bridge.group.commit()
         self.bridge.shutdown()
         self.store.close()
-        os.close(self.devnull)
+        os.close(self.reply_fd)
+        os.close(self.replies)
 
-    def send(self, opcode: int, nodeid: int, body: bytes) -> object:
+    def send(self, opcode: int, nodeid: int, body: bytes) -> bytes | None:
         """One request through the dispatcher; the reply payload it wrote (or None)."""
         self.unique += 1
         n = K.IN_HEADER.size + len(body)
         K.IN_HEADER.pack_into(self.buf, 0, n, opcode, self.unique, nodeid, UID, GID, PID, 0, 0)
         self.buf[K.IN_HEADER.size : n] = body
-        self.last = None
         t = time.thread_time_ns()
         self.session._dispatch(self.view, n)
         self.cpu[opcode] = self.cpu.get(opcode, 0) + time.thread_time_ns() - t
         self.count[opcode] = self.count.get(opcode, 0) + 1
+        try:
+            reply = os.read(self.replies, 1 << 20)
+        except BlockingIOError:  # no reply (FORGET)
+            return None
+        self.last = reply[K.OUT_HEADER.size :] or None
         return self.last
 
     # -- requests ---------------------------------------------------------------------------
@@ -139,8 +142,6 @@ class Replay:
 
     def create_as(self, parent: int, name: bytes, flags: int, mode: int) -> tuple[int, int]:
         out = self.send(K.CREATE, parent, K.CREATE_IN.pack(flags, mode, 0o022, 0) + name + b"\0")
-        if isinstance(out, list):  # older trees: entry and open reply as two buffers
-            out = b"".join(bytes(p) for p in out)
         assert isinstance(out, bytes), out
         entry, opened = out[: K.ENTRY_OUT.size], out[K.ENTRY_OUT.size :]
         return int.from_bytes(entry[:8], "little"), int.from_bytes(opened[:8], "little")
