@@ -142,6 +142,10 @@ class WriteBack:
         #: Since when (``perf_counter_ns``) some buffer has held data no commit holds: the
         #: buffers are due (:meth:`overdue`) a batch window later.
         self.pending_ns = 0
+        #: What the flush thread runs on each buffer of a write-behind commit, in its
+        #: transaction (:func:`apply_buffer`): the seam where tests hold that commit in
+        #: flight or make it fail (a compiled module's functions cannot be patched).
+        self.apply_behind: Callable[[View, int, WriteBuffer], Inode] = apply_buffer
 
     def add(self, key: Key, off: int, data: bytes, *, drop_privs: bool, kill_suidgid: bool) -> None:
         """Buffer ``data`` written at byte ``off`` of ``key``; a full buffer goes to the store.
@@ -404,9 +408,11 @@ class WriteBack:
         closed = self.sealed.copy()
         taken = [(key[1], buf) for key in keys if (buf := self.take(key, flushing=True))]
 
+        apply = self.apply_behind
+
         def apply_taken(v: View) -> None:
             for ino, buf in taken:
-                apply_buffer(v, ino, buf)
+                apply(v, ino, buf)
 
         future = self._flusher.submit(self.store.write_tree, tree.name, apply_taken)
         self.behind = ([(key, key in closed) for key in keys], future)

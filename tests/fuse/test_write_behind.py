@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from branchfs_fuse import kernel as K
-from branchfs_fuse import writeback
 from branchfs_fuse.bridge import Bridge
 from branchfs_fuse.buffers import FLUSH_BYTES
 from branchfs_fuse.inodes import BRANCHES
@@ -31,12 +30,12 @@ CTX = K.RequestContext(os.geteuid(), os.getegid(), os.getpid())
 class Gate:
     """Holds the flush thread's commit until a request waits for it."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, error: OSError | None = None) -> None:
+    def __init__(self, ops: Bridge, error: OSError | None = None) -> None:
         self.opened = threading.Event()
         self.started = threading.Event()
         self.error = error
         self.awaited = False
-        real_apply = writeback.apply_buffer
+        real_apply = ops.wb.apply_behind
 
         def held(*args: Any) -> Any:
             self.started.set()
@@ -45,7 +44,7 @@ class Gate:
                 raise self.error
             return real_apply(*args)
 
-        monkeypatch.setattr(writeback, "apply_buffer", held)
+        ops.wb.apply_behind = held
 
     def open_when_awaited(self, ops: Bridge) -> None:
         """Let the held commit go at the moment a request asks for its result.
@@ -80,10 +79,10 @@ def daemon(tmp_path: Path) -> Iterator[tuple[branchfs.Store, Bridge, int]]:
 
 
 def test_requests_wait_for_the_commit_in_flight_and_see_its_writes(
-    daemon: tuple[branchfs.Store, Bridge, int], monkeypatch: pytest.MonkeyPatch
+    daemon: tuple[branchfs.Store, Bridge, int],
 ) -> None:
     store, ops, ino = daemon
-    gate = Gate(monkeypatch)
+    gate = Gate(ops)
     data = os.urandom(FLUSH_BYTES)
     writer = ops.open(ino, os.O_WRONLY, CTX).fh
     reader = ops.open(ino, os.O_RDONLY, CTX).fh
@@ -101,10 +100,10 @@ def test_requests_wait_for_the_commit_in_flight_and_see_its_writes(
 
 
 def test_a_fork_waits_for_the_commit_in_flight(
-    daemon: tuple[branchfs.Store, Bridge, int], monkeypatch: pytest.MonkeyPatch
+    daemon: tuple[branchfs.Store, Bridge, int],
 ) -> None:
     store, ops, ino = daemon
-    gate = Gate(monkeypatch)
+    gate = Gate(ops)
     data = os.urandom(FLUSH_BYTES)
     fh = ops.open(ino, os.O_WRONLY, CTX).fh
     ops.write(fh, 0, data)
@@ -116,10 +115,10 @@ def test_a_fork_waits_for_the_commit_in_flight(
 
 
 def test_a_failed_commit_reaches_the_writer_and_the_file_is_still_let_go(
-    daemon: tuple[branchfs.Store, Bridge, int], monkeypatch: pytest.MonkeyPatch
+    daemon: tuple[branchfs.Store, Bridge, int],
 ) -> None:
     _store, ops, ino = daemon
-    gate = Gate(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    gate = Gate(ops, OSError(errno.ENOSPC, "No space left on device"))
     fh = ops.open(ino, os.O_WRONLY, CTX).fh
     ops.write(fh, 0, bytes(FLUSH_BYTES))
     gate.open_when_awaited(ops)
@@ -135,10 +134,10 @@ def test_a_failed_commit_reaches_the_writer_and_the_file_is_still_let_go(
 
 
 def test_an_error_waits_for_the_descriptor_that_is_still_open(
-    daemon: tuple[branchfs.Store, Bridge, int], monkeypatch: pytest.MonkeyPatch
+    daemon: tuple[branchfs.Store, Bridge, int],
 ) -> None:
     _store, ops, ino = daemon
-    gate = Gate(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    gate = Gate(ops, OSError(errno.ENOSPC, "No space left on device"))
     first = ops.open(ino, os.O_WRONLY, CTX).fh
     second = ops.open(ino, os.O_WRONLY, CTX).fh
     ops.write(first, 0, bytes(FLUSH_BYTES))
