@@ -3,12 +3,17 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc fuse-overlayfs git sqlite3 attr
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev fuse-overlayfs git sqlite3 attr
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PY := $(VENV)/.py-done
+STAMP_NATIVE := $(VENV)/.native-$(if $(filter-out 0,$(BRANCHFS_PURE)),pure,compiled)
+# setup.py compiles the hot modules (mypyc) into .so files beside their .py; any source
+# newer than the last build rebuilds them (only the changed C is recompiled), so every target
+# runs the current source. BRANCHFS_PURE=1 make install: no compiled modules (slower).
+NATIVE_SOURCES := setup.py $(wildcard branchfs/*.py branchfs/*/*.py fuse/*.py)
 STAMP_DOCS := $(VENV)/.docs-done
 
-.PHONY: all install demo test test-merge-long test-random mutate lint format docs bench bench-core \
+.PHONY: all install demo test test-wheel test-merge-long test-random mutate lint format docs bench bench-core \
 	bench-fuse bench-bestof bench-cli clean
 
 all: test
@@ -23,14 +28,29 @@ $(STAMP_APT):
 	fi
 	@touch $@
 
+# The editable install itself builds pure (BRANCHFS_PURE=1); $(STAMP_NATIVE) compiles.
 $(STAMP_PY): $(STAMP_APT) pyproject.toml
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
-	@$(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -v WARNING || true
+	@BRANCHFS_PURE=1 $(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -v WARNING || true
 	@$(BIN)/python -c "import branchfs, branchfs_fuse.daemon, lmdb, xxhash, hypothesis, pytest" 
 	@touch $@
 
-install: $(STAMP_PY)
+$(STAMP_NATIVE): $(STAMP_PY) $(NATIVE_SOURCES)
+	@if [ -n "$$BRANCHFS_PURE" ] && [ "$$BRANCHFS_PURE" != 0 ]; then \
+	  echo "BRANCHFS_PURE is set: removing the compiled modules; branchfs runs as plain Python (slower)"; \
+	  BRANCHFS_PURE=1 $(BIN)/python setup.py -q build_ext --inplace 2>&1 | grep -v BRANCHFS_PURE; \
+	else \
+	  echo "compiling the hot modules with mypyc (setup.py; BRANCHFS_PURE=1 to skip)"; \
+	  log=$$(mktemp); $(BIN)/python setup.py build_ext --inplace >$$log 2>&1 \
+	    || { cat $$log; rm -f $$log; echo "make install: compiling failed (see above)"; exit 1; }; \
+	  rm -f $$log; \
+	  $(BIN)/python -c "import branchfs.meta as m, sys; sys.exit(not m.__file__.endswith('.so'))" \
+	    || { echo "make install: branchfs.meta did not import compiled"; exit 1; }; \
+	fi
+	@rm -f $(VENV)/.native-*; touch $@
+
+install: $(STAMP_NATIVE)
 
 $(STAMP_DOCS): $(STAMP_PY)
 	@$(BIN)/pip install -q -e '.[dev,docs]' 2>&1 | grep -v WARNING || true
@@ -51,6 +71,11 @@ test: install
 # merges against git as the oracle: a long random profile (make test runs a fixed seed)
 test-merge-long: install
 	BRANCHFS_MERGE_LONG=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_merge_git.py
+
+# The compiled wheel a user's `pip install` builds, installed into a fresh venv and run there
+# (make test checks the wheel's contents from a quick pure build).
+test-wheel: install
+	BRANCHFS_TEST_COMPILED_WHEEL=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_packaging.py
 
 # The randomized tests with a new seed each run and 5x their examples (make test uses fixed
 # seeds). A failure prints the seed: keep the failing case as a test (tests/randomized.py).
@@ -94,3 +119,4 @@ bench-cli: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	find branchfs fuse -name '*.so' -delete

@@ -51,6 +51,11 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+# In a source checkout, refuse compiled modules older than their .py (make install rebuilds).
+from .native import refuse_stale as _refuse_stale  # noqa: E402
+
+_refuse_stale(__path__[0])
+
 #: Where each public name is defined: the submodule imported when the name is first used.
 _HOMES = {
     "Attempt": "bestof",
