@@ -28,7 +28,7 @@ from .notices import Observer, notify_mounts, settle_mounts
 from .paths import PathArg
 from .pathtree import DirEntry
 from .records import Inode
-from .refs import Refs
+from .refs import Refs, check_ref_name
 
 if TYPE_CHECKING:
     from .branch import StoreAPI
@@ -185,18 +185,21 @@ class Store:
 
     def create_branch(self, name: str) -> Branch:
         """Create a branch holding an empty tree (its root owned by the calling user)."""
+        _str_names(name)
         uid, gid = os.geteuid(), os.getegid()
         self.meta.write(lambda txn: self.refs.create_branch(txn, name, uid, gid))
         return Branch(self, name)
 
     def branch(self, name: str) -> Branch:
         """The branch called ``name``; :class:`BranchNotFound` if there is none."""
+        _str_names(name)
         with self.meta.read() as txn:
             self.refs.branch(txn, name)
         return Branch(self, name)
 
     def snapshot_tree(self, name: str) -> Snapshot:
         """The read-only tree of snapshot ``name``; :class:`BranchNotFound` if there is none."""
+        _str_names(name, what="snapshot")
         with self.meta.read() as txn:
             self.refs.snapshot(txn, name)
         return Snapshot(self, name)
@@ -213,12 +216,14 @@ class Store:
 
     def fork(self, source: str, new: str) -> Branch:
         """Make branch ``new`` an independent writable copy of ``source`` now: O(1)."""
+        _str_names(source, new)
         self.settler(self.path, (source,))
         self.meta.write(lambda txn: self.refs.fork(txn, source, new))
         return Branch.forked(self, new)
 
     def fork_snapshot(self, snapshot: str, new: str) -> Branch:
         """Make branch ``new`` a writable copy of snapshot ``snapshot``: O(1)."""
+        _str_names(snapshot, new)
 
         def op(txn: lmdb.Transaction) -> None:
             layer = self.refs.snapshot(txn, snapshot).layer
@@ -229,12 +234,14 @@ class Store:
 
     def snapshot(self, branch: str, name: str) -> Snapshot:
         """Freeze ``branch``'s current tree under the name ``name``: O(1)."""
+        _str_names(branch, name)
         self.settler(self.path, (branch,))
         self.meta.write(lambda txn: self.refs.take_snapshot(txn, branch, name))
         return Snapshot(self, name)
 
     def reset(self, branch: str, snapshot: str) -> None:
         """Make ``branch``'s tree snapshot ``snapshot`` again: O(1)."""
+        _str_names(branch, snapshot)
         self.settler(self.path, (branch,))
 
         def op(txn: lmdb.Transaction) -> None:
@@ -262,6 +269,7 @@ class Store:
         :class:`~branchfs.errors.BranchIsRoot` (nothing else holds its tree), unless
         ``force``, which discards it anyway.
         """
+        _str_names(branch)
 
         # Imported here, not with the module: a process that never discards (every
         # `branchfs fork` …) would pay ~1 ms to import gc, against ~1 us per discard here.
@@ -319,6 +327,7 @@ class Store:
 
     def delete_snapshot(self, name: str) -> None:
         """Remove snapshot ``name``; its space comes back at the next :meth:`gc`."""
+        _str_names(name, what="snapshot")
         self.meta.write(lambda txn: self.refs.delete_snapshot(txn, name))
 
     # -- diff, merge, maintenance ------------------------------------------------------------
@@ -381,3 +390,11 @@ class Store:
 
 
 __all__ = ["Branch", "DirEntry", "Inode", "Snapshot", "Store"]
+
+
+def _str_names(*names: object, what: str = "branch") -> None:
+    """Refuse a name that is not a str as the name check does (:class:`InvalidName`), before
+    it reaches a compiled module, whose ``str`` parameters would raise TypeError."""
+    for name in names:
+        if type(name) is not str:
+            check_ref_name(name, what)
