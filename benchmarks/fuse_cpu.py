@@ -67,7 +67,7 @@ KERNEL_CHECKS = False
 
 
 class Replay:
-    """A bridge and session over a fresh store; requests go in raw, replies to /dev/null."""
+    """A bridge and session over a fresh store; requests go in raw, replies to a pipe."""
 
     def __init__(self, path: str) -> None:
         changes = notices.Pending()
