@@ -373,11 +373,16 @@ class View:
         if fields is not None:
             self.fields[(top, ino)] = (raw, fields)
 
-    def delete_inode(self, ino: int) -> None:
-        """Make ``ino`` not exist in this tree (tombstone only if a lower layer has it)."""
+    def delete_inode(self, ino: int, extents: bool = True) -> None:
+        """Make ``ino`` not exist in this tree (tombstone only if a lower layer has it).
+
+        ``extents``: whether the top layer may hold extents of ``ino`` to drop; False
+        spares the extent scan when its record says there are none
+        (:func:`branchfs.tree.has_extents`: a small file, a symlink, a directory)."""
         top = self.top
         assert top is not None
-        self.drop_extents(ino, 0)
+        if extents:
+            self.drop_extents(ino, 0)
         below = False
         for layer in self.chain[1:]:
             raw = self.raw_inode(layer, ino)

@@ -266,7 +266,14 @@ def _drop_link(v: View, ino: int, rec: Inode, parent: int, name: bytes, keep: bo
         rec.ctime_ns = now_ns()
         v.put_inode(ino, rec)
     else:
-        v.delete_inode(ino)
+        v.delete_inode(ino, has_extents(rec))
+
+
+def has_extents(rec: Inode) -> bool:
+    """Whether the layer holding ``rec`` may hold extents of its inode: only a regular file
+    whose bytes are not inline does (a symlink's target, a small file's bytes are in the
+    record; a layer's record turns inline only with its extents dropped, ``content``)."""
+    return rec.inline is None and st.S_ISREG(rec.mode)
 
 
 def unlink(
@@ -302,7 +309,7 @@ def forget_orphan(v: View, ino: int) -> None:
     """Delete an inode that has no links left (its last open handle closed)."""
     rec = v.inode(ino)
     if rec is not None and not rec.links and ino != ROOT_INO:
-        v.delete_inode(ino)
+        v.delete_inode(ino, has_extents(rec))
 
 
 def forget_orphans(v: View) -> int:
@@ -338,7 +345,7 @@ def rmdir(v: View, parent: int, name: bytes, *, keep_orphan: bool = False) -> in
         rec.ctime_ns = now_ns()
         v.put_inode(ino, rec)
     else:
-        v.delete_inode(ino)
+        v.delete_inode(ino, False)  # a directory has no extents
     _touch_dir(v, parent)
     return ino
 

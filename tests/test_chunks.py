@@ -232,6 +232,37 @@ def test_rename_over_a_file_frees_it(store: branchfs.Store, branch: branchfs.Bra
     assert inodes == 2  # the root and "old"; the replaced file's record is gone
 
 
+def test_deleting_files_that_were_chunked_then_inline_frees_every_chunk(
+    store: branchfs.Store, branch: branchfs.Branch
+) -> None:
+    # A deleted file whose record is inline (or a symlink) skips the scan of its extents:
+    # whatever way a layer's record became inline, that layer holds none of its extents.
+    branch.write_bytes("chunked", distinct_chunks(1, 24))
+    branch.unlink("chunked")
+    assert chunk_keys(store) == set()
+    branch.write_bytes("shrunk", distinct_chunks(2, 21))
+    branch.truncate("shrunk", 0)
+    with branch.open("shrunk", "r+b") as fh:
+        fh.write(b"small again")
+    branch.write_bytes("replaced", distinct_chunks(1, 22))
+    branch.write_bytes("replaced", b"tiny")
+    branch.write_bytes("forked", distinct_chunks(1, 23))
+    fork = branch.fork("fork")
+    fork.write_bytes("forked", b"inline in the fork")
+    fork.symlink("shrunk", "ln")
+    for path in ("shrunk", "replaced", "ln"):
+        fork.unlink(path)
+    fork.unlink("forked")
+    for path in ("shrunk", "replaced", "forked"):
+        branch.unlink(path)
+    fork.discard()
+    store.gc()
+    assert chunk_keys(store) == set()
+    with store.meta.read() as txn:
+        assert sum(1 for _ in txn.cursor(db=store.meta.extents_db)) == 0
+    assert store.fsck().ok
+
+
 def test_viewing_hands_out_chunks_uncopied_and_still_checked(
     store: branchfs.Store, branch: branchfs.Branch
 ) -> None:
