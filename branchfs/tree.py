@@ -116,14 +116,16 @@ def parent_of(v: View, ino: int) -> int:
     return rec.links[0][0]
 
 
-def _touch_dir(v: View, parent: int, rec: Inode | None = None, t: int | None = None) -> None:
-    """Update a directory's mtime and ctime after its entries changed."""
+def _touch_dir(v: View, parent: int, rec: Inode | None = None, t: int | None = None) -> Inode:
+    """Update a directory's mtime and ctime after its entries changed; its record as put
+    (the caller's: nothing else holds it)."""
     if rec is None:
         rec = v.inode_for_write(parent)
         assert rec is not None
     t = t or now_ns()
     rec.mtime_ns = rec.ctime_ns = t
     v.put_inode(parent, rec)
+    return rec
 
 
 def _new_entry_checks(v: View, parent: int, name: bytes) -> Inode:
@@ -244,6 +246,12 @@ def make_unnamed(v: View, parent: int, mode: int, uid: int, gid: int) -> tuple[i
 
 def link(v: View, ino: int, parent: int, name: bytes) -> Inode:
     """Give ``ino`` one more name: ``name`` in ``parent``. Directories cannot be linked."""
+    return link_in(v, ino, parent, name)[0]
+
+
+def link_in(v: View, ino: int, parent: int, name: bytes) -> tuple[Inode, Inode]:
+    """:func:`link`: the record of ``ino`` and the parent's record, as they now are (see
+    :func:`unlink_in`)."""
     rec = for_write(v, ino)
     prec = _new_entry_checks(v, parent, name)
     if rec.is_dir:
@@ -253,8 +261,7 @@ def link(v: View, ino: int, parent: int, name: bytes) -> Inode:
     rec.ctime_ns = t
     v.put_inode(ino, rec)
     v.put_dirent(parent, name, ino)
-    _touch_dir(v, parent, prec, t)
-    return rec
+    return rec, _touch_dir(v, parent, prec, t)
 
 
 def _drop_link(v: View, ino: int, rec: Inode, parent: int, name: bytes, keep: bool) -> None:
@@ -286,6 +293,23 @@ def unlink(
 ) -> int:
     """Remove the non-directory entry ``name`` from ``parent``; returns its inode.
 
+    See :func:`unlink_in` for ``keep_orphan`` and ``known``.
+    """
+    return unlink_in(v, parent, name, keep_orphan=keep_orphan, known=known)[0]
+
+
+def unlink_in(
+    v: View,
+    parent: int,
+    name: bytes,
+    *,
+    keep_orphan: bool = False,
+    known: tuple[int, Inode] | None = None,
+) -> tuple[int, Inode]:
+    """:func:`unlink`, also returning the parent's record as it now is (its new mtime): the
+    mount caches it for the kernel's next question about the directory, without reading
+    it back.
+
     With ``keep_orphan`` an inode that loses its last link keeps its record (with no
     links) so that open file handles can still use it; :func:`forget_orphan` drops it.
     ``known``: the inode ``name`` names and its record from ``v.inode_for_write``, if the
@@ -301,8 +325,7 @@ def unlink(
         raise os_error(errno.EISDIR)
     v.delete_dirent(parent, name)
     _drop_link(v, ino, rec, parent, name, keep_orphan)
-    _touch_dir(v, parent)
-    return ino
+    return ino, _touch_dir(v, parent)
 
 
 def forget_orphan(v: View, ino: int) -> None:
@@ -327,27 +350,31 @@ def rmdir(v: View, parent: int, name: bytes, *, keep_orphan: bool = False) -> in
     :func:`unlink`, so that a process holding it open (or as its working directory) still
     sees an empty directory with ``st_nlink`` 0; :func:`forget_orphan` drops it.
     """
+    return rmdir_in(v, parent, name, keep_orphan=keep_orphan)[0]
+
+
+def rmdir_in(v: View, parent: int, name: bytes, *, keep_orphan: bool = False) -> tuple[int, Inode]:
+    """:func:`rmdir`, also returning the parent's record as it now is (see
+    :func:`unlink_in`)."""
     writable(v)
     if name == b".":
         raise os_error(errno.EINVAL)
     if name == b"..":
         raise os_error(errno.ENOTEMPTY)
     ino = lookup(v, parent, name)
-    rec = get(v, ino)
+    rec = for_write(v, ino)  # read once: edited below when it stays as an orphan
     if not rec.is_dir:
         raise os_error(errno.ENOTDIR)
     if v.has_entries(ino):
         raise os_error(errno.ENOTEMPTY)
     v.delete_dirent(parent, name)
     if keep_orphan:
-        rec = for_write(v, ino)
         rec.links = []
         rec.ctime_ns = now_ns()
         v.put_inode(ino, rec)
     else:
         v.delete_inode(ino, False)  # a directory has no extents
-    _touch_dir(v, parent)
-    return ino
+    return ino, _touch_dir(v, parent)
 
 
 def is_ancestor(v: View, maybe_ancestor: int, ino: int) -> bool:
@@ -373,8 +400,26 @@ def rename(
     """rename(2)/renameat2(2): move ``old_name`` to ``new_name``.
 
     Supports ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``. Returns the inode that was
-    replaced and lost its last name (so a caller may keep it as an orphan), else None.
+    replaced and lost its last name (so a caller may keep it as an orphan: its record is
+    put with no links), else None.
     """
+    replaced, trec, _parents = rename_in(v, old_parent, old_name, new_parent, new_name, flags)
+    if replaced is not None and trec is not None:
+        v.put_inode(replaced, trec)
+    return replaced
+
+
+#: The directories a rename changed, each with its record as put: ``(inode, record)``.
+Touched = list[tuple[int, Inode]]
+
+
+def rename_in(
+    v: View, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+) -> tuple[int | None, Inode | None, Touched]:
+    """:func:`rename`, leaving the replaced inode to the caller: returns it (None if none
+    lost its last name), its record with no links, *not put* (the caller puts it to keep
+    the orphan, or deletes the inode: one write of it, not two), and the directories the
+    rename changed with their records as put (see :func:`unlink_in`)."""
     writable(v)
     if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or (
         flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE
@@ -393,10 +438,10 @@ def rename(
     if flags & RENAME_EXCHANGE:
         if target is None:
             raise os_error(errno.ENOENT)
-        _exchange(v, old_parent, old_name, ino, rec, new_parent, new_name, target)
-        return None
+        touched = _exchange(v, old_parent, old_name, ino, rec, new_parent, new_name, target)
+        return None, None, touched
     if target == ino:
-        return None  # both names are links to the same file: POSIX says do nothing
+        return None, None, []  # both names are links to the same file: POSIX says do nothing
     if target is not None and flags & RENAME_NOREPLACE:
         raise os_error(errno.EEXIST)
     if rec.is_dir and is_ancestor(v, ino, new_parent):
@@ -404,6 +449,7 @@ def rename(
     if target is not None and is_ancestor(v, target, old_parent):
         raise os_error(errno.ENOTEMPTY)  # the target contains the source (Linux's "trap")
     replaced: int | None = None
+    orphan: Inode | None = None
     if target is not None:
         trec = v.inode_for_write(target)
         assert trec is not None
@@ -413,8 +459,7 @@ def rename(
             if v.has_entries(target):
                 raise os_error(errno.ENOTEMPTY)
             trec.links = []
-            replaced = target
-            v.put_inode(target, trec)  # the caller keeps or forgets the orphan
+            replaced, orphan = target, trec
         else:
             if rec.is_dir:
                 raise os_error(errno.ENOTDIR)
@@ -423,8 +468,7 @@ def rename(
                 trec.ctime_ns = now_ns()
                 v.put_inode(target, trec)
             else:
-                replaced = target
-                v.put_inode(target, trec)  # the caller keeps or forgets the orphan
+                replaced, orphan = target, trec
     t = now_ns()
     v.delete_dirent(old_parent, old_name)
     v.put_dirent(new_parent, new_name, ino)
@@ -432,10 +476,10 @@ def rename(
     rec.links.append((new_parent, new_name))
     rec.ctime_ns = t
     v.put_inode(ino, rec)
-    _touch_dir(v, old_parent, t=t)
+    touched = [(old_parent, _touch_dir(v, old_parent, t=t))]
     if new_parent != old_parent:
-        _touch_dir(v, new_parent, t=t)
-    return replaced
+        touched.append((new_parent, _touch_dir(v, new_parent, t=t)))
+    return replaced, orphan, touched
 
 
 def _exchange(
@@ -447,9 +491,9 @@ def _exchange(
     np: int,
     nn: bytes,
     target: int,
-) -> None:
+) -> Touched:
     if target == ino:
-        return None
+        return []
     trec = v.inode_for_write(target)
     assert trec is not None
     if rec.is_dir and is_ancestor(v, ino, np):
@@ -466,10 +510,10 @@ def _exchange(
     rec.ctime_ns = trec.ctime_ns = t
     v.put_inode(ino, rec)
     v.put_inode(target, trec)
-    _touch_dir(v, op, t=t)
+    touched = [(op, _touch_dir(v, op, t=t))]
     if np != op:
-        _touch_dir(v, np, t=t)
-    return None
+        touched.append((np, _touch_dir(v, np, t=t)))
+    return touched
 
 
 # -- file data ---------------------------------------------------------------------------------

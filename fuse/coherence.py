@@ -196,19 +196,12 @@ class Coherence:
             self._chain_batch = None
         return view
 
-    def write(
-        self,
-        tree: TreeRef,
-        fn: Callable[[View], R],
-        *,
-        keep: tuple[int, ...] = (),
-    ) -> R:
-        """Run ``fn`` in a write transaction on ``tree``, keeping the record cache exact.
-
-        ``keep``: engine inodes whose records
-        the kernel asks for next (a parent whose mtime changed), read at the end of the
-        same transaction and cached once it committed. Raises ``ReadOnlyError`` for a
-        snapshot, and whatever ``fn`` raises.
+    def write(self, tree: TreeRef, fn: Callable[[View], R]) -> R:
+        """Run ``fn`` in a write transaction on ``tree``, keeping the record cache exact:
+        every record the transaction read or wrote is dropped from it. Callers that know
+        what a record now is (the parent whose mtime a create or unlink moved, which the
+        kernel asks for next) cache it again (:meth:`cache_record`). Raises
+        ``ReadOnlyError`` for a snapshot, and whatever ``fn`` raises.
         """
         if tree.snapshot:
             raise ReadOnlyError(
@@ -221,16 +214,11 @@ class Coherence:
             self.group.commit()
             return other
         views: list[View] = []
-        kept: list[tuple[int, Inode | None]] = []
 
         def run(txn: lmdb.Transaction) -> R:
             v = self.main_view(txn)
             views.append(v)
-            kept.clear()
-            out = fn(v)
-            for ino in keep:
-                kept.append((ino, v.inode(ino)))
-            return out
+            return fn(v)
 
         # Store.write_tree, with the view of :meth:`main_view`; the settler is not asked
         # (see :meth:`read`).
@@ -243,12 +231,6 @@ class Coherence:
         if batches.txn is self._chain_batch and batches.writes == self._chain_writes + 1:
             self._chain_writes += 1  # our own call: the chain checked before it holds
         store.observer(store.path, self._main_names)
-        records = self.records
-        for ino, rec in kept:
-            if rec is not None:
-                if len(records) >= RECORDS_MAX:
-                    records.clear()
-                records[ino] = rec
         return result
 
     def _forget_records(self, views: list[View]) -> None:

@@ -361,10 +361,11 @@ class TreeNodes:
         ptree, peng, _alias = self._parent(new_parent)
         if ptree != tree:
             raise K.FUSEError(errno.EXDEV)
-        rec = self.wb.write_after_sealed(
-            tree, lambda v: T.link(v, eng, peng, new_name), keep=(peng,)
-        )
-        self.co.cache_record((tree, eng), rec)
+
+        rec, prec = self.wb.write_after_sealed(tree, lambda v: T.link_in(v, eng, peng, new_name))
+        co = self.co
+        co.cache_record((tree, eng), rec)
+        co.cache_record((tree, peng), prec)  # the kernel asks for it next (its mtime moved)
         return Entry(fino, (tree, eng), rec)
 
     def unlink(self, parent: int, name: bytes) -> None:
@@ -373,7 +374,7 @@ class TreeNodes:
             raise K.FUSEError(errno.EISDIR)
         tree, peng, _alias = self._parent(parent)
 
-        def fn(v: View) -> tuple[int, bool, Inode | None]:
+        def fn(v: View) -> tuple[int, bool, Inode | None, Inode]:
             # A file that Orphans.orphaned would delete at once is deleted by the unlink itself:
             # its record is not put without links first (rm -rf's common case).
             target = v.dirent(peng, name)
@@ -382,11 +383,13 @@ class TreeNodes:
                 if rec is not None and (rec.is_reg or rec.is_link):
                     last = len(rec.links) == 1
                     gone = self.orphans.gone((tree, target), rec) if last else None
-                    return T.unlink(v, peng, name, known=(target, rec)), False, gone
-            ino = T.unlink(v, peng, name, keep_orphan=True)
-            return ino, *self.orphans.orphaned(v, tree, ino)
+                    ino, prec = T.unlink_in(v, peng, name, known=(target, rec))
+                    return ino, False, gone, prec
+            ino, prec = T.unlink_in(v, peng, name, keep_orphan=True)
+            return ino, *self.orphans.orphaned(v, tree, ino), prec
 
-        ino, kept, gone = self.wb.write_after_sealed(tree, fn, keep=(peng,))
+        ino, kept, gone, prec = self.wb.write_after_sealed(tree, fn)
+        self.co.cache_record((tree, peng), prec)
         if kept:
             self.holds.orphans.add((tree, ino))
         elif gone is not None:
@@ -399,11 +402,13 @@ class TreeNodes:
             raise K.FUSEError(errno.EBUSY)
         tree, peng, _alias = self._parent(parent)
 
-        def fn(v: View) -> tuple[int, bool]:
-            ino = T.rmdir(v, peng, name, keep_orphan=True)
-            return ino, self.orphans.orphaned(v, tree, ino)[0]  # a directory is never deleted held
+        def fn(v: View) -> tuple[int, bool, Inode]:
+            ino, prec = T.rmdir_in(v, peng, name, keep_orphan=True)
+            # a directory is never deleted held
+            return ino, self.orphans.orphaned(v, tree, ino)[0], prec
 
-        ino, kept = self.co.write(tree, fn, keep=(peng,))
+        ino, kept, prec = self.co.write(tree, fn)
+        self.co.cache_record((tree, peng), prec)
         if kept:
             self.holds.orphans.add((tree, ino))
 
@@ -419,11 +424,16 @@ class TreeNodes:
         if ntree != tree:
             raise K.FUSEError(errno.EXDEV)
 
-        def fn(v: View) -> tuple[int | None, bool, Inode | None]:
-            replaced = T.rename(v, op_eng, old_name, np_eng, new_name, flags)
-            return replaced, *self.orphans.orphaned(v, tree, replaced)
+        def fn(v: View) -> tuple[int | None, bool, Inode | None, T.Touched]:
+            replaced, orphan, touched = T.rename_in(v, op_eng, old_name, np_eng, new_name, flags)
+            if replaced is None or orphan is None:
+                return None, False, None, touched
+            v.put_inode(replaced, orphan)  # the record without links, as T.rename leaves it
+            return replaced, *self.orphans.orphaned(v, tree, replaced), touched
 
-        replaced, kept, gone = self.wb.write_after_sealed(tree, fn, keep=(op_eng, np_eng))
+        replaced, kept, gone, touched = self.wb.write_after_sealed(tree, fn)
+        for ino, rec in touched:
+            self.co.cache_record((tree, ino), rec)
         if replaced is not None:
             if kept:
                 self.holds.orphans.add((tree, replaced))

@@ -329,10 +329,8 @@ class WriteBack:
             for (ino, _buf), rec in zip(bufs, recs, strict=True):
                 co.cache_record((tree, ino), rec)
 
-    def write_after_sealed(
-        self, tree: TreeRef, fn: Callable[[View], R], *, keep: tuple[int, ...] = ()
-    ) -> R:
-        """``Coherence.write(tree, fn, keep=keep)`` with the closed and folded buffers
+    def write_after_sealed(self, tree: TreeRef, fn: Callable[[View], R]) -> R:
+        """``Coherence.write(tree, fn)`` with the closed and folded buffers
         (:meth:`flush_sealed`) applied first in the same transaction: a LINK, UNLINK or
         RENAME that may touch the record of a file just closed (git links each object it
         wrote, then unlinks its temporary name) costs one transaction, not two. Holds the
@@ -340,7 +338,7 @@ class WriteBack:
         run again alone, so that its error is its own.
         """
         if not self.sealed:
-            return self.coherence.write(tree, fn, keep=keep)
+            return self.coherence.write(tree, fn)
         self.settle()
         taken = [(key, buf) for key in list(self.sealed) if (buf := self.take(key, True))]
         bufs = [(key[1], buf) for key, buf in taken if key[0] == tree]
@@ -352,7 +350,7 @@ class WriteBack:
 
         try:
             if len(bufs) == len(taken):
-                return self.coherence.write(tree, run, keep=keep)
+                return self.coherence.write(tree, run)
         except Exception:  # any error of fn's: the buffers must not go with the transaction
             pass
         for key, buf in taken:  # unchanged by a failed transaction: back, to go alone
@@ -360,7 +358,7 @@ class WriteBack:
             self.buffered += buf.nbytes
             self.sealed.add(key)
         self.flush_sealed()
-        return self.coherence.write(tree, fn, keep=keep)
+        return self.coherence.write(tree, fn)
 
     def _apply_alone(self, key: Key, buf: WriteBuffer) -> None:
         """Apply one taken buffer in its own transaction; log and drop it if that fails."""
