@@ -381,9 +381,8 @@ class TreeNodes:
             if target is not None and not self.holds.is_open((tree, target)):
                 rec = v.inode_for_write(target)
                 if rec is not None and (rec.is_reg or rec.is_link):
-                    last = len(rec.links) == 1
-                    gone = self.orphans.gone((tree, target), rec) if last else None
                     ino, prec = T.unlink_in(v, peng, name, known=(target, rec))
+                    gone = None if rec.links else self.orphans.gone((tree, ino), rec)
                     return ino, False, gone, prec
             ino, prec = T.unlink_in(v, peng, name, keep_orphan=True)
             return ino, *self.orphans.orphaned(v, tree, ino), prec
@@ -428,8 +427,7 @@ class TreeNodes:
             replaced, orphan, touched = T.rename_in(v, op_eng, old_name, np_eng, new_name, flags)
             if replaced is None or orphan is None:
                 return None, False, None, touched
-            v.put_inode(replaced, orphan)  # the record without links, as T.rename leaves it
-            return replaced, *self.orphans.orphaned(v, tree, replaced), touched
+            return replaced, *self.orphans.replaced(v, tree, replaced, orphan), touched
 
         replaced, kept, gone, touched = self.wb.write_after_sealed(tree, fn)
         for ino, rec in touched:

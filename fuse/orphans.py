@@ -60,18 +60,29 @@ class Orphans:
         T.forget_orphan(v, ino)
         return False, self.gone(key, rec)
 
+    def replaced(self, v: View, tree: TreeRef, ino: int, rec: Inode) -> tuple[bool, Inode | None]:
+        """:meth:`orphaned` for the inode a rename replaced, whose record ``rec`` (no
+        links, not put: ``branchfs.tree.rename_in``) is put only if it stays: one write of
+        it, not a put then a delete."""
+        key = (tree, ino)
+        if self.holds.is_open(key) or (self.holds.held(key) and not (rec.is_reg or rec.is_link)):
+            v.put_inode(ino, rec)
+            return True, None
+        v.delete_inode(ino, T.has_extents(rec))
+        return False, self.gone(key, rec)
+
     def gone(self, key: Key, rec: Inode) -> Inode | None:
         """The record GETATTR answers for ``key`` deleted at its unlink while the kernel
         still holds it (an ``O_PATH`` descriptor opens no file handle): ``rec`` without
         links and with the unlink's ctime, as ext4 shows it (``nlink`` 0, POSIX unlink(2)
         marks ctime); kept in :attr:`.inodes.Holds.gone` until the FORGET. None when the
-        kernel holds nothing of it."""
+        kernel holds nothing of it. ``rec`` is the caller's, no longer wanted: it becomes
+        that record (edited, not copied)."""
         if not self.holds.held(key):
             return None
-        gone = rec.copy()  # cheaper than dataclasses.replace, and shares no dict with rec
-        gone.links = []
-        gone.ctime_ns = T.now_ns()
-        return gone
+        rec.links = []
+        rec.ctime_ns = T.now_ns()
+        return rec
 
     def drop_orphans(self, doomed: list[Key]) -> None:
         """Delete unlinked inodes whose last reference (name, lookup, open file) went away."""
