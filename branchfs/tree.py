@@ -249,10 +249,17 @@ def link(v: View, ino: int, parent: int, name: bytes) -> Inode:
     return link_in(v, ino, parent, name)[0]
 
 
-def link_in(v: View, ino: int, parent: int, name: bytes) -> tuple[Inode, Inode]:
+def link_in(
+    v: View, ino: int, parent: int, name: bytes, rec: Inode | None = None
+) -> tuple[Inode, Inode]:
     """:func:`link`: the record of ``ino`` and the parent's record, as they now are (see
-    :func:`unlink_in`)."""
-    rec = for_write(v, ino)
+    :func:`unlink_in`). ``rec``: the record of ``ino`` as this transaction has left it, not
+    yet put (the mount's write buffer of a file just closed, applied in the same
+    transaction: one put of the record instead of two)."""
+    if rec is None:
+        rec = for_write(v, ino)
+    else:
+        writable(v)
     prec = _new_entry_checks(v, parent, name)
     if rec.is_dir:
         raise os_error(errno.EPERM)
@@ -568,13 +575,15 @@ def write_inline(
     segments: Sequence[tuple[int, bytes | bytearray]],
     mtime_ns: int,
     attrs: Inode | None = None,
+    put: bool = True,
 ) -> Inode | None:
     """Several writes into a small regular file, and its mtime and ctime set to
     ``mtime_ns``: what :func:`write` of each ``(offset, data)`` then :func:`.attrs.setattr` of the
     times leave, with the record read and put once; then, given ``attrs``, the mode, owner
     and times of ``attrs``. Only for data that stays inline in the record (the file was
     inline and ends within :data:`INLINE_MAX` bytes): returns None, having changed
-    nothing, otherwise. Errors as :func:`write`."""
+    nothing, otherwise. Errors as :func:`write`. Without ``put`` the record is returned
+    and not put: the caller puts it, with its own changes, in the same transaction."""
     writable(v)
     rec = for_write(v, ino)
     if rec.is_dir:
@@ -594,7 +603,8 @@ def write_inline(
     if attrs is not None:
         rec.mode, rec.uid, rec.gid = attrs.mode, attrs.uid, attrs.gid
         rec.atime_ns, rec.mtime_ns, rec.ctime_ns = attrs.atime_ns, attrs.mtime_ns, attrs.ctime_ns
-    v.put_inode(ino, rec)
+    if put:
+        v.put_inode(ino, rec)
     return rec
 
 

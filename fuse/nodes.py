@@ -362,7 +362,10 @@ class TreeNodes:
         if ptree != tree:
             raise K.FUSEError(errno.EXDEV)
 
-        rec, prec = self.wb.write_after_sealed(tree, lambda v: T.link_in(v, eng, peng, new_name))
+        def fn(v: View, applied: Inode | None) -> tuple[Inode, Inode]:
+            return T.link_in(v, eng, peng, new_name, applied)
+
+        rec, prec = self.wb.write_after_sealed(tree, fn, last=eng)
         co = self.co
         co.cache_record((tree, eng), rec)
         co.cache_record((tree, peng), prec)  # the kernel asks for it next (its mtime moved)
@@ -374,7 +377,7 @@ class TreeNodes:
             raise K.FUSEError(errno.EISDIR)
         tree, peng, _alias = self._parent(parent)
 
-        def fn(v: View) -> tuple[int, bool, Inode | None, Inode]:
+        def fn(v: View, _applied: Inode | None) -> tuple[int, bool, Inode | None, Inode]:
             # A file that Orphans.orphaned would delete at once is deleted by the unlink itself:
             # its record is not put without links first (rm -rf's common case).
             target = v.dirent(peng, name)
@@ -423,7 +426,7 @@ class TreeNodes:
         if ntree != tree:
             raise K.FUSEError(errno.EXDEV)
 
-        def fn(v: View) -> tuple[int | None, bool, Inode | None, T.Touched]:
+        def fn(v: View, _applied: Inode | None) -> tuple[int | None, bool, Inode | None, T.Touched]:
             replaced, orphan, touched = T.rename_in(v, op_eng, old_name, np_eng, new_name, flags)
             if replaced is None or orphan is None:
                 return None, False, None, touched

@@ -84,16 +84,19 @@ SEALED_SAFE = frozenset(
 SEALED_FIRST = frozenset(("link", "unlink", "rename"))
 
 
-def apply_buffer(v: View, ino: int, buf: WriteBuffer) -> Inode:
+def apply_buffer(v: View, ino: int, buf: WriteBuffer, put: bool = True) -> Inode:
     """Write a buffer's segments into ``ino`` and give it the buffer's mtime, then the
-    attributes folded into it (:meth:`WriteBack.fold`); its record."""
+    attributes folded into it (:meth:`WriteBack.fold`); its record. Without ``put`` the
+    record of a small file may be left unput: the caller puts the record returned (with
+    its own changes) in the same transaction."""
     final = buf.attrs
     if not buf.kill_suidgid:
         # A small file (the common case of tar, git, pip): one read and one put of the
         # record, unless security.capability must go (then the general path below).
-        rec = T.write_inline(v, ino, buf.segments, buf.mtime_ns, final)
+        privs = buf.drop_privs
+        rec = T.write_inline(v, ino, buf.segments, buf.mtime_ns, final, put or privs)
         if rec is not None:
-            if not (buf.drop_privs and b"security.capability" in rec.xattrs):
+            if not (privs and b"security.capability" in rec.xattrs):
                 return rec
             drop_privs(v, ino, False)
             rec = A.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
@@ -329,24 +332,34 @@ class WriteBack:
             for (ino, _buf), rec in zip(bufs, recs, strict=True):
                 co.cache_record((tree, ino), rec)
 
-    def write_after_sealed(self, tree: TreeRef, fn: Callable[[View], R]) -> R:
+    def write_after_sealed(
+        self, tree: TreeRef, fn: Callable[[View, Inode | None], R], *, last: int = 0
+    ) -> R:
         """``Coherence.write(tree, fn)`` with the closed and folded buffers
         (:meth:`flush_sealed`) applied first in the same transaction: a LINK, UNLINK or
         RENAME that may touch the record of a file just closed (git links each object it
         wrote, then unlinks its temporary name) costs one transaction, not two. Holds the
         lock. If the transaction fails, the buffers are applied on their own and ``fn`` is
         run again alone, so that its error is its own.
+
+        ``fn(v, applied)``: ``applied`` is the record of inode ``last`` as its sealed buffer
+        left it, when it had one, and None otherwise; ``fn`` must then put that record
+        itself (a small file's may not be put yet: one put of it, not two).
         """
         if not self.sealed:
-            return self.coherence.write(tree, fn)
+            return self.coherence.write(tree, lambda v: fn(v, None))
         self.settle()
         taken = [(key, buf) for key in list(self.sealed) if (buf := self.take(key, True))]
         bufs = [(key[1], buf) for key, buf in taken if key[0] == tree]
 
         def run(v: View) -> R:
+            applied = None
             for ino, buf in bufs:
-                apply_buffer(v, ino, buf)
-            return fn(v)
+                if ino == last:
+                    applied = apply_buffer(v, ino, buf, put=False)
+                else:
+                    apply_buffer(v, ino, buf)
+            return fn(v, applied)
 
         try:
             if len(bufs) == len(taken):
@@ -358,7 +371,7 @@ class WriteBack:
             self.buffered += buf.nbytes
             self.sealed.add(key)
         self.flush_sealed()
-        return self.coherence.write(tree, fn)
+        return self.coherence.write(tree, lambda v: fn(v, None))
 
     def _apply_alone(self, key: Key, buf: WriteBuffer) -> None:
         """Apply one taken buffer in its own transaction; log and drop it if that fails."""

@@ -348,8 +348,11 @@ def test_closed_files_reach_the_store_with_the_batch_or_the_link_that_names_them
     assert fs.bridge.wb.sealed
     assert fs.getattr("tmp_obj").st_size == 6  # answered with the buffer
     ino = fs.lookup("tmp_obj")
-    fs.bridge.link(ino, 1, b"final", CTX)
+    linked = fs.bridge.link(ino, 1, b"final", CTX)  # its record is put once, data and link
+    assert (linked.st_size, linked.st_nlink) == (6, 2)
     assert not fs.bridge.wb.sealed
+    stored = store.branch("main").stat("final")  # this thread reads the open batch
+    assert (stored.st_size, stored.st_nlink, stored.st_ino) == (6, 2, ino)
     fs.unlink("tmp_obj")
     assert store.branch("main").read_bytes("final") == b"object"
     # A link that fails (the name is taken) keeps the closed file's data and its own errno.
