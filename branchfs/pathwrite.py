@@ -263,9 +263,9 @@ class WritableTree(PathTree):
                 and not (flags & tree.RENAME_NOREPLACE and v.dirent(dp, dn) is not None)
             ):
                 raise os_error(errno.ENOTDIR)
-            replaced = tree.rename(v, sp, sn, dp, dn, flags)
-            if replaced is not None:
-                tree.forget_orphan(v, replaced)  # no open handle can hold it in this API
+            replaced, orphan, _dirs = tree.rename_in(v, sp, sn, dp, dn, flags)
+            if replaced is not None and orphan is not None:  # no handle holds it in this API
+                v.delete_inode(replaced, tree.has_extents(orphan))
 
         self._at(src, op, write=True)
 

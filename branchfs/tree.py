@@ -155,10 +155,8 @@ def make_node(
     rdev: int = 0,
     target: bytes | None = None,
 ) -> tuple[int, Inode]:
-    """Create a file, directory, symlink or special file named ``name`` in ``parent``.
-
-    ``mode`` includes the file-type bits. Returns the new inode number and record.
-    """
+    """Create a file, directory, symlink or special file named ``name`` in ``parent``
+    (``mode`` includes the file-type bits); the new inode number and record."""
     ino, rec, _prec = make_node_in(v, parent, name, mode, uid, gid, rdev=rdev, target=target)
     return ino, rec
 
@@ -285,24 +283,13 @@ def _drop_link(v: View, ino: int, rec: Inode, parent: int, name: bytes, keep: bo
 
 def has_extents(rec: Inode) -> bool:
     """Whether the layer holding ``rec`` may hold extents of its inode: only a regular file
-    whose bytes are not inline does (a symlink's target, a small file's bytes are in the
-    record; a layer's record turns inline only with its extents dropped, ``content``)."""
+    not inline (a layer's record turns inline only with its extents dropped, ``content``)."""
     return rec.inline is None and st.S_ISREG(rec.mode)
 
 
-def unlink(
-    v: View,
-    parent: int,
-    name: bytes,
-    *,
-    keep_orphan: bool = False,
-    known: tuple[int, Inode] | None = None,
-) -> int:
-    """Remove the non-directory entry ``name`` from ``parent``; returns its inode.
-
-    See :func:`unlink_in` for ``keep_orphan`` and ``known``.
-    """
-    return unlink_in(v, parent, name, keep_orphan=keep_orphan, known=known)[0]
+def unlink(v: View, parent: int, name: bytes) -> int:
+    """Remove the non-directory entry ``name`` from ``parent``; returns its inode."""
+    return unlink_in(v, parent, name)[0]
 
 
 def unlink_in(
@@ -314,10 +301,8 @@ def unlink_in(
     known: tuple[int, Inode] | None = None,
 ) -> tuple[int, Inode]:
     """:func:`unlink`, also returning the parent's record as it now is (its new mtime): the
-    mount caches it for the kernel's next question about the directory, without reading
-    it back.
-
-    With ``keep_orphan`` an inode that loses its last link keeps its record (with no
+    mount caches it for the kernel's next question about the directory. With
+    ``keep_orphan`` an inode that loses its last link keeps its record (with no
     links) so that open file handles can still use it; :func:`forget_orphan` drops it.
     ``known``: the inode ``name`` names and its record from ``v.inode_for_write``, if the
     caller has read them in this transaction (they are not read again; ``rec`` is edited).
@@ -342,27 +327,17 @@ def forget_orphan(v: View, ino: int) -> None:
         v.delete_inode(ino, has_extents(rec))
 
 
-def forget_orphans(v: View) -> int:
-    """Delete every orphan of the top layer (left by a daemon that died); how many."""
-    doomed = v.linkless_inodes()
-    for ino in doomed:
-        v.delete_inode(ino)
-    return len(doomed)
-
-
-def rmdir(v: View, parent: int, name: bytes, *, keep_orphan: bool = False) -> int:
-    """Remove the empty directory ``name`` from ``parent``; returns its inode.
-
-    With ``keep_orphan`` the directory keeps its record (with no links), as a file does in
-    :func:`unlink`, so that a process holding it open (or as its working directory) still
-    sees an empty directory with ``st_nlink`` 0; :func:`forget_orphan` drops it.
-    """
-    return rmdir_in(v, parent, name, keep_orphan=keep_orphan)[0]
+def rmdir(v: View, parent: int, name: bytes) -> int:
+    """Remove the empty directory ``name`` from ``parent``; returns its inode."""
+    return rmdir_in(v, parent, name)[0]
 
 
 def rmdir_in(v: View, parent: int, name: bytes, *, keep_orphan: bool = False) -> tuple[int, Inode]:
     """:func:`rmdir`, also returning the parent's record as it now is (see
-    :func:`unlink_in`)."""
+    :func:`unlink_in`). With ``keep_orphan`` the directory keeps its record (with no
+    links), as a file does in :func:`unlink_in`, so that a process holding it open (or as
+    its working directory) still sees an empty directory with ``st_nlink`` 0;
+    :func:`forget_orphan` drops it."""
     writable(v)
     if name == b".":
         raise os_error(errno.EINVAL)
@@ -401,31 +376,16 @@ def is_ancestor(v: View, maybe_ancestor: int, ino: int) -> bool:
             return False
 
 
-def rename(
-    v: View, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0
-) -> int | None:
-    """rename(2)/renameat2(2): move ``old_name`` to ``new_name``.
-
-    Supports ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``. Returns the inode that was
-    replaced and lost its last name (so a caller may keep it as an orphan: its record is
-    put with no links), else None.
-    """
-    replaced, trec, _parents = rename_in(v, old_parent, old_name, new_parent, new_name, flags)
-    if replaced is not None and trec is not None:
-        v.put_inode(replaced, trec)
-    return replaced
-
-
-#: The directories a rename changed, each with its record as put: ``(inode, record)``.
-Touched = list[tuple[int, Inode]]
+Touched = list[tuple[int, Inode]]  #: directories a call changed: ``(inode, record as put)``
 
 
 def rename_in(
     v: View, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0
 ) -> tuple[int | None, Inode | None, Touched]:
-    """:func:`rename`, leaving the replaced inode to the caller: returns it (None if none
-    lost its last name), its record with no links, *not put* (the caller puts it to keep
-    the orphan, or deletes the inode: one write of it, not two), and the directories the
+    """rename(2)/renameat2(2): move ``old_name`` to ``new_name`` (``RENAME_NOREPLACE``,
+    ``RENAME_EXCHANGE``). Returns the inode that was replaced and lost its last name (None
+    if none did) and its record with no links, *not put* (the caller puts it to keep an
+    orphan, or deletes the inode: one write of it, not two), and the directories the
     rename changed with their records as put (see :func:`unlink_in`)."""
     writable(v)
     if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or (

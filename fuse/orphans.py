@@ -107,4 +107,12 @@ class Orphans:
     def clean_orphans(self) -> int:
         """Delete inodes left unlinked-but-open by a daemon that died; returns how many."""
 
-        return self.store.write_tree(self.main.name, T.forget_orphans)
+        return self.store.write_tree(self.main.name, forget_orphans)
+
+
+def forget_orphans(v: View) -> int:
+    """Delete every orphan of ``v``'s top layer (left by a daemon that died); how many."""
+    doomed = v.linkless_inodes()
+    for ino in doomed:
+        v.delete_inode(ino)
+    return len(doomed)
