@@ -238,16 +238,15 @@ class TreeNodes:
     def child_record(self, parent: int, name: bytes) -> Inode | None:
         """The record ``name`` in ``parent`` names, or None."""
         tree, peng = self.key(parent)
-
-        def fn(v: View) -> Inode | None:
-            ino = v.dirent(peng, name)
-            return None if ino is None else v.inode(ino)
-
-        return self.co.read(tree, fn)
+        return self.co.read(
+            tree, lambda v: None if (i := v.dirent(peng, name)) is None else v.inode(i)
+        )
 
     def record(self, fino: int) -> Inode:
         """The record of ``fino`` (mode and owner for a permission check); ENOENT if gone."""
-        return self._record(self.key(fino))
+        # The mounted tree's fino is its engine inode, and its cached records are exact.
+        rec = self.co.records.get(fino) if fino < ALIAS_BASE and not self.holds.gone else None
+        return rec if rec is not None else self._record(self.key(fino))
 
     def setattr(
         self, fino: int, fields: K.SetattrFields, ctx: K.RequestContext
