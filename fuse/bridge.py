@@ -372,7 +372,7 @@ class Bridge:
         """Remove a name; an inode still open or known to the kernel lives on as an orphan."""
         if parent in CONTROL_NODES:
             self.ctl.unlink(parent, name)
-        self.checks.require(parent, dac.CHANGE, ctx)
+        self.checks.remove(parent, name, ctx)
         self.tree.unlink(parent, name)
 
     @op
@@ -383,7 +383,7 @@ class Bridge:
             return
         if parent in CONTROL_NODES:
             raise K.FUSEError(errno.EPERM)
-        self.checks.require(parent, dac.CHANGE, ctx)
+        self.checks.remove(parent, name, ctx)
         self.tree.rmdir(parent, name)
 
     @op

@@ -232,6 +232,18 @@ def check_link_source(ctx: K.RequestContext, rec: Inode) -> None:
         raise K.FUSEError(errno.EPERM)
 
 
+def check_sticky(ctx: K.RequestContext, parent: Inode, rec: Inode) -> None:
+    """``may_delete()``'s sticky test (fs/namei.c ``__check_sticky``): in a sticky
+    directory only the owner of the name's file or of the directory, or a holder of
+    CAP_FOWNER, may remove or replace it; EPERM otherwise. The VFS cannot make it here:
+    without ``default_permissions`` FUSE hides S_ISVTX from the inode's mode
+    (fs/fuse/inode.c ``fuse_change_attributes_common``; ``stat`` still shows it)."""
+    if not parent.mode & st.S_ISVTX or ctx.uid in (rec.uid, parent.uid):
+        return
+    if not capable(ctx, rec, CAP_FOWNER):
+        raise K.FUSEError(errno.EPERM)
+
+
 def xattr_mask(name: bytes, write: bool) -> int:
     """What ``xattr_permission()`` (fs/xattr.c) asks ``inode_permission()`` for an attribute
     ``name``: nothing for ``security.``, ``system.`` and ``trusted.`` (left to the LSM, the
@@ -286,6 +298,9 @@ class KernelChecks:
 
     def link(self, fino: int, new_parent: int, ctx: K.RequestContext) -> None:
         """LINK of ``fino`` into ``new_parent``."""
+
+    def remove(self, parent: int, name: bytes, ctx: K.RequestContext) -> None:
+        """UNLINK or RMDIR of ``name`` in ``parent``."""
 
     def rename(
         self,
@@ -369,6 +384,17 @@ class DaemonChecks(KernelChecks):
             self.require(new_parent, CHANGE, ctx)
             check_link_source(ctx, self.record(fino))
 
+    def remove(self, parent: int, name: bytes, ctx: K.RequestContext) -> None:
+        """UNLINK, RMDIR: write and search on ``parent``, and :func:`check_sticky`."""
+        if parent in CONTROL_NODES:
+            return
+        prec = self.record(parent)
+        require(ctx, prec, CHANGE)
+        if prec.mode & st.S_ISVTX:
+            rec = self.child(parent, name)
+            if rec is not None:
+                check_sticky(ctx, prec, rec)
+
     def rename(
         self,
         old_parent: int,
@@ -378,12 +404,13 @@ class DaemonChecks(KernelChecks):
         flags: int,
         ctx: K.RequestContext,
     ) -> None:
-        """``vfs_rename()`` (fs/namei.c): write and search on both directories, and write on
-        a directory that changes parent (its ``..`` changes), both ways for an exchange."""
-        self.require(old_parent, CHANGE, ctx)
+        """``vfs_rename()`` (fs/namei.c): write and search on both directories and the
+        sticky test of both names (``may_delete``), and write on a directory that changes
+        parent (its ``..`` changes), both ways for an exchange."""
+        self.remove(old_parent, old_name, ctx)
+        self.remove(new_parent, new_name, ctx)
         if new_parent == old_parent:
             return
-        self.require(new_parent, CHANGE, ctx)
         moved = [(old_parent, old_name)]
         if flags & RENAME_EXCHANGE:
             moved.append((new_parent, new_name))
@@ -393,7 +420,12 @@ class DaemonChecks(KernelChecks):
                 require(ctx, rec, MAY_WRITE)
 
     def xattr(self, fino: int, name: bytes, ctx: K.RequestContext, *, write: bool) -> None:
-        """GETXATTR, SETXATTR, REMOVEXATTR of ``name`` (:func:`xattr_mask`)."""
+        """GETXATTR, SETXATTR, REMOVEXATTR of ``name`` (:func:`xattr_mask`); a ``user.``
+        name of a sticky directory is its owner's (or CAP_FOWNER's) to change."""
         mask = xattr_mask(name, write)
-        if mask:
-            self.require(fino, mask, ctx)
+        if mask and fino not in CONTROL_NODES:
+            rec = self.record(fino)
+            sticky = rec.is_dir and rec.mode & st.S_ISVTX and name.startswith(b"user.")
+            if write and sticky and not owner_or_capable(ctx, rec):
+                raise K.FUSEError(errno.EPERM)
+            require(ctx, rec, mask)

@@ -39,9 +39,24 @@ def kernel_checks(allow_other: bool, euid: int) -> bool:
     only uid-0, gid-0 processes may enter it, every check passes for those holding the
     DAC capabilities, and the daemon makes the checks itself for those that dropped them
     (:mod:`.dac`), which spares the GETATTR the kernel sends before every change in a
-    directory (docs/architecture.md, "Permissions").
+    directory (docs/architecture.md, "Permissions"). Also always where
+    ``fs.protected_regular`` or ``fs.protected_fifos`` is on: ``may_create_in_sticky()``
+    applies them to root too, from a sticky bit FUSE hides from the VFS without
+    ``default_permissions``, at an ``O_CREAT`` open FUSE does not tell the daemon of.
     """
-    return allow_other or euid != 0
+    return allow_other or euid != 0 or any(map(_sysctl_on, _STICKY_CREATE_SYSCTLS))
+
+
+#: The sysctls of ``may_create_in_sticky()`` (fs/namei.c).
+_STICKY_CREATE_SYSCTLS = ("fs/protected_regular", "fs/protected_fifos")
+
+
+def _sysctl_on(name: str) -> bool:
+    try:
+        with open(f"/proc/sys/{name}", "rb") as fh:
+            return fh.read().strip() != b"0"
+    except OSError:
+        return True
 
 
 class _Report:

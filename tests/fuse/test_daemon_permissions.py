@@ -47,6 +47,8 @@ TREE = [
     ("groupdir/inside", "file", 0o644, OTHER, OTHER),
     ("sticky", "dir", 0o1777, 0, 0),
     ("sticky/theirs", "file", 0o666, OTHER, OTHER),
+    ("sticky_theirs", "dir", 0o1777, OTHER, OTHER),
+    ("sticky_theirs/theirs", "file", 0o666, OTHER, OTHER),
     ("rootdir/mine", "file", 0o644, 0, 0),
     ("rootdir/mine_ro", "file", 0o444, 0, 0),
     ("rootdir/mine_none", "file", 0o000, 0, 0),
@@ -129,6 +131,12 @@ run("stat private/inside", lambda: mode("private/inside"))
 run("read private/inside", lambda: read("private/inside"))
 run("read groupdir/inside", lambda: read("groupdir/inside"))
 run("unlink sticky/theirs", lambda: os.unlink(p("sticky/theirs")))
+run("unlink sticky_theirs/theirs", lambda: os.unlink(p("sticky_theirs/theirs")))
+run("rename sticky_theirs/theirs",
+    lambda: os.rename(p("sticky_theirs/theirs"), p("sticky_theirs/moved")))
+def noatime(name): os.close(os.open(p(name), os.O_RDONLY | os.O_NOATIME))
+run("noatime theirs_rw", lambda: noatime("rootdir/theirs_rw"))
+run("noatime mine", lambda: noatime("rootdir/mine"))
 run("unlink otherdir/file", lambda: os.unlink(p("otherdir/file")))
 run("rmdir otherdir/sub", lambda: os.rmdir(p("otherdir/sub")))
 run("unlink otherdir_w/file", lambda: os.unlink(p("otherdir_w/file")))
@@ -215,6 +223,7 @@ def test_root_without_capabilities_gets_what_the_native_disk_gives(
     # the comparison exercises refusals of each kind, and successes
     assert {"EACCES", "EPERM", "ok"} <= {v for v in expected.values() if isinstance(v, str)}
     assert expected["mode group_other"] == "0o100640"  # set-group-ID dropped, not refused
+    assert expected["unlink sticky_theirs/theirs"] == expected["noatime theirs_rw"] == "EPERM"
 
 
 WALKS = r"""
