@@ -37,9 +37,18 @@ ALIAS_DIR = ROOT / "build" / "mypyc-src"
 
 
 #: The compiled modules: the request loop of the daemon and the engine modules a CREATE,
-#: UNLINK, WRITE, READ, LOOKUP or READDIR runs (chosen by profile: benchmarks/fuse_cpu.py).
-#: Not here: command-line modules (their start-up is import-bound, not CPU-bound) and
-#: branchfs/errors.py (exceptions subclassing builtins stay Python classes).
+#: UNLINK, WRITE, READ, LOOKUP or READDIR runs (chosen by profile: benchmarks/fuse_cpu.py),
+#: and the daemon's permission checks. Not here: command-line modules (their start-up is
+#: import-bound, not CPU-bound); branchfs/errors.py (exceptions subclassing builtins stay
+#: Python classes); store.py (tests/fuse/test_discard_race.py patches notices.serving,
+#: which store.py calls: a compiled call would bind past the patch); branch.py (narrows
+#: PathTree.store's type, which mypyc refuses), with pathtree.py and pathwrite.py under it
+#: (an interpreted class cannot subclass a compiled one); staging.py (a ``continue`` inside
+#: ``try``/``finally``); diff.py, history.py and merge/ (compiled, tests/test_model.py
+#: found a merge that the oracle says conflicts merged cleanly: not yet explained);
+#: merge/rules.py (a frozen dataclass that sets undeclared attributes); fuse/caps.py
+#: (ctypes structures); gc, fsck, compact, the control directory and the daemon's
+#: start-up (not per request).
 NATIVE = [
     "branchfs_fuse.session",
     "branchfs_fuse.kernel",
@@ -53,6 +62,9 @@ NATIVE = [
     "branchfs_fuse.orphans",
     "branchfs_fuse.stats",
     "branchfs_fuse.coherence",
+    "branchfs_fuse.dac",
+    "branchfs_fuse.privs",
+    "branchfs_fuse.errors",
     "branchfs.tree",
     "branchfs.attrs",
     "branchfs.records",
@@ -67,6 +79,9 @@ NATIVE = [
     "branchfs.refs",
     "branchfs.paths",
     "branchfs.meta",
+    "branchfs.following",
+    "branchfs.engine",
+    "branchfs.damage",
 ]
 
 
@@ -185,9 +200,10 @@ class BuildExt(build_ext):
             super().build_extension(ext)
         except (CCompilerError, ExecError, PlatformError) as exc:
             raise SystemExit(
-                f"branchfs: cannot compile the C that mypyc generated ({exc}): install a C "
-                "compiler and the Python headers (Debian: gcc python3-dev), or build the "
-                "slower pure-Python package with BRANCHFS_PURE=1"
+                f"branchfs: compiling the C that mypyc generated failed ({exc}); the output "
+                "above says why. A missing C compiler or Python headers: install them "
+                "(Debian: gcc python3-dev), or build the slower pure-Python package with "
+                "BRANCHFS_PURE=1"
             ) from exc
         finally:
             compiler.compile = whole

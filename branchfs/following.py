@@ -13,7 +13,7 @@ import fcntl
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import Protocol, TypeAlias
 
 import lmdb
 
@@ -21,11 +21,9 @@ from . import keys
 from .damage import DAMAGE_ERRORS, damaged
 from .errors import StoreLocked
 
-if TYPE_CHECKING:
-    #: A named database of the environment (lmdb's stubs call it ``_Database``).
-    Database: TypeAlias = lmdb._Database
-else:
-    Database = object
+#: A named database of the environment (lmdb's C module and stubs call it ``_Database``).
+#: Not behind ``TYPE_CHECKING``: mypyc, which compiles this module, takes that as true.
+Database: TypeAlias = lmdb._Database
 
 #: Key in the ``meta`` database of an environment that a compaction is replacing.
 MOVED_KEY = keys.COMPACTING

@@ -30,7 +30,6 @@ may not search, and the cached walks of a process that moved its fsuid off 0.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat as st
@@ -39,6 +38,7 @@ from collections.abc import Callable
 from branchfs.records import Inode
 
 from . import kernel as K
+from .caps import capabilities
 from .inodes import CONTROL_NODES
 from .privs import in_group
 
@@ -59,36 +59,6 @@ RENAME_EXCHANGE = 2
 
 #: ``f_flags`` bit of an open for execve (``__FMODE_EXEC``), which FUSE passes in OPEN.
 FMODE_EXEC = 0x20
-
-_CAP_VERSION_3 = 0x20080522
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
-_capget = ctypes.CDLL(None, use_errno=True).capget
-
-
-def capabilities(pid: int, *, permitted: bool = False) -> int:
-    """The effective (or ``permitted``) capability set of thread ``pid``, as a bit mask;
-    0 if the thread is gone (nothing is granted then)."""
-    header = _CapHeader(_CAP_VERSION_3, pid)
-    data = (_CapData * 2)()
-    if _capget(ctypes.byref(header), data) != 0:
-        return 0
-    low, high = data
-    if permitted:
-        return int(low.permitted) | int(high.permitted) << 32
-    return int(low.effective) | int(high.effective) << 32
 
 
 def _own_userns() -> str:
