@@ -157,7 +157,15 @@ class BuildExt(build_ext):
 
     def run(self) -> None:
         """Build, then mark in-tree extensions as built now: the import guard
-        (branchfs/native.py) compares their time with their ``.py``'s."""
+        (branchfs/native.py) compares their time with their ``.py``'s.
+
+        Extensions of modules no longer compiled are deleted from the build directory
+        first: a wheel packs everything there, and a stale module's extension would ask
+        the shared library for a module it no longer holds."""
+        wanted = {self.get_ext_filename(ext.name) for ext in self.extensions}
+        for built in Path(self.build_lib).rglob("*.so"):
+            if str(built.relative_to(self.build_lib)) not in wanted:
+                built.unlink()
         super().run()
         if self.inplace:
             for ext in self.extensions:
