@@ -13,6 +13,7 @@ ENOSPC).
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable
@@ -53,7 +54,17 @@ class Moved(Exception):
 class Batches:
     """The batching thread, its open batch, since when (ns) and how many writes it holds."""
 
-    __slots__ = ("child", "ino_end", "ino_next", "meta", "owner", "started_ns", "txn", "writes")
+    __slots__ = (
+        "child",
+        "ino_end",
+        "ino_next",
+        "lost",
+        "meta",
+        "owner",
+        "started_ns",
+        "txn",
+        "writes",
+    )
 
     def __init__(self, meta: Environment) -> None:
         self.meta = meta
@@ -70,6 +81,9 @@ class Batches:
         #: not have reached the store: a call that aborts, a batch whose commit fails.
         self.ino_next = 0
         self.ino_end = 0
+        #: errno of the last batch whose commit failed (its writes are lost), until the
+        #: batching thread's owner takes it to report it (``GroupCommit.take_error``).
+        self.lost = 0
 
     def set_thread(self, ident: int) -> None:
         """Batch the writes of thread ``ident`` from now on (0: nobody's).
@@ -122,8 +136,9 @@ class Batches:
     def commit(self) -> None:
         """Commit the open batch (nothing if none) and let LMDB's writer go.
 
-        On failure (a full disk, EIO) the batch's writes are lost and ``OSError`` says why;
-        the caller reports it the way the kernel reports a failed writeback.
+        On failure (a full disk, EIO) the batch's writes are lost, ``OSError`` says why and
+        :attr:`lost` keeps its errno: the batching thread's owner reports it the way the
+        kernel reports a failed writeback, even when the commit was made for a later call.
         """
         txn = self.txn
         if txn is None:
@@ -135,7 +150,9 @@ class Batches:
         except lmdb.Error as exc:
             txn.abort()
             self.ino_next = self.ino_end = 0  # a reservation it held is lost
-            raise meta.commit_error(exc) from exc
+            error = meta.commit_error(exc)
+            self.lost = error.errno or errno.EIO
+            raise error from exc
         finally:
             meta.follower.leave()
             meta.lock.release()

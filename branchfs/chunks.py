@@ -78,6 +78,7 @@ class LmdbChunkStore:
             if stored is None:
                 txn.put(key, data, db=self.db)
                 txn.put(key, codec.u64(1), db=self.refs)
+                self.meta.put_bytes += len(data)
                 return key
             if stored == data:
                 self.incref(txn, key)
@@ -115,6 +116,7 @@ class LmdbChunkStore:
                     self.tally[0] += 1
                     self.tally[1] += len(data)
             txn.delete(key, db=self.db)
+            self.meta.frees = True
         else:
             txn.put(key, codec.u64(count - 1), db=self.refs)
 

@@ -436,6 +436,7 @@ class View:
             txn.put(key, TOMBSTONE, db=db)
         else:
             txn.delete(key, db=db)
+        self.meta.frees = True
 
     def list_dir(self, parent: int) -> list[tuple[bytes, int]]:
         """The entries of directory ``parent``, sorted by name."""

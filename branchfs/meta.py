@@ -15,6 +15,7 @@ transactions.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -25,7 +26,7 @@ from typing import TypeAlias, TypeVar
 
 import lmdb
 
-from . import keys, readers
+from . import keys, readers, reserve
 from .batches import Batches, BatchRead, Moved
 from .damage import DAMAGE_ERRORS, check_size, damaged, refuse_emptied, unreadable
 from .errors import (
@@ -140,6 +141,13 @@ class Meta:
         self._next_reader_check = 0.0
         #: Whether the last preallocation kept the full headroom: batches need it.
         self._roomy = True
+        #: Whether ``STORE/reserve`` is known to exist (see :mod:`branchfs.reserve`).
+        self._reserved = False
+        #: Bytes of new chunks the running write transaction stored (``LmdbChunkStore``),
+        #: and whether it deleted a name, a chunk or a ref: a write that deletes and stores
+        #: no new content may spend the reserve (see :mod:`branchfs.reserve`).
+        self.put_bytes = 0
+        self.frees = False
         if not os.path.exists(self.data_file) and not create:
             if os.path.isdir(path):
                 raise NotAStore(
@@ -389,11 +397,11 @@ class Meta:
                 except Moved:
                     pass  # a compaction is under way: the usual path follows it
                 except lmdb.MapFullError:
-                    self.commit_batch()  # what the batch holds is kept; this call starts anew
+                    self._end_batch()  # what the batch holds is kept; this call starts anew
                     with self.lock:
                         self._grow()
             else:  # a nearly full disk: each write commits alone and hears its own ENOSPC
-                self.commit_batch()
+                self._end_batch()
         follower = self.follower
         with self.lock:
             while True:
@@ -403,6 +411,8 @@ class Meta:
                     txn = self.begin(True)
                     try:
                         if not follower.moved(txn, txn.id() - 1):
+                            self.put_bytes = 0
+                            self.frees = False
                             result = fn(txn)
                             committed = txn.id()
                             txn.commit()
@@ -419,9 +429,12 @@ class Meta:
                         raise damaged(self.path, exc) from exc
                     except lmdb.Error as exc:
                         txn.abort()
-                        if _is_enospc(exc, self.path):
+                        if not _is_enospc(exc, self.path):
+                            raise
+                        self._roomy = False
+                        if not self._spend_reserve():
                             raise os_error(errno.ENOSPC) from exc
-                        raise
+                        grown = True  # the reserve's space is free: run the call again
                     except BaseException:
                         txn.abort()
                         raise
@@ -462,9 +475,31 @@ class Meta:
         :meth:`branchfs.batches.Batches.commit` (``OSError`` on failure)."""
         self.batches.commit()
 
+    def _end_batch(self) -> None:
+        """Commit the open batch before a call that must run alone.
+
+        If that commit fails, the batch's calls (which have returned) are lost and
+        ``Batches.lost`` keeps the errno for the next fsync; the call at hand is not theirs
+        and goes on: on a full disk, an unlink must still be able to free space.
+        """
+        with contextlib.suppress(OSError):
+            self.batches.commit()
+
+    def _spend_reserve(self) -> bool:
+        """After ENOSPC: give the reserve's space back to the disk if the failed call deleted
+        something and stored no new content (see :mod:`branchfs.reserve`); whether it may
+        run again."""
+        if not self.frees or self.put_bytes or not reserve.release(self.path):
+            return False
+        self._reserved = False
+        return True
+
     def commit_error(self, exc: lmdb.Error) -> OSError:
         """The ``OSError`` (ENOSPC or EIO, naming the store) that a failed commit means."""
-        return os_error(errno.ENOSPC if _is_enospc(exc, self.path) else errno.EIO, self.path)
+        if _is_enospc(exc, self.path):
+            self._roomy = False  # the calls that follow commit alone, and may use the reserve
+            return os_error(errno.ENOSPC, self.path)
+        return os_error(errno.EIO, self.path)
 
     def preallocate(self) -> None:
         """Keep ``data.mdb`` allocated on disk from its start to HEADROOM past its end.
@@ -485,8 +520,11 @@ class Meta:
         if _fallocate(self._data_fd, _FALLOC_FL_KEEP_SIZE, start, want - start) == 0:
             self._allocated = want
             self._roomy = True
+            if not self._reserved:
+                self._reserved = reserve.make(self.path)
         elif ctypes.get_errno() not in (errno.ENOSPC, errno.EINTR):
             self._allocated = 1 << 62  # the filesystem cannot (EOPNOTSUPP …): do not ask again
+            self._reserved = reserve.make(self.path)  # (which writes zeros where it must)
         else:
             # ENOSPC: the disk is full; the headroom left is what deletions will use, and
             # writes are committed one by one again so that each hears its own ENOSPC.

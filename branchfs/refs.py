@@ -314,6 +314,7 @@ class Refs:
         """Remove branch ``name``; its layers become garbage for gc."""
         rec = self.branch(txn, name)
         txn.delete(check_ref_name(name), db=self.meta.branches_db)
+        self.meta.frees = True
         return rec
 
     # -- snapshots --------------------------------------------------------------------------
@@ -351,6 +352,7 @@ class Refs:
         """Remove snapshot ``name``; its layers become garbage for gc if nothing else uses them."""
         self.snapshot(txn, name)
         txn.delete(check_ref_name(name, "snapshot"), db=self.meta.snapshots_db)
+        self.meta.frees = True
 
     # -- squashing ---------------------------------------------------------------------------
 

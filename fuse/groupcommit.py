@@ -46,7 +46,6 @@ the kernel reports a failed writeback.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import threading
@@ -151,9 +150,8 @@ class GroupCommit:
             try:
                 meta.commit_batch()
                 self.commits += 1
-            except OSError as exc:
+            except OSError as exc:  # Batches.lost keeps its errno (see take_error)
                 log.error("committing a batch of calls failed; they are lost: %s", exc)
-                self.error = exc.errno or errno.EIO
 
     def answer(self) -> None:
         """After a commit that a waiting thread asked for: let it go (loop thread)."""
@@ -172,8 +170,12 @@ class GroupCommit:
             self.error = code
 
     def take_error(self) -> int:
-        """The errno of a failed commit not yet reported (0 if none); reported once."""
-        code, self.error = self.error, 0
+        """The errno of a failed commit not yet reported (0 if none); reported once.
+
+        A batch may fail to commit in this loop's :meth:`commit` or when the store ends it
+        early for a call that must commit alone (``Batches.lost`` keeps that errno)."""
+        code = self.error or self._batches.lost
+        self.error = self._batches.lost = 0
         return code
 
     def wait_committed(self, timeout: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as st
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -15,6 +16,7 @@ import branchfs
 from branchfs import keys
 from branchfs.keys import U64
 from branchfs.meta import DB_NAMES, FORMAT_VERSION, HEADROOM_BYTES
+from branchfs.reserve import RESERVE_BYTES
 
 # -- what is and is not a store ----------------------------------------------------------------
 
@@ -336,3 +338,38 @@ def test_format_1_store_is_migrated_at_open(store_path: Path) -> None:
         assert s.fsck().ok
         with s.meta.read() as txn:
             assert U64.unpack(txn.get(b"format", db=s.meta.meta_db))[0] == FORMAT_VERSION
+
+
+def _fill(write: Callable[[int], None], sizes: tuple[int, ...]) -> None:
+    """Call ``write(size)`` for each size, largest first, until each fails with ENOSPC."""
+    for size in sizes:
+        for _ in range(10_000):
+            try:
+                write(size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+
+
+def test_a_deletion_on_a_full_disk_spends_the_reserve(small_disk: Path) -> None:
+    # A reader pins the pages that commits free, so every commit extends data.mdb; the disk
+    # is filled down to its last page, headroom included. A deletion must still find room
+    # (it writes new pages too): the store gives its reserve file back to the disk for it.
+    path = small_disk / "s"
+    with branchfs.Store.open(path, create=True) as s:
+        main = s.create_branch("main")
+        assert (path / "reserve").stat().st_blocks * 512 >= RESERVE_BYTES
+        main.write_bytes("big", os.urandom(4 << 20))
+        count = iter(range(1 << 30))
+        with s.meta.read():  # a reader: the pages commits free cannot be used again
+            _fill(lambda n: main.write_bytes(f"f{next(count)}", os.urandom(n)), SIZES)
+            _fill(lambda n: main.mkdir(f"d{next(count)}"), (0,))
+            assert os.statvfs(small_disk).f_bfree == 0
+            main.remove("big")
+        assert not (path / "reserve").exists()
+        assert not main.exists("big")
+        main.write_bytes("after", b"room again")
+        assert s.fsck().ok
+
+
+SIZES = (1 << 20, 64 << 10, 4 << 10, 100)
