@@ -476,12 +476,10 @@ class Meta:
         self.batches.commit()
 
     def _end_batch(self) -> None:
-        """Commit the open batch before a call that must run alone.
-
-        If that commit fails, the batch's calls (which have returned) are lost and
-        ``Batches.lost`` keeps the errno for the next fsync; the call at hand is not theirs
-        and goes on: on a full disk, an unlink must still be able to free space.
-        """
+        """Commit the open batch before a call that must run alone. If that fails, the
+        batch's calls (which have returned) are lost and ``Batches.lost`` keeps the errno
+        for the next fsync; the call at hand is not theirs and goes on (an unlink on a
+        full disk must still free space)."""
         with contextlib.suppress(OSError):
             self.batches.commit()
 
