@@ -415,8 +415,9 @@ class Coherence:
 
     def _on_settle(self, names: list[str]) -> None:
         """Another process's call on ``names`` sees every call this daemon served."""
-        if self.main.name in names:
-            self.group.wait_committed(notices.NOTIFY_TIMEOUT)
+        if self.main.name in names and not self.group.wait_committed(notices.NOTIFY_TIMEOUT):
+            log.warning("another process's call went on without this mount's latest calls")
+            self.stats.event("settle_timeouts")
 
     def _on_notice(self, names: list[str]) -> None:
         """Another process changed ``names``: drop what the kernel caches of their views."""

@@ -154,13 +154,18 @@ class GroupCommit:
                 log.error("committing a batch of calls failed; they are lost: %s", exc)
 
     def answer(self) -> None:
-        """After a commit that a waiting thread asked for: let it go (loop thread)."""
-        with self._cond:
-            self.wanted = False
-            self._cond.notify_all()
+        """After a commit that a waiting thread asked for: let it go (loop thread).
+
+        The wake-up pipe is emptied first: a thread that asks again once ``wanted`` is
+        cleared writes a byte that must stay there, or the loop would sleep in poll(2) with
+        a waiter it never sees, whose call then went on after the notice timeout (10 s).
+        """
         with contextlib.suppress(OSError):
             while os.read(self.wake_r, 64):
                 pass
+        with self._cond:
+            self.wanted = False
+            self._cond.notify_all()
 
     def lost(self, code: int) -> None:
         """Data whose call returned could not reach the store (a closed file's buffer on a

@@ -24,6 +24,7 @@ from fusecheck import needs_fuse
 from test_crash_mount import daemon_pids, kill_at_call, mount_by_cli
 
 import branchfs
+from branchfs.mount import ctl
 
 pytestmark = needs_fuse
 
@@ -171,6 +172,42 @@ def test_an_idle_mount_leaves_the_store_writable_by_others(mounted_store: Any) -
     assert float(out.stdout) < 30  # it did not wait for a timeout
     time.sleep(0.05)
     assert (mnt / "from-api").read_bytes() == b"api"
+
+
+#: ``argv[2]`` processes read branch ``main`` of the store ``argv[1]`` at the same moment,
+#: each asking the mount's daemon to settle first.
+READERS_AT_ONCE = textwrap.dedent(
+    """
+    import os, sys, branchfs
+    pids = []
+    for _ in range(int(sys.argv[2])):
+        pid = os.fork()
+        if pid == 0:
+            with branchfs.Store.open(sys.argv[1]) as s:
+                s.branch("main").read_bytes("x")
+            os._exit(0)
+        pids.append(pid)
+    print(sum(os.waitpid(pid, 0)[1] == 0 for pid in pids))
+    """
+)
+
+
+def test_many_processes_asking_at_once_are_each_answered(mounted_store: Any) -> None:
+    # Each settle was answered once the loop committed; one that arrived while the loop
+    # let the previous one go lost its wake-up, and its process waited the full timeout.
+    mnt = mounted_store.path
+    (mnt / "x").write_bytes(b"x")
+    for _round in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", READERS_AT_ONCE, str(mounted_store.store_path), "40"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        assert out.stdout.strip() == "40", out.stderr
+    stats = ctl(mnt, "stats")
+    assert stats.get("settle_timeouts", 0) == 0
 
 
 #: Writes to files that stay open while later calls return; then ``argv[2]``: "sleep" (a

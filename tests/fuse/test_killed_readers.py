@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import branchfs
+from branchfs.mount import ctl
 
 WORKER = str(Path(__file__).parent.parent / "store_worker.py")
 
@@ -82,6 +83,8 @@ def test_1100_killed_readers_beside_a_holder_and_a_mount(mounted_store) -> None:
         size_after = os.path.getsize(path / "data.mdb")
         assert size_after <= 2 * size_before, (size_before, size_after)
         assert mounted_store.store.fsck().ok
+        # every reader's settle was answered, none waited out the timeout
+        assert ctl(mnt, "stats").get("settle_timeouts", 0) == 0
     finally:
         holder.close()
         zygote.close()
