@@ -333,7 +333,11 @@ class ControlDir:
         names = K.OPCODE_NAMES
         answer["loop_ns"] = {names.get(k, str(k)): v for k, v in self.stats.loop_ns.items()}
         answer["cpu_ns"] = {names.get(k, str(k)): v for k, v in self.stats.cpu_ns.items()}
-        answer["batches"] = self.co.group.commits
+        group = self.co.group
+        answer["batches"] = group.commits
+        answer["batch_apply_ns"] = group.apply_ns
+        answer["batch_commit_ns"] = group.commit_ns
         if reset:
             self.stats.reset()
+            group.commits = group.apply_ns = group.commit_ns = 0
         return answer
