@@ -471,6 +471,11 @@ class DirBuffer:
         )
         return True
 
+    def most_entries(self) -> int:
+        """An upper bound on how many more entries fit: the shortest has a one-byte name."""
+        shortest = ((ENTRY_OUT.size if self.plus else 0) + DIRENT.size + 1 + 7) & ~7
+        return self.room // shortest
+
     def payload(self) -> bytes:
         """The reply body."""
         return b"".join(self.parts)

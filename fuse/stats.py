@@ -13,7 +13,8 @@ class Stats:
     def __init__(self) -> None:
         #: Requests that reached the daemon, by operation name.
         self.requests: dict[str, int] = {}
-        #: Events by name (``flushes``, ``invalidations``, ``largest_write`` in bytes).
+        #: Events by name (``flushes``, ``invalidations``, ``largest_write`` in bytes,
+        #: ``listed_records``: inode records read to answer READDIRPLUS).
         self.events: dict[str, int] = {}
         #: ``getxattr`` requests by attribute name.
         self.xattr_names: dict[bytes, int] = {}
@@ -37,6 +38,10 @@ class Stats:
     def event(self, name: str) -> None:
         """One more event named ``name``."""
         self.events[name] = self.events.get(name, 0) + 1
+
+    def count(self, name: str, n: int) -> None:
+        """``n`` more of the events named ``name``."""
+        self.events[name] = self.events.get(name, 0) + n
 
     def at_least(self, name: str, value: int) -> None:
         """Raise the figure ``name`` to ``value`` if it is lower (a high-water mark)."""

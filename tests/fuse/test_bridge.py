@@ -277,6 +277,24 @@ def test_a_listing_read_in_pieces_is_one_listing_while_the_directory_changes(
     assert offset >> 32  # offsets name their listing
 
 
+def test_each_reply_of_a_long_listing_reads_only_the_records_it_can_hold(fs: Driver) -> None:
+    # Every reply read the records of every entry left in the listing: 26 replies of a
+    # 10,000-entry directory read 130,000 records.
+    names = {f"n{i:04d}" for i in range(2000)}
+    for n in names:
+        fs.close(fs.create(n))
+    ino = fs.lookup("")
+    got: list[bytes] = []
+    offset = replies = 0
+    while batch := fs.readdir(ino, offset, size=8192):
+        got += [n for n, _o in batch]
+        offset = batch[-1][1]
+        replies += 1
+    assert sorted(got) == sorted([b".", b"..", b"f", *(os.fsencode(n) for n in names)])
+    assert replies > 30
+    assert fs.bridge.stats.events["listed_records"] <= 2 * len(got)
+
+
 def test_ctl_answers_on_the_same_handle_and_counts_requests(fs: Driver) -> None:
     answer = json.loads(fs.ctl("branches"))
     assert answer["ok"] and answer["branches"] == ["main"] and answer["current"] == "main"
