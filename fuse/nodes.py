@@ -534,7 +534,7 @@ class TreeNodes:
         if kill_suidgid and self.kill_privs and not self.wb.kills_suidgid(key):
             self._clear_setid(h, ctx)
         if h.append:
-            off = self.wb.size(key)
+            off = self.wb.append_offset(key)
         self.wb.add(key, off, data, drop_privs=self.kill_privs, kill_suidgid=kill_suidgid)
         return len(data)
 

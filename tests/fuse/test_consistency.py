@@ -337,3 +337,47 @@ def test_notices_from_outside_while_the_mount_is_busy_neither_deadlock_nor_go_st
     names = set(os.listdir(mnt / "busy"))
     assert {f"api-{i}" for i in range(20)} <= names
     assert (mnt / "busy" / "api-19").read_text() == "199"
+
+
+#: Appends ``argv[2]`` lines to ``log`` of branch main of the store ``argv[1]`` through the
+#: API, each in its own open and close.
+API_APPENDS = textwrap.dedent(
+    """
+    import sys, branchfs
+    with branchfs.Store.open(sys.argv[1]) as store:
+        main = store.branch("main")
+        for i in range(int(sys.argv[2])):
+            with main.open("log", "ab") as f:
+                f.write(b"api %d\\n" % i)
+    """
+)
+#: Appends ``argv[2]`` lines to the file ``argv[1]`` (in a mount), each in its own open.
+MOUNT_APPENDS = textwrap.dedent(
+    """
+    import sys
+    for i in range(int(sys.argv[2])):
+        with open(sys.argv[1], "ab") as f:
+            f.write(b"mnt %d\\n" % i)
+    """
+)
+
+
+def test_appends_through_the_api_and_the_mount_at_once_all_land(
+    store_path: Path, mnt: Path
+) -> None:
+    # One file is one file whatever path reaches it: an O_APPEND write through the mount
+    # took the file's end from the daemon's cache, which another process's append may have
+    # moved a moment before its change notice arrived; the write then landed on those
+    # bytes (up to 27 of 200 API lines lost).
+    (mnt / "log").write_bytes(b"")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", API_APPENDS, str(store_path), "400"]),
+        subprocess.Popen([sys.executable, "-c", MOUNT_APPENDS, str(mnt / "log"), "400"]),
+        subprocess.Popen([sys.executable, "-c", MOUNT_APPENDS, str(mnt / "log"), "400"]),
+    ]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    lines = (mnt / "log").read_bytes().splitlines()
+    assert sum(line.startswith(b"api ") for line in lines) == 400
+    assert sum(line.startswith(b"mnt ") for line in lines) == 800
+    assert len(lines) == 1200
