@@ -56,8 +56,10 @@ class Batches:
 
     __slots__ = (
         "child",
+        "committed",
         "ino_end",
         "ino_next",
+        "losses",
         "lost",
         "meta",
         "owner",
@@ -84,6 +86,11 @@ class Batches:
         #: errno of the last batch whose commit failed (its writes are lost), until the
         #: batching thread's owner takes it to report it (``GroupCommit.take_error``).
         self.lost = 0
+        #: Batches committed, and batches lost, so far: the batching thread's owner
+        #: compares them after each call to learn that a batch it served calls into was
+        #: lost, even when the commit was made for a later call (``Meta._end_batch``).
+        self.committed = 0
+        self.losses = 0
 
     def set_thread(self, ident: int) -> None:
         """Batch the writes of thread ``ident`` from now on (0: nobody's).
@@ -152,10 +159,12 @@ class Batches:
             self.ino_next = self.ino_end = 0  # a reservation it held is lost
             error = meta.commit_error(exc)
             self.lost = error.errno or errno.EIO
+            self.losses += 1
             raise error from exc
         finally:
             meta.follower.leave()
             meta.lock.release()
+        self.committed += 1
         meta.preallocate()
 
 

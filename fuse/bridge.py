@@ -115,6 +115,7 @@ class Bridge:
         self.group = self.coherence.group
         self.wb = WriteBack(store, self.coherence, self.stats)
         self.group.before_commit = self.wb.apply_all
+        self.wb.is_open = self.holds.is_open
         self.tree = TreeNodes(store, self.main, self.inodes, self.holds, self.coherence, self.wb)
         self.ctl = ControlDir(store, self.main, self.coherence, self.wb, self.stats, mountpoint)
         self.handles: dict[int, Handle] = {}
@@ -156,6 +157,8 @@ class Bridge:
             group.commit()
         elif self.wb.buffers and self.wb.overdue():
             self.wb.push()
+        if self.wb.batch_lost():
+            self.coherence.lost_batch()
         if not self.deferred and not self.coherence.busy():
             return []  # the common case, without asking the coherence module for lists
         work, self.deferred = self.deferred, []

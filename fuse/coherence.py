@@ -307,6 +307,12 @@ class Coherence:
         """``tree`` changed behind the kernel's back (``ctl merge``/``reset``)."""
         self.stale.add(tree)
 
+    def lost_batch(self) -> None:
+        """A batch of the loop's did not commit (a full disk): what this daemon and the
+        kernel cache of the mounted tree may show its calls, so both drop it."""
+        self.records.clear()
+        self.stale.add(self.main)
+
     def busy(self) -> bool:
         """Whether :meth:`take_work` may have something to do (a cheap test, per request)."""
         if self.stale:

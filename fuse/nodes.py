@@ -536,6 +536,8 @@ class TreeNodes:
         if h.append:
             off = self.wb.append_offset(key)
         self.wb.add(key, off, data, drop_privs=self.kill_privs, kill_suidgid=kill_suidgid)
+        if self.wb.short_of_space(len(data)) and key in self.wb.buffers:
+            self.wb.write_through(key)
         return len(data)
 
     def _clear_setid(self, h: FileHandle, ctx: K.RequestContext) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,6 +51,10 @@ from .stats import Stats
 
 log = logging.getLogger("branchfs.fuse")
 R = TypeVar("R")
+
+#: Bytes buffered between two questions to the disk about its free space
+#: (:meth:`WriteBack.short_of_space`).
+SPACE_CHECK_BYTES = 1 << 20
 
 
 #: Requests that may run while write buffers hold folded SETATTRs
@@ -149,6 +154,19 @@ class WriteBack:
         #: transaction (:func:`apply_buffer`): the seam where tests hold that commit in
         #: flight or make it fail (a compiled module's functions cannot be patched).
         self.apply_behind: Callable[[View, int, WriteBuffer], Inode] = apply_buffer
+        #: Whether a file is still open (``Holds.is_open``, set by the bridge): a buffer of
+        #: an open file that could not be written fails that file's next ``write``.
+        self.is_open: Callable[[Key], bool] = lambda _key: False
+        #: Files written since the loop's last batch committed: if a batch is lost (a full
+        #: disk), their writes may have been in it (:meth:`batch_lost`).
+        self.written: set[Key] = set()
+        #: Bytes buffered since the disk's free space was last asked, and its answer
+        #: (:meth:`short_of_space`).
+        self._unchecked = 0
+        self._short = False
+        #: The store's batches, and their counts as :meth:`batch_lost` last saw them.
+        self._batches = store.meta.batches
+        self._committed = self._losses = 0
 
     def add(self, key: Key, off: int, data: bytes, *, drop_privs: bool, kill_suidgid: bool) -> None:
         """Buffer ``data`` written at byte ``off`` of ``key``; a full buffer goes to the store.
@@ -165,6 +183,7 @@ class WriteBack:
                 self.pending_ns = time.perf_counter_ns()
             buf = self.buffers[key] = WriteBuffer()
         buf.add(off, data)
+        self.written.add(key)
         if drop_privs:
             buf.kill_suidgid = buf.kill_suidgid or kill_suidgid
             buf.drop_privs = True
@@ -386,9 +405,65 @@ class WriteBack:
     def lost(self, key: Key, exc: BaseException) -> None:
         """``key``'s buffer, taken, could not be applied (``exc``: a full disk): logged, and
         reported by the next fsync or syncfs (:meth:`.groupcommit.GroupCommit.lost`), as
-        the kernel reports a failed writeback; nothing else hears it (close returned)."""
-        log.warning("data and attributes of %s before its close are lost: %s", key, exc)
-        self.coherence.group.lost(errno_of(exc))
+        the kernel reports a failed writeback. While the file is still open, its next
+        ``write``, ``flush`` or ``fsync`` fails too (:meth:`raise_error`): a writer such as
+        ``dd`` or ``cp``, which never calls fsync, stops there, as it would at ext4's
+        ENOSPC, instead of writing on past the lost bytes and leaving zeros in their
+        place."""
+        log.warning("data and attributes of %s are lost: %s", key, exc)
+        code = errno_of(exc)
+        self.coherence.group.lost(code)
+        if self.is_open(key):
+            self.write_errors.setdefault(key, code)
+
+    def batch_lost(self) -> bool:
+        """Whether a batch of the loop's failed to commit (a full disk) since the last call
+        (after each request): then writes to the files written since the last commit may
+        be gone with it, and each of those still open fails its next ``write``, ``flush``
+        or ``fsync`` (:meth:`raise_error`), so that its writer stops there, as at ext4's
+        ENOSPC, rather than write on past the lost bytes. The next fsync of the mount
+        reports it too (``Batches.lost``). Holds the lock."""
+        batches = self._batches
+        lost = batches.losses != self._losses
+        if lost:
+            self._losses = batches.losses
+            code = batches.lost or errno.EIO
+            for key in self.written:
+                if self.is_open(key):
+                    self.write_errors.setdefault(key, code)
+        elif batches.committed == self._committed:
+            return False
+        self._committed = batches.committed  # the writes before it are in the store
+        self.written.clear()
+        return lost
+
+    def write_through(self, key: Key) -> None:
+        """The disk is nearly full (:meth:`short_of_space`): ``key``'s buffer goes to the
+        store, committed, before the write returns; ENOSPC (``FUSEError``) if it does not
+        fit, and the file keeps what it held before. Holds the lock."""
+        batches = self._batches
+        losses = batches.losses
+        self.flush(key)  # OSError (ENOSPC) when it runs alone on a full disk
+        self.coherence.group.commit()
+        if batches.losses != losses:
+            raise K.FUSEError(batches.lost or errno.ENOSPC)
+
+    def append_offset(self, key: Key) -> int:
+        """Where an ``O_APPEND`` write of ``key`` goes: the end of the file, buffered writes
+        included. Holds the lock.
+
+        The size is read in the loop's batch, not from the record cache: another process
+        may have appended and committed a moment ago, before its change notice reached this
+        daemon, and the write would land on its bytes (an API and a mount appending at once
+        lost up to 27 of 200 lines that way). The batch holds LMDB's writer until it
+        commits with this write's buffer in it, so nobody else appends in between.
+        """
+        self.settle()
+        tree, ino = key
+        rec = self.coherence.write(tree, lambda v: T.get(v, ino))
+        self.coherence.cache_record(key, rec)
+        buf = self.buffers.get(key)
+        return max(rec.size, buf.end) if buf is not None else rec.size
 
     def push(self) -> None:
         """Commit every buffer now (a full one, or the buffers are :meth:`overdue`).
@@ -460,8 +535,36 @@ class WriteBack:
             raise K.FUSEError(code)
 
     def forget_error(self, key: Key) -> None:
-        """Nobody is left to be told of ``key``'s failed commit (its last descriptor closed)."""
-        self.write_errors.pop(key, None)
+        """Nobody is left to be told of ``key``'s failed commit (its last descriptor
+        closed): the next fsync or syncfs of the mount reports it instead
+        (:meth:`.groupcommit.GroupCommit.lost`), as the kernel reports a failed writeback."""
+        code = self.write_errors.pop(key, None)
+        if code is not None:
+            log.warning(
+                "%s was closed with writes that did not reach the store: %s",
+                key,
+                errno.errorcode.get(code, code),
+            )
+            self.coherence.group.lost(code)
+
+    def short_of_space(self, added: int) -> bool:
+        """Whether the store's disk has too little room left to hold back writes: less free
+        than every buffer could hold (:data:`.buffers.TOTAL_BYTES`) plus what they hold.
+        Then each write goes to the store before it returns (``TreeNodes.write``), so that
+        a full disk fails the ``write()`` itself with ENOSPC, as ext4's reservation of
+        blocks at ``write()`` does, and a writer that never calls fsync (``cp``, ``dd``,
+        ``tar``) hears it. ``added``: bytes just buffered; the disk is asked (``statvfs``)
+        once per :data:`SPACE_CHECK_BYTES` buffered, at every write once it was short."""
+        self._unchecked += added
+        if self._unchecked < SPACE_CHECK_BYTES and not self._short:
+            return False
+        self._unchecked = 0
+        try:
+            fs = os.statvfs(self.store.path)
+        except OSError:
+            return False
+        self._short = fs.f_bavail * fs.f_frsize < self.buffered + TOTAL_BYTES
+        return self._short
 
     def flush_all(self) -> None:
         """Write every buffer to the store (before a fork, a merge, sync). Holds the lock.
@@ -474,23 +577,6 @@ class WriteBack:
                 self.flush(key)
             except (BranchFSError, OSError) as exc:
                 self.lost(key, exc)
-
-    def append_offset(self, key: Key) -> int:
-        """Where an ``O_APPEND`` write of ``key`` goes: the end of the file, buffered writes
-        included. Holds the lock.
-
-        The size is read in the loop's batch, not from the record cache: another process
-        may have appended and committed a moment ago, before its change notice reached this
-        daemon, and the write would land on its bytes (an API and a mount appending at once
-        lost up to 27 of 200 lines that way). The batch holds LMDB's writer until it
-        commits with this write's buffer in it, so nobody else appends in between.
-        """
-        self.settle()
-        tree, ino = key
-        rec = self.coherence.write(tree, lambda v: T.get(v, ino))
-        self.coherence.cache_record(key, rec)
-        buf = self.buffers.get(key)
-        return max(rec.size, buf.end) if buf is not None else rec.size
 
     def shutdown(self) -> None:
         """Write every buffer and stop the flush thread (the kernel has let go)."""
