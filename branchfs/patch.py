@@ -15,6 +15,7 @@ import stat as st
 from typing import TYPE_CHECKING
 
 from . import paths, tree
+from .diff import quote_path
 
 if TYPE_CHECKING:
     from .diff import Change
@@ -64,7 +65,7 @@ def _file_patch(
     old: bytes | None,
     new: bytes | None,
 ) -> list[str]:
-    out = [f"diff --branchfs a/{path_a} b/{path_b}\n"]
+    out = [f"diff --branchfs {quote_path('a/' + path_a)} {quote_path('b/' + path_b)}\n"]
     mode_a = a[1].mode if a else None
     mode_b = b[1].mode if b else None
     if a is None and mode_b is not None:
@@ -74,13 +75,13 @@ def _file_patch(
     elif mode_a != mode_b:
         out.append(f"old mode {mode_a:06o}\nnew mode {mode_b:06o}\n")
     if path_a != path_b:
-        out.append(f"rename from {path_a}\nrename to {path_b}\n")
+        out.append(f"rename from {quote_path(path_a)}\nrename to {quote_path(path_b)}\n")
     if old == new:
         return out
     la = _text(old) if old is not None else []
     lb = _text(new) if new is not None else []
-    name_a = f"a/{path_a}" if a is not None else "/dev/null"
-    name_b = f"b/{path_b}" if b is not None else "/dev/null"
+    name_a = quote_path(f"a/{path_a}") if a is not None else "/dev/null"
+    name_b = quote_path(f"b/{path_b}") if b is not None else "/dev/null"
     if la is None or lb is None:
         out.append(f"Binary files {name_a} and {name_b} differ\n")
         return out

@@ -339,3 +339,25 @@ def _read(fd: int) -> str:
     while select.select([fd], [], [], 0.05)[0]:
         out += os.read(fd, 65536)
     return out.decode(errors="replace")
+
+
+def test_names_with_newlines_and_bad_bytes_are_quoted_as_git_quotes_them(
+    store: Path, tmp_path: Path
+) -> None:
+    # A name holding a newline printed raw passed for two lines of the listing.
+    with branchfs.Store.open(store) as s:
+        b = s.fork("main", "odd")
+        b.write_bytes("new\nline", b"x\n")
+        b.write_bytes(os.fsdecode(b"bad\xffutf8"), b"y\n")
+        b.write_bytes("plain ü", b"z\n")
+    status = bfs("status", "odd", store=store)
+    assert status.code == 0, status
+    lines = status.out.splitlines()
+    assert lines[1:] == [
+        '  added    "bad\\377utf8"',
+        '  added    "new\\nline"',
+        "  added    plain ü",
+    ]
+    patch = bfs("diff", "main", "odd", "--patch", store=store)
+    assert '+++ "b/new\\nline"' in patch.out
+    assert 'diff --branchfs "a/bad\\377utf8" "b/bad\\377utf8"' in patch.out
