@@ -379,6 +379,17 @@ def mount_type(mountpoint: str) -> str | None:
     return found  # the last one listed is the one on top
 
 
+def mounts_inside(mountpoint: str) -> list[str]:
+    """Mount points below ``mountpoint`` (not itself), from ``/proc/self/mountinfo``."""
+    prefix = os.path.abspath(mountpoint).rstrip("/") + "/"
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            points = [_unescape(line.split()[4]) for line in fh if len(line.split()) >= 5]
+    except OSError:
+        return []
+    return sorted({p for p in points if p.startswith(prefix)})
+
+
 def _daemon_pids(mountpoint: str) -> list[int]:
     """Processes running ``python -m branchfs_fuse … MOUNTPOINT`` (found through /proc)."""
     mp = os.path.abspath(mountpoint)
@@ -421,6 +432,13 @@ def unmount(mountpoint: str, *, timeout: float = 60.0) -> str:
     if res.returncode != 0:
         msg = res.stderr.decode(errors="replace").strip()
         if "busy" in msg.lower():
+            inner = mounts_inside(mp)
+            if inner:
+                raise MountError(
+                    f"{mountpoint} is busy: {inner[0]} is mounted inside it; unmount that "
+                    f"first ({'branchfs umount' if mount_type(inner[0]) == kind else 'umount'}"
+                    f" {inner[0]})"
+                )
             raise MountError(
                 f"{mountpoint} is busy (a process has a file open or its working directory "
                 "inside); close it and try again"

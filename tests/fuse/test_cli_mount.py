@@ -320,3 +320,13 @@ def test_ctrl_c_during_mount_leaves_no_mount_and_no_daemon(tmp_path: Path) -> No
     mount(store, mp)  # the mountpoint is usable again
     umount(mp)
     assert set(outcomes) - {0}, outcomes  # at least one Ctrl-C cut the start short
+
+
+def test_umount_of_a_mount_with_another_inside_names_the_inner_one(world: Any) -> None:
+    store, mnt = world
+    assert bfs("fork", "main", "inner", store=store).code == 0
+    outer = mnt("outer")
+    inner = mnt("outer/inner", "inner")
+    r = bfs("umount", str(outer))
+    one_line_error(r, 2, f"{inner} is mounted inside it", f"branchfs umount {inner}")
+    assert mount_type(str(outer)) == "fuse.branchfs"  # nothing was undone
