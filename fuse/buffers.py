@@ -26,7 +26,16 @@ WHOLE_PIECE = 64 << 10
 class WriteBuffer:
     """Pending writes of one inode."""
 
-    __slots__ = ("attrs", "drop_privs", "end", "kill_suidgid", "mtime_ns", "nbytes", "segments")
+    __slots__ = (
+        "appended_in",
+        "attrs",
+        "drop_privs",
+        "end",
+        "kill_suidgid",
+        "mtime_ns",
+        "nbytes",
+        "segments",
+    )
 
     def __init__(self) -> None:
         #: ``(offset, data)`` in the order written; a ``bytearray`` grows with the small
@@ -43,6 +52,10 @@ class WriteBuffer:
         #: data): mode, owner and times are applied from it with the data. A buffer with
         #: attributes takes no more writes (see :meth:`.writeback.WriteBack.fold`).
         self.attrs: Inode | None = None
+        #: The open batch (its LMDB transaction) in which an ``O_APPEND`` write read the
+        #: file's end (``WriteBack.append_offset``): while it stays open, nobody else can
+        #: have appended, and the next append need not read it again.
+        self.appended_in: object = None
 
     def add(self, offset: int, data: bytes) -> None:
         """Record ``data`` written at ``offset``.

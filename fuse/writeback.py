@@ -167,6 +167,8 @@ class WriteBack:
         #: The store's batches, and their counts as :meth:`batch_lost` last saw them.
         self._batches = store.meta.batches
         self._committed = self._losses = 0
+        #: The file whose end :meth:`append_offset` just read, and in which batch.
+        self._appending: tuple[Key, object] | None = None
 
     def add(self, key: Key, off: int, data: bytes, *, drop_privs: bool, kill_suidgid: bool) -> None:
         """Buffer ``data`` written at byte ``off`` of ``key``; a full buffer goes to the store.
@@ -183,6 +185,10 @@ class WriteBack:
                 self.pending_ns = time.perf_counter_ns()
             buf = self.buffers[key] = WriteBuffer()
         buf.add(off, data)
+        if self._appending is not None:  # this write's offset was read by append_offset
+            if self._appending[0] == key:
+                buf.appended_in = self._appending[1]
+            self._appending = None
         self.written.add(key)
         if drop_privs:
             buf.kill_suidgid = buf.kill_suidgid or kill_suidgid
@@ -459,10 +465,14 @@ class WriteBack:
         commits with this write's buffer in it, so nobody else appends in between.
         """
         self.settle()
+        buf = self.buffers.get(key)
+        batch = self._batches.txn
+        if buf is not None and batch is not None and buf.appended_in is batch:
+            return max(self.coherence.record(key).size, buf.end)  # read in this batch
         tree, ino = key
         rec = self.coherence.write(tree, lambda v: T.get(v, ino))
         self.coherence.cache_record(key, rec)
-        buf = self.buffers.get(key)
+        self._appending = (key, self._batches.txn)
         return max(rec.size, buf.end) if buf is not None else rec.size
 
     def push(self) -> None:
