@@ -171,6 +171,11 @@ FORGET_ONE = struct.Struct("<QQ")
 STATFS_OUT = struct.Struct("<QQQQQIIII6I")
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")
 NOTIFY_INVAL_ENTRY_OUT = struct.Struct("<QII")
+#: ``fuse_notify_inval_entry_out.flags`` (protocol 7.38, Linux 6.2): only expire the
+#: dentry, so that the next path walk through it asks LOOKUP again, rather than unhash it
+#: (``d_invalidate``), which also broke the working directory of every process inside it.
+#: Older kernels ignore the field and drop the dentry.
+FUSE_EXPIRE_ONLY = 1 << 0
 
 
 class FUSEError(Exception):

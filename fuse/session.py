@@ -311,7 +311,8 @@ class Session:
     def invalidate(self, entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
         """Drop the kernel's cached names and inodes (attributes, pages, directory listings)."""
         for parent, name in entries:
-            body = K.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0"
+            body = K.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), K.FUSE_EXPIRE_ONLY)
+            body += name + b"\0"
             self._notify(K.NOTIFY_INVAL_ENTRY, body)
         for ino in inodes:
             self._notify(K.NOTIFY_INVAL_INODE, K.NOTIFY_INVAL_INODE_OUT.pack(ino, 0, 0))

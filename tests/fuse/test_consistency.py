@@ -381,3 +381,25 @@ def test_appends_through_the_api_and_the_mount_at_once_all_land(
     assert sum(line.startswith(b"api ") for line in lines) == 400
     assert sum(line.startswith(b"mnt ") for line in lines) == 800
     assert len(lines) == 1200
+
+
+def test_a_change_from_elsewhere_keeps_working_directories_inside_the_mount(
+    store_path: Path, mnt: Path
+) -> None:
+    # The change notice dropped every name the kernel cached; the working directory of a
+    # process inside the mount went with them (getcwd: ENOENT, so git and make failed).
+    # Names now only expire: the next path walk asks again, the directory stays.
+    (mnt / "repo" / "sub").mkdir(parents=True)
+    (mnt / "repo" / "sub" / "f").write_bytes(b"before")
+    here = os.getcwd()
+    os.chdir(mnt / "repo" / "sub")
+    try:
+        elsewhere(store_path, "store.branch('main').write_bytes('repo/sub/f', b'after')")
+        elsewhere(store_path, "store.branch('main').write_bytes('other', b'x')")
+        assert os.getcwd() == str(mnt / "repo" / "sub")
+        assert Path("f").read_bytes() == b"after"  # the change shows at once
+        elsewhere(store_path, "store.branch('main').remove('repo/sub/f')")
+        assert not Path("f").exists()
+        assert os.getcwd() == str(mnt / "repo" / "sub")
+    finally:
+        os.chdir(here)
