@@ -139,8 +139,9 @@ class Meta:
         #: The batching thread and its open batch (group commit).
         self.batches = Batches(self)
         self._next_reader_check = 0.0
-        #: Whether the last preallocation kept the full headroom: batches need it.
-        self._roomy = True
+        #: Whether the last preallocation kept the full headroom: the batching thread's
+        #: writes go into its batch only then (otherwise each commits alone).
+        self.roomy = True
         #: Whether ``STORE/reserve`` is known to exist (see :mod:`branchfs.reserve`).
         self._reserved = False
         #: Bytes of new chunks the running write transaction stored (``LmdbChunkStore``),
@@ -391,7 +392,7 @@ class Meta:
         ``fn`` still runs all or nothing.
         """
         if self.batches.owner == threading.get_ident():
-            if self._roomy:
+            if self.roomy:
                 try:
                     return self.batches.write(fn)
                 except Moved:
@@ -431,7 +432,7 @@ class Meta:
                         txn.abort()
                         if not _is_enospc(exc, self.path):
                             raise
-                        self._roomy = False
+                        self.roomy = False
                         if not self._spend_reserve():
                             raise os_error(errno.ENOSPC) from exc
                         grown = True  # the reserve's space is free: run the call again
@@ -495,7 +496,7 @@ class Meta:
     def commit_error(self, exc: lmdb.Error) -> OSError:
         """The ``OSError`` (ENOSPC or EIO, naming the store) that a failed commit means."""
         if _is_enospc(exc, self.path):
-            self._roomy = False  # the calls that follow commit alone, and may use the reserve
+            self.roomy = False  # the calls that follow commit alone, and may use the reserve
             return os_error(errno.ENOSPC, self.path)
         return os_error(errno.EIO, self.path)
 
@@ -517,7 +518,7 @@ class Meta:
         start = self._allocated  # 0 at first: fills the holes a store already has
         if _fallocate(self._data_fd, _FALLOC_FL_KEEP_SIZE, start, want - start) == 0:
             self._allocated = want
-            self._roomy = True
+            self.roomy = True
             if not self._reserved:
                 self._reserved = reserve.make(self.path)
         elif ctypes.get_errno() not in (errno.ENOSPC, errno.EINTR):
@@ -526,7 +527,7 @@ class Meta:
         else:
             # ENOSPC: the disk is full; the headroom left is what deletions will use, and
             # writes are committed one by one again so that each hears its own ENOSPC.
-            self._roomy = False
+            self.roomy = False
 
     def _grow(self) -> None:
         current = self.env.info()["map_size"]

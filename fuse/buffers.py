@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import time
 
+from branchfs import attrs as A
+from branchfs import tree as T
+from branchfs.layers import View
 from branchfs.records import Inode
+
+from .privs import drop_privs
 
 #: A buffer this large is written to the store at once.
 FLUSH_BYTES = 8 << 20
@@ -80,3 +85,42 @@ class WriteBuffer:
         if offset + len(data) > self.end:
             self.end = offset + len(data)
         self.mtime_ns = time.time_ns()
+
+
+def apply_buffer(v: View, ino: int, buf: WriteBuffer, put: bool = True) -> Inode:
+    """Write a buffer's segments into ``ino`` and give it the buffer's mtime, then the
+    attributes folded into it (:meth:`WriteBack.fold`); its record. Without ``put`` the
+    record of a small file may be left unput: the caller puts the record returned (with
+    its own changes) in the same transaction."""
+    final = buf.attrs
+    if not buf.kill_suidgid:
+        # A small file (the common case of tar, git, pip): one read and one put of the
+        # record, unless security.capability must go (then the general path below).
+        privs = buf.drop_privs
+        rec = T.write_inline(v, ino, buf.segments, buf.mtime_ns, final, put or privs)
+        if rec is not None:
+            if not (privs and b"security.capability" in rec.xattrs):
+                return rec
+            drop_privs(v, ino, False)
+            rec = A.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+            return rec if final is None else _set_final(v, ino, final)
+    for offset, data in buf.segments:
+        T.write(v, ino, offset, data if isinstance(data, bytes) else memoryview(data))
+    if buf.drop_privs:
+        drop_privs(v, ino, buf.kill_suidgid)
+    rec = A.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
+    return rec if final is None else _set_final(v, ino, final)
+
+
+def _set_final(v: View, ino: int, final: Inode) -> Inode:
+    """Give ``ino`` the mode, owner and times of the record ``final`` (folded SETATTRs)."""
+    return A.setattr(
+        v,
+        ino,
+        mode=final.mode,
+        uid=final.uid,
+        gid=final.gid,
+        atime_ns=final.atime_ns,
+        mtime_ns=final.mtime_ns,
+        ctime_ns=final.ctime_ns,
+    )

@@ -29,11 +29,12 @@ from branchfs.records import ROOT_INO, Inode
 
 from . import dac
 from . import kernel as K
+from .buffers import apply_buffer
 from .coherence import Coherence
 from .inodes import ALIAS_BASE, CONTROL_NODES, Holds, InodeMap, Key, Listing, TreeRef
 from .orphans import Orphans
 from .privs import SETID, cleared_mode, drop_privs, in_group
-from .writeback import WriteBack, apply_buffer
+from .writeback import WriteBack
 
 log = logging.getLogger("branchfs.fuse")
 
@@ -533,11 +534,7 @@ class TreeNodes:
             self.wb.flush(key)  # attributes were folded after these data: they go first
         if kill_suidgid and self.kill_privs and not self.wb.kills_suidgid(key):
             self._clear_setid(h, ctx)
-        if h.append:
-            off = self.wb.append_offset(key)
-        self.wb.add(key, off, data, drop_privs=self.kill_privs, kill_suidgid=kill_suidgid)
-        if self.wb.short_of_space(len(data)) and key in self.wb.buffers:
-            self.wb.write_through(key)
+        self.wb.write(key, off, data, h.append, self.kill_privs, kill_suidgid)
         return len(data)
 
     def _clear_setid(self, h: FileHandle, ctx: K.RequestContext) -> None:

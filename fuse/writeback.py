@@ -42,11 +42,11 @@ from branchfs.records import Inode
 
 from . import groupcommit
 from . import kernel as K
-from .buffers import BEHIND_BYTES, FLUSH_BYTES, TOTAL_BYTES, WriteBuffer
+from .buffers import BEHIND_BYTES, FLUSH_BYTES, TOTAL_BYTES, WriteBuffer, apply_buffer
 from .coherence import Coherence
 from .errors import errno_of
 from .inodes import Key, TreeRef
-from .privs import SETID, drop_privs
+from .privs import SETID
 from .stats import Stats
 
 log = logging.getLogger("branchfs.fuse")
@@ -87,45 +87,6 @@ SEALED_SAFE = frozenset(
 #: Requests that apply those buffers first in their own transaction
 #: (:meth:`WriteBack.write_after_sealed`) rather than in one before it.
 SEALED_FIRST = frozenset(("link", "unlink", "rename"))
-
-
-def apply_buffer(v: View, ino: int, buf: WriteBuffer, put: bool = True) -> Inode:
-    """Write a buffer's segments into ``ino`` and give it the buffer's mtime, then the
-    attributes folded into it (:meth:`WriteBack.fold`); its record. Without ``put`` the
-    record of a small file may be left unput: the caller puts the record returned (with
-    its own changes) in the same transaction."""
-    final = buf.attrs
-    if not buf.kill_suidgid:
-        # A small file (the common case of tar, git, pip): one read and one put of the
-        # record, unless security.capability must go (then the general path below).
-        privs = buf.drop_privs
-        rec = T.write_inline(v, ino, buf.segments, buf.mtime_ns, final, put or privs)
-        if rec is not None:
-            if not (privs and b"security.capability" in rec.xattrs):
-                return rec
-            drop_privs(v, ino, False)
-            rec = A.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
-            return rec if final is None else _set_final(v, ino, final)
-    for offset, data in buf.segments:
-        T.write(v, ino, offset, data if isinstance(data, bytes) else memoryview(data))
-    if buf.drop_privs:
-        drop_privs(v, ino, buf.kill_suidgid)
-    rec = A.setattr(v, ino, mtime_ns=buf.mtime_ns, ctime_ns=buf.mtime_ns)
-    return rec if final is None else _set_final(v, ino, final)
-
-
-def _set_final(v: View, ino: int, final: Inode) -> Inode:
-    """Give ``ino`` the mode, owner and times of the record ``final`` (folded SETATTRs)."""
-    return A.setattr(
-        v,
-        ino,
-        mode=final.mode,
-        uid=final.uid,
-        gid=final.gid,
-        atime_ns=final.atime_ns,
-        mtime_ns=final.mtime_ns,
-        ctime_ns=final.ctime_ns,
-    )
 
 
 class WriteBack:
@@ -199,6 +160,39 @@ class WriteBack:
             self.push()
         elif self.buffered >= TOTAL_BYTES:
             self.flush_all()
+
+    def write(
+        self, key: Key, off: int, data: bytes, append: bool, drop_privs: bool, kill_suidgid: bool
+    ) -> None:
+        """A ``write()`` of ``data`` at ``off`` (at the end with ``append``): buffered
+        (:meth:`add`), or on a nearly full disk written through (:meth:`write_through`);
+        ENOSPC (``FUSEError``, ``OSError``) when it does not fit. Holds the lock."""
+        if append:
+            if not self.store.meta.roomy:
+                self._append_alone(key, data, drop_privs, kill_suidgid)
+                return
+            off = self.append_offset(key)
+        self.add(key, off, data, drop_privs=drop_privs, kill_suidgid=kill_suidgid)
+        if self.short_of_space(len(data)) and key in self.buffers:
+            self.write_through(key)
+
+    def _append_alone(self, key: Key, data: bytes, drop_privs: bool, kill_suidgid: bool) -> None:
+        """An ``O_APPEND`` write when the loop's calls commit alone (a nearly full disk): the
+        batch holds no writer from one call to the next, so the end is read and the data
+        written in one transaction, which another process's append cannot split."""
+        if key in self.buffers:
+            self.flush(key)  # what was written before goes first
+        else:
+            self.settle()
+        tree, ino = key
+
+        def fn(v: View) -> Inode:  # may run again (Meta.write): a new buffer each time
+            buf = WriteBuffer()
+            buf.add(T.get(v, ino).size, data)
+            buf.drop_privs, buf.kill_suidgid = drop_privs, drop_privs and kill_suidgid
+            return apply_buffer(v, ino, buf)
+
+        self.coherence.cache_record(key, self.coherence.write(tree, fn))
 
     def kills_suidgid(self, key: Key) -> bool:
         """Whether ``key``'s buffer already clears set-user/group-ID when it commits."""

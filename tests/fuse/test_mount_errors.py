@@ -282,3 +282,72 @@ def test_closed_files_lost_to_a_full_disk_are_reported_by_the_next_fsync(
         assert reported or not lost, f"{len(lost)} closed files lost, fsync said nothing"
     with branchfs.Store.open(store_path) as store:
         assert store.fsck().ok
+
+
+#: Appends lines of ``argv[3]`` bytes to ``argv[1]`` (a file in a mount), tagged ``argv[2]``,
+#: until a write fails; prints how many were acknowledged.
+MOUNT_APPENDER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+n = 0
+while True:
+    try:
+        os.write(fd, b"%s %d %s\\n" % (sys.argv[2].encode(), n, b"x" * int(sys.argv[3])))
+    except OSError:
+        break
+    n += 1
+print(n)
+"""
+#: The same through the API of the store ``argv[1]`` (file ``log`` of branch main).
+API_APPENDER = """
+import sys, branchfs
+main = branchfs.Store.open(sys.argv[1]).branch("main")
+n = 0
+while True:
+    try:
+        with main.open("log", "ab") as f:
+            f.write(b"%s %d %s\\n" % (sys.argv[2].encode(), n, b"y" * int(sys.argv[3])))
+    except OSError:
+        break
+    n += 1
+print(n)
+"""
+
+
+def test_appends_from_the_api_and_the_mount_on_a_filling_disk_all_land(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    # Near a full disk the loop's calls commit alone, so the batch no longer kept other
+    # appenders out between reading the file's end and writing there: 40-55 % of the API's
+    # acknowledged appends were overwritten by the mount's.
+    store_path = small_disk / "store.bfs"
+    with branchfs.Store.open(store_path, create=True) as s:
+        s.create_branch("main")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with branchfs.Store.open(store_path) as store, branchfs.mounted(store, mnt) as m:
+        (m / "pad").write_bytes(os.urandom(24 << 20))
+        (m / "log").write_bytes(b"")
+        procs = {
+            **{
+                f"m{i}": subprocess.Popen(
+                    [sys.executable, "-c", MOUNT_APPENDER, str(m / "log"), f"m{i}", "3000"],
+                    stdout=subprocess.PIPE,
+                )
+                for i in range(2)
+            },
+            **{
+                f"a{i}": subprocess.Popen(
+                    [sys.executable, "-c", API_APPENDER, str(store_path), f"a{i}", "2000"],
+                    stdout=subprocess.PIPE,
+                )
+                for i in range(2)
+            },
+        }
+        acked = {tag: int(p.communicate(timeout=300)[0]) for tag, p in procs.items()}
+        lines = (m / "log").read_bytes().splitlines()
+        for tag, n in acked.items():
+            mine = [line.split()[1] for line in lines if line.startswith(tag.encode() + b" ")]
+            assert mine[:n] == [b"%d" % i for i in range(n)], tag  # every acknowledged one
+    with branchfs.Store.open(store_path) as store:
+        assert store.fsck().ok
