@@ -33,11 +33,14 @@ process that had the store open has made one more call.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
 import struct
 from dataclasses import dataclass
+
+import lmdb
 
 from .errors import StoreCorrupt, StoreLocked
 from .following import COMPACT_LOCK, MOVED_KEY
@@ -147,6 +150,15 @@ def _replace(meta: Meta) -> None:
                 reader = env.begin()
                 try:
                     env.copy(tmp, compact=True, txn=reader)
+                except lmdb.Error as exc:  # DiskError "No space left on device", EIO
+                    if "No space" not in str(exc):
+                        raise
+                    raise OSError(
+                        errno.ENOSPC,
+                        "no space on its disk for the compacted copy of the store (it needs "
+                        "up to the store's live data); free space there and compact again",
+                        path,
+                    ) from exc
                 finally:
                     reader.abort()
                 os.chmod(copy, 0o600)  # LMDB creates its copy 0644 (less the umask)

@@ -373,3 +373,22 @@ def test_a_deletion_on_a_full_disk_spends_the_reserve(small_disk: Path) -> None:
 
 
 SIZES = (1 << 20, 64 << 10, 4 << 10, 100)
+
+
+def test_compacting_a_full_store_is_enospc_in_words_and_changes_nothing(
+    small_disk: Path,
+) -> None:
+    # LMDB's copy raised lmdb.DiskError, which reached the user as a 52-line traceback.
+    path = small_disk / "store.bfs"
+    with branchfs.Store.open(path, create=True) as s:
+        main = s.create_branch("main")
+        with pytest.raises(OSError) as full:
+            for i in range(100):
+                main.write_bytes(f"f{i}", os.urandom(1 << 20))
+        assert full.value.errno == errno.ENOSPC
+        with pytest.raises(OSError) as exc:
+            s.compact()
+        assert exc.value.errno == errno.ENOSPC
+        assert "free space there and compact again" in str(exc.value)
+        assert s.fsck().ok
+        assert len(main.read_bytes("f0")) == 1 << 20
