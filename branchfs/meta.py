@@ -511,6 +511,8 @@ class Meta:
         """
         if _fallocate is None:
             return
+        if not self._reserved:  # first: deletions on a full disk need it more than writes
+            self._reserved = reserve.make(self.path)
         size = os.fstat(self._data_fd).st_size
         if size + HEADROOM_BYTES // 2 <= self._allocated:
             return
@@ -519,8 +521,6 @@ class Meta:
         if _fallocate(self._data_fd, _FALLOC_FL_KEEP_SIZE, start, want - start) == 0:
             self._allocated = want
             self.roomy = True
-            if not self._reserved:
-                self._reserved = reserve.make(self.path)
         elif ctypes.get_errno() not in (errno.ENOSPC, errno.EINTR):
             self._allocated = 1 << 62  # the filesystem cannot (EOPNOTSUPP …): do not ask again
             self._reserved = reserve.make(self.path)  # (which writes zeros where it must)

@@ -21,6 +21,9 @@ import os
 
 #: The size of ``STORE/reserve``, in bytes.
 RESERVE_BYTES = 8 << 20
+#: The least a reserve made on a nearly full disk may hold, and what it leaves free.
+LEAST_BYTES = 1 << 20
+SPARE_BYTES = 256 << 10
 NAME = "reserve"
 
 
@@ -32,6 +35,10 @@ def path_of(store: str) -> str:
 def make(store: str) -> bool:
     """Allocate the reserve if it is missing; whether it exists afterwards.
 
+    On a disk with less than :data:`RESERVE_BYTES` free the reserve takes what there is
+    (all but :data:`SPARE_BYTES`), down to :data:`LEAST_BYTES`: right after a deletion
+    spent it, the space it gave back is still nearly all free, and taking it again at
+    once keeps the next deletion on a full disk possible (a deletion writes a few pages).
     Nothing is raised: a full disk or a store this user may not write to leave the store
     without a reserve (deletions then use the headroom alone).
     """
@@ -45,7 +52,11 @@ def make(store: str) -> bool:
     except OSError:
         return False
     try:
-        os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        fs = os.fstatvfs(fd)
+        size = min(RESERVE_BYTES, fs.f_bavail * fs.f_frsize - SPARE_BYTES)
+        if size < LEAST_BYTES:
+            raise OSError(28, "no room for a reserve")
+        os.posix_fallocate(fd, 0, size)
     except OSError:
         os.close(fd)
         with contextlib.suppress(OSError):

@@ -361,13 +361,16 @@ def test_a_deletion_on_a_full_disk_spends_the_reserve(small_disk: Path) -> None:
         assert (path / "reserve").stat().st_blocks * 512 >= RESERVE_BYTES
         main.write_bytes("big", os.urandom(4 << 20))
         count = iter(range(1 << 30))
+        spent = (path / "reserve").stat().st_ino
         with s.meta.read():  # a reader: the pages commits free cannot be used again
             _fill(lambda n: main.write_bytes(f"f{next(count)}", os.urandom(n)), SIZES)
             _fill(lambda n: main.mkdir(f"d{next(count)}"), (0,))
             assert os.statvfs(small_disk).f_bfree == 0
             main.remove("big")
-        assert not (path / "reserve").exists()
         assert not main.exists("big")
+        # spent, and made again at once from the space it gave back (the deletion took a
+        # few pages of it), for the next time the disk fills up
+        assert (path / "reserve").stat().st_ino != spent
         main.write_bytes("after", b"room again")
         assert s.fsck().ok
 
@@ -392,3 +395,22 @@ def test_compacting_a_full_store_is_enospc_in_words_and_changes_nothing(
         assert "free space there and compact again" in str(exc.value)
         assert s.fsck().ok
         assert len(main.read_bytes("f0")) == 1 << 20
+
+
+def test_a_store_that_fills_up_again_and_again_can_always_be_emptied(small_disk: Path) -> None:
+    # The reserve that a deletion on a full disk spends was made again only once the disk
+    # had room for the headroom and for it: after one fill, the next full disk refused
+    # every deletion (rm, truncate, rename over a file), and only a bigger disk helped.
+    path = small_disk / "s"
+    with branchfs.Store.open(path, create=True) as s:
+        main = s.create_branch("main")
+        count = iter(range(1 << 30))
+        for cycle in range(3):
+            main.write_bytes("big", os.urandom(4 << 20))
+            with s.meta.read():  # a reader: the pages commits free cannot be used again
+                _fill(lambda n: main.write_bytes(f"f{next(count)}", os.urandom(n)), SIZES)
+                assert os.statvfs(small_disk).f_bavail < RESERVE_BYTES, cycle
+                main.remove("big")  # ENOSPC from the second cycle on, before
+            for name in main.listdir(""):
+                main.remove(name)
+        assert s.fsck().ok
