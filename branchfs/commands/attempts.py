@@ -8,9 +8,12 @@ take, which is not a daemon's job.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .spec import CLI, EXIT_FAILED, Arg, CommandError, Context, Opt, Outcome, Values, Verb
@@ -23,6 +26,36 @@ if TYPE_CHECKING:
 SIGNAL_BASE = 128
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP reached ``run`` or ``best-of``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def ended_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``timeout``, ``kill``, a closing terminal) end the block as
+    Ctrl-C does: the command is stopped, the tree unmounted and its mount point removed
+    on the way out, then the process exits 128 + the signal's number. By default they
+    ended the process at once, leaving the mount and its daemon behind, and the branch
+    could not be discarded while that daemon ran."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except Terminated as exc:
+        print(f"branchfs: stopped by signal {exc.signum}; the branch is unmounted", file=sys.stderr)
+        sys.exit(SIGNAL_BASE + exc.signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _run(ctx: Context, v: Values) -> Outcome:
     from ..run import run
 
@@ -30,7 +63,8 @@ def _run(ctx: Context, v: Values) -> Outcome:
     branch = branch_name(store, ctx.branch_or_current(v.arg("branch")))
     if not v.rest:
         raise CommandError(f"run needs a command after the branch: branchfs run {branch} -- CMD …")
-    done = run(store, branch, v.rest, at=v.opt("at"), foreground=True)
+    with ended_like_ctrl_c():
+        done = run(store, branch, v.rest, at=v.opt("at"), foreground=True)
     code = done.returncode if done.returncode >= 0 else SIGNAL_BASE - done.returncode
     return Outcome({"branch": branch, "command": v.rest, "exit_status": code}, "", code)
 
@@ -182,20 +216,21 @@ def _best_of(ctx: Context, v: Values) -> Outcome:
         if ctx.front == CLI and not v.opt("json") and sys.stderr.isatty() and n > 0:
             table = LiveTable(n)
             table.live.start()
-        result = best_of(
-            store,
-            n,
-            str(command),
-            score=v.opt("score"),
-            base=base,
-            at=v.opt("at"),
-            timeout=timeout,
-            jobs=jobs,
-            keep=bool(v.opt("keep")),
-            log_dir=v.opt("logs"),
-            on_update=table.update if table is not None else None,
-            spawner=spawner,
-        )
+        with ended_like_ctrl_c():
+            result = best_of(
+                store,
+                n,
+                str(command),
+                score=v.opt("score"),
+                base=base,
+                at=v.opt("at"),
+                timeout=timeout,
+                jobs=jobs,
+                keep=bool(v.opt("keep")),
+                log_dir=v.opt("logs"),
+                on_update=table.update if table is not None else None,
+                spawner=spawner,
+            )
     finally:
         spawner.close()
         if table is not None:

@@ -112,3 +112,35 @@ def test_run_of_a_mounted_branch_uses_that_mount(
     assert res.returncode == 0, res.stderr
     assert res.stdout.decode().split() == ["1", f"{seen.st_dev}:{seen.st_ino}"]
     assert mounted_store.store.branch("main").read_text("out.txt") == "out\n"
+
+
+def test_a_run_ended_by_sigterm_unmounts_like_ctrl_c(store_path: Path) -> None:
+    # SIGTERM (timeout(1), kill) ended the process at once: its mount and daemon stayed,
+    # and the branch could not be discarded while that daemon ran.
+    import signal
+    import sys
+    import time
+
+    from clirun import entry_point
+
+    from branchfs.notices import serving
+
+    with branchfs.Store.open(store_path) as store:
+        store.fork("main", "work")
+    env = dict(os.environ, BRANCHFS_STORE=str(store_path))
+    proc = subprocess.Popen(
+        [sys.executable, *entry_point(), "run", "work", "--", "sleep", "60"],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not serving(str(store_path), "work", fresh=True):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert b"unmounted" in err and b"Traceback" not in err
+    assert not serving(str(store_path), "work", fresh=True)
+    with branchfs.Store.open(store_path) as store:
+        store.discard("work")  # no daemon left holding it
