@@ -29,6 +29,7 @@ from typing import Protocol
 from .errors import BranchMounted, MountError
 from .jsontypes import JSONObject
 from .notices import Registration, find_registration, mounts_dir, serving
+from .quoting import quote_path
 
 
 class HasPath(Protocol):
@@ -434,10 +435,12 @@ def unmount(mountpoint: str, *, timeout: float = 60.0) -> str:
         if "busy" in msg.lower():
             inner = mounts_inside(mp)
             if inner:
+                tool = "branchfs umount" if mount_type(inner[0]) == kind else "umount"
+                shown = quote_path(inner[0])
+                command = shlex.quote(inner[0]) if shown == inner[0] else shown
                 raise MountError(
-                    f"{mountpoint} is busy: {inner[0]} is mounted inside it; unmount that "
-                    f"first ({'branchfs umount' if mount_type(inner[0]) == kind else 'umount'}"
-                    f" {inner[0]})"
+                    f"{mountpoint} is busy: {shown} is mounted inside it; unmount that "
+                    f"first ({tool} {command})"
                 )
             raise MountError(
                 f"{mountpoint} is busy (a process has a file open or its working directory "

@@ -15,7 +15,7 @@ import stat as st
 from typing import TYPE_CHECKING
 
 from . import paths, tree
-from .diff import quote_path
+from .quoting import quote_path
 
 if TYPE_CHECKING:
     from .diff import Change
