@@ -139,8 +139,7 @@ class Meta:
         #: The batching thread and its open batch (group commit).
         self.batches = Batches(self)
         self._next_reader_check = 0.0
-        #: Whether the last preallocation kept the full headroom: the batching thread's
-        #: writes go into its batch only then (otherwise each commits alone).
+        #: Whether the last preallocation kept the full headroom (else writes commit alone).
         self.roomy = True
         #: Whether ``STORE/reserve`` is known to exist (see :mod:`branchfs.reserve`).
         self._reserved = False
@@ -400,7 +399,7 @@ class Meta:
                 except lmdb.MapFullError:
                     self._end_batch()  # what the batch holds is kept; this call starts anew
                     with self.lock:
-                        self._grow()
+                        self.grow_map()
             else:  # a nearly full disk: each write commits alone and hears its own ENOSPC
                 self._end_batch()
         follower = self.follower
@@ -423,7 +422,7 @@ class Meta:
                         txn.abort()
                     except lmdb.MapFullError:
                         txn.abort()
-                        self._grow()
+                        self.grow_map()
                         grown = True
                     except DAMAGE_ERRORS as exc:
                         txn.abort()
@@ -529,7 +528,8 @@ class Meta:
             # writes are committed one by one again so that each hears its own ENOSPC.
             self.roomy = False
 
-    def _grow(self) -> None:
+    def grow_map(self) -> None:
+        """Double LMDB's map, up to ``max_map_size`` (then ``OSError`` ENOSPC)."""
         current = self.env.info()["map_size"]
         if current >= self.max_map_size:
             raise os_error(errno.ENOSPC, self.path)

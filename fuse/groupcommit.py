@@ -158,7 +158,9 @@ class GroupCommit:
                 meta.commit_batch()
                 self.commits += 1
             except OSError as exc:  # Batches.lost keeps its errno (see take_error)
-                log.error("committing a batch of calls failed; they are lost: %s", exc)
+                log.error(
+                    "committing a batch of calls failed; they are lost: %s (%r)", exc, exc.__cause__
+                )
             ended = _clock()
             self.apply_ns += applied - started
             self.commit_ns += ended - applied
