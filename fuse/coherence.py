@@ -309,9 +309,12 @@ class Coherence:
 
     def lost_batch(self) -> None:
         """A batch of the loop's did not commit (a full disk): what this daemon and the
-        kernel cache of the mounted tree may show its calls, so both drop it."""
-        self.records.clear()
-        self.stale.add(self.main)
+        kernel cache of the mounted tree may show its calls, so both drop it. The kernel's
+        names are dropped from a thread of their own, not before the current request's
+        reply: an UNLINK holds its directory's lock until answered, and an invalidation in
+        that directory waits for the lock (a deadlock in ``make bench-fuse``)."""
+        entries, inos = self.forget_tree(self.main)
+        threading.Thread(target=self.invalidator, args=(entries, inos), daemon=True).start()
 
     def busy(self) -> bool:
         """Whether :meth:`take_work` may have something to do (a cheap test, per request)."""
