@@ -181,16 +181,22 @@ def _write_until_error(path: Path, total: int) -> int | None:
     return first
 
 
+def _store_on(disk: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A store with branch ``main`` on ``disk``, and an empty mount point for it."""
+    store_path = disk / "store.bfs"
+    with branchfs.Store.open(store_path, create=True) as s:
+        s.create_branch("main")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    return store_path, mnt
+
+
 def test_full_disk_is_enospc_through_the_mount_and_the_store_stays_usable(
     small_disk: Path, tmp_path: Path
 ) -> None:
     # Large writes are committed by a flush thread while the writer goes on (write-behind):
     # a failed commit must still reach the writer, as ENOSPC on a later write or the fsync.
-    store_path = small_disk / "store.bfs"
-    with branchfs.Store.open(store_path, create=True) as s:
-        s.create_branch("main")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    store_path, mnt = _store_on(small_disk, tmp_path)
     with branchfs.Store.open(store_path) as store, branchfs.mounted(store, mnt) as m:
         assert _write_until_error(m / "big", 96 << 20) == errno.ENOSPC
         (m / "big").unlink()
@@ -208,11 +214,7 @@ def test_a_full_disk_fails_the_write_itself_and_keeps_what_came_before(
     # dd, cp and tar never fsync: the write that does not fit must fail, as on ext4, and
     # every file written without an error must be whole. Before, 1 MiB writes were held
     # back and lost at the close, silently, and files read back empty or with zeros.
-    store_path = small_disk / "store.bfs"
-    with branchfs.Store.open(store_path, create=True) as s:
-        s.create_branch("main")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    store_path, mnt = _store_on(small_disk, tmp_path)
     whole: dict[str, bytes] = {}
     with branchfs.Store.open(store_path) as store, branchfs.mounted(store, mnt) as m:
         failed = None
@@ -253,11 +255,7 @@ def test_closed_files_lost_to_a_full_disk_are_reported_by_the_next_fsync(
     # A closed file's buffer reaches the store after close() returned (with the batch); if
     # the disk is full by then its data is lost, and, as the kernel does for a failed
     # writeback, the next fsync must say so: never lost without a word to anyone.
-    store_path = small_disk / "store.bfs"
-    with branchfs.Store.open(store_path, create=True) as s:
-        s.create_branch("main")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    store_path, mnt = _store_on(small_disk, tmp_path)
     closed: list[tuple[str, bytes]] = []
     with branchfs.Store.open(store_path) as store, branchfs.mounted(store, mnt) as m:
         try:
@@ -320,11 +318,7 @@ def test_appends_from_the_api_and_the_mount_on_a_filling_disk_all_land(
     # Near a full disk the loop's calls commit alone, so the batch no longer kept other
     # appenders out between reading the file's end and writing there: 40-55 % of the API's
     # acknowledged appends were overwritten by the mount's.
-    store_path = small_disk / "store.bfs"
-    with branchfs.Store.open(store_path, create=True) as s:
-        s.create_branch("main")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    store_path, mnt = _store_on(small_disk, tmp_path)
     with branchfs.Store.open(store_path) as store, branchfs.mounted(store, mnt) as m:
         (m / "pad").write_bytes(os.urandom(24 << 20))
         (m / "log").write_bytes(b"")
