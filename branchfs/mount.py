@@ -360,6 +360,22 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+def _mounts() -> list[tuple[str, str]]:
+    """``(mount point, filesystem type)`` of each mount, in ``/proc/self/mountinfo``'s order
+    (proc(5)); empty if it cannot be read."""
+    out = []
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) >= 5:
+                    out.append((_unescape(fields[4]), right.split()[0] if right else "?"))
+    except OSError:
+        return []
+    return out
+
+
 def mount_type(mountpoint: str) -> str | None:
     """The filesystem type mounted exactly at ``mountpoint`` (``fuse.branchfs`` …), else None.
 
@@ -368,27 +384,16 @@ def mount_type(mountpoint: str) -> str | None:
     """
     mp = os.path.abspath(mountpoint)
     found = None
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            for line in fh:
-                left, _, right = line.partition(" - ")
-                fields = left.split()
-                if len(fields) >= 5 and _unescape(fields[4]) == mp:
-                    found = right.split()[0] if right else "?"
-    except OSError:
-        return None
-    return found  # the last one listed is the one on top
+    for point, kind in _mounts():
+        if point == mp:
+            found = kind  # the last one listed is the one on top
+    return found
 
 
 def mounts_inside(mountpoint: str) -> list[str]:
     """Mount points below ``mountpoint`` (not itself), from ``/proc/self/mountinfo``."""
     prefix = os.path.abspath(mountpoint).rstrip("/") + "/"
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            points = [_unescape(line.split()[4]) for line in fh if len(line.split()) >= 5]
-    except OSError:
-        return []
-    return sorted({p for p in points if p.startswith(prefix)})
+    return sorted({point for point, _kind in _mounts() if point.startswith(prefix)})
 
 
 def _daemon_pids(mountpoint: str) -> list[int]:
