@@ -37,7 +37,7 @@ class Stats:
 
     def event(self, name: str) -> None:
         """One more event named ``name``."""
-        self.events[name] = self.events.get(name, 0) + 1
+        self.count(name, 1)
 
     def count(self, name: str, n: int) -> None:
         """``n`` more of the events named ``name``."""
