@@ -61,6 +61,10 @@ class StoreAPI(TreeHost, Protocol):
         """What differs from ``a`` to ``b``."""
         ...
 
+    def patch(self, a: str, b: str, *, binary: bool = False) -> str:
+        """What differs from ``a`` to ``b``, as a patch in git's format."""
+        ...
+
     def merge(
         self,
         target: str,
@@ -152,6 +156,15 @@ class Branch(WritableTree):
     def diff(self, other: Branch | str) -> list[Change]:
         """What differs from this tree to ``other``'s."""
         return self.store.diff(self._ref(), _ref_of(other))
+
+    def patch(self, other: Branch | str, *, binary: bool = False) -> str:
+        """What differs from this tree to ``other``'s as a patch in git's format: ``git
+        apply`` turns a copy of this tree (``export_dir``) into ``other``'s. ``binary``:
+        binary files as git binary patches (``git diff --binary``) instead of a line naming
+        them, which ``git apply`` refuses. Permissions other than the execute bit, owners,
+        times, extended attributes, empty directories and special files are not in it, as
+        git tracks none of them (see :mod:`branchfs.patch`)."""
+        return self.store.patch(self._ref(), _ref_of(other), binary=binary)
 
     def merge(
         self,

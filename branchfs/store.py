@@ -340,6 +340,19 @@ class Store:
         with self.meta.read() as txn:
             return diff_refs(self.engine, txn, a, b)
 
+    def patch(self, a: str, b: str, *, binary: bool = False) -> str:
+        """What differs from ``a`` to ``b`` as a patch in git's format, which ``git apply``
+        applies to a copy of ``a``; ``binary``: binary files as git binary patches (see
+        :func:`branchfs.patch.unified`). Cost: the changes and the bytes of changed files."""
+        from .diff import diff_views
+        from .patch import unified
+
+        self.settler(self.path, (a, b))
+        with self.meta.read() as txn:
+            va, vb = self.engine.ref_view(txn, a), self.engine.ref_view(txn, b)
+            vb.records = va.records
+            return unified(va, vb, diff_views(va, vb), binary=binary)
+
     def merge(
         self,
         target: str,

@@ -360,4 +360,4 @@ def test_names_with_newlines_and_bad_bytes_are_quoted_as_git_quotes_them(
     ]
     patch = bfs("diff", "main", "odd", "--patch", store=store)
     assert '+++ "b/new\\nline"' in patch.out
-    assert 'diff --branchfs "a/bad\\377utf8" "b/bad\\377utf8"' in patch.out
+    assert 'diff --git "a/bad\\377utf8" "b/bad\\377utf8"' in patch.out

@@ -1,7 +1,8 @@
 """Verbs that compare and combine trees: ``diff``, ``status`` and ``merge``.
 
-Their cost follows the changes, never the size of the tree. ``--patch`` adds a unified
-text diff (binary files named, not shown). A refused merge answers exit status 1 with every
+Their cost follows the changes, never the size of the tree. ``--patch`` adds a patch in
+git's format (:mod:`branchfs.patch`; binary files named, or with ``--binary`` as git
+binary patches). A refused merge answers exit status 1 with every
 conflict in plain words (:func:`.answers.explain_conflicts`) and the target left unchanged.
 """
 
@@ -9,11 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from .spec import EXIT_FAILED, Arg, Context, Opt, Outcome, Values, Verb
+from .spec import EXIT_FAILED, Arg, CommandError, Context, Opt, Outcome, Values, Verb
 from .trees import NOTATION, branch_name, tree_ref
 
 PATCH = Opt(
-    "patch", "Also show the changes as a unified text diff (binary files named).", flag=True
+    "patch",
+    "Also show the changes as a patch in git's format, which `git apply` applies (binary "
+    "files named only, unless --binary).",
+    flag=True,
+)
+BINARY = Opt(
+    "binary",
+    "With --patch: binary files as git binary patches (as `git diff --binary` writes them), "
+    "so that `git apply` applies them too.",
+    flag=True,
 )
 
 
@@ -21,9 +31,19 @@ def _change_lines(changes: list[Any]) -> list[str]:
     return [str(c) for c in changes]
 
 
+def _patch(va: Any, vb: Any, changes: list[Any], v: Values) -> str | None:
+    """The patch ``--patch`` asks for (None without it); ``--binary`` alone is a usage error."""
+    if not v.opt("patch"):
+        if v.opt("binary"):
+            raise CommandError("--binary only changes what --patch shows: add --patch")
+        return None
+    from ..patch import unified
+
+    return unified(va, vb, changes, binary=bool(v.opt("binary")))
+
+
 def _diff(ctx: Context, v: Values) -> Outcome:
     from ..diff import diff_views
-    from ..patch import unified
 
     store = ctx.store()
     a, b = str(v.arg("a")), str(v.arg("b"))
@@ -32,7 +52,7 @@ def _diff(ctx: Context, v: Values) -> Outcome:
         va, vb = store.engine.ref_view(txn, ra), store.engine.ref_view(txn, rb)
         vb.records = va.records
         changes = diff_views(va, vb)
-        text = unified(va, vb, changes) if v.opt("patch") else None
+        text = _patch(va, vb, changes, v)
     data: dict[str, Any] = {"a": a, "b": b, "changes": [c.to_json() for c in changes]}
     if text is not None:
         data["patch"] = text
@@ -42,7 +62,6 @@ def _diff(ctx: Context, v: Values) -> Outcome:
 
 def _status(ctx: Context, v: Values) -> Outcome:
     from ..diff import diff_views
-    from ..patch import unified
     from ..status import base_views
 
     store = ctx.store()
@@ -53,7 +72,7 @@ def _status(ctx: Context, v: Values) -> Outcome:
     with store.meta.read() as txn:
         base, vb, who = base_views(store, txn, branch, against)
         changes = diff_views(base, vb)
-        text = unified(base, vb, changes) if v.opt("patch") else None
+        text = _patch(base, vb, changes, v)
     data: dict[str, Any] = {
         "branch": branch,
         "against": who,
@@ -125,7 +144,7 @@ VERBS = (
         "branchfs diff main attempt-1 --patch",
         _diff,
         (Arg("a", "the tree to compare from"), Arg("b", "the tree to compare to")),
-        (PATCH,),
+        (PATCH, BINARY),
         flush=True,
     ),
     Verb(
@@ -143,6 +162,7 @@ VERBS = (
                 metavar="BRANCH",
             ),
             PATCH,
+            BINARY,
         ),
         flush=True,
     ),
