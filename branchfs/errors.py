@@ -174,12 +174,17 @@ class BranchMounted(MountError):
     now, served by process ``pid``), or unmount it first.
     """
 
-    def __init__(self, branch: str, mountpoint: str, pid: int) -> None:
+    def __init__(self, branch: str, mountpoint: str, pid: int, *, view: bool = False) -> None:
+        where = (
+            f"in use through {mountpoint} (daemon pid {pid} has a file of it open); work "
+            "there, or close its files first"
+            if view
+            else f"already mounted at {mountpoint} (daemon pid {pid}); use that mount, or "
+            f"unmount it first (`branchfs umount {mountpoint}`)"
+        )
         super().__init__(
-            f"branch {branch!r} is already mounted at {mountpoint} (daemon pid {pid}); use "
-            f"that mount, or unmount it first (`branchfs umount {mountpoint}`): a second mount "
-            "would be a second copy of every file to the kernel, whose locks would not "
-            "exclude each other"
+            f"branch {branch!r} is {where}: a second mount would be a second copy of every "
+            "file to the kernel, whose locks would not exclude each other"
         )
         self.branch = branch
         self.mountpoint = mountpoint

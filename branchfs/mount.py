@@ -28,7 +28,7 @@ from typing import Protocol
 
 from .errors import BranchMounted, MountError
 from .jsontypes import JSONObject
-from .notices import Registration, find_registration, mounts_dir, serving
+from .notices import Registration, find_registration, mounts_dir, open_through_views, serving
 from .quoting import quote_path
 
 
@@ -121,7 +121,8 @@ def release(reg: Registration, branch: str) -> None:
 
 
 def check_not_mounted(store_path: str, branch: str) -> None:
-    """Raise :class:`BranchMounted` if a live daemon already serves ``branch``.
+    """Raise :class:`BranchMounted` if a live daemon already serves ``branch``, or has a
+    file of it open through its ``.branchfs/branches/`` (:func:`.notices.open_through_views`).
 
     A branch has one mount: two daemons would show each file as two kernel inodes, and the
     kernel keeps ``flock``, POSIX and OFD locks per inode, so locks taken through one mount
@@ -131,6 +132,9 @@ def check_not_mounted(store_path: str, branch: str) -> None:
     """
     for reg in serving(store_path, branch, fresh=True):
         raise BranchMounted(branch, reg.mountpoint, reg.pid)
+    for reg in open_through_views(store_path, branch):
+        where = f"{reg.mountpoint}/.branchfs/branches/{branch}"
+        raise BranchMounted(branch, where, reg.pid, view=True)
 
 
 def check_fuse() -> None:

@@ -320,6 +320,11 @@ def poke(reg: Registration, names: tuple[str, ...]) -> bool:
 
 def _ask(reg: Registration, kind: str, names: tuple[str, ...]) -> bool:
     """Send one notice (``changed`` or ``settle``) to a daemon and wait for its ``ok``."""
+    return _request(reg, kind, names) == b"ok"
+
+
+def _request(reg: Registration, kind: str, names: tuple[str, ...]) -> bytes | None:
+    """Send ``{kind: names}`` to a daemon; its one-line answer (stripped), None if none."""
     import json
     import socket
 
@@ -328,14 +333,38 @@ def _ask(reg: Registration, kind: str, names: tuple[str, ...]) -> bool:
     try:
         s.connect(reg.socket.encode("latin-1"))
         s.sendall(json.dumps({kind: list(names)}).encode() + b"\n")
-        return recv_line(s).strip() == b"ok"
+        return recv_line(s).strip()
     except (ConnectionRefusedError, FileNotFoundError):
         _drop_stale(reg)
-        return False
+        return None
     except OSError:
-        return False
+        return None
     finally:
         s.close()
+
+
+def open_through_views(store_path: str, branch: str) -> list[Registration]:
+    """The live daemons of other processes that show ``branch`` under
+    ``.branchfs/branches/`` (not as their mounted branch) and have a file of it open now.
+
+    A discard or a second mount of ``branch`` would pull the tree from under those files:
+    writes to them would fail, and locks taken through them would not exclude those taken
+    through another mount. A daemon that cannot answer counts as having none open.
+    """
+    import json
+
+    out = []
+    for reg in targets(store_path, (branch,)):
+        if reg.branch == branch or branch not in reg.views or not reg.alive():
+            continue
+        reply = _request(reg, "busy", (branch,))
+        try:
+            busy = json.loads(reply)["busy"] if reply else []
+        except (ValueError, KeyError, TypeError):
+            busy = []  # a daemon from before this question answers ``bad``
+        if branch in busy:
+            out.append(reg)
+    return out
 
 
 def recv_line(sock: socket.socket) -> bytes:
@@ -400,10 +429,13 @@ def answer(
     conn: socket.socket,
     on_change: Callable[[list[str]], None],
     on_settle: Callable[[list[str]], None] = lambda _names: None,
+    on_busy: Callable[[list[str]], list[str]] = lambda _names: [],
 ) -> None:
     """The daemon's side of one notice on ``conn``: read it, call ``on_change(names)``
     (which drops the caches) or ``on_settle(names)`` (which waits until every call served
-    is committed), then acknowledge with ``ok`` (``bad`` if it is not a notice)."""
+    is committed), then acknowledge with ``ok`` (``bad`` if it is not a notice); or, asked
+    ``busy``, answer ``{"busy": on_busy(names)}``: those of ``names`` with a file open
+    through the mount (:func:`open_through_views`)."""
     import json
 
     data = recv_line(conn)
@@ -411,12 +443,15 @@ def answer(
         return  # the writer went away before it finished
     try:
         message = json.loads(data)
-        kind = "settle" if "settle" in message else "changed"
+        kind = next((k for k in ("settle", "busy") if k in message), "changed")
         names = message[kind]
         if not isinstance(names, list):
             raise TypeError(names)
     except (ValueError, KeyError, TypeError):
         conn.sendall(b"bad\n")
+        return
+    if kind == "busy":
+        conn.sendall(json.dumps({"busy": on_busy([str(n) for n in names])}).encode() + b"\n")
         return
     (on_settle if kind == "settle" else on_change)([str(n) for n in names])
     conn.sendall(b"ok\n")

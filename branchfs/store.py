@@ -58,6 +58,10 @@ class Store:
         #: call to a mount that returned before it); a daemon sets its own
         #: (fuse/coherence.py).
         self.settler: Observer = settle_mounts
+        #: The mountpoint of this process (a mount daemon) if it has a file of the branch
+        #: named open through its ``.branchfs/branches/``, else None: the daemon sets it,
+        #: and :meth:`discard` asks.
+        self.open_views: Callable[[str], str | None] = lambda _name: None
         self._meta: Meta | None = meta
         self.path = meta.path
         self.engine = Engine(meta)
@@ -270,6 +274,8 @@ class Store:
         ``force``, which discards it anyway.
         """
         _str_names(branch)
+        if not force:
+            self._not_open_in_views(branch)
 
         # Imported here, not with the module: a process that never discards (every
         # `branchfs fork` …) would pay ~1 ms to import gc, against ~1 us per discard here.
@@ -308,6 +314,20 @@ class Store:
             f"{where}); stop what mounts it, then discard it",
             [r.mountpoint for r in regs],
         )
+
+    def _not_open_in_views(self, branch: str) -> None:
+        """:class:`~branchfs.errors.BranchBusy` if a mount shows ``branch`` under
+        ``.branchfs/branches/`` with a file of it open: writes to that file would fail."""
+        mine = self.open_views(branch)
+        where = [mine] if mine else []
+        where += [r.mountpoint for r in notices.open_through_views(self.path, branch)]
+        if where:
+            raise BranchBusy(
+                f"branch {branch!r} cannot be discarded now: a file of it is open through "
+                f"{where[0]}/.branchfs/branches/{branch}; close it first, or discard it with "
+                "--force (force=True), after which writes to that file fail",
+                where,
+            )
 
     def register_mount(self, branch: str, register: Callable[[], T]) -> T:
         """Run ``register`` (a daemon recording that it serves ``branch``, see

@@ -93,6 +93,9 @@ class Coherence:
         #: Called with every branch name in :attr:`viewed` when one is added (the daemon
         #: re-registers, so that notices of those branches reach it).
         self.on_view: Callable[[tuple[str, ...]], None] = lambda _names: None
+        #: The branches shown under ``.branchfs/branches/`` with a file open in them now
+        #: (set by the daemon from the bridge's handles): a discard asks (:meth:`_on_busy`).
+        self.open_views: Callable[[], set[str]] = set
         #: The request loop's open batch of writes and when to commit it.
         self.group = GroupCommit(store.meta)
         #: The mounted branch's record as last read (raw bytes) and its top layer: a
@@ -418,7 +421,7 @@ class Coherence:
             try:
                 with conn:
                     conn.settimeout(notices.NOTIFY_TIMEOUT)
-                    notices.answer(conn, self._on_notice, self._on_settle)
+                    notices.answer(conn, self._on_notice, self._on_settle, self._on_busy)
             except Exception:  # a writer that went away must not stop the daemon
                 log.warning("a change notification failed", exc_info=True)
 
@@ -427,6 +430,11 @@ class Coherence:
         if self.main.name in names and not self.group.wait_committed(notices.NOTIFY_TIMEOUT):
             log.warning("another process's call went on without this mount's latest calls")
             self.stats.event("settle_timeouts")
+
+    def _on_busy(self, names: list[str]) -> list[str]:
+        """Those of ``names`` that have a file open through this mount's views."""
+        open_now = self.open_views()
+        return [n for n in names if n in open_now]
 
     def _on_notice(self, names: list[str]) -> None:
         """Another process changed ``names``: drop what the kernel caches of their views."""

@@ -24,6 +24,7 @@ from branchfs import mount as mount_mod
 from . import dac
 from . import kernel as K
 from .bridge import Bridge
+from .nodes import FileHandle
 from .session import Session
 
 log = logging.getLogger("branchfs.fuse")
@@ -209,6 +210,17 @@ def _serve(
         notices.register(store.path, branch, ops.mountpoint, sock_name, views=views)
 
     ops.coherence.on_view = on_view
+
+    def open_views() -> set[str]:
+        # list(): the loop's thread adds and removes handles meanwhile
+        return {
+            h.key[0].name
+            for h in list(ops.handles.values())
+            if isinstance(h, FileHandle) and not h.key[0].snapshot and h.key[0] != ops.main
+        }
+
+    ops.coherence.open_views = open_views
+    store.open_views = lambda name: ops.mountpoint if name in open_views() else None
     signalled = False
 
     def on_signal(_sig: int, _frame: object) -> None:

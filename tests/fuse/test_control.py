@@ -18,6 +18,7 @@ import pytest
 from fusecheck import needs_fuse
 
 import branchfs
+from branchfs.errors import BranchMounted
 from branchfs.mount import ctl
 
 if TYPE_CHECKING:
@@ -171,6 +172,34 @@ def test_discard_via_rmdir(mnt: Path, store: branchfs.Store) -> None:
         os.unlink(branches / "main")
     assert exc.value.errno == errno.EBUSY
     assert "main" in store.branches()
+
+
+def test_a_branch_with_a_file_open_through_its_view_is_busy(
+    module_mount: Mounted, tmp_path: Path
+) -> None:
+    """A branch reached as ``.branchfs/branches/NAME`` with a file open there is served by
+    this mount: neither discarded (by rmdir here or by another process) nor mounted a
+    second time until the file is closed, so its writes never go nowhere."""
+    mnt, store = module_mount.path, module_mount.store
+    store.branch(module_mount.branch).fork("viewed")
+    view = mnt / ".branchfs" / "branches" / "viewed"
+    with open(view / "work.txt", "a") as f:
+        f.write("a\n")
+        f.flush()
+        with pytest.raises(OSError) as exc:
+            os.rmdir(view)
+        assert exc.value.errno == errno.EBUSY
+        with pytest.raises(branchfs.BranchBusy, match="open through .*branches/viewed"):
+            store.discard("viewed")
+        other = tmp_path / "other"
+        other.mkdir()
+        with pytest.raises(BranchMounted, match="in use through"):
+            with branchfs.mounted(module_mount.store_path, other, "viewed"):
+                pass
+        f.write("b\n")
+    assert (view / "work.txt").read_text() == "a\nb\n"
+    store.discard("viewed")
+    assert "viewed" not in store.branches()
 
 
 def test_snapshot_via_mkdir_is_read_only_and_frozen(mnt: Path, store: branchfs.Store) -> None:
