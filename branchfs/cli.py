@@ -10,7 +10,8 @@ never a traceback. The engine is imported only when a verb runs, so ``branchfs -
 and ``branchfs fork`` start fast.
 
 The store is ``--store PATH``, else ``$BRANCHFS_STORE``, else the branchfs mount that the
-working directory is inside (whose branch is then the default for verbs that take one).
+working directory is inside (whose branch is then the default for verbs that take one:
+the mounted branch, or NAME inside its ``.branchfs/branches/NAME``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def _where(given: str | None) -> tuple[str | None, str | None]:
     """(store path, current branch) for this invocation; see the module docstring."""
     given = given or os.environ.get("BRANCHFS_STORE") or None
     try:
-        root = _mount_root(os.getcwd())
+        cwd = os.path.realpath(os.getcwd())
+        root = _mount_root(cwd)
     except OSError:
         root = None
     if root is None:
@@ -52,6 +54,11 @@ def _where(given: str | None) -> tuple[str | None, str | None]:
         mounted_store = fh.read().strip()
     if given and os.path.realpath(given) != os.path.realpath(mounted_store):
         return given, None
+    # Inside .branchfs/branches/NAME the tree at hand is NAME's, not the mount's; inside a
+    # snapshot's there is no branch to default to.
+    parts = os.path.relpath(cwd, root).split(os.sep)
+    if parts[0] == ".branchfs" and len(parts) >= 3 and parts[1] in ("branches", "snapshots"):
+        return given or mounted_store, (parts[2] if parts[1] == "branches" else None)
     from .mount import find_mount
 
     found = find_mount(root)

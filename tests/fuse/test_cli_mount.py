@@ -186,6 +186,36 @@ def test_discard_of_a_branch_a_run_uses_names_the_run(world: Any, tmp_path: Path
     assert bfs("discard", "work", store=store).code == 0
 
 
+def test_inside_a_branch_view_the_default_branch_is_that_branch(world: Any) -> None:
+    """In ``.branchfs/branches/NAME`` the tree at hand is NAME's: verbs that default to the
+    current branch act on NAME, not on the mount's branch; in a snapshot's, on none."""
+    store, mnt = world
+    main_mp = mnt("mnt")
+    assert bfs("fork", "main", "side", store=store).code == 0
+    view = main_mp / ".branchfs" / "branches" / "side"
+    (view / "only-side.txt").write_text("side\n")
+    r = bfs("status", "--json", cwd=view)
+    assert r.code == 0 and r.json["branch"] == "side", r
+    assert [c["path"] for c in r.json["changes"]] == ["only-side.txt"]
+    r = bfs("snapshot", "snap-of-side", cwd=view)
+    assert r.code == 0 and "side" in r.out, r
+    with branchfs.Store.open(store) as s:
+        assert s.snapshot_tree("snap-of-side").exists("only-side.txt")
+    r = bfs("status", "--json", cwd=main_mp)
+    assert r.json["branch"] == "main", r
+    snap_view = main_mp / ".branchfs" / "snapshots" / "snap-of-side"
+    one_line_error(bfs("status", cwd=snap_view), 2, "BRANCH")
+
+
+def test_discard_of_a_mounted_root_branch_warns_before_force(world: Any) -> None:
+    store, mnt = world
+    assert bfs("fork", "main", "x", store=store).code == 0
+    mnt("mnt")
+    line = one_line_error(bfs("discard", "main", store=store), 2, "root branch", "--force")
+    assert "lose" in line
+    no_api_names(line)
+
+
 def test_discard_of_main_is_refused_unless_forced(world: Any) -> None:
     store, _mnt = world
     one_line_error(bfs("discard", "main", store=store), 2, "last branch", "--force")
