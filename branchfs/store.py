@@ -281,10 +281,13 @@ class Store:
         # `branchfs fork` …) would pay ~1 ms to import gc, against ~1 us per discard here.
         from .gc import tidy_after_discard
 
+        loss: str | None = None
+
         def op(txn: lmdb.Transaction) -> list[notices.Registration]:
+            nonlocal loss
             regs = notices.serving(self.path, branch)
+            loss = None if force else self.refs.loss_if_discarded(txn, branch)
             if not regs:
-                loss = None if force else self.refs.loss_if_discarded(txn, branch)
                 if loss is not None:
                     raise BranchIsRoot(
                         f"branch {branch!r} {loss}; discard it anyway with force=True"
@@ -301,6 +304,13 @@ class Store:
             from .mount import release  # most processes never see a mount
 
             where = ", ".join(r.mountpoint for r in regs)
+            if not force and loss is not None:
+                # --force would unmount it and then lose its files too: say so first.
+                raise BranchBusy(
+                    f"branch {branch!r} cannot be discarded now: {regs[0].user()}; and it "
+                    f"{loss}, so --force (force=True) would unmount it and lose them",
+                    [r.mountpoint for r in regs],
+                )
             if not force:
                 raise BranchBusy(
                     f"branch {branch!r} cannot be discarded now: {regs[0].user()}; or "
