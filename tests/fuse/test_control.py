@@ -189,13 +189,15 @@ def test_a_branch_with_a_file_open_through_its_view_is_busy(
         with pytest.raises(OSError) as exc:
             os.rmdir(view)
         assert exc.value.errno == errno.EBUSY
-        with pytest.raises(branchfs.BranchBusy, match="open through .*branches/viewed"):
+        with pytest.raises(branchfs.BranchBusy, match=r"open through .*branches/viewed"):
             store.discard("viewed")
         other = tmp_path / "other"
         other.mkdir()
-        with pytest.raises(BranchMounted, match="in use through"):
-            with branchfs.mounted(module_mount.store_path, other, "viewed"):
-                pass
+        with (
+            pytest.raises(BranchMounted, match="in use through"),
+            branchfs.mounted(module_mount.store_path, other, "viewed"),
+        ):
+            pass
         f.write("b\n")
     assert (view / "work.txt").read_text() == "a\nb\n"
     store.discard("viewed")
