@@ -417,15 +417,52 @@ def _daemon_pids(mountpoint: str) -> list[int]:
     return out
 
 
+#: Seconds a mount has to answer before :func:`unmount` says that it does not: the kernel
+#: waits for the daemon's reply to any request, so a stopped or hung daemon would make the
+#: unmount wait forever, silently.
+ANSWER_TIMEOUT = 10.0
+
+
+def _check_answering(mp: str, mountpoint: str) -> None:
+    """:class:`MountError` saying what to do if the daemon of the branchfs mount at ``mp``
+    is stopped (SIGSTOP), or does not answer a lookup within :data:`ANSWER_TIMEOUT`."""
+    kind = mount_type(mp)
+    if kind is None or not kind.endswith("branchfs"):
+        return
+    detach = (
+        f"or detach the mount with `fusermount3 -uz {shlex.quote(mp)}` (its open files then fail)"
+    )
+    for pid in _daemon_pids(mp):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state in (b"T", b"t"):
+            raise MountError(
+                f"the daemon of {mountpoint} (pid {pid}) is stopped: continue it (kill -CONT "
+                f"{pid}) and unmount again, {detach}"
+            )
+    probe = threading.Thread(target=is_stale, args=(mp,), daemon=True)
+    probe.start()  # left blocked in the kernel if the daemon never answers; exits with us
+    probe.join(ANSWER_TIMEOUT)
+    if probe.is_alive():
+        raise MountError(
+            f"{mountpoint} has not answered for {ANSWER_TIMEOUT:g} s (its daemon is hung or "
+            f"very busy): try again later, {detach}"
+        )
+
+
 def unmount(mountpoint: str, *, timeout: float = 60.0) -> str:
     """Flush and unmount ``mountpoint``, waiting until its daemon has exited.
 
     Works whatever the mount's root answers: a dead mount left by a killed daemon is
     detached; a mount whose branch is gone is unmounted like any other. Returns ``"dead"``
-    or ``"unmounted"``. Raises :class:`MountError` if the mount is busy or not a branchfs
-    mount.
+    or ``"unmounted"``. Raises :class:`MountError` if the mount is busy, not a branchfs
+    mount, or its daemon stopped or not answering (:data:`ANSWER_TIMEOUT`).
     """
     mp = os.path.abspath(mountpoint)
+    _check_answering(mp, mountpoint)
     if is_stale(mp):
         clean_stale(mp)
         return "dead"

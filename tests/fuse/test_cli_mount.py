@@ -18,6 +18,7 @@ from clirun import bfs, entry_point, no_api_names, one_line_error
 from fusecheck import needs_fuse
 
 import branchfs
+from branchfs.errors import MountError
 from branchfs.mount import ctl, find_mount, mount_type
 
 pytestmark = needs_fuse
@@ -214,6 +215,34 @@ def test_discard_of_a_mounted_root_branch_warns_before_force(world: Any) -> None
     line = one_line_error(bfs("discard", "main", store=store), 2, "root branch", "--force")
     assert "lose" in line
     no_api_names(line)
+
+
+def test_umount_of_a_daemon_that_does_not_answer_says_so(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped or hung daemon made `branchfs umount` wait forever, silently: the kernel
+    waits for the daemon's reply to the probe's lookup."""
+    import branchfs.mount as m
+
+    _store, mnt = world
+    mp = mnt("mnt")
+    found = find_mount(str(mp))
+    assert found is not None
+    pid = found[1].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        line = one_line_error(bfs("umount", str(mp)), 2, "stopped", f"kill -CONT {pid}")
+        assert "fusermount3 -uz" in line and time.monotonic() - started < 30
+        # Not seen stopped (a zygote's daemon has another command line): the probe times out.
+        monkeypatch.setattr(m, "_daemon_pids", lambda _mp: [])
+        monkeypatch.setattr(m, "ANSWER_TIMEOUT", 1.0)
+        with pytest.raises(MountError, match="has not answered for 1 s"):
+            m.unmount(str(mp))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert bfs("umount", str(mp)).code == 0
+    assert mount_type(str(mp)) is None
 
 
 def test_discard_of_main_is_refused_unless_forced(world: Any) -> None:
