@@ -128,10 +128,13 @@ class _Exporter:
                 self._attrs_fd(fd, rec)
             finally:
                 os.close(fd)
-        else:
-            self.skipped += 1
-            log.info("export_dir skips %r: sockets and device files are not copied", name)
-            return
+        else:  # a socket or a device file: mknod(2) makes it, a device only as root
+            if not self.root and not st.S_ISSOCK(mode):
+                self.skipped += 1
+                log.warning("export_dir skips device file %r: making one needs root", name)
+                return
+            os.mknod(name, st.S_IFMT(mode) | 0o600, rec.rdev, dir_fd=dfd)
+            self._attrs_at(dfd, name, rec)
         if len(rec.links) > 1:
             self.first_name[ino] = (comps, name)
         self._count()
@@ -191,6 +194,16 @@ class _Exporter:
             _set_xattr(fd, key, value)
         os.fchmod(fd, st.S_IMODE(rec.mode))
         os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
+
+    def _attrs_at(self, dfd: int, name: bytes, rec: Inode) -> None:
+        """:meth:`_attrs_fd` by name, for a node that must not be opened (a device file)."""
+        if self.root:
+            os.chown(name, rec.uid, rec.gid, dir_fd=dfd, follow_symlinks=False)
+        proc = f"/proc/self/fd/{dfd}/{os.fsdecode(name)}"
+        for key, value in rec.xattrs.items():
+            _set_xattr(proc, key, value, follow=False)
+        os.chmod(name, st.S_IMODE(rec.mode), dir_fd=dfd)
+        os.utime(name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
 
 def _pwrite_all(fd: int, bufs: list[bytes | memoryview], offset: int) -> None:

@@ -140,7 +140,6 @@ class _Importer:
         self.root_rec: Inode | None = None
         self.files = 0
         self.committed_files = 0
-        self.skipped = 0
         self.now = tree.now_ns()
 
     # -- the walk --------------------------------------------------------------------------
@@ -251,13 +250,10 @@ class _Importer:
             rec.size = len(rec.inline)
             rec.cut = 0
             rec.xattrs = _xattrs_of(proc, follow=False)
-        elif st.S_ISFIFO(s.st_mode):
+        else:  # a FIFO, a socket or a device file: its record (and device number) only
             rec = _record(s, self.now)
+            rec.rdev = s.st_rdev if st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode) else 0
             rec.xattrs = _xattrs_of(proc, follow=False)
-        else:
-            self.skipped += 1
-            log.info("import_dir skips %s: sockets and device files are not copied", entry.name)
-            return
         self.files += 1
         yield _Make(self._nid(), dnid, name, rec)
 
@@ -458,9 +454,9 @@ def import_dir(
 
     ``dest`` is created if missing; if it exists, the copy merges into it (a name that
     exists on both sides is replaced, a directory merged). Returns the number of
-    non-directory entries copied (files, symlinks, FIFOs, extra hard links); sockets and
-    device files are skipped with a log note. ``progress(files_done)`` is called after
-    each committed batch.
+    non-directory entries copied (files, symlinks, FIFOs, sockets, device files — their
+    device numbers —, extra hard links), as ``cp -a`` copies them.
+    ``progress(files_done)`` is called after each committed batch.
     """
     src = os.fsencode(source)
     try:
@@ -483,8 +479,6 @@ def import_dir(
             raise with_path(exc, dest) from None
         imp = _Importer(branch, root_ino, progress)
         imp.run(imp.walk(root_fd, src))
-        if imp.skipped:
-            log.info("import_dir skipped %d sockets or device files", imp.skipped)
         return imp.files
     finally:
         os.close(root_fd)
