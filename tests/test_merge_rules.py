@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pathspec
 import pytest
 
 import branchfs
@@ -45,6 +46,20 @@ def test_rule_lookup_last_match_wins() -> None:
     assert rules.rule_for(".pytest_cache/v/cache/lastfailed") == "exclude"
     assert rules.rule_for("src/app.py") == "line"
     assert Rules.parse(".git/index line").rule_for(".git/index") == "line"
+
+
+@pytest.mark.parametrize("pattern", ["*/", "**/", "*", "a/*/", "**/b/", "*.d/"])
+@pytest.mark.parametrize(
+    "path", ["a", "a/b", "a/b/c.txt", "x.d/y", "z/x.d/y/w", "top.txt", "a/b/x.d", "q/r/s/b/t"]
+)
+def test_rule_lookup_agrees_with_pathspec(pattern: str, path: str) -> None:
+    """The fast "matches no pattern" test never hides a match (pathspec searches: ``*/``
+    compiles to an unanchored expression)."""
+    rules = Rules(((pattern, "exclude"),))
+    spec = pathspec.GitIgnoreSpec.from_lines([pattern])
+    for p in (path, path + "/"):
+        expected = "exclude" if spec.check_file(p).index is not None else "line"
+        assert rules.rule_for(p.rstrip("/"), is_dir=p.endswith("/")) == expected, p
 
 
 @pytest.mark.parametrize("line", ["*.txt", "*.txt mine", "!x ours"])

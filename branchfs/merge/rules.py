@@ -82,11 +82,14 @@ class Rules:
         object.__setattr__(self, "_spec", spec)
         # One regular expression for "does any pattern match at all": most paths match
         # none, and pathspec tries its patterns one by one (about 4 µs each).
+        # pathspec searches (``*/`` is the unanchored ``(?P<ps_d>/)``): an unanchored
+        # part may start anywhere.
         parts = []
         for pat in spec.patterns:
             regex = getattr(pat, "regex", None)
             if regex is not None:
-                parts.append(re.sub(r"\(\?P<\w+>", "(?:", regex.pattern))
+                part = re.sub(r"\(\?P<\w+>", "(?:", regex.pattern)
+                parts.append(part if part.startswith("^") else "(?s:.*?)" + part)
         any_match = re.compile("|".join(f"(?:{p})" for p in parts)) if parts else None
         object.__setattr__(self, "_any", any_match)
 
