@@ -13,13 +13,17 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pathspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+from randomized import examples
 
 import branchfs
-from branchfs.merge.rules import RULES_FILE, RuleFileError, Rules
+from branchfs.merge.rules import RULES, RULES_FILE, RuleFileError, Rules
 
 
 def _pair(store: branchfs.Store) -> tuple[branchfs.Branch, branchfs.Branch]:
@@ -84,6 +88,148 @@ def test_defaults_keep_tools_files_from_conflicting(store: branchfs.Store) -> No
     )
     assert main.read_bytes("pkg/__pycache__/m.cpython-311.pyc") == b"\0pyc main"
     assert not main.exists(".pytest_cache")
+
+
+def test_an_excluded_directory_keeps_everything_under_it() -> None:
+    """gitignore's rule: a file under an excluded directory cannot be re-included by a
+    later line; another rule for the directory itself can."""
+    rules = Rules.parse("README.md union\n.gitignore union\n*.pyc theirs\nindex ours\n")
+    assert rules.rule_for(".pytest_cache/README.md") == "exclude"
+    assert rules.rule_for(".pytest_cache/.gitignore") == "exclude"
+    assert rules.rule_for("src/__pycache__/m.cpython-311.pyc") == "exclude"
+    assert rules.rule_for("README.md") == "union"
+    assert rules.rule_for("old.pyc") == "theirs"
+    assert rules.rule_for(".git/index") == "ours"
+    rules = Rules.parse("README.md union\n.pytest_cache/ line\n")
+    assert rules.rule_for(".pytest_cache/README.md") == "union"
+    assert rules.rule_for(".pytest_cache/v/cache/nodeids") == "line"
+
+
+PYTEST_CACHE = {
+    ".pytest_cache/README.md": b"# pytest cache directory #\n" + b"x" * 275,
+    ".pytest_cache/.gitignore": b"# Created by pytest automatically.\n*\n",
+    ".pytest_cache/CACHEDIR.TAG": b"Signature: 8a477f597d28d172789f06886806bc55\n",
+    ".pytest_cache/v/cache/nodeids": b'[\n  "test_app.py::test_f"\n]',
+}
+
+
+def _project(store: branchfs.Store, rules: bytes) -> branchfs.Branch:
+    main = store.create_branch("main")
+    main.write_bytes(RULES_FILE, rules)
+    main.write_bytes("README.md", b"# app\n")
+    main.write_bytes(".gitignore", b"__pycache__/\n")
+    main.write_bytes("app.py", b"def f():\n    return 1\n")
+    main.write_bytes("test_app.py", b"import app\n\n\ndef test_f():\n    assert app.f()\n")
+    return main
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "README.md union",
+        "README.md ours",
+        "README.md theirs",
+        "*.md line",
+        ".gitignore union",
+        "/README.md union",
+        "README.md exclude",
+    ],
+)
+def test_a_rule_matching_a_cache_file_leaves_the_cache_out(
+    store: branchfs.Store, rule: str
+) -> None:
+    """The user's report: a branch that ran pytest was unmergeable into an unchanged main
+    ("the directory was deleted") as soon as a rule also matched a file in .pytest_cache/,
+    which made that file merge while its directory stayed excluded."""
+    main = _project(store, rule.encode() + b"\n")
+    f = main.fork("f")
+    f.write_bytes("app.py", b"def f():\n    return 2\n")
+    for path, data in PYTEST_CACHE.items():
+        f.write_bytes(path, data, parents=True)
+    result = store.merge("main", "f")
+    assert result.conflicts == []
+    assert [c.path for c in result.changes] == ["app.py"]
+    assert main.read_bytes("app.py") == b"def f():\n    return 2\n"
+    assert not main.exists(".pytest_cache")
+
+
+def test_rules_matching_bytecode_and_git_files_invent_no_conflict(store: branchfs.Store) -> None:
+    """Lines that match files under __pycache__/ and in .git/ as well: what one side alone
+    created still merges cleanly, the built-in exclusions of directories still hold, and
+    the lines decide the files both sides changed."""
+    main = _project(store, b"*.pyc theirs\nindex ours\nHEAD union\nmain union\n*.md line\n")
+    main.makedirs(".git/refs/heads")
+    main.write_bytes(".git/HEAD", b"ref: refs/heads/main\n")
+    main.write_bytes(".git/index", b"index 0")
+    main.write_bytes(".git/refs/heads/main", b"c0\n")
+    f = main.fork("f")
+    main.write_bytes(".git/index", b"index main")
+    f.write_bytes(".git/index", b"index f")
+    f.write_bytes("app.py", b"def f():\n    return 2\n")
+    f.write_bytes(".git/refs/heads/main", b"c1\n")
+    f.write_bytes(".git/logs/refs/heads/main", b"c0 c1 commit: f\n", parents=True)
+    f.write_bytes(".git/logs/HEAD", b"c0 c1 commit: f\n")
+    f.write_bytes(".git/index.lock", b"stale")
+    f.write_bytes("__pycache__/app.cpython-311.pyc", b"\0pyc", parents=True)
+    f.write_bytes("__pycache__/test_app.cpython-311-pytest-8.pyc", b"\0pyc", parents=True)
+    for path, data in PYTEST_CACHE.items():
+        f.write_bytes(path, data, parents=True)
+    assert store.merge("main", "f").conflicts == []
+    assert main.read_bytes(".git/index") == b"index main"
+    assert main.read_bytes(".git/refs/heads/main") == b"c1\n"
+    assert main.read_bytes(".git/logs/refs/heads/main") == b"c0 c1 commit: f\n"
+    assert main.read_bytes(".git/logs/HEAD") == b"c0 c1 commit: f\n"
+    for gone in (".git/index.lock", "__pycache__", ".pytest_cache"):
+        assert not main.exists(gone), gone
+
+
+NAMES = ("README.md", ".gitignore", "index", "m.pyc", "x.txt")
+DIRS = (".pytest_cache", "__pycache__", ".git", ".git/logs", "src", "src/__pycache__", "v")
+PATTERNS = (*NAMES, "*.md", "*.pyc", "*", "*/", "v/", "/src/", ".git/**", "**/v/*", "__pycache__/")
+
+
+@settings(max_examples=examples(40), deadline=None, database=None)
+@given(
+    lines=hs.lists(hs.tuples(hs.sampled_from(PATTERNS), hs.sampled_from(RULES)), max_size=4),
+    files=hs.lists(
+        hs.tuples(
+            hs.sampled_from(DIRS), hs.sampled_from(("", "v/", "v/w/")), hs.sampled_from(NAMES)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_what_one_side_alone_created_merges_cleanly_whatever_the_rules(
+    lines: list[tuple[str, str]], files: list[tuple[str, str, str]]
+) -> None:
+    """New files in new directories of the source, the target unchanged: never a conflict,
+    whatever the rule file says; a file arrives exactly when its rule does not exclude it
+    (its directories then arrive too)."""
+    text = "".join(f"{p} {r}\n" for p, r in lines)
+    rules = Rules.parse(text)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        branchfs.Store.open(Path(tmp) / "s.bfs", create=True) as store,
+    ):
+        main = store.create_branch("main")
+        main.write_bytes(RULES_FILE, text.encode())
+        f = main.fork("f")
+        paths = sorted({f"{d}/{sub}{name}" for d, sub, name in files})
+        for path in paths:
+            f.write_bytes(path, path.encode(), parents=True)
+        assert store.merge("main", "f").conflicts == []
+        for path in paths:
+            excluded = (
+                any(
+                    rules.rule_for(path[:i], is_dir=True) == "exclude"
+                    for i, c in enumerate(path)
+                    if c == "/"
+                )
+                or rules.rule_for(path) == "exclude"
+            )
+            assert main.exists(path) is not excluded, path
+            if not excluded:
+                assert main.read_bytes(path) == path.encode()
 
 
 def test_rule_file_of_the_target(store: branchfs.Store) -> None:

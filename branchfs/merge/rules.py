@@ -4,7 +4,12 @@ A tree may hold a ``.branchfs-merge`` file at its root, in the style of ``.gitat
 one ``PATTERN RULE`` per line, ``#`` comments, gitignore patterns (matched with the
 ``pathspec`` library, as git matches ``.gitignore``; a pattern ending in ``/`` names a
 directory and everything in it), and, as in ``.gitattributes``, the last matching line
-wins::
+wins, with one exception taken from ``.gitignore``: everything under a directory whose
+rule is ``exclude`` is excluded, whatever later line matches it ("it is not possible to
+re-include a file if a parent directory of that file is excluded"). A later
+``README.md union`` therefore leaves ``.pytest_cache/README.md`` excluded with its
+directory; to merge a directory that a rule excludes, give the directory itself another
+rule (``.pytest_cache/ line``)::
 
     # .branchfs-merge
     scores/            exclude     # each attempt's own scratch: never merged
@@ -92,6 +97,8 @@ class Rules:
                 parts.append(part if part.startswith("^") else "(?s:.*?)" + part)
         any_match = re.compile("|".join(f"(?:{p})" for p in parts)) if parts else None
         object.__setattr__(self, "_any", any_match)
+        # whether a directory ("a/b/") is excluded: the files of a merge share directories
+        object.__setattr__(self, "_excluded_dirs", {})
 
     @classmethod
     def defaults(cls) -> Rules:
@@ -118,7 +125,9 @@ class Rules:
         return cls(tuple(entries))
 
     def rule_for(self, path: bytes | str, is_dir: bool = False) -> str:
-        """The rule of ``path`` (relative to the tree's root; ``is_dir`` for a directory)."""
+        """The rule of ``path`` (relative to the tree's root; ``is_dir`` for a directory):
+        ``exclude`` if one of its parent directories is excluded (gitignore semantics),
+        else that of the last line that matches it."""
         if isinstance(path, bytes):
             path = path.decode("utf-8", "surrogateescape")
         if not path:
@@ -126,8 +135,30 @@ class Rules:
         if is_dir:
             path += "/"
         any_match: re.Pattern[str] | None = self._any  # type: ignore[attr-defined]
+        # A pattern that matches a directory matches everything under it too (gitignore),
+        # so a path that matches no pattern has no excluded parent either.
         if any_match is None or not any_match.match(path):
             return LINE
+        # A directory left out takes its entries with it: a file under it that a later line
+        # gave another rule would have no directory to go into in the merged tree.
+        cut = path.find("/")
+        while 0 < cut < len(path) - 1:
+            if self._dir_excluded(path[: cut + 1], any_match):
+                return EXCLUDE
+            cut = path.find("/", cut + 1)
+        return self._last_match(path)
+
+    def _dir_excluded(self, path: str, any_match: re.Pattern[str]) -> bool:
+        known: dict[str, bool] = self._excluded_dirs  # type: ignore[attr-defined]
+        hit = known.get(path)
+        if hit is None:
+            hit = any_match.match(path) is not None and self._last_match(path) == EXCLUDE
+            if len(known) > 4096:
+                known.clear()
+            known[path] = hit
+        return hit
+
+    def _last_match(self, path: str) -> str:
         index = self._spec.check_file(path).index  # type: ignore[attr-defined]
         return LINE if index is None else self.entries[index][1]
 

@@ -98,6 +98,38 @@ def test_best_of_a_failing_suite_never_beats_a_passing_one(
     assert not (out / "test_more.py").exists()
 
 
+def test_a_branch_that_ran_pytest_merges_whatever_rule_matches_its_cache(
+    store_path: Path,
+) -> None:
+    """A user's report: with ``README.md union`` in .branchfs-merge, a branch that ran pytest
+    (which writes .pytest_cache/README.md) did not merge into an unchanged main: exit 1,
+    "the directory was deleted"; best-of kept its winner unmerged the same way."""
+    with branchfs.Store.open(store_path) as store:
+        main = store.branch("main")
+        main.write_text(".branchfs-merge", "README.md union\n")
+        main.write_text("README.md", "# calc\n")
+        main.write_text("calc.py", "def add(a, b):\n    return a + b\n")
+        main.write_text("test_calc.py", CALC_TESTS)
+    assert branchfs_cli(store_path, "fork", "main", "f").returncode == 0
+    pytest_q = [sys.executable, "-m", "pytest", "-q"]
+    ran = branchfs_cli(store_path, "run", "f", "--", *pytest_q, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    with branchfs.Store.open(store_path) as store:
+        assert store.branch("f").exists(".pytest_cache/README.md")
+    merged = branchfs_cli(store_path, "merge", "f", "--into", "main")
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    best = branchfs_cli(
+        store_path, "best-of", "2", "--run", 'echo "$BRANCHFS_ATTEMPT" > n',
+        "--score", " ".join(pytest_q), "--json", timeout=120,
+    )  # fmt: skip
+    assert best.returncode == 0, best.stdout + best.stderr
+    assert json.loads(best.stdout)["ok"] is True
+    with branchfs.Store.open(store_path) as store:
+        main = store.branch("main")
+        assert main.exists("n")
+        assert not main.exists(".pytest_cache") and not main.exists("__pycache__")
+
+
 def test_best_of_says_a_relative_command_is_not_in_the_tree(
     tmp_path: Path, store_path: Path
 ) -> None:
