@@ -25,7 +25,7 @@ from ..errors import Conflict
 from ..layers import View
 from ..records import ROOT_INO, Inode
 from ..tree import now_ns, read
-from .context import Sides, describe
+from .context import Sides, describe, ftype
 from .rules import EXCLUDE, LINE, OURS, THEIRS, UNION
 from .text import TEXT_MERGE_MAX, is_text, merge_added, merge_text, union
 
@@ -301,9 +301,14 @@ def _three_way(
         return
     if o is None or t is None:
         if o is None:
-            plan.conflict(sides, ino, "modify/delete", "deleted", "modified", theirs)
+            assert t is not None
+            kind, took = _in_its_place(ours, ino, t)
+            kept = describe(theirs, ino, t) if took else "modified"
+            plan.conflict(sides, ino, kind, took or "deleted", kept, theirs)
         else:
-            plan.conflict(sides, ino, "modify/delete", "modified", "deleted", ours)
+            kind, took = _in_its_place(theirs, ino, o)
+            kept = describe(ours, ino, o) if took else "modified"
+            plan.conflict(sides, ino, kind, kept, took or "deleted", ours)
         if sides.theirs_wins:
             plan.inodes[ino] = InodePlan(t, TAKE_THEIRS)
         return
@@ -335,6 +340,20 @@ def _three_way(
         rec.mtime_ns = max(o.mtime_ns, t.mtime_ns)
     rec.ctime_ns = now_ns()
     plan.inodes[ino] = InodePlan(rec, content)
+
+
+def _in_its_place(v: View, ino: int, kept: Inode) -> tuple[str, str]:
+    """The conflict kind, and the description of what tree ``v``, which deleted ``ino``,
+    has of another kind at one of the names the other side keeps it under (``kept``'s
+    links; ``""`` if nothing): a file replaced by a directory is no plain deletion there,
+    but a ``type`` clash at that path, the very one the namespace check meets when it gives
+    the file its name back."""
+    for parent, name in kept.links:
+        other = v.dirent(parent, name)
+        rec = v.inode(other) if other is not None and other != ino else None
+        if other is not None and rec is not None and ftype(rec) != ftype(kept):
+            return "type", describe(v, other, rec)
+    return "modify/delete", ""
 
 
 def _merge_attrs(
