@@ -45,3 +45,27 @@ def test_a_file_replaced_by_a_directory_is_a_type_conflict_naming_both(
     )
     assert directory == "directory f1.txt"
     assert edited == "file f1.txt (9 bytes)"
+
+
+def test_ours_rewritten_file_moved_by_their_rename_onto_another(store: branchfs.Store) -> None:
+    """Ours saved a and b through temporary files (new inodes), theirs renamed a over b:
+    ours' new a, moved by their rename, met ours' new b at b, and the namespace check read
+    it as a file of theirs (FileNotFoundError). Now a conflict, resolved either way."""
+    main = store.create_branch("main")
+    for name in ("a", "b"):
+        main.write_bytes(name, b"1\n2\n3\n")
+    f = main.fork("f")
+    for name in ("a", "b"):
+        main.write_bytes(name + ".tmp", b"1\n2\n3\n" + name.encode() + b"\n")
+        main.rename(name + ".tmp", name)
+    f.rename("a", "b")
+    for strategy in ("ours", "theirs"):
+        store.fork("main", f"main-{strategy}")
+    with pytest.raises(MergeConflict) as info:
+        store.merge("main", "f")
+    assert [c.kind for c in info.value.conflicts] == ["add/add"]
+    store.merge("main-ours", "f", strategy="ours")
+    assert store.branch("main-ours").read_bytes("b") == b"1\n2\n3\nb\n"
+    store.merge("main-theirs", "f", strategy="theirs")
+    assert store.branch("main-theirs").read_bytes("b") == b"1\n2\n3\na\n"
+    assert not store.branch("main-theirs").exists("a")

@@ -137,7 +137,7 @@ class _Names:
         if occupant is not None and occupant != ino:
             orec = plan.record(occupant, self.sides)
             trec = ip.rec
-            if orec is not None and self._is_new(ino) and self._is_new(occupant):
+            if orec is not None and self._theirs_new(ino) and self._is_new(occupant):
                 if orec.is_dir and trec.is_dir:
                     plan.alias[ino] = occupant
                     del plan.inodes[ino]
@@ -196,7 +196,7 @@ class _Names:
         if both_text and (rule == UNION or markers):
             assert orec is not None
             ob = read(self.ours, occupant, 0, orec.size)
-            tb = read(self.theirs, ino, 0, trec.size)
+            tb = self._planned_bytes(ino, trec)
             if is_text(ob, tb):
                 if rule == UNION:
                     merged = _union_two(ob, tb) if ob != tb else ob
@@ -228,7 +228,7 @@ class _Names:
         sides, plan = self.sides, self.plan
         if orec is None or not (orec.is_reg and trec.is_reg):
             return False
-        if not (self._is_new(ino) and self._is_new(occupant)):
+        if not (self._theirs_new(ino) and self._is_new(occupant)):
             return False
         old = sides.base.dirent(parent, name)
         brec = sides.base.inode(old) if old is not None else None
@@ -271,7 +271,7 @@ class _Names:
         deleted: by path (as ``diff`` and git see it) theirs *changed* that file. Unchanged
         bytes and mode: ours' deletion stands (True: the name is dropped). Changed: a
         modify/delete conflict (True unless the strategy takes theirs)."""
-        if trec.is_dir or not self._is_new(ino) or self.ours.dirent(parent, name) is not None:
+        if trec.is_dir or not self._theirs_new(ino) or self.ours.dirent(parent, name) is not None:
             return False
         old = self.sides.base.dirent(parent, name)
         if old is None or old == ino:
@@ -304,6 +304,19 @@ class _Names:
 
     def _is_new(self, ino: int) -> bool:
         return self.sides.base.inode(ino) is None
+
+    def _theirs_new(self, ino: int) -> bool:
+        """Whether ``ino``, which a name is being given to, is a file theirs created: it may
+        also be ours' own new file that a change of theirs moves (ours saved the file
+        through a temporary file, theirs renamed it: :func:`~.plan.rewritten`)."""
+        return self._is_new(ino) and self.theirs.inode(ino) is not None
+
+    def _planned_bytes(self, ino: int, rec: Inode) -> bytes:
+        """The bytes the plan gives ``ino`` (merged, theirs' or ours')."""
+        content = self.plan.inodes[ino].content
+        if isinstance(content, bytes):
+            return content
+        return read(self.theirs if content == TAKE_THEIRS else self.ours, ino, 0, rec.size)
 
     def _same_new_file(self, a: int, ra: Inode, b: int, rb: Inode) -> bool:
         if ftype(ra) != ftype(rb) or ra.mode != rb.mode or ra.size != rb.size or ra.is_dir:
