@@ -20,7 +20,7 @@ two trees find their base through it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import lmdb
 
@@ -34,7 +34,7 @@ from . import base as bases
 from .apply import apply
 from .context import Sides, share_decoded
 from .namespace import check
-from .plan import plan_inodes
+from .plan import Plan, plan_inodes
 from .rules import RULES_FILE, Rules
 
 STRATEGIES = (None, "ours", "theirs")
@@ -45,7 +45,8 @@ __all__ = ["STRATEGIES", "MergeResult", "merge"]
 @dataclass
 class MergeResult:
     """What a merge did: the changes applied to the target, and the conflicts it resolved
-    (by ``strategy`` or with conflict markers; empty for a clean merge). ``markers`` are
+    (by ``strategy``: those the same merge without one refuses with, one per path; or with
+    conflict markers; empty for a clean merge). ``markers`` are
     the paths of the files it wrote conflict markers into: conflicts left for a person to
     resolve, as ``git merge`` leaves them."""
 
@@ -74,6 +75,17 @@ def tree_rules(v: View) -> Rules:
             _rules_cache.clear()
         _rules_cache[text] = cached
     return cached
+
+
+def refused(sides: Sides) -> Plan:
+    """The plan of the same merge without a strategy, whose conflicts a forced merge
+    reports: a strategy decides how the conflicts are resolved, not which there are, and
+    resolving one may avoid or cause another (taking theirs gives a file its name back,
+    where ours may have put a directory). Planning writes nothing to the store."""
+    plain = replace(sides, strategy=None)
+    plan = plan_inodes(plain)
+    check(plain, plan)
+    return plan
 
 
 def merge(
@@ -126,10 +138,13 @@ def merge(
         check(sides, plan)
         if plan.conflicts and strategy is None:
             raise MergeConflict(target, source, plan.conflicts)
+        conflicts = plan.conflicts
+        if conflicts:
+            conflicts = refused(sides).conflicts
         changes = apply(sides, plan)
         bases.discard(engine, txn, base)
         engine.history.record(txn, tgt.top, src_state)
         markers = sorted({c.path for c in plan.resolved})
-        return MergeResult(changes, plan.conflicts + plan.resolved, markers)
+        return MergeResult(changes, conflicts + plan.resolved, markers)
 
     return meta.write(op)

@@ -32,6 +32,7 @@ def check(sides: Sides, plan: Plan) -> None:
     _check_deleted_dirs(sides, plan)
     _Names(sides, plan).run()
     _check_cycles(sides, plan)
+    plan.one_per_path()
 
 
 def _check_deleted_dirs(sides: Sides, plan: Plan) -> None:
@@ -122,7 +123,7 @@ class _Names:
                     "modify/delete",
                     "the directory was deleted",
                     describe(self.theirs, ino, self.theirs.inode(ino)),
-                    self.theirs,
+                    at=self._path(parent, name),
                 )
             if sides.theirs_wins and self.theirs.inode(parent) is not None:
                 self.resurrect(parent)
@@ -159,7 +160,7 @@ class _Names:
                     kind,
                     describe(self.ours, occupant, orec),
                     describe(self.theirs, ino, trec),
-                    self.theirs,
+                    at=self._path(parent, name),
                 )
                 plan.uncertain.add(occupant)
                 if sides.theirs_wins:
@@ -170,6 +171,14 @@ class _Names:
         if parent != ip.rec.links[0][0] or any(p in plan.alias for p, _n in ip.rec.links):
             ip.rec.links = [(plan.alias.get(p, p), n) for p, n in ip.rec.links]
         self.claimed[(parent, name)] = ino
+
+    def _path(self, parent: int, name: bytes) -> str:
+        """The path of the name being given out, for a conflict there: an inode's own path
+        may be another of its names (ours' file that their rename moved keeps ours' name)."""
+        head = path_of(self.theirs, parent) if self.theirs.inode(parent) is not None else None
+        if head is None:
+            head = self.plan.path(parent, self.sides)
+        return os.fsdecode(head + b"/" + name if head else name)
 
     def _settle_by_rule(
         self, ino: int, occupant: int, orec: Inode | None, trec: Inode, parent: int, name: bytes

@@ -67,14 +67,43 @@ class Plan:
     uncertain: set[int] = field(default_factory=set)
 
     def conflict(
-        self, sides: Sides, ino: int, kind: str, ours: str, theirs: str, view: View | None = None
+        self,
+        sides: Sides,
+        ino: int,
+        kind: str,
+        ours: str,
+        theirs: str,
+        view: View | None = None,
+        at: str | None = None,
     ) -> None:
-        """Record a conflict of ``kind`` at ``ino``'s path (in ``view``, default theirs/ours)."""
+        """Record a conflict of ``kind`` at path ``at``, by default ``ino``'s path (in
+        ``view``, by default theirs, else ours)."""
         self.uncertain.add(ino)
-        v = view or (sides.theirs if sides.theirs.inode(ino) is not None else sides.ours)
-        rec = v.inode(ino)
-        path = os.fsdecode(path_of(v, ino, rec)) if rec else sides.path(ino)
-        self.conflicts.append(Conflict(path, kind, ours, theirs))
+        if at is None:
+            v = view or (sides.theirs if sides.theirs.inode(ino) is not None else sides.ours)
+            rec = v.inode(ino)
+            at = os.fsdecode(path_of(v, ino, rec)) if rec else sides.path(ino)
+        self.conflicts.append(Conflict(at, kind, ours, theirs))
+
+    def one_per_path(self, join: bool = False) -> None:
+        """Keep one conflict per path, the first one found there: the namespace check may
+        meet a clash the planning reported already (a file one side replaced by a
+        directory), and one path is one thing for a person to decide. ``join``: add the
+        later conflicts' descriptions to the first's (the clashing fields of one file: its
+        content and its mode)."""
+        for attr in ("conflicts", "resolved"):
+            first: dict[str, Conflict] = {}
+            for c in getattr(self, attr):
+                seen = first.get(c.path)
+                if seen is None:
+                    first[c.path] = c
+                elif join:
+                    ours = seen.ours if c.ours == seen.ours else f"{seen.ours}; {c.ours}"
+                    theirs = (
+                        seen.theirs if c.theirs == seen.theirs else f"{seen.theirs}; {c.theirs}"
+                    )
+                    first[c.path] = Conflict(c.path, seen.kind, ours, theirs)
+            setattr(self, attr, list(first.values()))
 
     def record(self, ino: int, sides: Sides) -> Inode | None:
         """The record ``ino`` will have after the merge as planned so far (shared: never
@@ -207,6 +236,7 @@ def plan_inodes(sides: Sides) -> Plan:
             _three_way(sides, plan, ino, b, o, t, rule, uncertain)
     for ino in continued:  # their new inode was merged into ours' file: not added
         plan.inodes.pop(ino, None)
+    plan.one_per_path(join=True)
     return plan
 
 
