@@ -25,7 +25,6 @@ import contextlib
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -35,6 +34,7 @@ from typing import IO, TypeAlias
 
 from .engine import check_branch
 from .errors import BranchFSError, BranchMounted, MountError
+from .foreground import kill_group, supervise
 from .mount import StoreRef, check_fuse, mounted
 from .notices import mount_root, serving, settle_mounts
 from .spawner import Spawner, mounted_by
@@ -263,12 +263,6 @@ def mounted_already(store_path: str, branch: str, *, to_bind: bool = False) -> s
     return None
 
 
-def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to process group ``pgid`` if anything is left in it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 def run(
     store: StoreRef,
     branch: str,
@@ -293,13 +287,17 @@ def run(
     process group is killed, and the tree is unmounted, so every write is in the store.
 
     ``timeout`` is in seconds: past it the command's process group is killed and
-    ``subprocess.TimeoutExpired`` raised. ``foreground=True`` (the CLI) keeps the command
-    in the caller's process group, so that a terminal's Ctrl-C and job control reach it;
-    otherwise it gets a session of its own and is killed, with its group, if the caller is
-    interrupted. ``check=True`` raises ``subprocess.CalledProcessError`` on a non-zero exit.
+    ``subprocess.TimeoutExpired`` raised. The command gets a session of its own and is
+    killed, with its group, if the caller is interrupted. ``foreground=True`` (the CLI)
+    gives it a process group of its own in the caller's session instead, waited for as a
+    shell waits for a foreground job (see :mod:`branchfs.foreground`: the terminal's Ctrl-C
+    reaches it, SIGINT, SIGTERM and SIGHUP are forwarded to it); it takes no ``timeout``
+    and no captured output. ``check=True`` raises ``subprocess.CalledProcessError`` on a
+    non-zero exit.
 
     Raises :class:`~branchfs.BranchNotFound`, :class:`~branchfs.mount.MountError`,
-    :class:`NamespaceError` (``at`` where namespaces are refused).
+    :class:`NamespaceError` (``at`` where namespaces are refused), ``ValueError`` for an
+    empty command or arguments that do not go together.
     """
     argv = argv_of(command)
     store_path = os.path.abspath(
@@ -314,6 +312,8 @@ def run(
         if stdout is not None or stderr is not None:
             raise ValueError("stdout and stderr may not be used with capture_output")
         stdout = stderr = subprocess.PIPE
+    if foreground and (timeout is not None or subprocess.PIPE in (stdout, stderr)):
+        raise ValueError("foreground=True takes no timeout and no captured output")
     with contextlib.ExitStack() as stack:
         tree = str(stack.enter_context(private_tree(store_path, branch)))
         full_env = dict(os.environ if env is None else env)
@@ -353,35 +353,40 @@ def _spawn(
             stdout=stdout,
             stderr=stderr,
             start_new_session=not foreground,
+            process_group=0 if foreground else None,
         )
     except FileNotFoundError as exc:
         raise FileNotFoundError(exc.errno, f"command not found: {argv[0]}", argv[0]) from None
-    previous = None
-    if foreground and threading.current_thread() is threading.main_thread():
-        # The terminal's Ctrl-C reaches the command too; this process waits for it to end.
-        previous = signal.signal(signal.SIGINT, lambda *_: None)
+    if foreground:
+        supervise(proc)
+        out = err = None
+    else:
+        out, err = _communicate(proc, argv, timeout)
+    result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    if check:
+        result.check_returncode()
+    return result
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes], argv: list[str], timeout: float | None
+) -> tuple[bytes | None, bytes | None]:
+    """Wait for ``proc`` (a session of its own) and its output; then kill what is left of
+    its group. Raises ``subprocess.TimeoutExpired`` past ``timeout``."""
     try:
-        out, err = proc.communicate(timeout=timeout)
+        return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_group(proc.pid)
         proc.kill()
         out, err = proc.communicate()
         raise subprocess.TimeoutExpired(argv, timeout or 0.0, out, err) from None
     except BaseException:
-        if not foreground:
-            kill_group(proc.pid)
+        kill_group(proc.pid)
         proc.kill()
         proc.wait()
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        if not foreground:
-            kill_group(proc.pid)  # what the command left running would keep the tree busy
-    result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
-    if check:
-        result.check_returncode()
-    return result
+        kill_group(proc.pid)  # what the command left running would keep the tree busy
 
 
 __all__ = [
@@ -391,6 +396,7 @@ __all__ = [
     "NamespaceError",
     "argv_of",
     "check_namespaces",
+    "kill_group",
     "private_tree",
     "run",
     "wrap_at",
