@@ -66,6 +66,15 @@ class NamespaceError(BranchFSError):
     """A private mount namespace cannot be made here; the message says what to enable."""
 
 
+class CommandNotFound(FileNotFoundError):
+    """The command to run does not exist; a shell would exit 127."""
+
+
+class CommandNotExecutable(PermissionError):
+    """The command exists but cannot be executed (``errno`` says why: EACCES, ENOEXEC for
+    a file that is no program, …); a shell would exit 126."""
+
+
 def argv_of(command: Command) -> list[str]:
     """The argv of a command: a string runs through ``/bin/sh -c``, a sequence as is.
 
@@ -296,8 +305,9 @@ def run(
     non-zero exit.
 
     Raises :class:`~branchfs.BranchNotFound`, :class:`~branchfs.mount.MountError`,
-    :class:`NamespaceError` (``at`` where namespaces are refused), ``ValueError`` for an
-    empty command or arguments that do not go together.
+    :class:`NamespaceError` (``at`` where namespaces are refused), :class:`CommandNotFound`
+    and :class:`CommandNotExecutable` (the command cannot be started), ``ValueError`` for
+    an empty command or arguments that do not go together.
     """
     argv = argv_of(command)
     store_path = os.path.abspath(
@@ -356,7 +366,9 @@ def _spawn(
             process_group=0 if foreground else None,
         )
     except FileNotFoundError as exc:
-        raise FileNotFoundError(exc.errno, f"command not found: {argv[0]}", argv[0]) from None
+        raise CommandNotFound(exc.errno, "command not found", argv[0]) from None
+    except OSError as exc:
+        raise CommandNotExecutable(exc.errno, exc.strerror, argv[0]) from None
     if foreground:
         supervise(proc)
         out = err = None
@@ -392,6 +404,8 @@ def _communicate(
 __all__ = [
     "SETUP_FAILED",
     "Command",
+    "CommandNotExecutable",
+    "CommandNotFound",
     "MountError",
     "NamespaceError",
     "argv_of",

@@ -57,14 +57,22 @@ def ended_like_ctrl_c() -> Iterator[None]:
 
 
 def _run(ctx: Context, v: Values) -> Outcome:
-    from ..run import run
+    from ..run import CommandNotExecutable, CommandNotFound, run
 
     store = ctx.store()
     branch = branch_name(store, ctx.branch_or_current(v.arg("branch")))
     if not v.rest:
         raise CommandError(f"run needs a command after the branch: branchfs run {branch} -- CMD …")
     with ended_like_ctrl_c():
-        done = run(store, branch, v.rest, at=v.opt("at"), foreground=True)
+        try:
+            done = run(store, branch, v.rest, at=v.opt("at"), foreground=True)
+        except CommandNotFound:
+            # As a shell says it: 127 not found, 126 found but not executable.
+            raise CommandError(f"command not found: {v.rest[0]}", 127, "CommandNotFound") from None
+        except CommandNotExecutable as exc:
+            raise CommandError(
+                f"cannot execute {v.rest[0]}: {exc.strerror}", 126, "CommandNotExecutable"
+            ) from None
     code = done.returncode if done.returncode >= 0 else SIGNAL_BASE - done.returncode
     return Outcome({"branch": branch, "command": v.rest, "exit_status": code}, "", code)
 

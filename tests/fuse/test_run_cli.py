@@ -1,4 +1,5 @@
-"""``branchfs run`` on the command line: the command's process group and its terminal."""
+"""``branchfs run`` on the command line: the command's process group, its terminal, and its
+exit status when it cannot start."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clirun import bfs, entry_point
+from clirun import bfs, entry_point, one_line_error
 from fusecheck import needs_fuse
 
 import branchfs
@@ -122,3 +123,16 @@ def test_a_terminal_reaches_the_command(work: Path) -> None:
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGINT, seen
     assert not serving(str(work), "work", fresh=True)
+
+
+def test_a_command_that_cannot_start_exits_127_or_126(work: Path, tmp_path: Path) -> None:
+    # Both were exit 2, the usage error's, and "not found" named the command twice.
+    line = one_line_error(bfs("run", "work", "--", "nosuchcmd", store=work), 127, "nosuchcmd")
+    assert line == "branchfs: command not found: nosuchcmd"
+    script = tmp_path / "main.py"
+    script.write_text("print('no #! line')\n")
+    script.chmod(0o755)
+    line = one_line_error(bfs("run", "work", "--", str(script), store=work), 126, str(script))
+    assert "Exec format error" in line
+    script.chmod(0o644)
+    one_line_error(bfs("run", "work", "--", str(script), store=work), 126, "Permission denied")
