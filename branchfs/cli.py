@@ -127,7 +127,7 @@ def _command(verb: Verb) -> click.Command:
     args_help = "".join(f"\n\n  {a.metavar}: {a.help}" for a in verb.args)
     # A verb that runs a command takes the command's own options as words (after `--`).
     rest = bool(verb.args) and verb.args[-1].rest
-    return click.Command(
+    return (_RestCommand if rest else click.Command)(
         verb.name,
         context_settings={"ignore_unknown_options": True} if rest else None,
         callback=callback,
@@ -136,6 +136,17 @@ def _command(verb: Verb) -> click.Command:
         short_help=verb.summary.split(". ")[0].rstrip("."),
         no_args_is_help=False,
     )
+
+
+class _RestCommand(click.Command):
+    """A verb that runs a command: its first ``--`` is kept among the words (click drops
+    it), so the verb knows which words came before it (``run -- CMD`` has no BRANCH)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            args = [*args[:cut], "--", *args[cut:]]  # click ends the options at the first
+        return super().parse_args(ctx, args)
 
 
 #: What click (8.2+) raises for a group run without a command.

@@ -255,7 +255,11 @@ VERBS = (
         "branchfs run attempt-1 --at /work/app -- pytest -q",
         _run,
         (
-            Arg("branch", "the branch to run in (default: the mount you are inside)"),
+            Arg(
+                "branch",
+                "the branch to run in (default: the mount you are inside)",
+                optional=True,
+            ),
             Arg("command", "the command and its arguments", rest=True),
         ),
         (

@@ -60,7 +60,8 @@ class Arg:
     """A positional argument. An ``optional`` one is filled only when enough words are
     given, counting from the left (``snapshot [BRANCH] NAME``); left out, it is None and the
     verb falls back to the current branch. A ``rest`` argument, always the last, takes every
-    remaining word (a command to run: ``run BRANCH -- CMD …``) into :attr:`Values.rest`."""
+    word after the first ``--`` (a command to run: ``run [BRANCH] -- CMD …``) into
+    :attr:`Values.rest`; without a ``--``, every word after the other arguments."""
 
     name: str
     help: str
@@ -255,6 +256,11 @@ class Verb:
         """
         if self.args and self.args[-1].rest:
             head = len(self.args) - 1
+            if "--" in words:  # the words before it are the arguments, optional ones too
+                cut = words.index("--")
+                values = replace(self, args=self.args[:head]).bind(words[:cut], opts)
+                values.rest = list(words[cut + 1 :])
+                return values
             if len(words) <= head:
                 want = " ".join(a.metavar for a in self.args)
                 raise CommandError(

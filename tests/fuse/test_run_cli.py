@@ -1,5 +1,5 @@
-"""``branchfs run`` on the command line: the command's process group, its terminal, and its
-exit status when it cannot start."""
+"""``branchfs run`` on the command line: the command's process group, its terminal, its
+exit status when it cannot start, and the branch it runs in by default."""
 
 from __future__ import annotations
 
@@ -136,3 +136,19 @@ def test_a_command_that_cannot_start_exits_127_or_126(work: Path, tmp_path: Path
     assert "Exec format error" in line
     script.chmod(0o644)
     one_line_error(bfs("run", "work", "--", str(script), store=work), 126, "Permission denied")
+
+
+def test_run_inside_a_mount_defaults_to_its_branch(work: Path, tmp_path: Path) -> None:
+    # The help said BRANCH defaults to the mount you are inside; `run -- CMD` was refused.
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    assert bfs("mount", str(mnt), "--branch", "work", store=work).code == 0
+    try:
+        r = bfs("run", "--", "sh", "-c", "echo $BRANCHFS_BRANCH > seen", cwd=mnt)
+        assert r.code == 0, r
+    finally:
+        assert bfs("umount", str(mnt), store=work).code == 0
+    with branchfs.Store.open(work) as store:
+        assert store.branch("work").read_text("seen") == "work\n"
+    one_line_error(bfs("run", "--", "true", store=work), 2, "name the BRANCH")
+    assert bfs("run", "work", "--", "echo", "--", "x", store=work).out == "-- x\n"  # CMD's own
