@@ -53,8 +53,11 @@ class _Exporter:
 
     def run(self, source: paths.PathArg) -> int:
         v = self.v
-        root_ino = paths.resolve(v, source)
-        root_rec = tree.get_dir(v, root_ino)
+        try:
+            root_ino = paths.resolve(v, source)
+            root_rec = tree.get_dir(v, root_ino)
+        except OSError as exc:
+            raise with_path(exc, os.fsdecode(source)) from None
         seen = {root_ino}
         stack: list[tuple[int, Inode, tuple[bytes, ...], list[tuple[bytes, int]]]] = []
         stack.append((self.root_fd, root_rec, (), list(reversed(v.list_dir(root_ino)))))
@@ -290,9 +293,11 @@ def export_dir(
     """Copy directory ``source`` of ``branch`` into the real directory ``dest``.
 
     ``dest`` is created (with its parents) or must be an empty directory, else
-    ``FileExistsError``. It receives the attributes of ``source``. Owners are restored
-    only when running as root; xattrs the destination refuses are skipped with a log note.
-    Returns the number of non-directory entries written, hard links included.
+    ``FileExistsError``; ``OSError`` if it cannot be made or opened (its filename ``dest``
+    as a str), or if ``source`` is not a directory of the tree (its filename ``source``).
+    ``dest`` receives the attributes of ``source``. Owners are restored only when running
+    as root; xattrs the destination refuses are skipped with a log note. Returns the
+    number of non-directory entries written, hard links included.
 
     All or nothing where it can be: the tree is written into a hidden sibling
     ``.NAME.export-PID-XXXXXXXX`` and renamed onto ``dest`` at the end, so an export that
@@ -303,7 +308,12 @@ def export_dir(
     """
     target = os.fsencode(dest)
     tmp = _staging_dir(target)
-    root_fd = _open_dest(target if tmp is None else tmp)
+    try:
+        root_fd = _open_dest(target if tmp is None else tmp)
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise with_path(exc, os.fsdecode(dest)) from None
     try:
         files = branch.read_view(
             lambda v: _Exporter(v, root_fd, target.rstrip(b"/") or b"/", progress).run(source)

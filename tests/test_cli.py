@@ -259,6 +259,31 @@ def test_copying_errors_name_the_commands(store: Path, project: Path, tmp_path: 
     assert "`branchfs export`" in line
 
 
+def test_export_errors_name_the_path_as_typed(store: Path, project: Path) -> None:
+    # They named the destination as Python bytes (b'/proc/foo'), and --path not at all.
+    dest = str(project / "README" / "out")  # under a file: not a directory
+    line = one_line_error(bfs("export", "main", dest, store=store), 2)
+    assert line == f"branchfs: Not a directory: {dest}"
+    assert bfs("snapshot", "main", "v2", store=store).code == 0
+    line = one_line_error(
+        bfs("export", "@v2", str(project / "x"), "--path", "nosuch", store=store), 2
+    )
+    assert line == "branchfs: --path nosuch: no such file or directory in @v2"
+    one_line_error(
+        bfs("export", "@v2", str(project / "x"), "--path", "README", store=store),
+        2,
+        "--path README is not a directory in @v2",
+    )
+    assert not (project / "x").exists()
+    with branchfs.Store.open(store) as s:
+        with pytest.raises(FileNotFoundError) as exc:
+            s.branch("main").export_dir(project / "y", "src/nosuch")
+        assert exc.value.filename == "src/nosuch"
+        with pytest.raises(NotADirectoryError) as err:
+            s.branch("main").export_dir(dest)
+        assert err.value.filename == dest
+
+
 def test_import_to_outside_the_branch_is_refused(
     store: Path, project: Path, tmp_path: Path
 ) -> None:

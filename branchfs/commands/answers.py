@@ -12,6 +12,7 @@ line or of ``ctl`` is told the flags and verbs they type instead.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -46,12 +47,19 @@ def failure(exc: BaseException) -> CommandError:
         )
         return CommandError(text, EXIT_FAILED if kind in _FAILED else EXIT_USAGE, kind, extra)
     if isinstance(exc, OSError):
-        where = f": {exc.filename}" if exc.filename else ""
+        where = f": {_path_text(exc.filename)}" if exc.filename else ""
         text = f"{exc.strerror or exc}{where}"
         return CommandError(text, EXIT_USAGE, type(exc).__name__, {"errno": exc.errno})
     if isinstance(exc, KeyboardInterrupt):
         return CommandError("interrupted", 130, "interrupted")
     raise exc
+
+
+def _path_text(name: object) -> str:
+    """A filename as the path it is: a bytes or PathLike one is not shown as b'…'."""
+    if isinstance(name, (str, bytes, os.PathLike)):
+        return os.fsdecode(name)
+    return str(name)
 
 
 #: The engine's words for Python callers, and what a user of the command line types instead.

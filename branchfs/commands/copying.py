@@ -77,9 +77,25 @@ def _export(ctx: Context, v: Values) -> Outcome:
     word, dest = str(v.arg("tree")), str(v.arg("dir"))
     ref = tree_ref(store, word)
     tree = store.snapshot_tree(ref[1:]) if ref.startswith(SNAPSHOT) else store.branch(ref)
+    sub = v.opt("path") or ""
+    if sub:  # a path in the tree, which a bare "No such file or directory: sub" would not say
+        try:
+            is_dir = stat.S_ISDIR(tree.stat(sub).st_mode)
+        except OSError as exc:
+            raise CommandError(
+                f"--path {sub}: {(exc.strerror or str(exc)).lower()} in {word}",
+                kind=type(exc).__name__,
+                extra={"errno": exc.errno},
+            ) from None
+        if not is_dir:
+            raise CommandError(
+                f"--path {sub} is not a directory in {word}; --path names one to export",
+                kind="NotADirectoryError",
+                extra={"errno": errno.ENOTDIR},
+            )
     t0 = time.monotonic()
     with ctx.progress(f"export {word}", None) as step:
-        files = tree.export_dir(dest, v.opt("path") or "", progress=step)
+        files = tree.export_dir(dest, sub, progress=step)
     secs = time.monotonic() - t0
     return Outcome(
         {"tree": word, "dir": os.path.abspath(dest), "files": files, "seconds": round(secs, 3)},
