@@ -14,7 +14,7 @@ import contextlib
 import os
 import posixpath
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, overload
 
 from .errors import BranchNotFound, InvalidPath, ReadOnlyError
 from .paths import PathArg
@@ -180,6 +180,7 @@ class Branch(WritableTree):
 
     # -- running commands; a branch as a context manager ---------------------------------------
 
+    @overload
     def run(
         self,
         command: Command,
@@ -192,11 +193,57 @@ class Branch(WritableTree):
         stderr: Stream = None,
         capture_output: bool = False,
         check: bool = False,
-    ) -> subprocess.CompletedProcess[bytes]:
+        text: Literal[False] = False,
+    ) -> subprocess.CompletedProcess[bytes]: ...
+    @overload
+    def run(
+        self,
+        command: Command,
+        *,
+        at: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: Stream = None,
+        stdout: Stream = None,
+        stderr: Stream = None,
+        capture_output: bool = False,
+        check: bool = False,
+        text: Literal[True],
+    ) -> subprocess.CompletedProcess[str]: ...
+    @overload
+    def run(
+        self,
+        command: Command,
+        *,
+        at: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: Stream = None,
+        stdout: Stream = None,
+        stderr: Stream = None,
+        capture_output: bool = False,
+        check: bool = False,
+        text: bool,
+    ) -> subprocess.CompletedProcess[bytes] | subprocess.CompletedProcess[str]: ...
+    def run(
+        self,
+        command: Command,
+        *,
+        at: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: Stream = None,
+        stdout: Stream = None,
+        stderr: Stream = None,
+        capture_output: bool = False,
+        check: bool = False,
+        text: bool = False,
+    ) -> subprocess.CompletedProcess[bytes] | subprocess.CompletedProcess[str]:
         """Run ``command`` (argv list or shell string) with this branch mounted as its tree.
 
-        Like :func:`subprocess.run`; see :func:`branchfs.run.run` for ``at`` (the tree seen
-        at a fixed path by the command alone), the environment and the errors.
+        Like :func:`subprocess.run` (``text=True`` gives ``str`` output); see
+        :func:`branchfs.run.run` for ``at`` (the tree seen at a fixed path by the command
+        alone), the environment and the errors.
         """
         from .run import run
 
@@ -212,6 +259,7 @@ class Branch(WritableTree):
             stderr=stderr,
             capture_output=capture_output,
             check=check,
+            text=text,
         )
 
     def keep(self) -> Branch:

@@ -30,7 +30,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TypeAlias
+from typing import IO, Any, Literal, TypeAlias, overload
 
 from .engine import check_branch
 from .errors import BranchFSError, BranchMounted, MountError
@@ -272,6 +272,7 @@ def mounted_already(store_path: str, branch: str, *, to_bind: bool = False) -> s
     return None
 
 
+@overload
 def run(
     store: StoreRef,
     branch: str,
@@ -286,7 +287,58 @@ def run(
     capture_output: bool = False,
     check: bool = False,
     foreground: bool = False,
-) -> subprocess.CompletedProcess[bytes]:
+    text: Literal[False] = False,
+) -> subprocess.CompletedProcess[bytes]: ...
+@overload
+def run(
+    store: StoreRef,
+    branch: str,
+    command: Command,
+    *,
+    at: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+    capture_output: bool = False,
+    check: bool = False,
+    foreground: bool = False,
+    text: Literal[True],
+) -> subprocess.CompletedProcess[str]: ...
+@overload
+def run(
+    store: StoreRef,
+    branch: str,
+    command: Command,
+    *,
+    at: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+    capture_output: bool = False,
+    check: bool = False,
+    foreground: bool = False,
+    text: bool,
+) -> subprocess.CompletedProcess[bytes] | subprocess.CompletedProcess[str]: ...
+def run(
+    store: StoreRef,
+    branch: str,
+    command: Command,
+    *,
+    at: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+    capture_output: bool = False,
+    check: bool = False,
+    foreground: bool = False,
+    text: bool = False,
+) -> subprocess.CompletedProcess[bytes] | subprocess.CompletedProcess[str]:
     """Run ``command`` with ``branch`` mounted as its working tree; like :func:`subprocess.run`.
 
     ``command`` is an argv list or a shell string. The branch is mounted at a private temp
@@ -295,7 +347,9 @@ def run(
     (where it sees the tree). After the command ends, whatever it left running in its
     process group is killed, and the tree is unmounted, so every write is in the store.
 
-    ``timeout`` is in seconds: past it the command's process group is killed and
+    ``text=True`` opens the command's stdin, stdout and stderr in text mode, as
+    :func:`subprocess.run` does (the locale's encoding, universal newlines): captured output
+    is ``str``. ``timeout`` is in seconds: past it the command's process group is killed and
     ``subprocess.TimeoutExpired`` raised. The command gets a session of its own and is
     killed, with its group, if the caller is interrupted. ``foreground=True`` (the CLI)
     gives it a process group of its own in the caller's session instead, waited for as a
@@ -339,7 +393,8 @@ def run(
         else:
             full_env["BRANCHFS_TREE"] = tree
             workdir = tree
-        return _spawn(argv, workdir, full_env, timeout, stdin, stdout, stderr, check, foreground)
+        streams = (stdin, stdout, stderr)
+        return _spawn(argv, workdir, full_env, timeout, streams, text, check, foreground)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -348,12 +403,12 @@ def _spawn(
     cwd: str,
     env: dict[str, str],
     timeout: float | None,
-    stdin: Stream,
-    stdout: Stream,
-    stderr: Stream,
+    streams: tuple[Stream, Stream, Stream],
+    text: bool,
     check: bool,
     foreground: bool,
-) -> subprocess.CompletedProcess[bytes]:
+) -> subprocess.CompletedProcess[Any]:
+    stdin, stdout, stderr = streams
     try:
         proc = subprocess.Popen(
             argv,
@@ -364,6 +419,7 @@ def _spawn(
             stderr=stderr,
             start_new_session=not foreground,
             process_group=0 if foreground else None,
+            text=text,
         )
     except FileNotFoundError as exc:
         raise CommandNotFound(exc.errno, "command not found", argv[0]) from None
@@ -381,8 +437,8 @@ def _spawn(
 
 
 def _communicate(
-    proc: subprocess.Popen[bytes], argv: list[str], timeout: float | None
-) -> tuple[bytes | None, bytes | None]:
+    proc: subprocess.Popen[Any], argv: list[str], timeout: float | None
+) -> tuple[Any, Any]:
     """Wait for ``proc`` (a session of its own) and its output; then kill what is left of
     its group. Raises ``subprocess.TimeoutExpired`` past ``timeout``."""
     try:

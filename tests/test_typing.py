@@ -31,13 +31,14 @@ def agent(path: Path) -> bool:
             data: bytes = fh.read()
             fh.truncate(3)
         done: subprocess.CompletedProcess[bytes] = main.run(["true"])
+        said: str = main.run("echo hi", capture_output=True, text=True).stdout
         result: branchfs.BestOfResult = branchfs.best_of(store, 2, "pytest -q", timeout=60)
         with branchfs.mounted(store, path / "mnt") as mnt:
             answer = branchfs.ctl(mnt, "branches")
             ok = answer["ok"] is True
         with main.fork("attempt") as attempt:
             attempt.frok("again")
-        return bool(names and raw and target and data and done and result.ok and ok)
+        return bool(names and raw and target and data and done and said and result.ok and ok)
 """
 
 

@@ -32,6 +32,14 @@ def test_run_sees_the_branch_and_its_writes_land(store_path: Path) -> None:
             main.run(["false"], check=True)
 
 
+def test_run_text_decodes_as_subprocess_run_does(store_path: Path) -> None:
+    # The docs present run "as subprocess.run does", but text=True was a TypeError.
+    with branchfs.Store.open(store_path) as store:
+        main = store.branch("main")
+        done = main.run("printf 'hi\\r\\n'; echo err >&2", capture_output=True, text=True)
+        assert (done.stdout, done.stderr) == ("hi\n", "err\n")  # universal newlines too
+
+
 def test_run_timeout_kills_the_group(store_path: Path) -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         run(store_path, "main", "sleep 600 & sleep 600", timeout=0.5)
