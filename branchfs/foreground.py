@@ -7,13 +7,14 @@ part of job control (JOB CONTROL in bash(1)):
 
 - on a terminal whose foreground branchfs is, the command's group is made the terminal's
   foreground (``tcsetpgrp(3)``): the terminal's Ctrl-C and Ctrl-\\ reach it, and it may
-  read the terminal. Ctrl-Z stops it; branchfs then takes the terminal back and stops
-  itself, so the shell sees the job stopped, and ``fg`` continues both;
+  read the terminal. When it stops (Ctrl-Z, or reading the terminal of a ``run … &``),
+  branchfs takes the terminal back and stops itself, so the shell sees the job stopped;
+  on ``fg`` branchfs gives the terminal to the command again and continues it;
 - SIGINT, SIGTERM and SIGHUP sent to branchfs (``kill``, ``timeout``, a closing terminal)
   are forwarded to the command's group. For SIGTERM and SIGHUP the handler that was in
   place is called after (``branchfs run``'s ends the run as Ctrl-C does).
 
-When the command ends, or branchfs is stopped, whatever is left in its group is killed.
+When the command ends, or a signal ends branchfs, whatever is left in its group is killed.
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ def _forwarding(pgid: int) -> Iterator[None]:
 
     def forward(signum: int, frame: FrameType | None) -> None:
         kill_group(pgid, signum)
+        if signum == signal.SIGINT:
+            return
+        kill_group(pgid, signal.SIGCONT)  # a stopped command acts on it only once continued
         then = previous.get(signum)
-        if signum != signal.SIGINT and callable(then):
+        if callable(then):
             then(signum, frame)
 
     for sig in FORWARDED:
@@ -82,10 +86,14 @@ def _forwarding(pgid: int) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _wait(proc: subprocess.Popen[bytes], tty: int | None) -> int:
-    """Wait for ``proc`` to end (doing Ctrl-Z's part, see the module docstring); its
-    return code as :attr:`subprocess.Popen.returncode` gives it."""
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for ``proc`` to end, doing a shell's part of job control (see the module
+    docstring); its return code as :attr:`subprocess.Popen.returncode` gives it."""
     while True:
+        tty = _terminal()  # again after a stop: `branchfs run … &` then `fg` gives it to us
+        if tty is not None:
+            _give_terminal(tty, proc.pid)
+        kill_group(proc.pid, signal.SIGCONT)  # stopped reading the terminal before it had it
         _, status = os.waitpid(proc.pid, os.WUNTRACED)
         if not os.WIFSTOPPED(status):
             proc.returncode = os.waitstatus_to_exitcode(status)
@@ -93,9 +101,15 @@ def _wait(proc: subprocess.Popen[bytes], tty: int | None) -> int:
         if tty is not None:
             _give_terminal(tty, os.getpgrp())
         os.kill(os.getpid(), signal.SIGSTOP)  # the shell sees the job stopped; `fg` resumes
-        if tty is not None:
-            _give_terminal(tty, proc.pid)
-        kill_group(proc.pid, signal.SIGCONT)
+
+
+def _take_terminal_back(pgid: int) -> None:
+    """Make this process's group the foreground of its terminal again if ``pgid`` is."""
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd) and os.tcgetpgrp(fd) == pgid:
+                _give_terminal(fd, os.getpgrp())
+                return
 
 
 def supervise(proc: subprocess.Popen[bytes]) -> int:
@@ -104,21 +118,16 @@ def supervise(proc: subprocess.Popen[bytes]) -> int:
     (``-N`` if signal N ended it). Whatever the forwarded handlers raise (SIGTERM's, say)
     propagates once the command has had :data:`GRACE` seconds to exit and its group is dead.
     """
-    tty = _terminal()
     try:
         with _forwarding(proc.pid):
-            if tty is not None:
-                _give_terminal(tty, proc.pid)
-                kill_group(proc.pid, signal.SIGCONT)  # in case it read the terminal too soon
             try:
-                return _wait(proc, tty)
+                return _wait(proc)
             except BaseException:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(GRACE)
                 raise
     finally:
-        if tty is not None:
-            _give_terminal(tty, os.getpgrp())
+        _take_terminal_back(proc.pid)
         kill_group(proc.pid)
         if proc.returncode is None:
             proc.kill()

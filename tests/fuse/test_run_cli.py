@@ -7,6 +7,8 @@ import contextlib
 import os
 import pty
 import select
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +43,21 @@ def _pids(path: Path, count: int, proc: subprocess.Popen[bytes] | None = None) -
             return [int(w) for w in words]
         assert time.monotonic() < deadline and (proc is None or proc.poll() is None)
         time.sleep(0.05)
+
+
+def _end(pid: int, sig: int = signal.SIGTERM) -> None:
+    """Reap child ``pid``, first asking it with ``sig`` to end (and to unmount, as
+    ``branchfs run`` does on SIGTERM and SIGHUP), and killing it only if it will not."""
+    with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        os.kill(pid, sig)
+        for _ in range(300):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 @pytest.fixture
@@ -81,8 +98,12 @@ def test_sigterm_reaches_the_command_and_kills_its_group(work: Path, tmp_path: P
         _out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.terminate()  # then it unmounts
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert b"unmounted" in err and b"Traceback" not in err
     assert not [pid for pid in left if _alive(pid)]
@@ -117,11 +138,50 @@ def test_a_terminal_reaches_the_command(work: Path) -> None:
         else:
             raise AssertionError(("Ctrl-C did not end the run", seen))
     finally:
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        _end(pid)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGINT, seen
+    assert not serving(str(work), "work", fresh=True)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash for job control")
+def test_a_run_in_the_background_and_fg_again_reads_the_terminal(work: Path) -> None:
+    # The command, in a group of its own, stops when it reads the terminal of a `run … &`;
+    # branchfs must stop too (else the shell's job never looks stopped), and on `fg` hand
+    # the terminal it then gets on to the command.
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs
+        os.environ.update(BRANCHFS_STORE=str(work), PS1="$ ")
+        os.execv("/bin/sh", ["sh", "-c", "exec bash --norc --noprofile -i"])
+    seen = b""
+
+    def until(word: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while word not in seen:
+            assert time.monotonic() < deadline, seen
+            if select.select([fd], [], [], 0.2)[0]:
+                seen += os.read(fd, 4096)
+
+    run = shlex.join([sys.executable, *entry_point(), "run", "work", "--", "sh", "-c"])
+    try:
+        os.write(fd, f"{run} 'read x; echo got $x' &\n".encode())
+        for _ in range(60):
+            os.write(fd, b"jobs\n")
+            time.sleep(0.5)
+            if select.select([fd], [], [], 0)[0]:
+                seen += os.read(fd, 4096)
+            if b"Stopped" in seen:
+                break
+        os.write(fd, b"fg\n")
+        time.sleep(0.5)
+        os.write(fd, b"yo\n")
+        until(b"got yo")
+        os.write(fd, b"echo status=$?; exit\n")
+        until(b"status=0")
+    finally:
+        _end(pid, signal.SIGHUP)
+        os.close(fd)
     assert not serving(str(work), "work", fresh=True)
 
 
