@@ -42,7 +42,10 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
 
 
 def _terminal() -> int | None:
-    """The controlling terminal's fd if this process's group is its foreground, else None."""
+    """The controlling terminal's fd if this process's group is its foreground, else None
+    (None too off the main thread, where SIGTTOU cannot be ignored to hand it over)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
     for fd in (0, 1, 2):
         with contextlib.suppress(OSError):
             if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
@@ -105,6 +108,8 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
 
 def _take_terminal_back(pgid: int) -> None:
     """Make this process's group the foreground of its terminal again if ``pgid`` is."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     for fd in (0, 1, 2):
         with contextlib.suppress(OSError):
             if os.isatty(fd) and os.tcgetpgrp(fd) == pgid:
