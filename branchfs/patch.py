@@ -28,8 +28,10 @@ import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from . import paths, tree
+from . import tree
+from .diff import path_of
 from .quoting import quote_path
+from .records import ROOT_INO
 
 if TYPE_CHECKING:
     from .diff import Change
@@ -51,13 +53,27 @@ ABBREV = 7
 Side = tuple[int, bytes]
 
 
+def _node(v: View, path: str) -> int | None:
+    """The inode at ``path`` in ``v`` without following a symlink anywhere on the way (as
+    git sees a tree: ``d/x`` under a symlink ``d`` does not exist); None if absent."""
+    ino = ROOT_INO
+    for name in os.fsencode(path).split(b"/"):
+        rec = v.inode(ino)
+        if rec is None or not st.S_ISDIR(rec.mode):
+            return None
+        child = v.dirent(ino, name)
+        if child is None:
+            return None
+        ino = child
+    return ino
+
+
 def _side(v: View, path: str) -> Side | None:
     """``path`` in ``v`` as git would track it; None if absent, a directory or a special
     file."""
-    try:
-        ino = paths.resolve(v, path, follow_symlinks=False)
-        rec = tree.get(v, ino)
-    except OSError:
+    ino = _node(v, path)
+    rec = None if ino is None else v.inode(ino)
+    if ino is None or rec is None:
         return None
     if st.S_ISLNK(rec.mode):
         return SYMLINK, tree.readlink(v, ino)
@@ -73,12 +89,17 @@ def blob_id(data: bytes) -> str:
 
 
 def _text(data: bytes) -> list[str] | None:
+    """The lines of ``data`` ending at ``\n`` only, as git splits them (``str.splitlines``
+    also splits at a form feed, a lone CR, U+2028 …); None if it is not UTF-8 text."""
     if len(data) > TEXT_MAX or b"\0" in data:
         return None
     try:
-        return data.decode("utf-8").splitlines(keepends=True)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]  # what follows the last newline (nothing, or a last line)
+    return lines if lines[-1] else lines[:-1]
 
 
 def _literal(data: bytes) -> list[str]:
@@ -128,6 +149,8 @@ def _section(path_a: str, path_b: str, a: Side | None, b: Side | None, binary: b
         return out  # an empty file created or deleted: no hunk
     name_a = quote_path(f"a/{path_a}") if a is not None else "/dev/null"
     name_b = quote_path(f"b/{path_b}") if b is not None else "/dev/null"
+    # git ends a ---/+++ name holding a space with a tab, so that GNU patch reads it whole
+    tab_a, tab_b = ("\t" if " " in n else "" for n in (name_a, name_b))
     la, lb = _text(old), _text(new)
     if la is None or lb is None:
         if binary:
@@ -135,7 +158,7 @@ def _section(path_a: str, path_b: str, a: Side | None, b: Side | None, binary: b
         else:
             out.append(f"Binary files {name_a} and {name_b} differ\n")
         return out
-    for line in difflib.unified_diff(la, lb, name_a, name_b, lineterm="\n"):
+    for line in difflib.unified_diff(la, lb, name_a + tab_a, name_b + tab_b, lineterm="\n"):
         out.append(line)
         if not line.endswith("\n"):
             out.append("\n\\ No newline at end of file\n")
@@ -143,15 +166,15 @@ def _section(path_a: str, path_b: str, a: Side | None, b: Side | None, binary: b
 
 
 def _is_dir(v: View, path: str) -> bool:
-    try:
-        return st.S_ISDIR(tree.get(v, paths.resolve(v, path, follow_symlinks=False)).mode)
-    except OSError:
-        return False
+    ino = _node(v, path)
+    rec = None if ino is None else v.inode(ino)
+    return rec is not None and st.S_ISDIR(rec.mode)
 
 
 def _files_under(v: View, path: str) -> Iterator[str]:
     """Paths of every file and symlink under directory ``path`` of ``v``."""
-    stack = [(path, paths.resolve(v, path, follow_symlinks=False))]
+    top = _node(v, path)
+    stack = [] if top is None else [(path, top)]
     while stack:
         parent, ino = stack.pop()
         for name, child in v.list_dir(ino):
@@ -160,6 +183,22 @@ def _files_under(v: View, path: str) -> Iterator[str]:
                 stack.append((child_path, child))
             else:
                 yield child_path
+
+
+def _other_names(v: View, path: str) -> list[str]:
+    """The other paths of the file at ``path`` if it has hard links: a change to one name
+    is a change to every name, and git tracks each as a file of its own."""
+    ino = _node(v, path)
+    rec = None if ino is None else v.inode(ino)
+    if rec is None or not st.S_ISREG(rec.mode) or len(rec.links) < 2:
+        return []
+    out = []
+    for parent, name in rec.links:
+        where = path_of(v, parent) if parent != ROOT_INO else b""
+        other = os.fsdecode(where + b"/" + name if where else name)
+        if other != path:
+            out.append(other)
+    return out
 
 
 def _old_paths(va: View, vb: View, changes: list[Change]) -> dict[str, str]:
@@ -232,7 +271,10 @@ def unified(va: View, vb: View, changes: list[Change], *, binary: bool = False) 
             renames[new_path] = old_path
         else:
             in_place.update((old_path, new_path))
+    for path in [*in_place, *renames]:
+        in_place.update(_other_names(vb, path))
     in_place.difference_update(renames.values())
+    in_place.difference_update(renames)
     out: list[str] = []
     for path in sorted(in_place | renames.keys()):
         if path in renames:

@@ -146,6 +146,59 @@ def test_git_apply_reproduces_every_kind_of_change(store: Store, tmp_path: Path)
     assert 'diff --git "a/odd \\t\\"name\\377.txt" "b/odd \\t\\"name\\377.txt"\n' in patch
 
 
+@pytest.mark.parametrize("sep", ["\f", "\v", "\r", "\x1c", "\x85", "\u2028"])
+def test_lines_end_at_newlines_only(store: Store, tmp_path: Path, sep: str) -> None:
+    """git splits lines at \\n alone; str.splitlines also at these (the patch was corrupt)."""
+    m = store.create_branch("main")
+    m.write_bytes("ff.c", f"int a;\n{sep}\nint b;\n".encode())
+    f = m.fork("f")
+    f.write_bytes("ff.c", f"int a;\n{sep}\nint c;\n".encode())
+    assert "@@ -1,3 +1,3 @@" in check_applies(m, f, tmp_path)
+
+
+def test_symlinked_directories_are_not_followed(store: Store, tmp_path: Path) -> None:
+    """git sees no file under a symlink: a symlink replaced by a directory (and back) is a
+    deletion of one and a creation of the other's files."""
+    m = store.create_branch("main")
+    m.write_bytes("e/x", b"hi\n", parents=True)
+    m.symlink("e", "d")
+    m.write_bytes("g/y", b"y\n", parents=True)
+    f = m.fork("f")
+    f.remove("d")
+    f.write_bytes("d/x", b"hi\n", parents=True)
+    f.remove("g/y")
+    f.rmdir("g")
+    f.symlink("e", "g")
+    check_applies(m, f, tmp_path / "one")
+    check_applies(f, m, tmp_path / "back")
+
+
+def test_every_name_of_a_hard_linked_file_is_patched(store: Store, tmp_path: Path) -> None:
+    m = store.create_branch("main")
+    m.write_bytes("a", b"1\n")
+    m.makedirs("sub")
+    m.link("a", "sub/b")
+    f = m.fork("f")
+    f.write_bytes("sub/b", b"new\n")
+    f.chmod("a", 0o755)
+    check_applies(m, f, tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="GNU patch is not installed")
+def test_gnu_patch_takes_names_with_spaces(store: Store, tmp_path: Path) -> None:
+    m = store.create_branch("main")
+    m.write_bytes("sp ace", b"old\n")
+    f = m.fork("f")
+    f.write_bytes("sp ace", b"new\n")
+    f.write_bytes(" leading space", b"x\n")  # (GNU patch drops a trailing one, as for git)
+    tree = exported(m, tmp_path / "t")
+    ran = subprocess.run(
+        ["patch", "-p1", "--quiet"], cwd=tree, input=m.patch(f).encode(), capture_output=True
+    )
+    assert ran.returncode == 0, ran
+    assert git_tree(tree) == git_tree(exported(f, tmp_path / "want"))
+
+
 def test_identical_trees_make_an_empty_patch(store: Store) -> None:
     m = store.create_branch("main")
     m.write_bytes("a.txt", b"a\n")
@@ -200,14 +253,28 @@ def test_cli_binary_needs_patch(store_path: Path) -> None:
 
 NAMES = ("a", "b", "d/c", "d/e/f", "g")
 CONTENTS = hs.sampled_from(
-    (b"", b"x\n", b"x\ny\n", b"no newline", b"\0\1binary\xff", "ü\n".encode(), b"x\nY\n")
+    (
+        b"",
+        b"x\n",
+        b"x\ny\n",
+        b"no newline",
+        b"\0\1binary\xff",
+        "ü\n".encode(),
+        b"x\nY\n",
+        b"x\n\x0c\ny\r\n",
+    )
 )
 OPS = hs.one_of(
     hs.tuples(hs.just("write"), hs.sampled_from(NAMES), CONTENTS),
     hs.tuples(hs.just("remove"), hs.sampled_from(NAMES)),
     hs.tuples(hs.just("rename"), hs.sampled_from((*NAMES, "d", "d/e")), hs.sampled_from(NAMES)),
     hs.tuples(hs.just("chmod"), hs.sampled_from(NAMES), hs.sampled_from((0o755, 0o644, 0o600))),
-    hs.tuples(hs.just("symlink"), hs.sampled_from(NAMES), hs.sampled_from(("a", "../a", "x"))),
+    hs.tuples(
+        hs.just("symlink"),
+        hs.sampled_from((*NAMES, "d")),
+        hs.sampled_from(("a", "../a", "x", "d/e")),
+    ),
+    hs.tuples(hs.just("link"), hs.sampled_from(NAMES), hs.sampled_from(NAMES)),
 )
 
 
@@ -224,6 +291,8 @@ def play(branch: Branch, ops: list[tuple[object, ...]]) -> None:
                 branch.remove(path)
             elif kind == "rename":
                 branch.rename(path, str(op[2]))
+            elif kind == "link":
+                branch.link(path, str(op[2]))
             elif kind == "chmod":
                 branch.chmod(path, int(op[2]))  # type: ignore[call-overload]
             else:
