@@ -40,8 +40,9 @@ def _mount_root(path: str) -> str | None:
         path = parent
 
 
-def _where(given: str | None) -> tuple[str | None, str | None]:
-    """(store path, current branch) for this invocation; see the module docstring."""
+def _where(given: str | None) -> tuple[str | None, str | None, str]:
+    """(store path, current branch, why there is none inside a mount) for this invocation;
+    see the module docstring."""
     given = given or os.environ.get("BRANCHFS_STORE") or None
     try:
         cwd = os.path.realpath(os.getcwd())
@@ -49,20 +50,23 @@ def _where(given: str | None) -> tuple[str | None, str | None]:
     except OSError:
         root = None
     if root is None:
-        return given, None
+        return given, None, ""
     with open(os.path.join(root, ".branchfs", "store")) as fh:
         mounted_store = fh.read().strip()
     if given and os.path.realpath(given) != os.path.realpath(mounted_store):
-        return given, None
+        return given, None, ""
     # Inside .branchfs/branches/NAME the tree at hand is NAME's, not the mount's; inside a
     # snapshot's there is no branch to default to.
     parts = os.path.relpath(cwd, root).split(os.sep)
-    if parts[0] == ".branchfs" and len(parts) >= 3 and parts[1] in ("branches", "snapshots"):
-        return given or mounted_store, (parts[2] if parts[1] == "branches" else None)
+    if parts[0] == ".branchfs" and len(parts) >= 3 and parts[1] == "branches":
+        return given or mounted_store, parts[2], ""
+    if parts[0] == ".branchfs" and len(parts) >= 3 and parts[1] == "snapshots":
+        why = f"this directory is in snapshot @{parts[2]}, which is read-only and no branch"
+        return given or mounted_store, None, why
     from .mount import find_mount
 
     found = find_mount(root)
-    return given or mounted_store, (found[1].branch if found else None)
+    return given or mounted_store, (found[1].branch if found else None), ""
 
 
 def _meter(label: str, total: int | None) -> AbstractContextManager[Callable[[int], object]]:
@@ -91,11 +95,11 @@ def _command(verb: Verb) -> click.Command:
         words = list(kw.pop("words", ()))
         as_json = bool(kw.get("json"))
         root = click.get_current_context().find_root()
-        store_path, current = _where(root.params.get("store"))
+        store_path, current, no_current = _where(root.params.get("store"))
         progress: Progress = no_progress
         if not as_json and sys.stderr.isatty():
             progress = _meter
-        ctx = Context(CLI, store_path, current=current, progress=progress)
+        ctx = Context(CLI, store_path, current=current, progress=progress, no_current=no_current)
         try:
             values = verb.bind(words, kw)
             outcome = execute(verb, ctx, values)

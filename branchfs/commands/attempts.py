@@ -220,7 +220,7 @@ def _best_of(ctx: Context, v: Values) -> Outcome:
         from ..bestof import best_of
 
         store = ctx.store()
-        base = branch_name(store, v.opt("from") or ctx.current or "main")
+        base = branch_name(store, ctx.current_or_main(v.opt("from"), "--from branch"))
         if ctx.front == CLI and not v.opt("json") and sys.stderr.isatty() and n > 0:
             table = LiveTable(n)
             table.live.start()

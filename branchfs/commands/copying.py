@@ -46,7 +46,7 @@ def _import(ctx: Context, v: Values) -> Outcome:
             kind="NotADirectoryError",
             extra={"errno": errno.ENOTDIR},
         )
-    branch = branch_name(store, v.opt("branch") or ctx.current or "main")
+    branch = branch_name(store, ctx.current_or_main(v.opt("branch"), "--branch"))
     dest = v.opt("to") or ""
     if os.path.isabs(dest):
         raise CommandError(

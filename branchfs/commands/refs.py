@@ -102,10 +102,10 @@ def _both_named(ctx: Context, v: Values, verb: str, second: str, example: str) -
         return ctx.branch_or_current(given)
     from .spec import CommandError
 
+    why = ctx.no_current or "it may be left out only inside a mount of it"
     raise CommandError(
         f"{verb} takes BRANCH {second}, and {v.arg(second.lower())!r} was taken as the "
-        f"{second}: name the branch too (it may be left out only inside a mount of it); "
-        f"example: {example}"
+        f"{second}: name the branch too ({why}); example: {example}"
     )
 
 

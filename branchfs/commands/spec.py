@@ -157,10 +157,14 @@ class Context:
         why: str = "",
         progress: Progress = no_progress,
         mount: Any = None,
+        no_current: str = "",
     ) -> None:
         self.front = front
         self.store_path = store_path
         self.current = current
+        #: Why there is no current branch although the verb runs inside a mount (in a
+        #: snapshot's view): then no verb falls back to a branch of its own choosing.
+        self.no_current = no_current
         self.why = why
         self.progress = progress
         self.mount = mount
@@ -193,7 +197,16 @@ class Context:
             return given
         if self.current:
             return self.current
+        if self.no_current:
+            raise CommandError(f"name the {what}: {self.no_current}")
         raise CommandError(f"name the {what} (or run this inside a branchfs mount)")
+
+    def current_or_main(self, given: str | None, what: str = "BRANCH") -> str:
+        """``given``, else the current branch, else ``main`` (outside any mount); inside a
+        snapshot's view a usage error asking for ``what``."""
+        if given or self.current or not self.no_current:
+            return given or self.current or "main"
+        raise CommandError(f"name the {what}: {self.no_current}")
 
     def close(self) -> None:
         """Close the store if this context opened it."""

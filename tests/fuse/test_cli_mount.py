@@ -205,7 +205,14 @@ def test_inside_a_branch_view_the_default_branch_is_that_branch(world: Any) -> N
     r = bfs("status", "--json", cwd=main_mp)
     assert r.json["branch"] == "main", r
     snap_view = main_mp / ".branchfs" / "snapshots" / "snap-of-side"
-    one_line_error(bfs("status", cwd=snap_view), 2, "BRANCH")
+    one_line_error(bfs("status", cwd=snap_view), 2, "BRANCH", "snapshot @snap-of-side")
+    # No verb falls back to a branch of its own choosing there (import and best-of took main).
+    src = main_mp.parent / "src"
+    src.mkdir()
+    (src / "f").write_text("f\n")
+    one_line_error(bfs("import", str(src), "--to", "t", cwd=snap_view), 2, "--branch")
+    one_line_error(bfs("best-of", "1", "--run", "true", cwd=snap_view), 2, "--from")
+    one_line_error(bfs("snapshot", "s2", cwd=snap_view), 2, "snapshot @snap-of-side")
 
 
 def test_discard_of_a_mounted_root_branch_warns_before_force(world: Any) -> None:
