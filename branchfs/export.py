@@ -132,11 +132,14 @@ class _Exporter:
             finally:
                 os.close(fd)
         else:  # a socket or a device file: mknod(2) makes it, a device only as root
-            if not self.root and not st.S_ISSOCK(mode):
+            try:
+                if not self.root and not st.S_ISSOCK(mode):
+                    raise PermissionError(errno.EPERM, "not root")
+                os.mknod(name, st.S_IFMT(mode) | 0o600, rec.rdev, dir_fd=dfd)
+            except PermissionError:  # not root, or root without CAP_MKNOD (a container)
                 self.skipped += 1
-                log.warning("export_dir skips device file %r: making one needs root", name)
+                log.warning("export_dir skips device file %r: this process may not make one", name)
                 return
-            os.mknod(name, st.S_IFMT(mode) | 0o600, rec.rdev, dir_fd=dfd)
             self._attrs_at(dfd, name, rec)
         if len(rec.links) > 1:
             self.first_name[ino] = (comps, name)

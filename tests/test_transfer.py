@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import branchfs
-from branchfs import transfer
+from branchfs import transfer, tree
 from branchfs.layers import View
 from branchfs.records import CHUNK_SIZE, ROOT_INO
 
@@ -433,6 +433,33 @@ def test_import_and_export_keep_sockets_and_device_files(
     out2 = tmp_path / "out2"
     assert branch.export_dir(out2, "x/y/z") == 2
     assert sorted(os.listdir(out2)) == ["f", "sock"]
+
+
+@pytest.mark.skipif(not IS_ROOT or shutil.which("setpriv") is None, reason="needs root, setpriv")
+def test_export_by_root_without_cap_mknod_skips_device_files(tmp_path: Path) -> None:
+    """Root in a container often lacks CAP_MKNOD: the export goes on without the device."""
+    store_path = tmp_path / "s.bfs"
+    with branchfs.Store.open(store_path, create=True) as s:
+        b = s.create_branch("main")
+        b.write_bytes("f", b"x")
+
+        def mknod(v: View) -> None:
+            tree.make_node(v, ROOT_INO, b"null", stat.S_IFCHR | 0o600, 0, 0, rdev=os.makedev(1, 3))
+
+        s.write_tree("main", mknod)
+    out = tmp_path / "out"
+    code = (
+        "import branchfs, sys; s = branchfs.Store.open(sys.argv[1]); "
+        "print(s.branch('main').export_dir(sys.argv[2])); s.close()"
+    )
+    ran = subprocess.run(
+        ["setpriv", "--bounding-set=-mknod", sys.executable, "-c", code, str(store_path), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "1"
+    assert os.listdir(out) == ["f"]
 
 
 def test_import_errors_are_os_errors_with_the_path(tmp_path: Path, branch: branchfs.Branch) -> None:
