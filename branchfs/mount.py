@@ -461,7 +461,10 @@ def unmount(mountpoint: str, *, timeout: float = 60.0) -> str:
     or ``"unmounted"``. Raises :class:`MountError` if the mount is busy, not a branchfs
     mount, or its daemon stopped or not answering (:data:`ANSWER_TIMEOUT`).
     """
+    # Symlinks resolved in the parent only: a lookup of the mountpoint itself would ask the
+    # daemon, which may not answer (mountinfo names the real path).
     mp = os.path.abspath(mountpoint)
+    mp = os.path.join(os.path.realpath(os.path.dirname(mp)), os.path.basename(mp))
     _check_answering(mp, mountpoint)
     if is_stale(mp):
         clean_stale(mp)

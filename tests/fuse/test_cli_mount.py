@@ -241,6 +241,9 @@ def test_umount_of_a_daemon_that_does_not_answer_says_so(
         started = time.monotonic()
         line = one_line_error(bfs("umount", str(mp)), 2, "stopped", f"kill -CONT {pid}")
         assert "fusermount3 -uz" in line and time.monotonic() - started < 30
+        link = mp.parent.parent / f"{mp.parent.name}-link"  # named through a symlink
+        link.symlink_to(mp.parent)
+        one_line_error(bfs("umount", str(link / mp.name)), 2, "stopped", f"kill -CONT {pid}")
         # Not seen stopped (a zygote's daemon has another command line): the probe times out.
         monkeypatch.setattr(m, "_daemon_pids", lambda _mp: [])
         monkeypatch.setattr(m, "ANSWER_TIMEOUT", 1.0)
