@@ -349,7 +349,8 @@ def open_through_views(store_path: str, branch: str) -> list[Registration]:
 
     A discard or a second mount of ``branch`` would pull the tree from under those files:
     writes to them would fail, and locks taken through them would not exclude those taken
-    through another mount. A daemon that cannot answer counts as having none open.
+    through another mount. A live daemon that does not answer (stopped, hung) counts as
+    having one open; one from before this question (it answers ``bad``) as having none.
     """
     import json
 
@@ -358,10 +359,14 @@ def open_through_views(store_path: str, branch: str) -> list[Registration]:
         if reg.branch == branch or branch not in reg.views or not reg.alive():
             continue
         reply = _request(reg, "busy", (branch,))
+        if reply is None or not reply:
+            if reg.alive():
+                out.append(reg)
+            continue
         try:
-            busy = json.loads(reply)["busy"] if reply else []
+            busy = json.loads(reply)["busy"]
         except (ValueError, KeyError, TypeError):
-            busy = []  # a daemon from before this question answers ``bad``
+            busy = []
         if branch in busy:
             out.append(reg)
     return out

@@ -331,13 +331,21 @@ class Store:
         mine = self.open_views(branch)
         where = [mine] if mine else []
         where += [r.mountpoint for r in notices.open_through_views(self.path, branch)]
-        if where:
-            raise BranchBusy(
-                f"branch {branch!r} cannot be discarded now: a file of it is open through "
-                f"{where[0]}/.branchfs/branches/{branch}; close it first, or discard it with "
-                "--force (force=True), after which writes to that file fail",
-                where,
-            )
+        if not where:
+            return
+        with self.meta.read() as txn:
+            loss = self.refs.loss_if_discarded(txn, branch)
+        force = (
+            f"and it {loss}, so --force (force=True) would lose them"
+            if loss
+            else "or discard it with --force (force=True), after which writes to that file fail"
+        )
+        raise BranchBusy(
+            f"branch {branch!r} cannot be discarded now: a file of it is open through "
+            f"{where[0]}/.branchfs/branches/{branch} (or that mount's daemon does not answer); "
+            f"close it first, {force}",
+            where,
+        )
 
     def register_mount(self, branch: str, register: Callable[[], T]) -> T:
         """Run ``register`` (a daemon recording that it serves ``branch``, see

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,8 +19,9 @@ import pytest
 from fusecheck import needs_fuse
 
 import branchfs
+from branchfs import notices
 from branchfs.errors import BranchMounted
-from branchfs.mount import ctl
+from branchfs.mount import ctl, find_mount
 
 if TYPE_CHECKING:
     from conftest import Mounted  # tests/fuse/conftest.py
@@ -202,6 +204,29 @@ def test_a_branch_with_a_file_open_through_its_view_is_busy(
     assert (view / "work.txt").read_text() == "a\nb\n"
     store.discard("viewed")
     assert "viewed" not in store.branches()
+
+
+def test_a_view_of_a_root_branch_or_of_a_silent_daemon_is_busy(
+    mounted_store: Mounted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal of a root branch open in a view says that --force loses its files; a
+    daemon showing the branch that does not answer (stopped) counts as having it open."""
+    mnt, store = mounted_store.path, mounted_store.store
+    store.create_branch("r2").write_bytes("precious", b"p")
+    view = mnt / ".branchfs" / "branches" / "r2"
+    with open(view / "precious", "rb"), pytest.raises(branchfs.BranchBusy, match="would lose them"):
+        store.discard("r2")
+    found = find_mount(str(mnt))
+    assert found is not None
+    monkeypatch.setattr(notices, "NOTIFY_TIMEOUT", 1.0)
+    os.kill(found[1].pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(branchfs.BranchBusy, match="does not answer"):
+            store.discard("r2")
+    finally:
+        os.kill(found[1].pid, signal.SIGCONT)
+    store.discard("r2", force=True)
+    assert "r2" not in store.branches()
 
 
 def test_snapshot_via_mkdir_is_read_only_and_frozen(mnt: Path, store: branchfs.Store) -> None:
