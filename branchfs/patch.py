@@ -7,7 +7,8 @@ them, :func:`unified` writes what ``git diff`` writes for the same two trees, so
 ``deleted file mode``, ``old mode``/``new mode``, ``rename from``/``rename to``, ``index``),
 hunks from :mod:`difflib` for text, and for anything else ``Binary files … differ`` or, with
 ``binary``, a ``GIT binary patch`` (``git diff --binary``). Cost: the bytes of the changed
-files only.
+files only, though :mod:`difflib`'s matching grows faster than a file's length (about 1 s
+for a 50,000-line file with 200 lines changed, where ``git diff`` takes a few hundredths).
 
 What git's format cannot say is left out, as ``git diff`` leaves it: a permission change
 other than the owner's execute bit (git records a file as 100644 or 100755), owners,
