@@ -243,6 +243,12 @@ class _Importer:
 
     def _special(self, dfd: int, dnid: int, name: bytes, entry: os.DirEntry[str]) -> Iterator[_Op]:
         s = entry.stat(follow_symlinks=False)
+        if s.st_nlink > 1:  # hard links to a symlink, FIFO, socket or device, as cp -a keeps
+            first = self.links.get((s.st_dev, s.st_ino))
+            if first is not None:
+                self.files += 1
+                yield _Link(first, dnid, name)
+                return
         proc = f"/proc/self/fd/{dfd}/{entry.name}"
         if st.S_ISLNK(s.st_mode):
             rec = _record(s, self.now)
@@ -255,7 +261,10 @@ class _Importer:
             rec.rdev = s.st_rdev if st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode) else 0
             rec.xattrs = _xattrs_of(proc, follow=False)
         self.files += 1
-        yield _Make(self._nid(), dnid, name, rec)
+        nid = self._nid(keep=s.st_nlink > 1)
+        if s.st_nlink > 1:
+            self.links[(s.st_dev, s.st_ino)] = nid
+        yield _Make(nid, dnid, name, rec)
 
     # -- the batches -----------------------------------------------------------------------
 

@@ -399,7 +399,7 @@ def test_import_merges_into_an_existing_directory(tmp_path: Path, branch: branch
 
 
 def test_import_and_export_keep_sockets_and_device_files(
-    tmp_path: Path, branch: branchfs.Branch, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, branch: branchfs.Branch
 ) -> None:
     """As ``cp -a`` does: a socket and (as root) a device file come in as nodes, with the
     device's number, and go out again; a device file is skipped only by an export that
@@ -429,6 +429,48 @@ def test_import_and_export_keep_sockets_and_device_files(
         assert stat.S_ISCHR(null.st_mode) and null.st_rdev == os.makedev(1, 3)
         assert stat.S_IMODE(null.st_mode) == 0o640
         assert null.st_mtime_ns == branch.lstat("x/y/z/null").st_mtime_ns
+
+
+def test_hard_links_to_special_files_stay_links(tmp_path: Path, branch: branchfs.Branch) -> None:
+    """cp -a keeps a hard link whatever the file's type: a FIFO, a symlink, a device."""
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "fifo")
+    os.link(src / "fifo", src / "fifo-too")
+    os.symlink("target", src / "sym")
+    os.link(src / "sym", src / "sym-too", follow_symlinks=False)
+    if IS_ROOT:
+        os.mknod(src / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        os.link(src / "null", src / "null-too")
+    branch.import_dir(src)
+    pairs = [("fifo", "fifo-too"), ("sym", "sym-too")] + ([("null", "null-too")] if IS_ROOT else [])
+    out = tmp_path / "out"
+    branch.export_dir(out)
+    for a, b in pairs:
+        assert branch.lstat(a).st_ino == branch.lstat(b).st_ino
+        assert branch.lstat(a).st_nlink == 2
+        assert os.lstat(out / a).st_ino == os.lstat(out / b).st_ino
+
+
+def test_export_without_mknod_skips_device_files(
+    tmp_path: Path, branch: branchfs.Branch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(src / "sock"))
+        branch.import_dir(src, "x/y/z")
+    finally:
+        sock.close()
+    if IS_ROOT:
+
+        def mknod(v: View) -> None:
+            tree.make_node(v, ROOT_INO, b"null", stat.S_IFCHR | 0o600, 0, 0, rdev=os.makedev(1, 3))
+
+        branch.store.write_tree(branch.name, mknod)
+        branch.rename("null", "x/y/z/null")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)  # an export that cannot mknod a device
     out2 = tmp_path / "out2"
     assert branch.export_dir(out2, "x/y/z") == 2
