@@ -7,6 +7,7 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Callable
 
 from .spec import CLI, Arg, CommandError, Context, Opt, Outcome, Values, Verb, no_progress
 from .trees import NOTATION, SNAPSHOT, branch_name, tree_ref
@@ -29,23 +30,30 @@ def _count(path: str, limit: int = 2_000_000) -> int:
     return n
 
 
-def _import(ctx: Context, v: Values) -> Outcome:
-    store = ctx.store()
-    source = str(v.arg("dir"))
+def _directory(mode_of: Callable[[], int], failed: Callable[[str], str], not_dir: str) -> None:
+    """:class:`CommandError` unless ``mode_of()`` (a stat's ``st_mode``) is a directory's:
+    ``failed(reason)`` if the stat fails (its errno's words: missing, not reachable),
+    ``not_dir`` if it is no directory."""
     try:
-        is_dir = stat.S_ISDIR(os.stat(source).st_mode)
-    except OSError as exc:  # missing, or not reachable: say which (stat(2)'s errno)
+        is_dir = stat.S_ISDIR(mode_of())
+    except OSError as exc:
         raise CommandError(
-            f"cannot import {source}: {(exc.strerror or str(exc)).lower()}",
+            failed((exc.strerror or str(exc)).lower()),
             kind=type(exc).__name__,
             extra={"errno": exc.errno},
         ) from None
     if not is_dir:
-        raise CommandError(
-            f"{source} is not a directory; import copies a directory's contents",
-            kind="NotADirectoryError",
-            extra={"errno": errno.ENOTDIR},
-        )
+        raise CommandError(not_dir, kind="NotADirectoryError", extra={"errno": errno.ENOTDIR})
+
+
+def _import(ctx: Context, v: Values) -> Outcome:
+    store = ctx.store()
+    source = str(v.arg("dir"))
+    _directory(
+        lambda: os.stat(source).st_mode,
+        lambda why: f"cannot import {source}: {why}",
+        f"{source} is not a directory; import copies a directory's contents",
+    )
     branch = branch_name(store, ctx.current_or_main(v.opt("branch"), "--branch"))
     dest = v.opt("to") or ""
     if os.path.isabs(dest):
@@ -79,20 +87,11 @@ def _export(ctx: Context, v: Values) -> Outcome:
     tree = store.snapshot_tree(ref[1:]) if ref.startswith(SNAPSHOT) else store.branch(ref)
     sub = v.opt("path") or ""
     if sub:  # a path in the tree, which a bare "No such file or directory: sub" would not say
-        try:
-            is_dir = stat.S_ISDIR(tree.stat(sub).st_mode)
-        except OSError as exc:
-            raise CommandError(
-                f"--path {sub}: {(exc.strerror or str(exc)).lower()} in {word}",
-                kind=type(exc).__name__,
-                extra={"errno": exc.errno},
-            ) from None
-        if not is_dir:
-            raise CommandError(
-                f"--path {sub} is not a directory in {word}; --path names one to export",
-                kind="NotADirectoryError",
-                extra={"errno": errno.ENOTDIR},
-            )
+        _directory(
+            lambda: tree.stat(sub).st_mode,
+            lambda why: f"--path {sub}: {why} in {word}",
+            f"--path {sub} is not a directory in {word}; --path names one to export",
+        )
     t0 = time.monotonic()
     with ctx.progress(f"export {word}", None) as step:
         files = tree.export_dir(dest, sub, progress=step)
