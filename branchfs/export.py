@@ -118,12 +118,7 @@ class _Exporter:
                 os.close(fd)
         elif st.S_ISLNK(mode):
             os.symlink(rec.inline or b"", name, dir_fd=dfd)
-            if self.root:
-                os.chown(name, rec.uid, rec.gid, dir_fd=dfd, follow_symlinks=False)
-            proc = f"/proc/self/fd/{dfd}/{os.fsdecode(name)}"
-            for key, value in rec.xattrs.items():
-                _set_xattr(proc, key, value, follow=False)
-            os.utime(name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            self._attrs_at(dfd, name, rec)
         elif st.S_ISFIFO(mode):
             os.mkfifo(name, 0o600, dir_fd=dfd)
             fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=dfd)
@@ -202,13 +197,15 @@ class _Exporter:
         os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
 
     def _attrs_at(self, dfd: int, name: bytes, rec: Inode) -> None:
-        """:meth:`_attrs_fd` by name, for a node that must not be opened (a device file)."""
+        """:meth:`_attrs_fd` by name, for a node that cannot or must not be opened (a
+        symlink, whose mode Linux does not keep; a device file), never following it."""
         if self.root:
             os.chown(name, rec.uid, rec.gid, dir_fd=dfd, follow_symlinks=False)
         proc = f"/proc/self/fd/{dfd}/{os.fsdecode(name)}"
         for key, value in rec.xattrs.items():
             _set_xattr(proc, key, value, follow=False)
-        os.chmod(name, st.S_IMODE(rec.mode), dir_fd=dfd)
+        if not st.S_ISLNK(rec.mode):  # chmod(2) would follow it
+            os.chmod(name, st.S_IMODE(rec.mode), dir_fd=dfd)
         os.utime(name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
 
