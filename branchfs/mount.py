@@ -423,12 +423,13 @@ def _daemon_pids(mountpoint: str) -> list[int]:
 ANSWER_TIMEOUT = 10.0
 
 
-def _check_answering(mp: str, mountpoint: str) -> None:
-    """:class:`MountError` saying what to do if the daemon of the branchfs mount at ``mp``
-    is stopped (SIGSTOP), or does not answer a lookup within :data:`ANSWER_TIMEOUT`."""
+def _stale_answering(mp: str, mountpoint: str) -> bool:
+    """:func:`is_stale` of ``mp``, or :class:`MountError` saying what to do if the daemon
+    of the branchfs mount there is stopped (SIGSTOP), or does not answer that lookup within
+    :data:`ANSWER_TIMEOUT`."""
     kind = mount_type(mp)
     if kind is None or not kind.endswith("branchfs"):
-        return
+        return is_stale(mp)
     detach = (
         f"or detach the mount with `fusermount3 -uz {shlex.quote(mp)}` (its open files then fail)"
     )
@@ -443,7 +444,8 @@ def _check_answering(mp: str, mountpoint: str) -> None:
                 f"the daemon of {mountpoint} (pid {pid}) is stopped: continue it (kill -CONT "
                 f"{pid}) and unmount again, {detach}"
             )
-    probe = threading.Thread(target=is_stale, args=(mp,), daemon=True)
+    stale: list[bool] = []
+    probe = threading.Thread(target=lambda: stale.append(is_stale(mp)), daemon=True)
     probe.start()  # left blocked in the kernel if the daemon never answers; exits with us
     probe.join(ANSWER_TIMEOUT)
     if probe.is_alive():
@@ -451,6 +453,7 @@ def _check_answering(mp: str, mountpoint: str) -> None:
             f"{mountpoint} has not answered for {ANSWER_TIMEOUT:g} s (its daemon is hung or "
             f"very busy): try again later, {detach}"
         )
+    return bool(stale) and stale[0]
 
 
 def unmount(mountpoint: str, *, timeout: float = 60.0) -> str:
@@ -465,8 +468,7 @@ def unmount(mountpoint: str, *, timeout: float = 60.0) -> str:
     # daemon, which may not answer (mountinfo names the real path).
     mp = os.path.abspath(mountpoint)
     mp = os.path.join(os.path.realpath(os.path.dirname(mp)), os.path.basename(mp))
-    _check_answering(mp, mountpoint)
-    if is_stale(mp):
+    if _stale_answering(mp, mountpoint):
         clean_stale(mp)
         return "dead"
     kind = mount_type(mp)
