@@ -72,6 +72,16 @@ def check_applies(base: Branch, other: Branch, work: Path) -> str:
     return patch
 
 
+def check_gnu_patch(base: Branch, other: Branch, work: Path) -> None:
+    """As :func:`check_applies`, with GNU ``patch -p1`` (text only) instead of git."""
+    tree = exported(base, work / "t")
+    ran = subprocess.run(
+        ["patch", "-p1", "--quiet"], cwd=tree, input=base.patch(other).encode(), capture_output=True
+    )
+    assert ran.returncode == 0, ran
+    assert git_tree(tree) == git_tree(exported(other, work / "want"))
+
+
 def every_kind(store: Store) -> tuple[Branch, Branch]:
     """A base and a fork that changed it in every way a patch can say."""
     m = store.create_branch("main")
@@ -191,12 +201,7 @@ def test_gnu_patch_takes_names_with_spaces(store: Store, tmp_path: Path) -> None
     f = m.fork("f")
     f.write_bytes("sp ace", b"new\n")
     f.write_bytes(" leading space", b"x\n")  # (GNU patch drops a trailing one, as for git)
-    tree = exported(m, tmp_path / "t")
-    ran = subprocess.run(
-        ["patch", "-p1", "--quiet"], cwd=tree, input=m.patch(f).encode(), capture_output=True
-    )
-    assert ran.returncode == 0, ran
-    assert git_tree(tree) == git_tree(exported(f, tmp_path / "want"))
+    check_gnu_patch(m, f, tmp_path)
 
 
 def test_identical_trees_make_an_empty_patch(store: Store) -> None:
@@ -232,12 +237,7 @@ def test_gnu_patch_applies_text_changes(store: Store, tmp_path: Path) -> None:
     f.write_bytes("a.txt", b"one\n2\nthree\n")
     f.remove("gone.txt")
     f.write_bytes("sub/new.txt", b"new\n", parents=True)
-    tree = exported(m, tmp_path / "t")
-    ran = subprocess.run(
-        ["patch", "-p1", "--quiet"], cwd=tree, input=m.patch(f).encode(), capture_output=True
-    )
-    assert ran.returncode == 0, ran
-    assert git_tree(tree) == git_tree(exported(f, tmp_path / "want"))
+    check_gnu_patch(m, f, tmp_path)
 
 
 def test_cli_binary_needs_patch(store_path: Path) -> None:
