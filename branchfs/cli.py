@@ -58,11 +58,12 @@ def _where(given: str | None) -> tuple[str | None, str | None, str]:
     # Inside .branchfs/branches/NAME the tree at hand is NAME's, not the mount's; inside a
     # snapshot's there is no branch to default to.
     parts = os.path.relpath(cwd, root).split(os.sep)
-    if parts[0] == ".branchfs" and len(parts) >= 3 and parts[1] == "branches":
-        return given or mounted_store, parts[2], ""
-    if parts[0] == ".branchfs" and len(parts) >= 3 and parts[1] == "snapshots":
-        why = f"this directory is in snapshot @{parts[2]}, which is read-only and no branch"
-        return given or mounted_store, None, why
+    if parts[0] == ".branchfs" and len(parts) >= 3:
+        if parts[1] == "branches":
+            return given or mounted_store, parts[2], ""
+        if parts[1] == "snapshots":
+            why = f"this directory is in snapshot @{parts[2]}, which is read-only and no branch"
+            return given or mounted_store, None, why
     from .mount import find_mount
 
     found = find_mount(root)
