@@ -359,7 +359,7 @@ def open_through_views(store_path: str, branch: str) -> list[Registration]:
         if reg.branch == branch or branch not in reg.views or not reg.alive():
             continue
         reply = _request(reg, "busy", (branch,))
-        if reply is None or not reply:
+        if not reply:  # None (no answer in time) or nothing before the daemon hung up
             if reg.alive():
                 out.append(reg)
             continue
